@@ -1,0 +1,645 @@
+"""Imbalanced training splits and tf.data input pipelines for JAX.
+
+This module builds long-tailed ("imbalanced") training subsets of image-classification data
+sets the way the long-tail literature does (exponential and step profiles, Cui et al. 2019,
+Cao et al. 2019), and feeds them to JAX as numpy batches.
+
+Sources (``config.source``):
+
+* ``"tfds"``: ``tfds.load(config.name, data_dir=config.data_dir)``; any data set with
+  ``image`` and ``label`` features and ``train``/``test`` splits (cifar10, cifar100,
+  svhn_cropped, fashion_mnist, ...).
+* ``"cifar10_jpeg:PATH"``: the offline CIFAR-10 JPEG archive (``train/<class>/NNNN.jpg``,
+  ``test/<class>/NNNN.jpg``). Extracted once into ``config.cache_dir`` and the decoded uint8
+  arrays cached there as an ``.npz`` (both written atomically).
+* ``"digits"``: scikit-learn's embedded 8x8 digits (1,797 images); no download at all.
+
+All supported data sets are small: they are loaded fully into memory as uint8 numpy arrays
+and the tf.data pipelines are built from tensors.
+
+Only ``cce_jax.data`` imports tensorflow; it is not imported by ``cce_jax/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import shutil
+import tarfile
+import tempfile
+from concurrent import futures
+from typing import Iterator, Sequence
+
+import numpy as np
+
+__all__ = [
+    "DataInfo",
+    "Data",
+    "build",
+    "class_counts",
+    "default_config",
+    "select_indices",
+]
+
+# Usual per-channel statistics (of the full balanced training sets, pixels in [0, 1]).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+_PROFILES = ("exp", "step", "none")
+
+
+# ----------------------------------------------------------------------------------------
+# Imbalance profiles and subset selection (numpy only).
+# ----------------------------------------------------------------------------------------
+
+
+def _floor(x: float) -> int:
+    # floor() that is robust to values such as 49.99999999999999 meant to be 50.
+    return int(math.floor(x * (1.0 + 1e-12) + 1e-9))
+
+
+def class_counts(profile, num_classes=None, n_max=None, ratio=1.0) -> np.ndarray:
+    """Per-class training counts of an imbalanced split.
+
+    Args:
+      profile: ``"exp"``, ``"step"`` or ``"none"``, or an explicit sequence of positive
+        per-class counts (then ``num_classes``, if given, must equal its length and
+        ``n_max``/``ratio`` are ignored).
+      num_classes: K, the number of classes.
+      n_max: the count of the most frequent class (class 0), >= 1.
+      ratio: imbalance ratio n_max / n_min >= 1. LDAM's ``imb_factor`` is ``1 / ratio``.
+
+    ``exp``: n_i = floor(n_max * ratio ** (-i / (K - 1))); ``step``: the first K // 2 classes
+    keep n_max, the others floor(n_max / ratio); ``none``: all n_max.
+
+    Returns:
+      np.ndarray of int64, shape [K].
+
+    >>> c = class_counts("exp", 10, 5000, 100)
+    >>> c.tolist(), int(c.sum())
+    ([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], 12406)
+    >>> class_counts("step", 4, 100, 10).tolist()
+    [100, 100, 10, 10]
+    >>> class_counts([3, 2, 1]).tolist()
+    [3, 2, 1]
+    """
+    if not isinstance(profile, str):
+        try:
+            counts = [int(c) for c in profile]
+        except TypeError:
+            raise ValueError(
+                f"profile must be one of {_PROFILES} or a sequence of counts, got {profile!r}"
+            ) from None
+        if len(counts) == 0:
+            raise ValueError("profile: explicit counts must not be empty")
+        if num_classes is not None and len(counts) != int(num_classes):
+            raise ValueError(
+                f"profile: explicit counts have length {len(counts)} but num_classes="
+                f"{num_classes}"
+            )
+        if any(c < 1 for c in counts):
+            raise ValueError(f"profile: explicit counts must all be positive, got {counts}")
+        return np.asarray(counts, dtype=np.int64)
+
+    if profile not in _PROFILES:
+        raise ValueError(f"profile: unknown profile {profile!r}; expected one of {_PROFILES}")
+    if num_classes is None or int(num_classes) < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if n_max is None or int(n_max) < 1:
+        raise ValueError(f"n_max must be >= 1, got {n_max!r}")
+    ratio = float(ratio)
+    if not ratio >= 1.0:  # also catches NaN
+        raise ValueError(f"ratio must be >= 1 (ratio = n_max / n_min), got {ratio}")
+    k, n_max = int(num_classes), int(n_max)
+    if profile == "none":
+        counts = [n_max] * k
+    elif profile == "step":
+        low = max(1, _floor(n_max / ratio))
+        counts = [n_max] * (k // 2) + [low] * (k - k // 2)
+    else:  # exp
+        if k == 1:
+            counts = [n_max]
+        else:
+            counts = [n_max] + [
+                max(1, _floor(n_max * ratio ** (-i / (k - 1)))) for i in range(1, k - 1)
+            ]
+            counts.append(max(1, _floor(n_max / ratio)))
+    return np.asarray(counts, dtype=np.int64)
+
+
+def _id_str(x) -> str:
+    if isinstance(x, bytes):
+        return x.decode("utf-8")
+    if isinstance(x, np.bytes_):
+        return bytes(x).decode("utf-8")
+    return str(x)
+
+
+def _seeded_hash(seed: int, ident: str) -> int:
+    h = hashlib.blake2b(f"{int(seed)}\x00{ident}".encode("utf-8"), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+def select_indices(labels, ids, counts, *, seed) -> np.ndarray:
+    """Positions (sorted, int64) of the training examples kept in the imbalanced subset.
+
+    Examples of class c are ranked by a seeded hash of their stable id (ties broken by the
+    id), and the first ``counts[c]`` are kept. The result therefore depends only on the
+    multiset of (label, id) pairs and the seed, not on the order the data was read in.
+
+    >>> labels = np.array([0, 0, 0, 1, 1, 1])
+    >>> ids = ["a", "b", "c", "d", "e", "f"]
+    >>> kept = select_indices(labels, ids, [2, 1], seed=0)
+    >>> len(kept), np.bincount(labels[kept]).tolist()
+    (3, [2, 1])
+    """
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    if len(ids) != len(labels):
+        raise ValueError(f"ids: length {len(ids)} differs from labels: {len(labels)}")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(counts)):
+        raise ValueError(
+            f"labels: values must lie in [0, {len(counts)}) for {len(counts)} counts, got range "
+            f"[{labels.min()}, {labels.max()}]"
+        )
+    available = np.bincount(labels, minlength=len(counts))
+    short = np.nonzero(available < counts)[0]
+    if short.size:
+        c = int(short[0])
+        raise ValueError(
+            f"counts: class {c} has only {available[c]} examples but {counts[c]} were requested"
+            f" (classes short of examples: {short.tolist()})"
+        )
+    str_ids = [_id_str(i) for i in ids]
+    keys = [(_seeded_hash(seed, s), s) for s in str_ids]
+    kept = []
+    for c in range(len(counts)):
+        pos = np.nonzero(labels == c)[0]
+        order = sorted(pos.tolist(), key=lambda p: keys[p])
+        kept.extend(order[: counts[c]])
+    return np.sort(np.asarray(kept, dtype=np.int64))
+
+
+def _stratified_first(labels: np.ndarray, n: int) -> np.ndarray:
+    """Sorted positions of the first n examples, taken round-robin over the classes."""
+    labels = np.asarray(labels).astype(np.int64)
+    rank = np.zeros(len(labels), np.int64)
+    seen: dict = {}
+    for p, y in enumerate(labels.tolist()):
+        rank[p] = seen.get(y, 0)
+        seen[y] = rank[p] + 1
+    order = np.lexsort((np.arange(len(labels)), rank))
+    return np.sort(order[:n]).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------
+# Config and public types.
+# ----------------------------------------------------------------------------------------
+
+
+def default_config():
+    """The ``data`` config with its defaults (an ``ml_collections.ConfigDict``).
+
+    >>> cfg = default_config()
+    >>> cfg.source, cfg.name, cfg.profile, cfg.ratio
+    ('tfds', 'cifar10', 'exp', 100.0)
+    """
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict()
+    cfg.source = "tfds"  # "tfds" | "cifar10_jpeg:PATH" | "digits"
+    cfg.name = "cifar10"  # the tfds name when source == "tfds"
+    cfg.data_dir = None
+    cfg.cache_dir = "~/.cache/cce_jax"
+    cfg.profile = "exp"  # "exp" | "step" | "none"
+    cfg.ratio = 100.0
+    cfg.n_max = None
+    cfg.counts = None
+    cfg.subset_seed = 0
+    # None = automatic: True for tfds and cifar10_jpeg, False for digits.
+    cfg.augment = None
+    cfg.max_test = None
+    return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    name: str  # e.g. "cifar10", "cifar10_jpeg", "digits"
+    num_classes: int
+    image_shape: tuple  # (H, W, C) as fed to the model
+    class_names: tuple
+    class_counts: np.ndarray  # int64 [K], counts of the imbalanced TRAIN subset built
+    num_train: int  # = class_counts.sum()
+    num_test: int  # size of the (full, or max_test-limited) test split
+
+
+@dataclasses.dataclass
+class _Raw:
+    """A data set loaded into memory. Images are uint8 [N, H, W, C]; pixel = value / scale."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    train_ids: Sequence
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple
+    scale: float = 255.0
+
+
+# ----------------------------------------------------------------------------------------
+# Loaders.
+# ----------------------------------------------------------------------------------------
+
+
+def _load_tfds(name: str, data_dir) -> _Raw:
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.download_and_prepare()
+    features = builder.info.features
+    for key in ("image", "label"):
+        if key not in features:
+            raise ValueError(f"name: tfds data set {name!r} has no {key!r} feature")
+    num_classes = features["label"].num_classes
+    names = tuple(features["label"].names) if features["label"].names else tuple(
+        str(i) for i in range(num_classes)
+    )
+
+    def read(split):
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=False,
+            read_config=tfds.ReadConfig(add_tfds_id=True),
+        )
+        images, labels, ids = [], [], []
+        for i, ex in enumerate(tfds.as_numpy(ds.batch(4096))):
+            images.append(ex["image"])
+            labels.append(ex["label"])
+            if "tfds_id" in ex:
+                ids.extend(_id_str(s) for s in ex["tfds_id"])
+            elif "id" in ex:
+                ids.extend(_id_str(s) for s in ex["id"])
+        imgs = np.concatenate(images).astype(np.uint8)
+        labs = np.concatenate(labels).astype(np.int64)
+        if len(ids) != len(labs):  # no stable id feature: the position in the split
+            ids = [f"{split}:{i}" for i in range(len(labs))]
+        return imgs, labs, ids
+
+    tr_x, tr_y, tr_ids = read("train")
+    te_x, te_y, _ = read("test")
+    if tr_x.ndim == 3:
+        tr_x, te_x = tr_x[..., None], te_x[..., None]
+    return _Raw(name, tr_x, tr_y, tr_ids, te_x, te_y, names)
+
+
+def _load_digits() -> _Raw:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = d.images.astype(np.uint8)[..., None]  # values 0..16
+    labels = d.target.astype(np.int64)
+    # Fixed stratified split: within each class (file order), every third example is test.
+    rank = np.zeros(len(labels), np.int64)
+    for c in np.unique(labels):
+        pos = np.nonzero(labels == c)[0]
+        rank[pos] = np.arange(len(pos))
+    test = rank % 3 == 2
+    tr = np.nonzero(~test)[0]
+    te = np.nonzero(test)[0]
+    return _Raw(
+        "digits",
+        images[tr],
+        labels[tr],
+        [f"digits:{i}" for i in tr],
+        images[te],
+        labels[te],
+        tuple(str(i) for i in range(10)),
+        scale=16.0,
+    )
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _extract_once(archive: str, root: str) -> str:
+    """Extracts `archive` into root/extracted atomically; returns that directory."""
+    target = os.path.join(root, "extracted")
+    if os.path.isdir(target):
+        return target
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".extract-", dir=root)
+    try:
+        try:
+            with tarfile.open(archive, "r:*") as tf_:
+                tf_.extractall(tmp, filter="data")
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            raise ValueError(
+                f"source: cannot extract {archive!r}; the archive looks corrupt ({e})"
+            ) from e
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not os.path.isdir(target):  # another process won the race otherwise
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _decode_folder(folder: str, split: str, class_names):
+    from PIL import Image
+
+    paths, labels = [], []
+    for c, cname in enumerate(class_names):
+        d = os.path.join(folder, split, cname)
+        if not os.path.isdir(d):
+            raise ValueError(f"source: {split}/{cname}/ is missing from the extracted archive")
+        files = sorted(f for f in os.listdir(d) if f.lower().endswith((".jpg", ".jpeg", ".png")))
+        paths.extend(f"{split}/{cname}/{f}" for f in files)
+        labels.extend([c] * len(files))
+
+    def decode(rel):
+        with Image.open(os.path.join(folder, rel)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+    with futures.ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as ex:
+        images = list(ex.map(decode, paths, chunksize=256))
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ValueError(f"source: images of {split} have differing shapes {sorted(shapes)}")
+    return np.stack(images), np.asarray(labels, np.int64), paths
+
+
+def _load_cifar10_jpeg(archive: str, cache_dir: str) -> _Raw:
+    archive = os.path.expanduser(archive)
+    if not os.path.isfile(archive):
+        raise FileNotFoundError(
+            f"source: the CIFAR-10 JPEG archive {archive!r} does not exist (expected a .tar.gz "
+            "with train/<class>/*.jpg and test/<class>/*.jpg)"
+        )
+    key = _sha256(archive)[:16]
+    root = os.path.join(os.path.expanduser(cache_dir), f"cifar10_jpeg-{key}")
+    npz = os.path.join(root, "arrays.npz")
+    if not os.path.isfile(npz):
+        folder = _extract_once(archive, root)
+        train_dir = os.path.join(folder, "train")
+        if not os.path.isdir(train_dir) or not os.path.isdir(os.path.join(folder, "test")):
+            raise ValueError(f"source: {archive!r} has no train/ and test/ folders")
+        names = sorted(
+            n for n in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, n))
+        )
+        tr_x, tr_y, tr_ids = _decode_folder(folder, "train", names)
+        te_x, te_y, te_ids = _decode_folder(folder, "test", names)
+        fd, tmp = tempfile.mkstemp(prefix=".arrays-", suffix=".npz", dir=root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(
+                    f,
+                    train_images=tr_x,
+                    train_labels=tr_y,
+                    train_ids=np.asarray(tr_ids),
+                    test_images=te_x,
+                    test_labels=te_y,
+                    test_ids=np.asarray(te_ids),
+                    class_names=np.asarray(names),
+                )
+            os.replace(tmp, npz)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    with np.load(npz) as z:
+        return _Raw(
+            "cifar10_jpeg",
+            z["train_images"],
+            z["train_labels"].astype(np.int64),
+            z["train_ids"].tolist(),
+            z["test_images"],
+            z["test_labels"].astype(np.int64),
+            tuple(str(n) for n in z["class_names"].tolist()),
+        )
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
+    try:
+        from cce_jax.labels import check_labels  # written by another module owner
+    except ImportError:
+        check_labels = None
+    if check_labels is not None:
+        check_labels(labels, num_classes)
+        return
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{what} labels must lie in [0, {num_classes}), got range "
+            f"[{labels.min()}, {labels.max()}]"
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Pipelines.
+# ----------------------------------------------------------------------------------------
+
+
+def _process():
+    import jax
+
+    return int(jax.process_index()), int(jax.process_count())
+
+
+def _epoch_seeds(seed: int, epoch: int) -> np.ndarray:
+    # Two int64 base seeds derived from (seed, epoch); the element index is the second word.
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), 0x5EED]).generate_state(2)
+    return state.astype(np.int64)
+
+
+class Data:
+    """Input pipelines of one imbalanced data set; see :func:`build`."""
+
+    def __init__(self, raw: _Raw, info: DataInfo, train_idx, test_idx, *, seed, augment,
+                 mean, std, global_batch_size, eval_batch_size):
+        pidx, pcount = _process()
+        if global_batch_size < 1 or global_batch_size % pcount:
+            raise ValueError(
+                f"global_batch_size={global_batch_size} must be a positive multiple of the "
+                f"process count {pcount}"
+            )
+        if eval_batch_size < 1 or eval_batch_size % pcount:
+            raise ValueError(
+                f"eval_batch_size={eval_batch_size} must be a positive multiple of the "
+                f"process count {pcount}"
+            )
+        self.info = info
+        self.steps_per_epoch = info.num_train // global_batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"global_batch_size={global_batch_size} exceeds the {info.num_train} training "
+                "examples (batches drop the remainder)"
+            )
+        self._seed = int(seed)
+        self._augment = bool(augment)
+        self._pidx, self._pcount = pidx, pcount
+        self._global_b = global_batch_size
+        self._local_b = global_batch_size // pcount
+        self._eval_global_b = eval_batch_size
+        self._eval_local_b = eval_batch_size // pcount
+        # uint8 in memory; normalisation: (x / scale - mean) / std, as  x * a + b.
+        self._train_x = np.ascontiguousarray(raw.train_images[train_idx])
+        self._train_y = raw.train_labels[train_idx].astype(np.int32)
+        self._test_x = raw.test_images[test_idx]
+        self._test_y = raw.test_labels[test_idx].astype(np.int32)
+        mean = np.asarray(mean, np.float32)
+        std = np.asarray(std, np.float32)
+        self._a = (1.0 / (raw.scale * std)).astype(np.float32)
+        self._b = (-mean / std).astype(np.float32)
+        self._tf_images = None
+
+    # -- train -------------------------------------------------------------------------
+
+    def _epoch_positions(self, epoch: int):
+        """(image positions, global element indices) of this process, in batch order."""
+        rng = np.random.default_rng([self._seed & 0xFFFFFFFF, int(epoch), 0x5F1])
+        perm = rng.permutation(self.info.num_train)[: self.steps_per_epoch * self._global_b]
+        perm = perm.reshape(self.steps_per_epoch, self._global_b)
+        elem = np.arange(perm.size, dtype=np.int64).reshape(perm.shape)
+        sl = slice(self._pidx * self._local_b, (self._pidx + 1) * self._local_b)
+        return perm[:, sl].reshape(-1), elem[:, sl].reshape(-1)
+
+    def _dataset(self, epoch: int):
+        import tensorflow as tf
+
+        if self._tf_images is None:
+            with tf.device("/cpu:0"):
+                self._tf_images = tf.constant(self._train_x)
+                self._tf_labels = tf.constant(self._train_y)
+        images, labels = self._tf_images, self._tf_labels
+        h, w, c = self.info.image_shape
+        pos, elem = self._epoch_positions(epoch)
+        base = tf.constant(_epoch_seeds(self._seed, epoch))
+        a = tf.constant(self._a.reshape(1, 1, 1, -1))
+        b = tf.constant(self._b.reshape(1, 1, 1, -1))
+        augment = self._augment
+
+        def load(p, e):
+            x = tf.gather(images, p)
+            if augment:
+                x = tf.pad(x, [[4, 4], [4, 4], [0, 0]])
+                x = tf.image.stateless_random_crop(x, (h, w, c), seed=tf.stack([base[0], e]))
+                x = tf.image.stateless_random_flip_left_right(x, seed=tf.stack([base[1], e]))
+            return x, tf.gather(labels, p)
+
+        def finish(x, y):
+            x = tf.cast(x, tf.float32) * a + b
+            return {"image": x, "label": y}
+
+        ds = tf.data.Dataset.from_tensor_slices((pos, elem))
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(self._local_b, drop_remainder=True)
+        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.prefetch(tf.data.AUTOTUNE)
+        opts = tf.data.Options()
+        opts.deterministic = True
+        return ds.with_options(opts)
+
+    def train_epoch(self, epoch: int) -> Iterator[dict]:
+        """This process's batches of epoch `epoch`: a pure function of (seed, epoch)."""
+        return self._dataset(int(epoch)).as_numpy_iterator()
+
+    # -- eval --------------------------------------------------------------------------
+
+    def num_eval_batches(self) -> int:
+        """Batches yielded by :meth:`eval_batches`; the same on every process."""
+        return -(-len(self._test_y) // self._eval_global_b)
+
+    def eval_batches(self) -> Iterator[dict]:
+        """This process's share of the test split, once; padding has ``mask == False``."""
+        n = len(self._test_y)
+        gb, lb = self._eval_global_b, self._eval_local_b
+        shape = self._test_x.shape[1:]
+        for i in range(self.num_eval_batches()):
+            start = i * gb + self._pidx * lb
+            stop = min(start + lb, n)
+            k = max(0, stop - start)
+            image = np.zeros((lb,) + shape, np.float32)
+            label = np.zeros((lb,), np.int32)
+            mask = np.zeros((lb,), bool)
+            if k:
+                x = self._test_x[start:stop].astype(np.float32)
+                image[:k] = x * self._a + self._b
+                label[:k] = self._test_y[start:stop]
+                mask[:k] = True
+            yield {"image": image, "label": label, "mask": mask}
+
+
+def build(config, *, seed: int, global_batch_size: int, eval_batch_size: int) -> Data:
+    """Loads the data set of `config` and builds its imbalanced train and full test pipelines.
+
+    `config` holds the fields of :func:`default_config`. `seed` drives the per-epoch shuffle
+    and augmentation; ``config.subset_seed`` drives which training examples survive.
+    """
+    source = str(config.source)
+    if source == "tfds":
+        raw = _load_tfds(str(config.name), config.data_dir)
+    elif source.startswith("cifar10_jpeg:"):
+        raw = _load_cifar10_jpeg(source.split(":", 1)[1], config.cache_dir)
+    elif source == "digits":
+        raw = _load_digits()
+    else:
+        raise ValueError(
+            f"source: unknown data source {source!r}; expected 'tfds', "
+            "'cifar10_jpeg:PATH' or 'digits'"
+        )
+    num_classes = len(raw.class_names)
+    _check_labels(raw.train_labels, num_classes, "train")
+    _check_labels(raw.test_labels, num_classes, "test")
+
+    available = np.bincount(raw.train_labels, minlength=num_classes)
+    if config.counts is not None:
+        counts = class_counts(tuple(config.counts), num_classes)
+    else:
+        n_max = config.n_max if config.n_max is not None else int(available.min())
+        counts = class_counts(str(config.profile), num_classes, n_max, config.ratio)
+    train_idx = select_indices(raw.train_labels, raw.train_ids, counts, seed=config.subset_seed)
+
+    test_idx = np.arange(len(raw.test_labels), dtype=np.int64)
+    if config.max_test is not None:
+        if int(config.max_test) < 1:
+            raise ValueError(f"max_test must be >= 1 or None, got {config.max_test}")
+        test_idx = _stratified_first(raw.test_labels, int(config.max_test))
+
+    augment = config.augment
+    if augment is None:
+        augment = source != "digits"
+
+    if source == "digits":
+        mean, std = [0.0], [1.0]  # images in [0, 1]
+    elif raw.name in ("cifar10", "cifar10_jpeg"):
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+    elif raw.name == "cifar100":
+        mean, std = CIFAR100_MEAN, CIFAR100_STD
+    else:  # per-channel statistics of the imbalanced training subset
+        x = raw.train_images[train_idx].astype(np.float64) / raw.scale
+        mean = x.mean(axis=(0, 1, 2))
+        std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3)
+
+    info = DataInfo(
+        name=raw.name,
+        num_classes=num_classes,
+        image_shape=tuple(int(s) for s in raw.train_images.shape[1:]),
+        class_names=tuple(raw.class_names),
+        class_counts=counts,
+        num_train=int(counts.sum()),
+        num_test=int(len(test_idx)),
+    )
+    return Data(raw, info, train_idx, test_idx, seed=seed, augment=augment, mean=mean,
+                std=std, global_batch_size=global_batch_size, eval_batch_size=eval_batch_size)
