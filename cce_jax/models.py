@@ -1,0 +1,166 @@
+"""CIFAR-style ResNets in flax.linen (NHWC).
+
+* ``resnet32``: He et al. (2016), section 4.2: a 3x3 conv stem with 16 channels, three
+  stages of five basic blocks with 16/32/64 channels (stride 2 at stages 2 and 3), global
+  average pooling and a dense layer. Shortcuts are parameter-free ("option A": subsample and
+  zero-pad the channels), as in the paper and in the long-tail literature's code (LDAM-DRW),
+  which gives 0.46M parameters for 10 classes.
+* ``resnet34``: the CIFAR-style ResNet-34 of the CCE paper: a 3x3 stride-1 stem with 64
+  channels, no max-pool, basic blocks [3, 4, 6, 3] with 64/128/256/512 channels, 1x1
+  projection shortcuts ("option B"); 21.3M parameters for 10 classes.
+* ``resnet8``: a small CPU model, the ResNet-32 layout with one block per stage.
+* ``resnet20``: the ResNet-32 layout with three blocks per stage.
+
+``width`` overrides the channel count of the first stage (later stages double it), so
+``get_model("resnet8", num_classes=10, width=8)`` is a narrow 8/16/32 network.
+
+The final layer is either a dense layer or, with ``cosine_head=True``, a cosine-normalised
+one (``normalize(features) @ normalize(W)``, each logit in [-1, 1]; LDAM's scale ``s``
+multiplies it inside the loss). ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``);
+parameters and BatchNorm statistics stay float32 and the logits are returned as float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["ResNet", "BasicBlock", "CosineDense", "get_model", "MODEL_NAMES"]
+
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and a residual connection."""
+
+    features: int
+    strides: int = 1
+    shortcut: str = "A"  # "A": subsample + zero-pad channels; "B": 1x1 conv + BN
+    conv: Callable[..., nn.Module] = nn.Conv
+    norm: Callable[..., nn.Module] = nn.BatchNorm
+
+    @nn.compact
+    def __call__(self, x):
+        s = (self.strides, self.strides)
+        y = self.conv(self.features, (3, 3), s, name="conv1")(x)
+        y = self.norm(name="bn1")(y)
+        y = nn.relu(y)
+        y = self.conv(self.features, (3, 3), name="conv2")(y)
+        y = self.norm(name="bn2", scale_init=nn.initializers.ones)(y)
+        residual = x
+        if self.strides != 1 or x.shape[-1] != self.features:
+            if self.shortcut == "A":
+                residual = x[:, :: self.strides, :: self.strides, :]
+                pad = self.features - x.shape[-1]
+                residual = jnp.pad(residual, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
+            else:
+                residual = self.conv(self.features, (1, 1), s, name="proj_conv")(x)
+                residual = self.norm(name="proj_bn")(residual)
+        return nn.relu(y + residual)
+
+
+class CosineDense(nn.Module):
+    """Cosine-normalised linear layer: ``normalize(x) @ normalize(W)`` (no bias)."""
+
+    features: int
+    eps: float = 1e-12
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features), jnp.float32
+        )
+        x = x.astype(jnp.float32)
+        xn = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), self.eps)
+        wn = kernel / jnp.maximum(jnp.linalg.norm(kernel, axis=0, keepdims=True), self.eps)
+        return xn @ wn
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet of basic blocks; ``__call__(x, train)`` returns float32 logits."""
+
+    stage_sizes: Sequence[int]
+    widths: Sequence[int]
+    stem_width: int
+    num_classes: int
+    shortcut: str = "A"
+    cosine_head: bool = False
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = functools.partial(
+            nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype,
+            param_dtype=jnp.float32, kernel_init=_conv_init,
+        )
+        norm = functools.partial(
+            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+            epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,
+            axis_name=self.bn_axis_name,
+        )
+        x = jnp.asarray(x, self.dtype)
+        x = conv(self.stem_width, (3, 3), name="stem_conv")(x)
+        x = norm(name="stem_bn")(x)
+        x = nn.relu(x)
+        for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+            for j in range(n_blocks):
+                strides = 2 if (i > 0 and j == 0) else 1
+                x = BasicBlock(width, strides, self.shortcut, conv=conv, norm=norm,
+                               name=f"stage{i + 1}_block{j + 1}")(x)
+        x = jnp.mean(x, axis=(1, 2))
+        if self.cosine_head:
+            return CosineDense(self.num_classes, name="head")(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
+        return x.astype(jnp.float32)
+
+
+# name -> (stage_sizes, first-stage width, shortcut, stem width = first-stage width)
+_SPECS = {
+    "resnet8": ((1, 1, 1), 16, "A"),
+    "resnet20": ((3, 3, 3), 16, "A"),
+    "resnet32": ((5, 5, 5), 16, "A"),
+    "resnet34": ((3, 4, 6, 3), 64, "B"),
+}
+MODEL_NAMES = tuple(_SPECS)
+
+
+def get_model(name: str, *, num_classes: int, dtype=jnp.float32, cosine_head: bool = False,
+              width: int | None = None, bn_axis_name: str | None = None) -> nn.Module:
+    """Returns the flax module ``name`` (one of :data:`MODEL_NAMES`).
+
+    ``width`` replaces the first stage's channel count (later stages double it).
+    ``dtype`` may be a dtype or a string ("float32", "bfloat16").
+
+    >>> m = get_model("resnet8", num_classes=3, width=4)
+    >>> variables = m.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
+    >>> m.apply(variables, jnp.zeros((2, 8, 8, 1))).shape
+    (2, 3)
+    """
+    if name not in _SPECS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(_SPECS)}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if width is not None and int(width) < 1:
+        raise ValueError(f"width must be a positive integer or None, got {width!r}")
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"unknown dtype {dtype!r}; expected float32, bfloat16 or float16")
+        dtype = jnp.dtype(dtype)
+    stages, w0, shortcut = _SPECS[name]
+    w0 = int(width) if width else w0
+    widths = tuple(w0 * 2**i for i in range(len(stages)))
+    return ResNet(stage_sizes=stages, widths=widths, stem_width=w0, num_classes=int(num_classes),
+                  shortcut=shortcut, cosine_head=bool(cosine_head), dtype=dtype,
+                  bn_axis_name=bn_axis_name)
+
+
+def param_count(params) -> int:
+    """Number of scalars in a parameter pytree (works on ``jax.eval_shape`` output)."""
+    return int(sum(int(jnp.size(p)) if not hasattr(p, "size") else int(p.size)
+                   for p in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,41 @@
+"""CIFAR-10-LT, the paper protocol (exp profile, imbalance ratio 100), ResNet-32.
+
+  python -m experiments.train --config=experiments/configs/cifar10_lt.py --workdir=runs/c10lt \
+      --config.loss.name=cce
+
+Data: tfds.load("cifar10") by default (source "tfds"; needs the tfds copy in
+``--config.data.data_dir``); offline: ``--config.data.source=cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz``.
+Batch 128, SGD lr 0.1, momentum 0.9, weight decay 2e-4 (conv/dense kernels), 5 warm-up
+epochs, 200 epochs. Schedule: LDAM-style step decay (lr x0.01 from epoch 160, x0.0001 from
+180) by default; the CCE paper's schedule (x0.1 at 100, x0.01 at 150) with
+``--config.schedule.boundaries='(100,150)' --config.schedule.factors='(0.1,0.01)'``.
+Loss: ``--config.loss.name=NAME`` and ``--config.loss.hparams.KEY=VALUE`` (the hparams
+ConfigDict starts empty, so new keys go in the config file or via a copied config);
+LDAM-DRW: ``loss.name=ldam``, ``model.cosine_head=True``, ``loss.drw_epoch=160``.
+
+Expected runtime: not yet measured on GPU (CPU: hours). Expected result: not yet measured
+(the literature reports ~70-73% top-1 for CE and ~77% for LDAM-DRW at ratio 100).
+"""
+
+from experiments.configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.data.source = "tfds"
+    c.data.name = "cifar10"
+    c.data.profile = "exp"
+    c.data.ratio = 100.0
+    c.model.name = "resnet32"
+    c.batch_size = 128
+    c.eval_batch_size = 500
+    c.num_epochs = 200
+    c.optimizer.lr = 0.1
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 2e-4
+    c.schedule.name = "step"
+    c.schedule.warmup_epochs = 5.0
+    c.schedule.boundaries = (160, 180)
+    c.schedule.factors = (0.01, 0.0001)
+    c.eval_every = 10
+    return c

@@ -1,0 +1,29 @@
+"""Tiny smoke run: a small imbalanced subset of the offline CIFAR-10 copy, narrow ResNet-8.
+
+  python -m experiments.train --config=experiments/configs/tiny.py --workdir=/tmp/tiny
+
+About 380 training images (exp profile, n_max 100, ratio 10), 1000 test images, 3 epochs;
+well under a minute on one CPU core. ``--config.num_epochs=N`` changes its length.
+"""
+
+from experiments.configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.data.source = "cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz"
+    c.data.profile = "exp"
+    c.data.n_max = 100
+    c.data.ratio = 10.0
+    c.data.max_test = 1000
+    c.model.name = "resnet8"
+    c.model.width = 8
+    c.batch_size = 32
+    c.eval_batch_size = 200
+    c.num_epochs = 3
+    c.eval_every = 1
+    c.optimizer.lr = 0.05
+    c.schedule.warmup_epochs = 1.0
+    c.schedule.boundaries = (2,)
+    c.schedule.factors = (0.1,)
+    return c
