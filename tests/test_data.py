@@ -366,3 +366,26 @@ def test_build_errors(monkeypatch):
     monkeypatch.setattr(jax, "process_count", lambda: 3)
     with pytest.raises(ValueError, match="multiple of the process count 3"):
         data.build(_cfg(source="digits"), seed=0, global_batch_size=8, eval_batch_size=9)
+
+
+def test_tfds_mock_grayscale_computed_normalisation(tmp_path):
+    with tfds.testing.mock_data(num_examples=200, data_dir=str(tmp_path)):
+        cfg = _cfg(source="tfds", name="fashion_mnist", data_dir=str(tmp_path), profile="step",
+                   n_max=8, ratio=4.0)
+        d = data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=50)
+    assert d.info.image_shape == (28, 28, 1)
+    assert d.info.class_counts.tolist() == [8] * 5 + [2] * 5
+    # Normalised with the mean/std of the training subset itself: near zero mean, unit std.
+    x = d._train_x.astype(np.float32) * d._a + d._b
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1.0) < 1e-3
+    b = next(d.train_epoch(0))
+    assert b["image"].shape == (8, 28, 28, 1)
+
+
+def test_bad_labels_are_rejected(monkeypatch):
+    raw = data._load_digits()
+    raw.test_labels = raw.test_labels.copy()
+    raw.test_labels[3] = 10
+    monkeypatch.setattr(data, "_load_digits", lambda: raw)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        data.build(_cfg(source="digits"), seed=0, global_batch_size=8, eval_batch_size=8)
