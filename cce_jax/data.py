@@ -50,6 +50,7 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 _PROFILES = ("exp", "step", "none")
+_PAD = 4  # augmentation: zero padding before the random crop back to the original size
 
 
 # ----------------------------------------------------------------------------------------
@@ -480,12 +481,6 @@ def _process():
     return int(jax.process_index()), int(jax.process_count())
 
 
-def _epoch_seeds(seed: int, epoch: int) -> np.ndarray:
-    # Two int64 base seeds derived from (seed, epoch); the element index is the second word.
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), 0x5EED]).generate_state(2)
-    return state.astype(np.int64)
-
-
 class Data:
     """Input pipelines of one imbalanced data set; see :func:`build`."""
 
@@ -529,14 +524,28 @@ class Data:
 
     # -- train -------------------------------------------------------------------------
 
-    def _epoch_positions(self, epoch: int):
-        """(image positions, global element indices) of this process, in batch order."""
-        rng = np.random.default_rng([self._seed & 0xFFFFFFFF, int(epoch), 0x5F1])
-        perm = rng.permutation(self.info.num_train)[: self.steps_per_epoch * self._global_b]
-        perm = perm.reshape(self.steps_per_epoch, self._global_b)
-        elem = np.arange(perm.size, dtype=np.int64).reshape(perm.shape)
+    def _epoch_plan(self, epoch: int):
+        """This process's (image positions, crop rows, crop cols, flips), in batch order.
+
+        A pure function of (seed, epoch): the permutation and the per-element augmentation
+        parameters are drawn for the whole global epoch from numpy generators seeded by
+        (seed, epoch), and element i of the epoch always gets parameters i, whatever the
+        process count. Process p takes slice p of every global batch.
+        """
+        g, steps = self._global_b, self.steps_per_epoch
+        seed = self._seed & 0xFFFFFFFF
+        perm = np.random.default_rng([seed, int(epoch), 0x5F1]).permutation(self.info.num_train)
+        perm = perm[: steps * g]
+        aug = np.random.default_rng([seed, int(epoch), 0xA06])
+        oy = aug.integers(0, 2 * _PAD + 1, size=steps * g)
+        ox = aug.integers(0, 2 * _PAD + 1, size=steps * g)
+        flip = aug.integers(0, 2, size=steps * g)
         sl = slice(self._pidx * self._local_b, (self._pidx + 1) * self._local_b)
-        return perm[:, sl].reshape(-1), elem[:, sl].reshape(-1)
+        return tuple(v.reshape(steps, g)[:, sl].reshape(-1).astype(np.int64)
+                     for v in (perm, oy, ox, flip))
+
+    def _epoch_positions(self, epoch: int) -> np.ndarray:
+        return self._epoch_plan(epoch)[0]
 
     def _dataset(self, epoch: int):
         import tensorflow as tf
@@ -546,29 +555,29 @@ class Data:
                 self._tf_images = tf.constant(self._train_x)
                 self._tf_labels = tf.constant(self._train_y)
         images, labels = self._tf_images, self._tf_labels
-        h, w, c = self.info.image_shape
-        pos, elem = self._epoch_positions(epoch)
-        base = tf.constant(_epoch_seeds(self._seed, epoch))
+        h, w, _ = self.info.image_shape
         a = tf.constant(self._a.reshape(1, 1, 1, -1))
         b = tf.constant(self._b.reshape(1, 1, 1, -1))
+        rows0 = tf.range(h, dtype=tf.int64)[None]
+        cols0 = tf.range(w, dtype=tf.int64)[None]
+        cols_rev = tf.range(w - 1, -1, -1, dtype=tf.int64)[None]
         augment = self._augment
 
-        def load(p, e):
-            x = tf.gather(images, p)
-            if augment:
-                x = tf.pad(x, [[4, 4], [4, 4], [0, 0]])
-                x = tf.image.stateless_random_crop(x, (h, w, c), seed=tf.stack([base[0], e]))
-                x = tf.image.stateless_random_flip_left_right(x, seed=tf.stack([base[1], e]))
-            return x, tf.gather(labels, p)
-
-        def finish(x, y):
+        @tf.autograph.experimental.do_not_convert
+        def make_batch(pos, oy, ox, flip):
+            x = tf.gather(images, pos)  # [B, H, W, C] uint8
+            if augment:  # zero-pad by _PAD, crop at (oy, ox), flip: two batched gathers
+                x = tf.pad(x, [[0, 0], [_PAD, _PAD], [_PAD, _PAD], [0, 0]])
+                rows = oy[:, None] + rows0
+                cols = ox[:, None] + tf.where(flip[:, None] > 0, cols_rev, cols0)
+                x = tf.gather(x, rows, axis=1, batch_dims=1)
+                x = tf.gather(x, cols, axis=2, batch_dims=1)
             x = tf.cast(x, tf.float32) * a + b
-            return {"image": x, "label": y}
+            return {"image": x, "label": tf.gather(labels, pos)}
 
-        ds = tf.data.Dataset.from_tensor_slices((pos, elem))
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = tf.data.Dataset.from_tensor_slices(self._epoch_plan(epoch))
         ds = ds.batch(self._local_b, drop_remainder=True)
-        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.prefetch(tf.data.AUTOTUNE)
         opts = tf.data.Options()
         opts.deterministic = True

@@ -216,15 +216,18 @@ def test_jpeg_train_batches_augmentation(jpeg_data):
     assert np.all(x >= lo - 1e-4) and np.all(x <= hi + 1e-4)
     # Padding shows up as black (value lo) borders in some cropped images.
     assert np.any(np.all(np.isclose(x[:, :, 0, 0], lo[0], atol=1e-4), axis=1))
-    # Without augmentation, batch images are the normalised stored images exactly.
-    pos, _ = jpeg_data._epoch_positions(0)
-    raw0 = jpeg_data._train_x[pos[:128]].astype(np.float32) * jpeg_data._a + jpeg_data._b
+    # The batch is exactly: zero-pad 4, crop 32x32 at the planned offsets, maybe flip.
+    pos, oy, ox, flip = jpeg_data._epoch_plan(0)
     np.testing.assert_array_equal(b0["label"], jpeg_data._train_y[pos[:128]])
-    assert not np.allclose(raw0, x)  # augmentation did something
-    # Some images are exactly unaugmented-or-flipped only (crop offset 4,4).
-    same = [np.allclose(raw0[i], x[i], atol=1e-5) or np.allclose(raw0[i, :, ::-1], x[i], atol=1e-5)
-            for i in range(128)]
-    assert 0 < sum(same) < 128
+    assert set(oy[:128]) <= set(range(9)) and len(set(oy.tolist())) == 9
+    assert 0 < flip.mean() < 1
+    for i in range(128):
+        padded = np.pad(jpeg_data._train_x[pos[i]], [(4, 4), (4, 4), (0, 0)])
+        ref = padded[oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
+        ref = ref[:, ::-1] if flip[i] else ref
+        np.testing.assert_allclose(x[i], ref * jpeg_data._a + jpeg_data._b, atol=1e-5)
+    plain = jpeg_data._train_x[pos[:128]].astype(np.float32) * jpeg_data._a + jpeg_data._b
+    assert not np.allclose(plain, x)  # augmentation did something
 
 
 @needs_archive
@@ -290,7 +293,7 @@ def test_digits_source():
     x = np.concatenate([t["image"] for t in b])
     assert x.shape[1:] == (8, 8, 1) and x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.9
     # No augmentation by default: batches are the stored images / 16 exactly.
-    pos, _ = d._epoch_positions(0)
+    pos = d._epoch_positions(0)
     np.testing.assert_allclose(x, d._train_x[pos] / 16.0, atol=1e-6)
     # Explicit counts override the profile.
     cfg.counts = (50, 40, 30, 20, 10, 10, 10, 10, 10, 5)
@@ -329,7 +332,7 @@ def test_two_processes(monkeypatch):
         batches = list(d.train_epoch(2))
         assert len(batches) == d.steps_per_epoch
         assert all(b["image"].shape == (32, 8, 8, 1) for b in batches)
-        shards.append((d._epoch_positions(2)[0], batches))
+        shards.append((d._epoch_positions(2), batches))
         evals.append(list(d.eval_batches()))
     # Disjoint shards whose union is the global batch stream of one process.
     assert not set(shards[0][0]) & set(shards[1][0])
