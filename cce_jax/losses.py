@@ -52,16 +52,66 @@ def _ce(z, labels, class_weights=None):
   return loss
 
 
-def _complement_entropy(z, labels):
-  """H_c from log q_j = z_j - logsumexp_{i != g} z_i, computed without -inf or overflow."""
-  wrong = jnp.arange(z.shape[-1]) != labels[..., None]
-  top = jax.lax.stop_gradient(jnp.max(jnp.where(wrong, z, -jnp.inf), axis=-1, keepdims=True))
-  shifted = jnp.where(wrong, z - top, 0.0)           # <= 0 on wrong classes; 0 at g
-  e = jnp.where(wrong, jnp.exp(shifted), 0.0)
-  total = jnp.sum(e, axis=-1, keepdims=True)         # >= 1
-  log_q = shifted - jnp.log(total)                   # finite everywhere; unused at g
-  q = e / total                                      # exactly 0 at g
-  return -jnp.sum(q * log_q, axis=-1)
+def _reduce_last(operands, inits, combine):
+  """One pass over the class axis computing several reductions (an XLA variadic reduce).
+
+  On the CPU, XLA does not fuse sibling reductions of the same input; a variadic reduce
+  reads the logits once, which makes the complement losses ~2x faster there.
+  """
+  dtype = operands[0].dtype
+  inits = tuple(jnp.asarray(v, dtype) for v in inits)
+  return jax.lax.reduce(tuple(operands), inits, combine, (operands[0].ndim - 1,))
+
+
+def _split(z, labels):
+  """The softmax split at the true class, in two passes over ``z``.
+
+  Returns ``hot`` (one-hot of ``labels``), ``z_g``, ``lse_wrong = log sum_{j != g} exp(z_j)``,
+  ``shifted = z - top`` on the wrong classes (``top`` their largest logit, 0 at g), their
+  exponentials ``e`` (0 at g), ``total = sum e >= 1``, ``log_total`` and the complement
+  entropy ``h_c = log_total - sum_j e_j shifted_j / total``
+  (that is ``-sum_{j != g} q_j log q_j`` with ``log q = shifted - log_total``). The true class
+  is masked out before the exponential: no ``-inf``, no overflow, no ``1 / (1 - p_g)``.
+  """
+  hot = jnp.arange(z.shape[-1]) == labels[..., None]
+  top, z_g = _reduce_last(
+      (jnp.where(hot, -jnp.inf, z), jnp.where(hot, z, 0.0)), (-jnp.inf, 0.0),
+      lambda a, b: (jnp.maximum(a[0], b[0]), a[1] + b[1]))
+  shifted = jnp.where(hot, 0.0, z - top[..., None])
+  e = jnp.where(hot, 0.0, jnp.exp(shifted))
+  total, weighted = _reduce_last((e, e * shifted), (0.0, 0.0),
+                                 lambda a, b: (a[0] + b[0], a[1] + b[1]))
+  log_total = jnp.log(total)
+  h_c = log_total - weighted / total
+  return hot, z_g, top + log_total, shifted, e, total, log_total, h_c
+
+
+@jax.custom_jvp
+def _complement_parts(z, labels):
+  """``(z_g, lse_wrong, h_c)`` of :func:`_split`, with a closed-form derivative.
+
+  With ``q_j = exp(z_j - lse_wrong)`` on the wrong classes (0 at g):
+  ``d z_g = dz_g``, ``d lse_wrong = sum_j q_j dz_j``,
+  ``d h_c = -sum_j q_j (log q_j + h_c) dz_j``.
+  The rule is linear in the tangents, so reverse mode (its transpose), ``jacfwd`` and higher
+  orders work; it also makes the derivative a single elementwise pass.
+  """
+  _, z_g, lse_wrong, *_, h_c = _split(z, labels)
+  return z_g, lse_wrong, h_c
+
+
+@_complement_parts.defjvp
+def _complement_parts_jvp(primals, tangents):
+  z, labels = primals
+  dz, _ = tangents
+  hot, z_g, lse_wrong, shifted, e, total, log_total, h_c = _split(z, labels)
+  q = e / total[..., None]
+  log_q = shifted - log_total[..., None]
+  dz_g = jnp.sum(jnp.where(hot, dz, 0.0), axis=-1)
+  q_dz = q * dz
+  d_lse = jnp.sum(q_dz, axis=-1)
+  d_h = -jnp.sum(q_dz * (log_q + h_c[..., None]), axis=-1)
+  return (z_g, lse_wrong, h_c), (dz_g, d_lse, d_h)
 
 
 def _check_k(z, minimum: int, what: str) -> int:
@@ -128,7 +178,8 @@ def complement_entropy(logits, labels, *, axis: int = -1, where=None):
   """
   z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
   _check_k(z, 2, "complement_entropy")
-  return _validate.finish(_complement_entropy(z, labels), valid)
+  _, _, h_c = _complement_parts(z, labels)
+  return _validate.finish(h_c, valid)
 
 
 def complement_cross_entropy(logits, labels, *, gamma: float = -1.0,
@@ -180,7 +231,9 @@ def complement_cross_entropy(logits, labels, *, gamma: float = -1.0,
   z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
   k = _check_k(z, 2, "complement_cross_entropy")
   n = k - 1 if normalizer == "k_minus_1" else k
-  loss = _ce(z, labels) + (gamma / n) * _complement_entropy(z, labels)
+  z_g, lse_wrong, h_c = _complement_parts(z, labels)
+  # CE = logsumexp_j z_j - z_g = softplus(logsumexp_{j != g} z_j - z_g), from the same pass.
+  loss = jax.nn.softplus(lse_wrong - z_g) + (gamma / n) * h_c
   return _validate.finish(loss, valid)
 
 
@@ -308,9 +361,12 @@ def ldam_loss(logits, labels, class_counts, *, max_margin: float = 0.5, scale: f
   if class_weights is not None:
     w = _validate.class_vector(class_weights, z.shape[-1], "class_weights", positive=False)
   margins = max_margin * (jnp.min(counts) / counts) ** 0.25
-  hot = jnp.arange(z.shape[-1]) == labels[..., None]
-  shifted = z - jnp.where(hot, margins[labels][..., None], 0.0)
-  return _validate.finish(_ce(scale * shifted, labels, w), valid)
+  # Only the true-class logit moves: CE = softplus(lse_{j != g}(s z_j) - s (z_g - m_g)).
+  z_g, lse_wrong, _ = _complement_parts(scale * z, labels)
+  loss = jax.nn.softplus(lse_wrong - z_g + scale * margins[labels])
+  if w is not None:
+    loss = loss * w[labels]
+  return _validate.finish(loss, valid)
 
 
 def logit_adjusted_loss(logits, labels, class_counts, *, tau: float = 1.0, axis: int = -1,
