@@ -260,8 +260,16 @@ class _Raw:
 def _load_tfds(name: str, data_dir) -> _Raw:
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
-    builder.download_and_prepare()
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare()
+    except Exception as e:  # unknown name, or not prepared and no network
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RuntimeError(
+            f"name: cannot load the tfds data set {name!r} (data_dir={data_dir!r}): {first} "
+            "Offline, prepare it in data_dir first, or use data.source='cifar10_jpeg:PATH' "
+            "or 'digits'."
+        ) from e
     features = builder.info.features
     for key in ("image", "label"):
         if key not in features:

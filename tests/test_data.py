@@ -350,6 +350,8 @@ def test_two_processes(monkeypatch):
 
 
 def test_build_errors(monkeypatch):
+    with pytest.raises(RuntimeError, match="name: cannot load the tfds data set 'no_such_xyz'"):
+        data.build(_cfg(name="no_such_xyz"), seed=0, global_batch_size=8, eval_batch_size=8)
     with pytest.raises(ValueError, match="source: unknown data source"):
         data.build(_cfg(source="mnist_folder"), seed=0, global_batch_size=8, eval_batch_size=8)
     with pytest.raises(ValueError, match="class 0 has only 119 examples but 500"):
