@@ -468,7 +468,10 @@ def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
     except ImportError:
         check_labels = None
     if check_labels is not None:
-        check_labels(labels, num_classes)
+        try:
+            check_labels(np.asarray(labels), int(num_classes))
+        except ValueError as e:
+            raise ValueError(f"{what} labels: {e}") from e
         return
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
