@@ -452,8 +452,9 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
             data = data_lib.build(config.data, seed=int(config.seed),
                                   global_batch_size=int(config.batch_size),
                                   eval_batch_size=int(config.eval_batch_size))
-        except (FileNotFoundError, OSError) as e:
-            raise ConfigError(f"dataset not available ({config.data.source!r}): {e}") from e
+        except Exception as e:  # missing files, tfds without a local copy, bad data keys
+            raise ConfigError(f"could not build the dataset (data.source="
+                              f"{config.data.source!r}): {type(e).__name__}: {e}") from e
     info = data.info
     num_classes = int(info.num_classes)
     class_counts = np.asarray(info.class_counts, np.int64)
