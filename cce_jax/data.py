@@ -210,20 +210,21 @@ def default_config():
     ('tfds', 'cifar10', 'exp', 100.0)
     """
     import ml_collections
+    from ml_collections.config_dict import placeholder
 
     cfg = ml_collections.ConfigDict()
     cfg.source = "tfds"  # "tfds" | "cifar10_jpeg:PATH" | "digits"
     cfg.name = "cifar10"  # the tfds name when source == "tfds"
-    cfg.data_dir = None
+    cfg.data_dir = placeholder(str)
     cfg.cache_dir = "~/.cache/cce_jax"
     cfg.profile = "exp"  # "exp" | "step" | "none"
     cfg.ratio = 100.0
-    cfg.n_max = None
-    cfg.counts = None
+    cfg.n_max = placeholder(int)
+    cfg.counts = placeholder(tuple)
     cfg.subset_seed = 0
     # None = automatic: True for tfds and cifar10_jpeg, False for digits.
-    cfg.augment = None
-    cfg.max_test = None
+    cfg.augment = placeholder(bool)
+    cfg.max_test = placeholder(int)
     return cfg
 
 
