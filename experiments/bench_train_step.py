@@ -1,0 +1,135 @@
+"""Train-step throughput: the JAX/flax ResNet-32 step against the same step in PyTorch.
+
+  python -m experiments.bench_train_step [--batch_size=128] [--num_steps=20] [--dtype=float32]
+      [--model=resnet32] [--skip_torch]
+
+JAX: ``cce_jax.training.step_throughput`` (the trainer's jitted, data-parallel step: forward,
+CE loss, backward, SGD momentum 0.9 + weight decay 2e-4 on kernels, BatchNorm update) on
+random 32x32x3 data over all local devices. PyTorch (benchmark-only extra, ``pip install
+torch==2.13.0``): the same ResNet-32 (3x3 stem 16, 3x5 basic blocks 16/32/64, option-A
+shortcuts, BatchNorm), ``torch.optim.SGD(momentum=0.9, weight_decay=2e-4)``, CE, on the
+same batch size; CPU or CUDA, whichever JAX uses. Both measure ``num_steps`` steps after
+warm-up and wait for the device. Prints both rates and their ratio.
+"""
+
+import argparse
+import json
+import os
+import time
+
+
+def torch_throughput(batch_size=128, num_steps=20, warmup_steps=3, device="cpu",
+                     num_classes=10, threads=None):
+    import torch
+    import torch.nn as tnn
+    import torch.nn.functional as F
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    class Block(tnn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = tnn.BatchNorm2d(cout)
+            self.c2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = tnn.BatchNorm2d(cout)
+            self.stride, self.pad = stride, cout - cin
+
+        def forward(self, x):
+            y = F.relu(self.b1(self.c1(x)))
+            y = self.b2(self.c2(y))
+            r = x
+            if self.stride != 1 or self.pad:
+                r = x[:, :, ::self.stride, ::self.stride]
+                r = F.pad(r, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+            return F.relu(y + r)
+
+    class ResNet32(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.bn = tnn.BatchNorm2d(16)
+            blocks, cin = [], 16
+            for i, w in enumerate((16, 32, 64)):
+                for j in range(5):
+                    blocks.append(Block(cin, w, 2 if (i > 0 and j == 0) else 1))
+                    cin = w
+            self.blocks = tnn.Sequential(*blocks)
+            self.head = tnn.Linear(64, num_classes)
+
+        def forward(self, x):
+            x = F.relu(self.bn(self.stem(x)))
+            x = self.blocks(x)
+            return self.head(x.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model = ResNet32().to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    x = torch.randn(batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def sync():
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup_steps):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(num_steps):
+        step()
+    sync()
+    return num_steps * batch_size / (time.perf_counter() - t0)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet32")
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--num_steps", type=int, default=20)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--skip_torch", action="store_true")
+    p.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = p.parse_args()
+
+    import jax
+
+    from cce_jax import training
+
+    platform = jax.devices()[0].platform
+    jax_ips = training.step_throughput(args.model, batch_size=args.batch_size,
+                                       num_steps=args.num_steps, dtype=args.dtype)
+    out = {"model": args.model, "batch_size": args.batch_size, "dtype": args.dtype,
+           "platform": platform, "devices": jax.device_count(),
+           "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "jax_images_per_s": jax_ips}
+    print(f"JAX   {args.model} {args.dtype} batch {args.batch_size} on {jax.device_count()} "
+          f"{platform} device(s): {jax_ips:8.1f} images/s", flush=True)
+    if not args.skip_torch and args.model == "resnet32":
+        try:
+            import torch
+        except ImportError:
+            print("PyTorch not installed (pip install torch==2.13.0): skipping the comparison")
+        else:
+            dev = "cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu"
+            t_ips = torch_throughput(args.batch_size, args.num_steps, device=dev)
+            out.update(torch_images_per_s=t_ips, torch_version=torch.__version__,
+                       torch_threads=torch.get_num_threads(), ratio_jax_over_torch=jax_ips / t_ips)
+            print(f"torch {args.model} float32 batch {args.batch_size} on {dev} "
+                  f"({torch.get_num_threads()} threads): {t_ips:8.1f} images/s", flush=True)
+            print(f"ratio JAX / torch: {jax_ips / t_ips:.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
