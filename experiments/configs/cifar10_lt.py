@@ -28,7 +28,7 @@ def get_config():
     c.data.ratio = 100.0
     c.model.name = "resnet32"
     c.batch_size = 128
-    c.eval_batch_size = 500
+    c.eval_batch_size = 1000
     c.num_epochs = 200
     c.optimizer.lr = 0.1
     c.optimizer.momentum = 0.9
