@@ -420,6 +420,24 @@ def build_loss_fns(config, class_counts) -> tuple[tuple, tuple | None]:
     return plain, drw
 
 
+def _resolve_data_paths(data_config):
+    """A relative ``cifar10_jpeg:PATH`` is tried from the cwd, then from the repo root."""
+    source = str(data_config.source)
+    if not source.startswith("cifar10_jpeg:"):
+        return data_config
+    path = os.path.expanduser(source.split(":", 1)[1])
+    if os.path.isabs(path) or os.path.exists(path):
+        return data_config
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    candidate = os.path.join(repo_root, path)
+    if not os.path.exists(candidate):
+        return data_config
+    resolved = data_config.copy_and_resolve_references()
+    with resolved.unlocked():
+        resolved.source = "cifar10_jpeg:" + os.path.normpath(candidate)
+    return resolved
+
+
 def _two_arg(fn):
     return lambda logits, labels: fn(logits, labels)
 
@@ -449,7 +467,7 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
     if data is None:
         from cce_jax import data as data_lib
         try:
-            data = data_lib.build(config.data, seed=int(config.seed),
+            data = data_lib.build(_resolve_data_paths(config.data), seed=int(config.seed),
                                   global_batch_size=int(config.batch_size),
                                   eval_batch_size=int(config.eval_batch_size))
         except Exception as e:  # missing files, tfds without a local copy, bad data keys

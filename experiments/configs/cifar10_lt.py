@@ -17,7 +17,17 @@ Expected runtime: not yet measured on GPU (CPU: hours). Expected result: not yet
 (the literature reports ~70-73% top-1 for CE and ~77% for LDAM-DRW at ratio 100).
 """
 
-from experiments.configs import default
+try:
+    from experiments.configs import default
+except ImportError:  # loaded by path from outside the repo root
+    import importlib.util
+    import os
+
+    _spec = importlib.util.spec_from_file_location(
+        "_cce_default_config", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                            "default.py"))
+    default = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(default)
 
 
 def get_config():
