@@ -61,7 +61,8 @@ def main(argv):
     except training.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    if summary is not None:
+    import jax
+    if summary is not None and jax.process_index() == 0:
         def fmt(x):
             return "n/a" if x is None else f"{x:.4f}"
         print(f"final test top-1 {fmt(summary['test_top1'])}  balanced accuracy "
