@@ -337,7 +337,7 @@ def validate_config(config, *, num_devices: int | None = None,
 
 
 def _check_workdir(config, workdir: str) -> None:
-    """Stores config.json; on resume refuses a config that differs beyond run control."""
+    """On resume, refuses a config that differs from the stored one beyond run control."""
     path = os.path.join(workdir, "config.json")
     new = _config_json(config)
     if os.path.exists(path):
@@ -352,8 +352,12 @@ def _check_workdir(config, workdir: str) -> None:
             raise ConfigError(
                 f"workdir {workdir!r} holds a run of another config (only "
                 f"{sorted(RUN_CONTROL_KEYS)} may change on resume):\n  " + "\n  ".join(lines))
+
+
+def _store_config(config, workdir: str) -> None:
     if jax.process_index() == 0:
-        _atomic_write(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+        _atomic_write(os.path.join(workdir, "config.json"),
+                      json.dumps(_config_json(config), indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------- files
@@ -487,13 +491,19 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
                              width=config.model.get("width"))
     tx = make_optimizer(config, spe)
     lr_fn = make_lr_schedule(config, spe)
-    plain_fns, drw_fns = build_loss_fns(config, class_counts)
+    try:
+        plain_fns, drw_fns = build_loss_fns(config, class_counts)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"cannot build loss {config.loss.name!r} with hparams "
+                          f"{dict(config.loss.hparams)} (drw_epoch={config.loss.drw_epoch}): "
+                          f"{e}") from e
     state = create_train_state(model, tx, jax.random.key(int(config.seed)),
                                tuple(info.image_shape), mesh)
     train_plain = make_train_step(model, tx, mesh, plain_fns)
     train_drw = make_train_step(model, tx, mesh, drw_fns) if drw_fns else None
     eval_step = make_eval_step(model, mesh, num_classes)
 
+    _store_config(config, workdir)  # everything checked: the workdir now belongs to config
     ckpt_dir = os.path.join(workdir, "checkpoints")
     mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
         max_to_keep=int(config.keep_checkpoints), create=True,

@@ -164,6 +164,7 @@ def test_missing_dataset(tmp_path):
     with pytest.raises(training.ConfigError, match="dataset"):
         training.train_and_evaluate(c, str(tmp_path / "w"))
     assert not (tmp_path / "w" / "checkpoints").exists()
+    assert not (tmp_path / "w" / "config.json").exists()
 
 
 # ----------------------------------------------------------------------------- the loop
