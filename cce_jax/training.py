@@ -510,6 +510,9 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
         enable_async_checkpointing=False))
     start_epoch = 0
     latest = mngr.latest_step()
+    if latest is not None and int(latest) > int(config.num_epochs):
+        raise ConfigError(f"workdir {workdir!r} holds a checkpoint at epoch {latest}, beyond "
+                          f"num_epochs={config.num_epochs}")
     if latest is not None:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         state = mngr.restore(latest, args=ocp.args.StandardRestore(abstract))

@@ -218,6 +218,8 @@ def test_resume_is_exact_and_workdir_checks(tmp_path):
     # Extending num_epochs (run control) resumes; changing the model does not.
     more = training.train_and_evaluate(small_config(num_epochs=4), str(part), data=data)
     assert more["resumed_from_epoch"] == 3 and more["epochs"] == 4
+    with pytest.raises(training.ConfigError, match="beyond"):
+        training.train_and_evaluate(small_config(num_epochs=2), str(part), data=data)
     with pytest.raises(training.ConfigError, match="model.width"):
         training.train_and_evaluate(small_config(**{"model.width": 8}), str(part), data=data)
 
