@@ -13,97 +13,103 @@ import argparse
 import os
 import sys
 
-p = argparse.ArgumentParser()
-p.add_argument("--devices", type=int, required=True)
-p.add_argument("--out", required=True)
-p.add_argument("--steps", type=int, default=3)
-p.add_argument("--cot", action="store_true")
-p.add_argument("--coordinator", default=None)
-p.add_argument("--num_processes", type=int, default=1)
-p.add_argument("--process_id", type=int, default=0)
-args = p.parse_args()
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + f" --xla_force_host_platform_device_count={args.devices}")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--devices", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--cot", action="store_true")
+    p.add_argument("--coordinator", default=None)
+    p.add_argument("--num_processes", type=int, default=1)
+    p.add_argument("--process_id", type=int, default=0)
+    args = p.parse_args()
 
-import jax  # noqa: E402
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={args.devices}")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-jax.config.update("jax_enable_x64", False)
-if args.coordinator:
-    from cce_jax import training as _t
-    _t.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    import jax  # noqa: E402
 
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+    jax.config.update("jax_enable_x64", False)
+    if args.coordinator:
+        from cce_jax import training as _t
+        _t.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
-from cce_jax import models, training  # noqa: E402
+    import ml_collections  # noqa: E402
+    import numpy as np  # noqa: E402
+    import optax  # noqa: E402
 
-assert jax.device_count() == args.devices * args.num_processes, jax.devices()
+    from cce_jax import models, training  # noqa: E402
 
-K, B, H = 5, 16, 8
-rng = np.random.default_rng(0)
-images = rng.standard_normal((args.steps, B, H, H, 3)).astype(np.float32)
-labels = rng.integers(0, K, (args.steps, B)).astype(np.int32)
-test_x = rng.standard_normal((B, H, H, 3)).astype(np.float32)
-test_y = rng.integers(0, K, B).astype(np.int32)
+    assert jax.device_count() == args.devices * args.num_processes, jax.devices()
 
-cfg = ml_collections.ConfigDict()
-cfg.num_epochs = 10
-cfg.loss = {"name": "cot" if args.cot else "ce"}
-cfg.optimizer = {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
-                 "decay_all": False}
-cfg.schedule = {"name": "step", "warmup_epochs": 0.0, "boundaries": (), "factors": ()}
+    K, B, H = 5, 16, 8
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((args.steps, B, H, H, 3)).astype(np.float32)
+    labels = rng.integers(0, K, (args.steps, B)).astype(np.int32)
+    test_x = rng.standard_normal((B, H, H, 3)).astype(np.float32)
+    test_y = rng.integers(0, K, B).astype(np.int32)
 
-mesh = training.make_mesh()
-model = models.get_model("resnet8", num_classes=K, width=4)
-tx = training.make_optimizer(cfg, steps_per_epoch=args.steps)
+    cfg = ml_collections.ConfigDict()
+    cfg.num_epochs = 10
+    cfg.loss = {"name": "cot" if args.cot else "ce"}
+    cfg.optimizer = {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
+                     "decay_all": False}
+    cfg.schedule = {"name": "step", "warmup_epochs": 0.0, "boundaries": (), "factors": ()}
 
-
-def ce(logits, y):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    mesh = training.make_mesh()
+    model = models.get_model("resnet8", num_classes=K, width=4)
+    tx = training.make_optimizer(cfg, steps_per_epoch=args.steps)
 
 
-def neg_complement(logits, y):  # -H_c / K, written out here (no cce_jax.losses dependency)
-    p = jax.nn.softmax(logits)
-    py = jnp.take_along_axis(p, y[:, None], -1)
-    q = p / (1.0 - py + 1e-7)
-    off = 1.0 - jax.nn.one_hot(y, K)
-    return jnp.sum(off * q * jnp.log(q + 1e-10), -1) / K
+    def ce(logits, y):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 
 
-import jax.numpy as jnp  # noqa: E402
+    def neg_complement(logits, y):  # -H_c / K, written out here (no cce_jax.losses dependency)
+        p = jax.nn.softmax(logits)
+        py = jnp.take_along_axis(p, y[:, None], -1)
+        q = p / (1.0 - py + 1e-7)
+        off = 1.0 - jax.nn.one_hot(y, K)
+        return jnp.sum(off * q * jnp.log(q + 1e-10), -1) / K
 
-fns = (ce, neg_complement) if args.cot else (ce,)
-state = training.create_train_state(model, tx, jax.random.key(0), (H, H, 3), mesh)
-step = training.make_train_step(model, tx, mesh, fns)
-eval_step = training.make_eval_step(model, mesh, K)
 
-pi, pc = jax.process_index(), jax.process_count()
-lb = B // pc
-sl = slice(pi * lb, (pi + 1) * lb)
-losses, accs = [], []
-for s in range(args.steps):
-    batch = {"image": images[s, sl], "label": labels[s, sl]}
-    state, m = step(state, training.shard_batch(batch, mesh))
-    jax.block_until_ready(m)
-    losses.append(float(training._local(m["loss"])))
-    accs.append(float(training._local(m["accuracy"])))
-ev = training.evaluate(eval_step, state, [{"image": test_x[sl], "label": test_y[sl],
-                                           "mask": np.arange(B)[sl] < 13}],
-                       mesh, K, class_counts=np.array([200, 50, 50, 10, 10]))
+    import jax.numpy as jnp  # noqa: E402
 
-flat = {}
-for name, tree in (("params", state.params), ("batch_stats", state.batch_stats)):
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        flat[name + jax.tree_util.keystr(path)] = training._local(leaf)
-flat["losses"] = np.array(losses)
-flat["accs"] = np.array(accs)
-flat["confusion"] = np.array(ev["confusion_matrix"])
-flat["step"] = training._local(state.step)
-if pi == 0:
-    np.savez(args.out, **flat)
-print("ok", jax.device_count(), pc, losses, file=sys.stderr)
-if args.coordinator:
-    jax.distributed.shutdown()
+    fns = (ce, neg_complement) if args.cot else (ce,)
+    state = training.create_train_state(model, tx, jax.random.key(0), (H, H, 3), mesh)
+    step = training.make_train_step(model, tx, mesh, fns)
+    eval_step = training.make_eval_step(model, mesh, K)
+
+    pi, pc = jax.process_index(), jax.process_count()
+    lb = B // pc
+    sl = slice(pi * lb, (pi + 1) * lb)
+    losses, accs = [], []
+    for s in range(args.steps):
+        batch = {"image": images[s, sl], "label": labels[s, sl]}
+        state, m = step(state, training.shard_batch(batch, mesh))
+        jax.block_until_ready(m)
+        losses.append(float(training._local(m["loss"])))
+        accs.append(float(training._local(m["accuracy"])))
+    ev = training.evaluate(eval_step, state, [{"image": test_x[sl], "label": test_y[sl],
+                                               "mask": np.arange(B)[sl] < 13}],
+                           mesh, K, class_counts=np.array([200, 50, 50, 10, 10]))
+
+    flat = {}
+    for name, tree in (("params", state.params), ("batch_stats", state.batch_stats)):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            flat[name + jax.tree_util.keystr(path)] = training._local(leaf)
+    flat["losses"] = np.array(losses)
+    flat["accs"] = np.array(accs)
+    flat["confusion"] = np.array(ev["confusion_matrix"])
+    flat["step"] = training._local(state.step)
+    if pi == 0:
+        np.savez(args.out, **flat)
+    print("ok", jax.device_count(), pc, losses, file=sys.stderr)
+    if args.coordinator:
+        jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
