@@ -64,7 +64,12 @@ def logits_and_labels(logits, labels, axis, where):
 
 
 def class_vector(values, num_classes: int, name: str, *, positive: bool):
-  """Checks a per-class vector (class counts or weights) of length `num_classes`."""
+  """Checks a per-class vector (class counts or weights) of length `num_classes`.
+
+  ``None`` (an optional vector not given) passes through as ``None``.
+  """
+  if values is None:
+    return None
   arr = jnp.asarray(values)
   if arr.ndim != 1 or arr.shape[0] != num_classes:
     raise ValueError(

@@ -152,9 +152,7 @@ def cross_entropy(logits, labels, *, class_weights=None, axis: int = -1, where=N
     [0.1698, 1.0986]
   """
   z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
-  w = None
-  if class_weights is not None:
-    w = _validate.class_vector(class_weights, z.shape[-1], "class_weights", positive=False)
+  w = _validate.class_vector(class_weights, z.shape[-1], "class_weights", positive=False)
   return _validate.finish(_ce(z, labels, w), valid)
 
 
@@ -297,9 +295,7 @@ def focal_loss(logits, labels, *, gamma: float = 2.0, class_weights=None, axis: 
     [0.0041, 0.4883]
   """
   z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
-  w = None
-  if class_weights is not None:
-    w = _validate.class_vector(class_weights, z.shape[-1], "class_weights", positive=False)
+  w = _validate.class_vector(class_weights, z.shape[-1], "class_weights", positive=False)
   ce = _ce(z, labels)
   miss = -jnp.expm1(-ce)                               # 1 - p_g, in [0, 1]
   safe = jnp.where(miss > 0, miss, 1.0)
@@ -360,9 +356,7 @@ def ldam_loss(logits, labels, class_counts, *, max_margin: float = 0.5, scale: f
   """
   z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
   counts = _validate.class_vector(class_counts, z.shape[-1], "class_counts", positive=True)
-  w = None
-  if class_weights is not None:
-    w = _validate.class_vector(class_weights, z.shape[-1], "class_weights", positive=False)
+  w = _validate.class_vector(class_weights, z.shape[-1], "class_weights", positive=False)
   margins = max_margin * (jnp.min(counts) / counts) ** 0.25
   # Only the true-class logit moves: CE = softplus(lse_{j != g}(s z_j) - s (z_g - m_g)).
   z_g, lse_wrong, _ = _complement_parts(scale * z, labels)
