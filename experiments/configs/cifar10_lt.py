@@ -18,17 +18,7 @@ Expected runtime: on the 2-core CPU one epoch took 213 s (67 images/s), i.e. ~11
 (the literature reports ~70-73% top-1 for CE and ~77% for LDAM-DRW at ratio 100).
 """
 
-try:
-    from experiments.configs import default
-except ImportError:  # loaded by path from outside the repo root
-    import importlib.util
-    import os
-
-    _spec = importlib.util.spec_from_file_location(
-        "_cce_default_config", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                            "default.py"))
-    default = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(default)
+from experiments.configs import default
 
 
 def get_config():

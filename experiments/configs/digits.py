@@ -8,17 +8,7 @@ accuracy. Measured (seed 0, 2-core CPU, shared machine): about 30 s wall; test t
 0.931, balanced accuracy 0.931 (many/medium/few 1.000/0.969/0.831).
 """
 
-try:
-    from experiments.configs import default
-except ImportError:  # loaded by path from outside the repo root
-    import importlib.util
-    import os
-
-    _spec = importlib.util.spec_from_file_location(
-        "_cce_default_config", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                            "default.py"))
-    default = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(default)
+from experiments.configs import default
 
 
 def get_config():

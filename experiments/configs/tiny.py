@@ -6,17 +6,7 @@ About 380 training images (exp profile, n_max 100, ratio 10), 1000 test images, 
 well under a minute on one CPU core. ``--config.num_epochs=N`` changes its length.
 """
 
-try:
-    from experiments.configs import default
-except ImportError:  # loaded by path from outside the repo root
-    import importlib.util
-    import os
-
-    _spec = importlib.util.spec_from_file_location(
-        "_cce_default_config", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                            "default.py"))
-    default = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(default)
+from experiments.configs import default
 
 
 def get_config():
