@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ResNet", "BasicBlock", "CosineDense", "get_model", "MODEL_NAMES"]
+__all__ = ["ResNet", "BasicBlock", "CosineDense", "get_model", "check_model_config", "MODEL_NAMES"]
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -142,22 +142,37 @@ def get_model(name: str, *, num_classes: int, dtype=jnp.float32, cosine_head: bo
     >>> m.apply(variables, jnp.zeros((2, 8, 8, 1))).shape
     (2, 3)
     """
-    if name not in _SPECS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(_SPECS)}")
+    dtype = check_model_config(name, dtype=dtype, width=width)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    if width is not None and int(width) < 1:
-        raise ValueError(f"width must be a positive integer or None, got {width!r}")
-    if isinstance(dtype, str):
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"unknown dtype {dtype!r}; expected float32, bfloat16 or float16")
-        dtype = jnp.dtype(dtype)
     stages, w0, shortcut = _SPECS[name]
     w0 = int(width) if width else w0
     widths = tuple(w0 * 2**i for i in range(len(stages)))
     return ResNet(stage_sizes=stages, widths=widths, stem_width=w0, num_classes=int(num_classes),
                   shortcut=shortcut, cosine_head=bool(cosine_head), dtype=dtype,
                   bn_axis_name=bn_axis_name)
+
+
+def check_model_config(name: str, *, dtype=jnp.float32, width: int | None = None):
+    """Checks a model name, compute dtype and width; returns the dtype as a ``jnp.dtype``.
+
+    The one place these rules live (the trainer's config check calls it too).
+
+    >>> check_model_config("resnet32", dtype="bfloat16")
+    dtype(bfloat16)
+    """
+    if name not in _SPECS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(_SPECS)}")
+    if width is not None and (isinstance(width, bool) or int(width) != width or int(width) < 1):
+        raise ValueError(f"width must be a positive integer or None, got {width!r}")
+    names = ("float32", "bfloat16", "float16")
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {names}")
+    return dt
 
 
 def param_count(params) -> int:

@@ -3,7 +3,7 @@
   python -m experiments.bench_train_step [--batch_size=128] [--num_steps=20] [--dtype=float32]
       [--model=resnet32] [--skip_torch]
 
-JAX: ``cce_jax.training.step_throughput`` (the trainer's jitted, data-parallel step: forward,
+JAX: :func:`step_throughput` (the trainer's jitted, data-parallel step: forward,
 CE loss, backward, SGD momentum 0.9 + weight decay 2e-4 on kernels, BatchNorm update) on
 random 32x32x3 data over all local devices. PyTorch (benchmark-only extra, ``pip install
 torch==2.13.0``): the same ResNet-32 (3x3 stem 16, 3x5 basic blocks 16/32/64, option-A
@@ -16,6 +16,52 @@ import argparse
 import json
 import os
 import time
+
+import numpy as np
+
+
+def step_throughput(model_name="resnet32", batch_size=128, num_steps=20, dtype="float32", *,
+                    image_shape=(32, 32, 3), num_classes=10, warmup_steps=3, num_models=None,
+                    steps_per_call=1):
+    """Images/s of the trainer's jitted SGD train step on fixed random data, after warm-up.
+
+    ``num_models=S`` trains S models in one vmapped step (images/s counts all of them);
+    ``steps_per_call=N`` runs N steps per call (``lax.scan``). Waits for every call.
+    """
+    import jax
+    import optax
+
+    from cce_jax import models, training
+
+    mesh = training.make_mesh()
+    model = models.get_model(model_name, num_classes=num_classes, dtype=dtype)
+    tx = optax.chain(optax.add_decayed_weights(2e-4, mask=training.decay_mask),
+                     optax.sgd(0.1, momentum=0.9))
+
+    def ce(logits, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+    keys = jax.random.key(0) if num_models is None else jax.random.split(jax.random.key(0), num_models)
+    state = training.create_train_state(model, tx, keys, tuple(image_shape), mesh)
+    step = training.make_train_step(model, tx, mesh, (ce,), num_models=num_models,
+                                    steps_per_call=steps_per_call)
+    lead = tuple(d for d in ((steps_per_call if steps_per_call > 1 else None), num_models) if d)
+    rng = np.random.default_rng(0)
+    local_b = batch_size // jax.process_count()
+    batch = training.shard_batch(
+        {"image": rng.standard_normal((*lead, local_b, *image_shape), np.float32),
+         "label": rng.integers(0, num_classes, (*lead, local_b)).astype(np.int32)},
+        mesh, len(lead))
+    for _ in range(warmup_steps):
+        state, m = step(state, batch)
+    jax.block_until_ready((state, m))
+    calls = max(1, num_steps // steps_per_call)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        state, m = step(state, batch)
+        jax.block_until_ready(m)
+    jax.block_until_ready(state)
+    return calls * steps_per_call * batch_size * (num_models or 1) / (time.perf_counter() - t0)
 
 
 def torch_throughput(batch_size=128, num_steps=20, warmup_steps=3, device="cpu",
@@ -104,10 +150,8 @@ def main():
 
     import jax
 
-    from cce_jax import training
-
     platform = jax.devices()[0].platform
-    jax_ips = training.step_throughput(args.model, batch_size=args.batch_size,
+    jax_ips = step_throughput(args.model, batch_size=args.batch_size,
                                        num_steps=args.num_steps, dtype=args.dtype)
     out = {"model": args.model, "batch_size": args.batch_size, "dtype": args.dtype,
            "platform": platform, "devices": jax.device_count(),

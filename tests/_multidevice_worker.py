@@ -90,8 +90,8 @@ def main():
         batch = {"image": images[s, sl], "label": labels[s, sl]}
         state, m = step(state, training.shard_batch(batch, mesh))
         jax.block_until_ready(m)
-        losses.append(float(training._local(m["loss"])))
-        accs.append(float(training._local(m["accuracy"])))
+        losses.append(float(training.to_host(m["loss"])))
+        accs.append(float(training.to_host(m["accuracy"])))
     ev = training.evaluate(eval_step, state, [{"image": test_x[sl], "label": test_y[sl],
                                                "mask": np.arange(B)[sl] < 13}],
                            mesh, K, class_counts=np.array([200, 50, 50, 10, 10]))
@@ -99,11 +99,11 @@ def main():
     flat = {}
     for name, tree in (("params", state.params), ("batch_stats", state.batch_stats)):
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-            flat[name + jax.tree_util.keystr(path)] = training._local(leaf)
+            flat[name + jax.tree_util.keystr(path)] = training.to_host(leaf)
     flat["losses"] = np.array(losses)
     flat["accs"] = np.array(accs)
     flat["confusion"] = np.array(ev["confusion_matrix"])
-    flat["step"] = training._local(state.step)
+    flat["step"] = training.to_host(state.step)
     if pi == 0:
         np.savez(args.out, **flat)
     print("ok", jax.device_count(), pc, losses, file=sys.stderr)

@@ -238,8 +238,9 @@ def test_drw_and_cot_train(tmp_path):
 
 
 def test_step_throughput_positive():
-    assert training.step_throughput("resnet8", batch_size=8, num_steps=2,
-                                    image_shape=(8, 8, 3)) > 0
+    from experiments.bench_train_step import step_throughput
+
+    assert step_throughput("resnet8", batch_size=8, num_steps=2, image_shape=(8, 8, 3)) > 0
 
 
 # ----------------------------------------------------------------------------- the command

@@ -1,8 +1,8 @@
 """Every config field with its default (the CIFAR-10-LT paper protocol, CE loss).
 
-Run-control keys (may change when resuming a workdir): num_epochs, stop_after_epoch,
-eval_every, checkpoint_every, keep_checkpoints, progress, distributed, data.cache_dir,
-data.data_dir. Every other key must match the workdir's stored config.json.
+Run-control keys (may change when resuming a workdir): see
+``cce_jax.training.RUN_CONTROL_KEYS``. Every other key must match the workdir's stored
+config.json.
 """
 
 import ml_collections
@@ -13,8 +13,13 @@ def get_config() -> ml_collections.ConfigDict:
 
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Several models in one program, one per seed (seed s also sets data.subset_seed = s):
+    # --config.seeds='(0,1,2)'. Empty: one model with `seed` and `data.subset_seed`.
+    c.seeds = ()
 
     c.data = data.default_config()  # source, name, profile, ratio, n_max, ... (cce_jax.data)
+    c.data.source = "tfds"
+    c.data.name = "cifar10"
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet32"  # resnet8 | resnet20 | resnet32 | resnet34
@@ -47,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 128  # global, over all devices and processes
     c.eval_batch_size = 512
     c.num_epochs = 200
+    c.steps_per_call = 1  # > 1: that many train steps per jitted call (lax.scan)
 
     # Run control.
     c.eval_every = 10  # epochs; the last epoch is always evaluated
@@ -55,4 +61,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.stop_after_epoch = -1  # >= 0: stop (checkpointed) after this epoch, as if killed
     c.progress = True  # tqdm bar when stdout is a terminal
     c.distributed = False  # jax.distributed.initialize() (cluster auto-detection)
+    c.deadline = 0.0  # unix seconds; > 0: checkpoint and exit 75 before an epoch would pass it
     return c

@@ -1,0 +1,461 @@
+"""The training loop: restore, train epochs, evaluate, summarize (flax examples/imagenet style).
+
+:func:`train_and_evaluate` is the whole run; ``experiments/train.py`` only parses flags.
+Reproducibility: parameters come from ``jax.random.key(config.seed)``, the data order from
+``data.train_epoch(epoch)``, a pure function of ``(config.seed, epoch)``; the models have no
+dropout, so a resumed run replays the uninterrupted one exactly.
+
+Several seeds in one program (``config.seeds=(s0, s1, ...)``): model i is trained exactly as
+the single run with ``seed=s_i, data.subset_seed=s_i`` (its own init, data order,
+augmentation and surviving subset), all models in one vmapped step. Each writes
+``WORKDIR/seed_<s>/`` (``config.json``, ``metrics.jsonl``, ``summary.json`` in the single-run
+format); ``WORKDIR/summary.json`` holds the mean and sd over seeds.
+
+Failure modes, each loud: a non-finite train loss or gradient raises :class:`TrainingDiverged`
+(``failure.json`` written, no summary, the last finite checkpoint kept); reaching
+``config.deadline`` (unix seconds) raises :class:`DeadlineReached` after a checkpoint, so
+the next call resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import os
+import sys
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cce_jax import models
+from cce_jax.training import config as config_lib
+from cce_jax.training import optimizer as opt_lib
+from cce_jax.training import steps as steps_lib
+from cce_jax.training import workdir as wd
+from cce_jax.training.config import ConfigError
+
+__all__ = ["train_and_evaluate", "build_loss_fns", "TrainingDiverged", "DeadlineReached"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The train loss or gradient became non-finite; the run stopped without a summary."""
+
+
+class DeadlineReached(RuntimeError):
+    """``config.deadline`` would pass during the next epoch; the run checkpointed and stopped."""
+
+
+def build_loss_fns(config, class_counts) -> tuple[tuple, tuple | None]:
+    """(loss fns before DRW, loss fns from ``loss.drw_epoch`` on, or None)."""
+    from cce_jax import losses
+
+    counts = np.asarray(class_counts)
+    hparams = dict(config.loss.get("hparams", {}) or {})
+    if config_lib.is_cot(config):
+        base = "ce" if config.loss.name == "cot" else config.loss.name
+        primary = losses.get(base, class_counts=counts, **hparams)
+        k = len(counts)
+
+        def neg_complement(logits, labels):  # maximise the normalised complement entropy
+            return -losses.complement_entropy(logits, labels) / k
+
+        return (_two_arg(primary), neg_complement), None
+    plain = (_two_arg(losses.get(config.loss.name, class_counts=counts, **hparams)),)
+    if int(config.loss.drw_epoch) < 0:
+        return plain, None
+    w = np.asarray(losses.class_balanced_weights(counts, beta=float(config.loss.drw_beta)), np.float32)
+    drw = (_two_arg(losses.get(config.loss.name, class_counts=counts, **dict(hparams, class_weights=w))),)
+    return plain, drw
+
+
+def _two_arg(fn):
+    return lambda logits, labels: fn(logits, labels)
+
+
+def _build_data(config, seeds):
+    """One data pipeline per model (seed s: ``seed=s``, ``subset_seed=s``)."""
+    from cce_jax import data as data_lib
+
+    params = inspect.signature(data_lib.build).parameters
+    kwargs = dict(global_batch_size=int(config.batch_size), eval_batch_size=int(config.eval_batch_size))
+    if "mesh" in params:
+        kwargs["mesh"] = steps_lib.make_mesh()
+    raw = data_lib.load_source(config.data) if seeds and "raw" in params else None
+    if raw is not None:
+        kwargs["raw"] = raw
+    if not seeds:
+        return [data_lib.build(config.data, seed=int(config.seed), **kwargs)]
+    out = []
+    for s in seeds:
+        dcfg = config.data.copy_and_resolve_references()
+        with dcfg.unlocked():
+            dcfg.subset_seed = int(s)
+        out.append(data_lib.build(dcfg, seed=int(s), **kwargs))
+    return out
+
+
+def _stack(batches: list[dict], mesh, leading: int) -> dict:
+    """Stacks per-model (or per-step) batches on a new leading axis, sharded on ``data``."""
+    if not isinstance(batches[0]["label"], jax.Array):
+        stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+        return steps_lib.shard_batch(stacked, mesh, leading)
+    fn = jax.jit(
+        lambda bs: jax.tree.map(lambda *xs: jnp.stack(xs), *bs),
+        out_shardings=steps_lib.batch_sharding(mesh, leading),
+    )
+    return fn(batches)
+
+
+def _model_batches(datasets, mesh, epoch=None, *, stack=False):
+    """Yields the batches of an epoch (or of the eval split when ``epoch`` is None): one
+    model's, or with ``stack`` all models' stacked on a leading axis."""
+    its = [d.train_epoch(epoch) if epoch is not None else d.eval_batches() for d in datasets]
+    if epoch is not None:
+        its = [itertools.islice(it, datasets[0].steps_per_epoch) for it in its]
+    for group in zip(*its):
+        if not stack:
+            yield group[0] if epoch is None else steps_lib.shard_batch(group[0], mesh)
+        else:
+            yield _stack(list(group), mesh, 1)
+
+
+def _chunks(it, n):
+    while True:
+        chunk = list(itertools.islice(it, n))
+        if not chunk:
+            return
+        yield chunk
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _versions() -> dict:
+    import orbax.checkpoint as ocp
+
+    return {
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "orbax_checkpoint": getattr(ocp, "__version__", None),
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def _progress(total, desc, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not enabled, file=sys.stdout)
+
+
+def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
+    """Trains ``config`` in ``workdir`` (resuming from its last checkpoint) and evaluates.
+
+    Writes ``config.json``, ``metrics.jsonl``, ``summary.json``, ``confusion_matrix.csv``,
+    ``per_class.png`` and ``checkpoints/`` (per seed under ``seed_<s>/`` with
+    ``config.seeds``). Returns the summary dict (with seeds: the aggregate), or ``None`` when
+    stopped early by ``stop_after_epoch``. ``data`` (a :class:`cce_jax.data` pipeline-like
+    object, or a list of one per seed) replaces ``data.build``.
+
+    Raises:
+      ConfigError: a bad config or workdir, before anything is written.
+      TrainingDiverged: a non-finite train loss or gradient.
+      DeadlineReached: ``config.deadline`` reached (checkpointed; rerun to resume).
+    """
+    t_start = time.time()
+    config_lib.validate_config(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    lock = wd.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _Run(config, workdir, data, t_start).run()
+
+
+class _Run:
+    """The state of one train_and_evaluate call (kept small: setup, epochs, summary)."""
+
+    def __init__(self, config, workdir, data, t_start):
+        self.config, self.workdir, self.t_start = config, workdir, t_start
+        self.is_main = jax.process_index() == 0
+        self.seeds = config_lib.seeds_of(config)
+        self.num_models = len(self.seeds) if self.seeds else None
+        self.config_dict = config_lib.config_to_dict(config)
+        self.ckpts = wd.Checkpoints(workdir, keep=int(config.keep_checkpoints))
+        latest = self.ckpts.latest()
+        # Every check before anything is written: a refused run leaves the workdir as it was.
+        stored = wd.check_stored_config(workdir, self.config_dict, has_checkpoint=latest is not None)
+        if latest is not None and latest > int(config.num_epochs):
+            raise ConfigError(
+                f"workdir {workdir!r} holds a checkpoint at epoch {latest}, beyond num_epochs={config.num_epochs}"
+            )
+        self.datasets = self._data(data)
+        d0 = self.datasets[0]
+        self.info = d0.info
+        self.k = int(self.info.num_classes)
+        self.counts = np.asarray(self.info.class_counts, np.int64)
+        self.spe = int(d0.steps_per_epoch)
+        if self.spe < 1:
+            raise ConfigError(f"the train split ({self.info.num_train} images) holds no full batch of {config.batch_size}")
+        self.mesh = steps_lib.make_mesh()
+        self.model = models.get_model(
+            config.model.name,
+            num_classes=self.k,
+            dtype=config.model.dtype,
+            cosine_head=config.model.cosine_head,
+            width=config.model.get("width"),
+        )
+        self.tx = opt_lib.make_optimizer(config, self.spe)
+        self.lr_fn = opt_lib.make_lr_schedule(config, self.spe)
+        try:
+            plain, drw = build_loss_fns(config, self.counts)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"loss {config.loss.name!r}: {e}") from e
+        n = int(config.get("steps_per_call", 1))
+        mk = lambda fns, spc: steps_lib.make_train_step(  # noqa: E731
+            self.model, self.tx, self.mesh, fns, num_models=self.num_models, steps_per_call=spc
+        )
+        self.train_steps = {False: (mk(plain, 1), mk(plain, n) if n > 1 else None)}
+        if drw:
+            self.train_steps[True] = (mk(drw, 1), mk(drw, n) if n > 1 else None)
+        self.steps_per_call = n
+        self.eval_step = steps_lib.make_eval_step(
+            self.model, self.mesh, self.k, class_counts=self.counts, num_models=self.num_models
+        )
+        if self.is_main and not stored:
+            wd.store_config(workdir, self.config_dict)  # before the first checkpoint
+        if self.seeds and self.is_main:
+            for s, sub in zip(self.seeds, self.model_dirs()):
+                os.makedirs(sub, exist_ok=True)
+                wd.store_config(sub, self.single_config_dict(s))
+
+    def _data(self, data):
+        if data is not None:
+            datasets = list(data) if isinstance(data, (list, tuple)) else [data]
+        else:
+            try:
+                datasets = _build_data(self.config, self.seeds)
+            except Exception as e:  # missing files, tfds without a local copy, bad data keys
+                raise ConfigError(
+                    f"could not build the dataset (data.source={self.config.data.source!r}): {type(e).__name__}: {e}"
+                ) from e
+        if len(datasets) != (self.num_models or 1):
+            raise ConfigError(f"{len(datasets)} data pipelines for {self.num_models or 1} models")
+        if any(not np.array_equal(d.info.class_counts, datasets[0].info.class_counts) for d in datasets):
+            raise ConfigError("the seeds' training splits have different class counts")
+        return datasets
+
+    def model_dirs(self) -> list[str]:
+        if not self.seeds:
+            return [self.workdir]
+        return [os.path.join(self.workdir, f"seed_{s}") for s in self.seeds]
+
+    def single_config_dict(self, s) -> dict:
+        d = dict(self.config_dict, seed=int(s), seeds=[])
+        d["data"] = dict(d["data"], subset_seed=int(s))
+        return d
+
+    # ------------------------------------------------------------------------ running
+
+    def run(self):
+        config = self.config
+        rng = jax.random.key(int(config.seed)) if not self.seeds else jnp.stack([jax.random.key(s) for s in self.seeds])
+        state = steps_lib.create_train_state(self.model, self.tx, rng, tuple(self.info.image_shape), self.mesh)
+        state, start = self.ckpts.restore_latest(state)
+        if start:
+            print(f"resumed from {self.ckpts.directory} at epoch {start}", flush=True)
+        self.rows = []
+        for d in self.model_dirs():
+            rows = [r for r in wd.read_jsonl(os.path.join(d, "metrics.jsonl")) if int(r.get("epoch", 0)) <= start]
+            self.rows.append(rows)
+            if self.is_main:
+                wd.write_jsonl(os.path.join(d, "metrics.jsonl"), rows)
+                if start < int(config.num_epochs):
+                    for name in ("summary.json", "failure.json"):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(os.path.join(d, name))
+        if self.seeds and self.is_main and start < int(config.num_epochs):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.workdir, "summary.json"))
+
+        num_epochs, stop_after = int(config.num_epochs), int(config.get("stop_after_epoch", -1))
+        deadline = float(config.get("deadline", 0.0) or 0.0)
+        evals, saved, epoch_cost = None, start, None
+        if start == num_epochs:
+            evals = self.evaluate(state)
+        for epoch in range(start, num_epochs):
+            if deadline > 0 and epoch_cost is not None and time.time() + epoch_cost > deadline:
+                if saved != epoch:
+                    self.save(epoch, state)
+                self.ckpts.close()
+                raise DeadlineReached(f"stopped before epoch {epoch + 1} to meet the deadline; rerun to resume")
+            t0 = time.time()
+            state, host = self.train_epoch(state, epoch)
+            self.check_finite(host, epoch, state)
+            done = epoch + 1 == num_epochs
+            do_eval = done or (epoch + 1) % int(config.eval_every) == 0
+            evals = self.evaluate(state) if do_eval else None
+            self.log_epoch(epoch, host, evals, time.time() - t0)
+            stop = stop_after >= 0 and epoch + 1 >= stop_after and not done
+            if done or stop or (epoch + 1) % int(config.checkpoint_every) == 0:
+                self.save(epoch + 1, state)
+                saved = epoch + 1
+            epoch_cost = max(epoch_cost or 0.0, time.time() - t0) if epoch > start else time.time() - t0
+            if stop:
+                self.ckpts.close()
+                print(f"stopped after epoch {stop_after} (stop_after_epoch); rerun to resume", flush=True)
+                return None
+        self.ckpts.close()
+        return self.summarize(evals, start)
+
+    def train_epoch(self, state, epoch):
+        use_drw = True in self.train_steps and epoch >= int(self.config.loss.drw_epoch)
+        single, multi = self.train_steps[use_drw]
+        show = bool(self.config.get("progress", True)) and self.is_main and sys.stdout.isatty()
+        bar = _progress(self.spe, f"epoch {epoch + 1}/{self.config.num_epochs}", show)
+        history, pending = [], None
+        batches = _model_batches(self.datasets, self.mesh, epoch, stack=self.num_models is not None)
+        n = self.steps_per_call
+        for chunk in _chunks(batches, n):
+            if len(chunk) == n and multi is not None:
+                lead = 2 if self.num_models else 1
+                state, m = multi(state, _stack(chunk, self.mesh, lead))
+                history.extend(jax.tree.map(lambda x, i=i: x[i], m) for i in range(n))
+            else:
+                for b in chunk:
+                    state, m = single(state, b)
+                    history.append(m)
+            if pending is not None:  # keep one call in flight, never an unbounded queue
+                jax.block_until_ready(pending)
+            pending = m
+            bar.update(len(chunk))
+        bar.close()
+        if len(history) != self.spe:
+            raise RuntimeError(f"train_epoch({epoch}) yielded {len(history)} batches, expected {self.spe}")
+        host = {k: np.stack([steps_lib.to_host(h[k]) for h in history]) for k in history[0]}
+        host["_drw"] = use_drw
+        return state, host
+
+    def check_finite(self, host, epoch, state):
+        bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"]))
+        if not bad.any() and bool(steps_lib.to_host(_all_finite(state.params))):
+            return
+        step = int(np.argwhere(bad)[0][0]) if bad.any() else self.spe - 1
+        last = self.ckpts.latest()
+        failure = {
+            "reason": "non-finite train loss or gradient",
+            "epoch": epoch + 1,
+            "step": epoch * self.spe + step + 1,
+            "last_finite_checkpoint_epoch": last,
+            "lr": float(self.lr_fn(epoch * self.spe + step)),
+        }
+        if self.is_main:
+            for d in self.model_dirs() + ([self.workdir] if self.seeds else []):
+                wd.write_json(os.path.join(d, "failure.json"), failure)
+        self.ckpts.close()
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch + 1} (step {failure['step']}, lr {failure['lr']:.4g}): "
+            f"non-finite train loss or gradient; the last finite checkpoint (epoch {last}) is kept, "
+            "no summary written. Lower optimizer.lr or check the loss hyperparameters."
+        )
+
+    def evaluate(self, state):
+        batches = _model_batches(self.datasets, self.mesh, stack=self.num_models is not None)
+        out = steps_lib.evaluate(
+            self.eval_step, state, batches, self.mesh, self.k, self.counts, num_models=self.num_models
+        )
+        return [out] if self.num_models is None else out
+
+    def save(self, epoch, state):
+        if not bool(steps_lib.to_host(_all_finite(state.params))):
+            raise TrainingDiverged(f"non-finite parameters at epoch {epoch}; not checkpointed")
+        self.ckpts.save(epoch, state)
+
+    def log_epoch(self, epoch, host, evals, dt):
+        lr = float(self.lr_fn(epoch * self.spe))
+        imgs = self.spe * int(self.config.batch_size) * (self.num_models or 1)
+        for i, (d, rows) in enumerate(zip(self.model_dirs(), self.rows)):
+            col = (lambda k: host[k]) if self.num_models is None else (lambda k: host[k][:, i])
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(col("loss"))),
+                "train_accuracy": float(np.mean(col("accuracy"))),
+                "lr": lr,
+                "drw": bool(host["_drw"]),
+                "images_per_s": imgs / dt,
+                "epoch_time_s": dt,
+            }
+            if "loss_1" in host:
+                row["train_complement_loss"] = float(np.mean(col("loss_1")))
+            if evals is not None:
+                row["test"] = {k: v for k, v in evals[i].items() if k != "confusion_matrix"}
+            rows.append(row)
+            if self.is_main:
+                wd.write_jsonl(os.path.join(d, "metrics.jsonl"), rows)
+                tag = f"[seed {self.seeds[i]}] " if self.seeds else ""
+                msg = (
+                    f"{tag}epoch {epoch + 1}/{self.config.num_epochs}: loss {row['train_loss']:.4f} "
+                    f"acc {row['train_accuracy']:.4f} lr {lr:.4g} {row['images_per_s']:.0f} img/s"
+                )
+                if evals is not None:
+                    t = evals[i]
+                    msg += f" | test top1 {t['top1']:.4f} bal {t['balanced_accuracy']:.4f}"
+                print(msg, flush=True)
+
+    # ------------------------------------------------------------------------ summary
+
+    def summarize(self, evals, start):
+        from cce_jax.training import report
+
+        summaries = []
+        for i, (d, rows) in enumerate(zip(self.model_dirs(), self.rows)):
+            ev = evals[i]
+            cfg = self.config_dict if not self.seeds else self.single_config_dict(self.seeds[i])
+            summary = {
+                "test_top1": ev["top1"],
+                "test_balanced_accuracy": ev["balanced_accuracy"],
+                "test_many": ev.get("many"),
+                "test_medium": ev.get("medium"),
+                "test_few": ev.get("few"),
+                "test_macro_f1": ev["macro_f1"],
+                "per_class_accuracy": ev["per_class_accuracy"],
+                "posthoc_logit_adjustment": ev.get("posthoc_logit_adjustment"),
+                "class_counts": self.counts.tolist(),
+                "test_class_counts": ev["test_class_counts"],
+                "class_names": list(getattr(self.info, "class_names", []) or []),
+                "confusion_matrix": ev["confusion_matrix"],
+                "num_train": int(self.info.num_train),
+                "num_test": int(ev["num_examples"]),
+                "epochs": int(self.config.num_epochs),
+                "final_train_loss": rows[-1]["train_loss"] if rows else None,
+                "final_train_accuracy": rows[-1]["train_accuracy"] if rows else None,
+                "train_time_s_total": float(sum(r.get("epoch_time_s", 0.0) for r in rows)),
+                "wall_time_s": time.time() - self.t_start,
+                "resumed_from_epoch": start,
+                "device_count": jax.device_count(),
+                "process_count": jax.process_count(),
+                "platform": jax.devices()[0].platform,
+                "device_kind": jax.devices()[0].device_kind,
+                "versions": _versions(),
+                "config": cfg,
+            }
+            if self.seeds:
+                summary["trained_with_seeds"] = list(self.seeds)
+            if self.is_main:
+                report.write_run_files(d, summary)
+            summaries.append(summary)
+        if not self.seeds:
+            return summaries[0]
+        agg = report.aggregate(summaries, self.seeds)
+        agg["config"] = self.config_dict
+        if self.is_main:
+            wd.write_json(os.path.join(self.workdir, "summary.json"), agg)
+        return agg

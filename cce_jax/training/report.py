@@ -1,0 +1,105 @@
+"""What a finished run leaves for a person: summary.json, a per-class table and plot."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from cce_jax.training import workdir as wd
+
+__all__ = ["write_run_files", "format_table", "aggregate", "SCALAR_METRICS"]
+
+SCALAR_METRICS = (
+    "test_top1",
+    "test_balanced_accuracy",
+    "test_many",
+    "test_medium",
+    "test_few",
+    "test_macro_f1",
+    "final_train_loss",
+)
+
+
+def write_run_files(workdir: str, summary: dict) -> None:
+    """``summary.json`` (strict JSON, a matrix row per line) and ``per_class.png``."""
+    wd.write_json(os.path.join(workdir, "summary.json"), summary)
+    try:
+        plot_per_class(summary, os.path.join(workdir, "per_class.png"))
+    except ImportError:  # matplotlib is optional for the trainer
+        pass
+
+
+def plot_per_class(summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(summary["class_counts"])
+    acc = np.asarray([np.nan if a is None else a for a in summary["per_class_accuracy"]], float)
+    names = summary.get("class_names") or [str(i) for i in range(len(counts))]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(counts)), 3.2), dpi=100)
+    x = np.arange(len(counts))
+    ax.bar(x, 100 * acc, color="tab:blue")
+    ax.set_xticks(x, [f"{n}\n{c}" for n, c in zip(names, counts)], fontsize=7)
+    ax.set_ylabel("test accuracy %")
+    ax.set_xlabel("class / training images")
+    ax.set_ylim(0, 100)
+    cfg = summary.get("config", {})
+    ax.set_title(
+        f"{cfg.get('loss', {}).get('name', '')}: top-1 {100 * (summary['test_top1'] or 0):.1f}%, "
+        f"balanced {100 * (summary['test_balanced_accuracy'] or 0):.1f}%",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _pct(x):
+    return "  n/a" if x is None else f"{100 * x:5.1f}"
+
+
+def format_table(summary: dict) -> str:
+    """Per-class accuracy against the training count, then the headline numbers."""
+    names = summary.get("class_names") or [str(i) for i in range(len(summary["class_counts"]))]
+    width = max(5, max(len(str(n)) for n in names))
+    lines = [f"{'class':<{width}}  train  test  acc %"]
+    for n, c, t, a in zip(names, summary["class_counts"], summary["test_class_counts"], summary["per_class_accuracy"]):
+        lines.append(f"{str(n):<{width}}  {c:5d}  {t:4d}  {_pct(a)}")
+    lines.append(
+        f"top-1 {_pct(summary['test_top1'])}  balanced {_pct(summary['test_balanced_accuracy'])}  "
+        f"macro-F1 {_pct(summary['test_macro_f1'])}  many/medium/few {_pct(summary['test_many'])}/"
+        f"{_pct(summary['test_medium'])}/{_pct(summary['test_few'])}"
+    )
+    posthoc = summary.get("posthoc_logit_adjustment") or []
+    if posthoc:
+        best = max(posthoc, key=lambda r: r["balanced_accuracy"] or 0)
+        lines.append(
+            "post-hoc logit adjustment, balanced acc by tau: "
+            + "  ".join(f"{r['tau']:g}: {_pct(r['balanced_accuracy']).strip()}" for r in posthoc)
+            + f"  (best tau {best['tau']:g})"
+        )
+    return "\n".join(lines)
+
+
+def aggregate(summaries: list[dict], seeds) -> dict:
+    """Mean and sd (ddof 1) over seeds of the scalar metrics, plus the per-seed values."""
+    out = {"seeds": [int(s) for s in seeds], "num_seeds": len(summaries)}
+    for key in SCALAR_METRICS + ("train_time_s_total",):
+        values = [s.get(key) for s in summaries]
+        vals = [v for v in values if v is not None]
+        out[key] = {
+            "mean": float(np.mean(vals)) if vals else None,
+            "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+            "per_seed": values,
+        }
+    out["per_class_accuracy_mean"] = np.mean(
+        [[np.nan if a is None else a for a in s["per_class_accuracy"]] for s in summaries], 0
+    ).tolist()
+    out["class_counts"] = summaries[0]["class_counts"]
+    out["wall_time_s"] = summaries[0]["wall_time_s"]
+    return out

@@ -1,0 +1,254 @@
+"""The mesh, the train state and the jitted train and eval steps.
+
+Data parallelism. Every step is one ``jax.jit`` over a 1-D device mesh with axis ``"data"``
+(``AxisType.Auto``): parameters, BatchNorm statistics and optimizer state are replicated
+(``NamedSharding(mesh, P())``), the batch is sharded along its batch axis. XLA's SPMD
+partitioner inserts the all-reduces, so the loss is the mean over the *global* batch and its
+gradient is what ``lax.pmean(grads)`` gives in the pmap recipe; BatchNorm's moments are taken
+over the global batch (``BatchNorm(axis_name="batch")`` in the pmap recipe). No ``pmap``.
+
+Several models in one program (``num_models=S``): the state gets a leading axis of size S and
+the step is ``jax.vmap``-ed over it; batches are ``[S, B, ...]``, sharded ``P(None, "data")``.
+Several steps per call (``steps_per_call=N``): ``lax.scan`` over ``[N, ...]`` stacked batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cce_jax import metrics as metrics_lib
+
+__all__ = [
+    "TrainState",
+    "POSTHOC_TAUS",
+    "initialize_distributed",
+    "make_mesh",
+    "batch_sharding",
+    "shard_batch",
+    "to_host",
+    "create_train_state",
+    "make_train_step",
+    "make_eval_step",
+    "evaluate",
+]
+
+# Post-hoc logit adjustment (Menon et al. 2021): argmax of logits - tau * log(prior).
+POSTHOC_TAUS = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # number of batches trained on
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
+    """``jax.distributed.initialize`` (CPU collectives via gloo); call before using JAX."""
+    with contextlib.suppress(Exception):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D ``("data",)`` mesh over all (global) devices, Auto axis type."""
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def batch_sharding(mesh, leading: int = 0) -> NamedSharding:
+    """Sharding of a batch whose batch axis follows ``leading`` unsharded axes."""
+    return NamedSharding(mesh, P(*([None] * leading), "data"))
+
+
+def shard_batch(batch: dict, mesh, leading: int = 0) -> dict:
+    """Process-local numpy batch -> global jax arrays sharded on ``data``.
+
+    Arrays that are already ``jax.Array`` (the device pipeline's) are passed through.
+    """
+    sharding = batch_sharding(mesh, leading)
+    return {
+        k: v if isinstance(v, jax.Array) else jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in batch.items()
+    }
+
+
+def to_host(x) -> np.ndarray:
+    """Host copy of a replicated (possibly multi-process) array."""
+    return np.asarray(x.addressable_shards[0].data)
+
+
+def create_train_state(model: nn.Module, tx, rng, image_shape, mesh) -> TrainState:
+    """Parameters, BatchNorm statistics and optimizer state, replicated on ``mesh``.
+
+    ``rng`` is one key, or a stacked array of S keys: then S states are made with
+    ``jax.vmap`` (state i equals the state made from key i alone).
+    """
+    replicated = NamedSharding(mesh, P())
+
+    def init(key):
+        variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+        )
+
+    fn = init if jnp.ndim(rng) == 0 else jax.vmap(init)
+    return jax.jit(fn, out_shardings=replicated)(rng)
+
+
+def make_train_step(
+    model: nn.Module,
+    tx,
+    mesh,
+    loss_fns: Iterable[Callable],
+    *,
+    num_models: int | None = None,
+    steps_per_call: int = 1,
+    donate: bool = True,
+) -> Callable:
+    """``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
+
+    ``loss_fns`` is a sequence of per-example losses ``fn(logits, labels)``; each gets one
+    SGD step on the same batch, in order (one for plain training; COT: CE then
+    ``-H_c / K``). ``metrics``: ``loss`` and ``accuracy`` of the first loss's forward pass,
+    ``loss_{i}`` for the later ones and ``grad_norm`` (global norm of the first update's
+    gradient; non-finite means the step diverged).
+
+    ``num_models=S``: state and batch carry a leading model axis (vmapped). ``steps_per_call
+    =N``: the batch carries a further leading axis of N batches, trained on in order by a
+    ``lax.scan``; the metrics then have that leading axis too.
+    """
+    loss_fns = tuple(loss_fns)
+    replicated = NamedSharding(mesh, P())
+    leading = (num_models is not None) + (steps_per_call > 1)
+
+    def one_update(state, batch, loss_fn):
+        def objective(params):
+            logits, new_vars = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["image"],
+                train=True,
+                mutable=["batch_stats"],
+            )
+            return jnp.mean(loss_fn(logits, batch["label"])), (logits, new_vars["batch_stats"])
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+        return new, loss, logits, optax.tree.norm(grads)
+
+    def step(state, batch):
+        out = {}
+        for i, fn in enumerate(loss_fns):
+            state, loss, logits, gnorm = one_update(state, batch, fn)
+            if i == 0:
+                out["loss"] = loss
+                out["grad_norm"] = gnorm
+                out["accuracy"] = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+            else:
+                out[f"loss_{i}"] = loss
+        return state.replace(step=state.step + 1), out
+
+    if num_models is not None:
+        step = jax.vmap(step)
+    if steps_per_call > 1:
+        single = step
+
+        def step(state, batches):
+            return jax.lax.scan(single, state, batches)
+
+    return jax.jit(
+        step,
+        in_shardings=(replicated, batch_sharding(mesh, leading)),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def make_eval_step(
+    model: nn.Module, mesh, num_classes: int, *, class_counts=None, taus: Sequence[float] = POSTHOC_TAUS,
+    num_models: int | None = None
+) -> Callable:
+    """``eval_step(state, batch) -> confusion matrices`` (float32 ``[T, K, K]``, masked), jitted.
+
+    Matrix t counts the predictions ``argmax(logits - taus[t] * log(prior))`` (post-hoc logit
+    adjustment, Menon et al. 2021; prior = ``class_counts`` normalised). Without
+    ``class_counts`` only tau 0 (plain argmax of the logits) is computed. ``num_models=S``:
+    state and batch carry a leading model axis; the result is ``[S, T, K, K]``.
+    """
+    k = int(num_classes)
+    if class_counts is None:
+        taus = (0.0,)
+        log_prior = jnp.zeros((k,), jnp.float32)
+    else:
+        counts = np.asarray(class_counts, np.float64)
+        log_prior = jnp.asarray(np.log(np.maximum(counts, 1e-12) / counts.sum()), jnp.float32)
+    tau_arr = jnp.asarray(taus, jnp.float32)
+
+    def eval_step(state, batch):
+        logits = model.apply(
+            {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+        ).astype(jnp.float32)
+        adjusted = logits[None] - tau_arr[:, None, None] * log_prior  # [T, B, K]
+        pred = jnp.argmax(adjusted, -1)
+        mask = batch["mask"].astype(jnp.float32)
+        true_oh = jax.nn.one_hot(batch["label"], k, dtype=jnp.float32) * mask[:, None]
+        return jnp.einsum("bi,tbj->tij", true_oh, jax.nn.one_hot(pred, k, dtype=jnp.float32))
+
+    fn = eval_step if num_models is None else jax.vmap(eval_step)
+    return jax.jit(
+        fn,
+        in_shardings=(NamedSharding(mesh, P()), batch_sharding(mesh, num_models is not None)),
+        out_shardings=NamedSharding(mesh, P()),
+    )
+
+
+def evaluate(
+    eval_step, state, batches: Iterable[dict], mesh, num_classes: int, class_counts=None,
+    *, taus: Sequence[float] = POSTHOC_TAUS, num_models: int | None = None
+):
+    """Full-split metrics (:func:`cce_jax.metrics.from_confusion`) of the plain argmax, plus
+    ``posthoc_logit_adjustment``: ``[{"tau", "top1", "balanced_accuracy"}, ...]`` when
+    ``class_counts`` is given. With ``num_models=S``, a list of S such dicts."""
+    if class_counts is None:
+        taus = (0.0,)
+    leading = num_models is not None
+    total = None
+    for batch in batches:
+        batch = dict(batch)
+        if "mask" not in batch:
+            batch["mask"] = np.ones(np.shape(batch["label"]), bool)
+        cm = np.rint(to_host(eval_step(state, shard_batch(batch, mesh, leading)))).astype(np.int64)
+        total = cm if total is None else total + cm
+    if total is None:
+        raise ValueError("evaluate: no eval batches")
+    per_model = [total] if num_models is None else list(total)
+    results = []
+    for cms in per_model:
+        out = metrics_lib.from_confusion(cms[0], class_counts)
+        if class_counts is not None:
+            out["posthoc_logit_adjustment"] = [
+                {"tau": float(t), **{key: m[key] for key in ("top1", "balanced_accuracy")}}
+                for t, m in zip(taus, (metrics_lib.from_confusion(c) for c in cms))
+            ]
+        results.append(out)
+    return results[0] if num_models is None else results
