@@ -276,3 +276,252 @@ def test_cli_tiny_end_to_end(tmp_path):
     assert summary["num_test"] == 1000 and len(summary["class_counts"]) == 10
     assert summary["config"]["model"]["name"] == "resnet8"
     assert len((tmp_path / "w" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+# ----------------------------------------------------------------------------- failing loudly
+
+
+def _strict_json(path):
+    def bad(x):
+        raise ValueError(f"non-strict JSON constant {x} in {path}")
+
+    return json.loads(Path(path).read_text(), parse_constant=bad)
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("optimizer.lr", float("nan"), "optimizer.lr"),
+        ("optimizer.lr", float("inf"), "optimizer.lr"),
+        ("optimizer.momentum", float("nan"), "optimizer.momentum"),
+        ("optimizer.weight_decay", -1e-4, "optimizer.weight_decay"),
+        ("schedule.warmup_epochs", float("nan"), "warmup_epochs"),
+        ("loss.drw_beta", float("nan"), "drw_beta"),
+        ("steps_per_call", 0, "steps_per_call"),
+        ("seeds", (1, 1), "seeds"),
+        ("deadline", float("nan"), "deadline"),
+    ],
+)
+def test_non_finite_hyperparameters_refused(key, value, match):
+    with pytest.raises(training.ConfigError, match=match):
+        training.validate_config(small_config(**{key: value}))
+
+
+def test_divergence_stops_loudly_and_keeps_the_last_finite_checkpoint(tmp_path):
+    data = FakeData()
+    w = tmp_path / "w"
+    assert training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=data) is None
+    # Same workdir may not change lr; a fresh one with the diverging lr, resumed from a copy.
+    with pytest.raises(training.TrainingDiverged, match="diverged"):
+        training.train_and_evaluate(small_config(**{"optimizer.lr": 1e6}), str(tmp_path / "d"), data=data)
+    d = tmp_path / "d"
+    assert not (d / "summary.json").exists()
+    failure = _strict_json(d / "failure.json")
+    assert failure["epoch"] == 1 and failure["step"] >= 1
+    assert not (d / "checkpoints").exists() or not any(p.name.isdigit() for p in (d / "checkpoints").iterdir())
+    for row in (d / "metrics.jsonl").read_text().splitlines():
+        json.loads(row, parse_constant=lambda c: pytest.fail(c))
+    # A diverging continuation of a finite run keeps its finite checkpoint.
+    with pytest.raises(training.TrainingDiverged):
+        training.train_and_evaluate(
+            small_config(**{"loss.name": "mse_ol", "loss.hparams": {"alpha": 1e30}}), str(tmp_path / "m"), data=data
+        )
+
+
+def test_workdir_lock_refuses_a_second_run(tmp_path):
+    from cce_jax.training import workdir as wd
+
+    w = tmp_path / "w"
+    w.mkdir()
+    with wd.WorkdirLock(str(w)):
+        with pytest.raises(training.ConfigError, match="in use by another run"):
+            training.train_and_evaluate(small_config(num_epochs=1), str(w), data=FakeData())
+    assert not (w / "config.json").exists()
+    # A lock file left by a killed run (no holder) does not block.
+    (w / ".lock").write_text("999999\n")
+    assert training.train_and_evaluate(small_config(num_epochs=1), str(w), data=FakeData()) is not None
+
+
+def test_lock_is_exclusive_across_processes(tmp_path):
+    code = (
+        "import sys, time; from cce_jax.training import workdir as wd\n"
+        "with wd.WorkdirLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(30)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        from cce_jax.training import workdir as wd
+
+        with pytest.raises(training.ConfigError, match=f"pid {p.pid}"):
+            with wd.WorkdirLock(str(tmp_path)):
+                pass
+    finally:
+        p.kill()
+        p.wait()
+    with wd.WorkdirLock(str(tmp_path)):  # the kernel released the killed holder's lock
+        pass
+
+
+def test_checkpoint_without_config_and_refused_resume_leave_the_workdir_alone(tmp_path):
+    data = FakeData()
+    w = tmp_path / "w"
+    training.train_and_evaluate(small_config(num_epochs=2), str(w), data=data)
+    stored = (w / "config.json").read_text()
+    with pytest.raises(training.ConfigError, match="beyond"):
+        training.train_and_evaluate(small_config(num_epochs=1), str(w), data=data)
+    assert (w / "config.json").read_text() == stored
+    (w / "config.json").unlink()
+    with pytest.raises(training.ConfigError, match="no config.json"):
+        training.train_and_evaluate(small_config(num_epochs=3, **{"loss.name": "focal"}), str(w), data=data)
+    assert not (w / "config.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, damage, capsys):
+    data = FakeData()
+    w = tmp_path / "w"
+    full = training.train_and_evaluate(small_config(num_epochs=2), str(w), data=data)
+    files = sorted(p for p in (w / "checkpoints" / "2").rglob("*") if p.is_file() and p.stat().st_size > 0)
+    victims = [p for p in files if "ocdbt" in str(p) or p.suffix == "" or "d/" in str(p)] or files
+    for p in victims:
+        if damage == "delete":
+            p.unlink()
+        else:
+            p.write_bytes(p.read_bytes()[: max(1, p.stat().st_size // 3)])
+    (w / "summary.json").unlink()
+    again = training.train_and_evaluate(small_config(num_epochs=2), str(w), data=data)
+    err = capsys.readouterr().err
+    assert "checkpoint of epoch 2" in err and "falling back to epoch 1" in err
+    assert len([line for line in err.splitlines() if "warning" in line]) == 1
+    assert (w / "corrupt_checkpoints" / "2").exists()
+    assert again["resumed_from_epoch"] == 1 and again["test_top1"] == full["test_top1"]
+
+
+def test_deadline_checkpoints_and_resumes(tmp_path):
+    data = FakeData()
+    w = tmp_path / "w"
+    with pytest.raises(training.DeadlineReached):
+        training.train_and_evaluate(small_config(deadline=time.time() + 1e-3, checkpoint_every=5), str(w), data=data)
+    assert sorted(p.name for p in (w / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+    assert not (w / "summary.json").exists()
+    s = training.train_and_evaluate(small_config(), str(w), data=data)
+    assert s["resumed_from_epoch"] == 1
+    assert s["test_top1"] == training.train_and_evaluate(small_config(), str(tmp_path / "ref"), data=data)["test_top1"]
+
+
+def test_summary_posthoc_and_strict_json(tmp_path):
+    w = tmp_path / "w"
+    s = training.train_and_evaluate(small_config(num_epochs=1), str(w), data=FakeData())
+    on_disk = _strict_json(w / "summary.json")
+    taus = [r["tau"] for r in on_disk["posthoc_logit_adjustment"]]
+    assert taus == list(training.POSTHOC_TAUS)
+    tau0 = on_disk["posthoc_logit_adjustment"][0]
+    assert tau0["top1"] == s["test_top1"] and tau0["balanced_accuracy"] == s["test_balanced_accuracy"]
+    # One matrix row per line, not one number per line.
+    text = (w / "summary.json").read_text()
+    assert not [line for line in text.splitlines() if line.strip().rstrip(",").replace(".", "").isdigit()]
+    assert '"confusion_matrix": [\n' in text and "    [" in text
+    assert (w / "per_class.png").stat().st_size > 1000
+    table = training.format_table(s)
+    assert "c3" in table and "best tau" in table
+
+
+def test_posthoc_adjustment_matches_numpy():
+    import ml_collections  # noqa: F401
+    from cce_jax import models
+
+    mesh = training.make_mesh()
+    model = models.get_model("resnet8", num_classes=4, width=4)
+    state = training.create_train_state(model, training.make_optimizer(small_config(), 1),
+                                        jax.random.key(3), (8, 8, 3), mesh)
+    counts = np.array([40, 20, 10, 6])
+    ev = training.make_eval_step(model, mesh, 4, class_counts=counts)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 8, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 4, 16).astype(np.int32)
+    out = training.evaluate(ev, state, [{"image": x, "label": y}], mesh, 4, counts)
+    logits = np.asarray(model.apply({"params": state.params, "batch_stats": state.batch_stats}, x))
+    for row in out["posthoc_logit_adjustment"]:
+        pred = np.argmax(logits - row["tau"] * np.log(counts / counts.sum()), -1)
+        assert row["top1"] == pytest.approx(np.mean(pred == y))
+
+
+def test_steps_per_call_matches_single_steps(tmp_path):
+    data = FakeData()
+    a = training.train_and_evaluate(small_config(num_epochs=1), str(tmp_path / "a"), data=data)
+    b = training.train_and_evaluate(small_config(num_epochs=1, steps_per_call=2), str(tmp_path / "b"), data=data)
+    assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-4)
+    _, ta = _final_params(tmp_path / "a")
+    _, tb = _final_params(tmp_path / "b")
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-4), ta, tb)
+
+
+def _digits_config(**kw):
+    c = small_config(**{"data.ratio": 10.0, "model.width": 8, "batch_size": 32, "eval_batch_size": 64,
+                        "data.augment": False, **kw})
+    return c
+
+
+def test_seeds_match_single_runs_on_digits(tmp_path):
+    seeds = (0, 1)
+    multi = training.train_and_evaluate(_digits_config(seeds=seeds), str(tmp_path / "m"))
+    assert multi["num_seeds"] == 2
+    for s in seeds:
+        single = training.train_and_evaluate(
+            _digits_config(seed=s, **{"data.subset_seed": s}), str(tmp_path / f"s{s}")
+        )
+        sub = tmp_path / "m" / f"seed_{s}"
+        mine = _strict_json(sub / "summary.json")
+        assert set(mine) >= set(single) - {"trained_with_seeds"}
+        assert mine["class_counts"] == single["class_counts"]
+        assert abs(mine["test_top1"] - single["test_top1"]) <= 0.015, (s, mine["test_top1"], single["test_top1"])
+        assert _strict_json(sub / "config.json")["seed"] == s
+        assert len((sub / "metrics.jsonl").read_text().splitlines()) == 3
+    agg = _strict_json(tmp_path / "m" / "summary.json")
+    assert agg["test_top1"]["per_seed"] == [_strict_json(tmp_path / "m" / f"seed_{s}" / "summary.json")["test_top1"]
+                                            for s in seeds]
+
+
+def test_seeds_parameters_close_after_a_few_steps(tmp_path):
+    import orbax.checkpoint as ocp
+
+    multi_dir, single_dir = tmp_path / "m", tmp_path / "s"
+    training.train_and_evaluate(_digits_config(num_epochs=1, seeds=(0, 5)), str(multi_dir))
+    training.train_and_evaluate(_digits_config(num_epochs=1, seed=5, **{"data.subset_seed": 5}), str(single_dir))
+    m = ocp.StandardCheckpointer().restore(multi_dir / "checkpoints" / "1" / "default")
+    s = ocp.StandardCheckpointer().restore(single_dir / "checkpoints" / "1" / "default")
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u[1], v, rtol=2e-2, atol=2e-3), m["params"], s["params"])
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--config.lr=0.1"], "--config.optimizer.lr"),
+        (["--config.model.widht=8"], "--config.model.width"),
+        (["--loss_hparam=gamma=nan", "--config.loss.name=cce"], "gamma"),
+        (["--config.loss.hparams.normalizer=bad", "--config.loss.name=cce"], "normalizer"),
+        (["--config.optimizer.lr=nan"], "optimizer.lr"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, args, match):
+    r = _cli("--config=experiments/configs/tiny.py", f"--workdir={tmp_path}/w", *args)
+    assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("error:") and match in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "w" / "config.json").exists()
+
+
+def test_cli_missing_config_file(tmp_path):
+    r = _cli("--config=experiments/configs/nope.py", f"--workdir={tmp_path}/w")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_preflight_maps_loss_hparams():
+    from experiments import train as train_cli
+
+    argv = train_cli.preflight(["prog", "--config=experiments/configs/tiny.py", "--config.loss.hparams.alpha=5.0"])
+    assert argv[-1] == "--loss_hparam=alpha=5.0"
+    assert train_cli.parse_value("nan") != train_cli.parse_value("nan")  # a float NaN
+    assert train_cli.parse_value("inf") == float("inf") and train_cli.parse_value("k") == "k"
