@@ -189,4 +189,5 @@ def resolve_data_paths(config):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=preflight(sys.argv))
+    sys.argv = preflight(sys.argv)  # config_flags reads its overrides from sys.argv itself
+    app.run(main)

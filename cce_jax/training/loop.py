@@ -363,8 +363,9 @@ class _Run:
         self.ckpts.close()
         raise TrainingDiverged(
             f"training diverged in epoch {epoch + 1} (step {failure['step']}, lr {failure['lr']:.4g}): "
-            f"non-finite train loss or gradient; the last finite checkpoint (epoch {last}) is kept, "
-            "no summary written. Lower optimizer.lr or check the loss hyperparameters."
+            "non-finite train loss or gradient; "
+            + (f"the last finite checkpoint (epoch {last}) is kept" if last else "no checkpoint was written")
+            + ", no summary written. Lower optimizer.lr or check the loss hyperparameters."
         )
 
     def evaluate(self, state):
