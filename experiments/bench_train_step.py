@@ -1,17 +1,24 @@
-"""Train-step throughput: the JAX/flax ResNet-32 step against the same step in PyTorch.
+"""Train-step throughput of the accelerator paths, against the same step in PyTorch.
 
-  python -m experiments.bench_train_step [--batch_size=128] [--num_steps=20] [--dtype=float32]
-      [--model=resnet32] [--skip_torch]
+  python -m experiments.bench_train_step [--model=resnet32] [--width=0] [--batch_size=128]
+      [--num_steps=20] [--dtype=float32] [--modes=synthetic,tf,device,spc,seeds,torch]
+      [--seeds=1,2,4,8] [--steps_per_call=8] [--source=cifar10_jpeg:PATH] [--json=FILE]
 
-JAX: :func:`step_throughput` (the trainer's jitted, data-parallel step: forward,
-CE loss, backward, SGD momentum 0.9 + weight decay 2e-4 on kernels, BatchNorm update) on
-random 32x32x3 data over all local devices. PyTorch (benchmark-only extra, ``pip install
-torch==2.13.0``): the same ResNet-32 (3x3 stem 16, 3x5 basic blocks 16/32/64, option-A
-shortcuts, BatchNorm), ``torch.optim.SGD(momentum=0.9, weight_decay=2e-4)``, CE, on the
-same batch size; CPU or CUDA, whichever JAX uses. Both measure ``num_steps`` steps after
-warm-up and wait for the device. Prints both rates and their ratio.
+Every row is images/s of the trainer's jitted, data-parallel step (forward, CE, backward, SGD
+momentum 0.9 + weight decay on kernels, BatchNorm update; ResNet-32 CIFAR shapes by default)
+measured in this run, and its ratio to the first row:
+
+* ``synthetic``: one fixed device batch, a Python loop of jitted steps (the step alone);
+* ``tf`` / ``device``: the real CIFAR-10-LT (exp, ratio 100) input through
+  ``cce_jax.data.build(pipeline=...)``: tf.data on the host, or the device-resident pipeline;
+* ``spc``: ``steps_per_call`` steps per jitted call (``lax.scan``) on the synthetic batch;
+* ``seeds``: S models in one vmapped step (images/s counts all S models);
+* ``torch``: the same ResNet-32 in PyTorch (benchmark-only extra, ``pip install
+  torch==2.13.0``), ``torch.optim.SGD(momentum=0.9, weight_decay=2e-4)``, on the device JAX
+  uses (CPU or CUDA). The anchor: a ratio > 1 means JAX is faster.
+
+All rows wait for the device after each call and time ``num_steps`` steps after warm-up.
 """
-
 import argparse
 import json
 import os
@@ -22,7 +29,7 @@ import numpy as np
 
 def step_throughput(model_name="resnet32", batch_size=128, num_steps=20, dtype="float32", *,
                     image_shape=(32, 32, 3), num_classes=10, warmup_steps=3, num_models=None,
-                    steps_per_call=1):
+                    steps_per_call=1, width=None):
     """Images/s of the trainer's jitted SGD train step on fixed random data, after warm-up.
 
     ``num_models=S`` trains S models in one vmapped step (images/s counts all of them);
@@ -34,7 +41,7 @@ def step_throughput(model_name="resnet32", batch_size=128, num_steps=20, dtype="
     from cce_jax import models, training
 
     mesh = training.make_mesh()
-    model = models.get_model(model_name, num_classes=num_classes, dtype=dtype)
+    model = models.get_model(model_name, num_classes=num_classes, dtype=dtype, width=width)
     tx = optax.chain(optax.add_decayed_weights(2e-4, mask=training.decay_mask),
                      optax.sgd(0.1, momentum=0.9))
 
@@ -136,53 +143,112 @@ def torch_throughput(batch_size=128, num_steps=20, warmup_steps=3, device="cpu",
     return num_steps * batch_size / (time.perf_counter() - t0)
 
 
+def pipeline_throughput(pipeline, source, *, model_name="resnet32", width=None, batch_size=128,
+                        num_steps=20, dtype="float32", warmup_steps=3):
+    """Images/s of the train step fed by ``cce_jax.data.build(..., pipeline=pipeline)``."""
+    import itertools
+
+    import jax
+    import optax
+
+    from cce_jax import data as data_lib
+    from cce_jax import models, training
+
+    cfg = data_lib.default_config()
+    cfg.source, cfg.profile, cfg.ratio, cfg.pipeline = source, "exp", 100.0, pipeline
+    if source.startswith("tfds"):
+        cfg.name = "cifar10"
+    mesh = training.make_mesh()
+    kwargs = {"mesh": mesh}
+    data = data_lib.build(cfg, seed=0, global_batch_size=batch_size, eval_batch_size=500, **kwargs)
+    info = data.info
+    model = models.get_model(model_name, num_classes=info.num_classes, dtype=dtype, width=width)
+    tx = optax.chain(optax.add_decayed_weights(2e-4, mask=training.decay_mask), optax.sgd(0.1, momentum=0.9))
+
+    def ce(logits, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+    state = training.create_train_state(model, tx, jax.random.key(0), tuple(info.image_shape), mesh)
+    step = training.make_train_step(model, tx, mesh, (ce,))
+
+    def batches():
+        for epoch in itertools.count():
+            yield from data.train_epoch(epoch)
+
+    it = batches()
+    for _ in range(warmup_steps):
+        state, m = step(state, training.shard_batch(next(it), mesh))
+    jax.block_until_ready((state, m))
+    t0 = time.perf_counter()
+    for _ in range(num_steps):
+        state, m = step(state, training.shard_batch(next(it), mesh))
+        jax.block_until_ready(m)
+    return num_steps * batch_size / (time.perf_counter() - t0)
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet32")
+    p.add_argument("--width", type=int, default=0, help="first-stage width (0: the model's own)")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--num_steps", type=int, default=20)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--skip_torch", action="store_true")
-    p.add_argument("--torch_threads", type=int, default=0,
-                   help="torch intra-op threads (0: its default, and 1 as well on CPU)")
+    p.add_argument("--modes", default="synthetic,tf,device,spc,seeds,torch")
+    p.add_argument("--seeds", default="1,2,4,8", help="model counts S of the seeds mode")
+    p.add_argument("--steps_per_call", type=int, default=8)
+    p.add_argument("--source", default="cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz")
+    p.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: its default)")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     args = p.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
 
     import jax
 
     platform = jax.devices()[0].platform
-    jax_ips = step_throughput(args.model, batch_size=args.batch_size,
-                                       num_steps=args.num_steps, dtype=args.dtype)
-    out = {"model": args.model, "batch_size": args.batch_size, "dtype": args.dtype,
-           "platform": platform, "devices": jax.device_count(),
-           "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-           "jax_images_per_s": jax_ips}
-    print(f"JAX   {args.model} {args.dtype} batch {args.batch_size} on {jax.device_count()} "
-          f"{platform} device(s): {jax_ips:8.1f} images/s", flush=True)
-    if not args.skip_torch and args.model == "resnet32":
+    width = args.width or None
+    kw = dict(batch_size=args.batch_size, num_steps=args.num_steps, dtype=args.dtype)
+    rows = []
+    out = {"model": args.model, "width": width, "batch_size": args.batch_size, "dtype": args.dtype,
+           "platform": platform, "device_kind": jax.devices()[0].device_kind,
+           "devices": jax.device_count(), "cpu_count": os.cpu_count(), "jax": jax.__version__, "rows": rows}
+
+    def record(name, ips, note=""):
+        rows.append({"mode": name, "images_per_s": ips, "note": note})
+        base = rows[0]["images_per_s"]
+        print(f"{name:<28} {ips:10.1f} images/s  {ips / base:5.2f}x  {note}", flush=True)
+
+    print(f"{args.model} (width {width or 'default'}) {args.dtype} batch {args.batch_size} on "
+          f"{jax.device_count()} {platform} device(s) [{jax.devices()[0].device_kind}]", flush=True)
+    if "synthetic" in modes or not modes:
+        record("synthetic batch, loop", step_throughput(args.model, width=width, **kw))
+    for pipe in ("tf", "device"):
+        if pipe in modes:
+            try:
+                ips = pipeline_throughput(pipe, args.source, model_name=args.model, width=width, **kw)
+            except Exception as e:  # e.g. no tensorflow on this machine
+                print(f"{pipe} pipeline: skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+                continue
+            record(f"{pipe} pipeline, loop", ips, "CIFAR-10-LT r100")
+    if "spc" in modes and args.steps_per_call > 1:
+        record(f"steps_per_call={args.steps_per_call}",
+               step_throughput(args.model, width=width, steps_per_call=args.steps_per_call, **kw))
+    if "seeds" in modes:
+        for s in [int(x) for x in args.seeds.split(",") if x]:
+            record(f"seeds S={s} (vmap)", step_throughput(args.model, width=width, num_models=s, **kw),
+                   "all S models")
+    if "torch" in modes and args.model == "resnet32" and not width:
         try:
             import torch
         except ImportError:
-            print("PyTorch not installed (pip install torch==2.13.0): skipping the comparison")
+            print("torch: not installed (pip install torch==2.13.0): skipped")
         else:
             dev = "cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu"
-            default_threads = torch.get_num_threads()
-            thread_counts = [default_threads]
-            if dev == "cpu" and default_threads > 1 and not args.torch_threads:
-                thread_counts.append(1)  # on a busy machine OpenMP threads can spin-wait
-            if args.torch_threads:
-                thread_counts = [args.torch_threads]
-            rates = {}
-            for n in thread_counts:
-                rates[n] = torch_throughput(args.batch_size, args.num_steps, device=dev,
-                                            threads=n)
-                print(f"torch {args.model} float32 batch {args.batch_size} on {dev} "
-                      f"({n} threads): {rates[n]:8.1f} images/s", flush=True)
-            torch.set_num_threads(default_threads)
-            best = max(rates.values())
-            out.update(torch_images_per_s=best, torch_images_per_s_by_threads=rates,
-                       torch_version=torch.__version__, ratio_jax_over_torch=jax_ips / best)
-            print(f"ratio JAX / torch (best torch): {jax_ips / best:.2f}", flush=True)
+            threads = [args.torch_threads] if args.torch_threads else [torch.get_num_threads()]
+            if dev == "cpu" and not args.torch_threads and threads[0] > 1:
+                threads.append(1)  # on a busy machine OpenMP threads can spin-wait
+            for n in threads:
+                ips = torch_throughput(args.batch_size, args.num_steps, device=dev, threads=n)
+                record(f"torch {dev} ({n} threads)", ips, f"torch {torch.__version__} float32")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
