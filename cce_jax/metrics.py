@@ -32,8 +32,9 @@ def confusion_matrix(labels, predictions, num_classes: int, mask=None) -> np.nda
         keep = np.asarray(mask, bool).reshape(-1)
         labels, predictions = labels[keep], predictions[keep]
     k = int(num_classes)
-    if labels.size and (labels.min() < 0 or labels.max() >= k or predictions.min() < 0
-                        or predictions.max() >= k):
+    if labels.size and (
+        labels.min() < 0 or labels.max() >= k or predictions.min() < 0 or predictions.max() >= k
+    ):
         raise ValueError(f"labels/predictions outside [0, {k})")
     c = np.zeros((k, k), np.int64)
     np.add.at(c, (labels, predictions), 1)
@@ -93,8 +94,9 @@ def from_confusion(cm, class_counts=None) -> dict[str, Any]:
     return out
 
 
-def classification_metrics(labels, predictions, num_classes: int, *, mask=None,
-                           class_counts=None) -> dict[str, Any]:
+def classification_metrics(
+    labels, predictions, num_classes: int, *, mask=None, class_counts=None
+) -> dict[str, Any]:
     """:func:`from_confusion` of :func:`confusion_matrix`.
 
     >>> m = classification_metrics([0, 0, 1, 2], [0, 1, 1, 2], 3)

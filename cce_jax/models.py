@@ -96,12 +96,20 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = functools.partial(
-            nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype,
-            param_dtype=jnp.float32, kernel_init=_conv_init,
+            nn.Conv,
+            use_bias=False,
+            padding="SAME",
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=_conv_init,
         )
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-            epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=1e-5,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
             axis_name=self.bn_axis_name,
         )
         x = jnp.asarray(x, self.dtype)
@@ -111,8 +119,14 @@ class ResNet(nn.Module):
         for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
             for j in range(n_blocks):
                 strides = 2 if (i > 0 and j == 0) else 1
-                x = BasicBlock(width, strides, self.shortcut, conv=conv, norm=norm,
-                               name=f"stage{i + 1}_block{j + 1}")(x)
+                x = BasicBlock(
+                    width,
+                    strides,
+                    self.shortcut,
+                    conv=conv,
+                    norm=norm,
+                    name=f"stage{i + 1}_block{j + 1}",
+                )(x)
         x = jnp.mean(x, axis=(1, 2))
         if self.cosine_head:
             return CosineDense(self.num_classes, name="head")(x)
@@ -130,8 +144,15 @@ _SPECS = {
 MODEL_NAMES = tuple(_SPECS)
 
 
-def get_model(name: str, *, num_classes: int, dtype=jnp.float32, cosine_head: bool = False,
-              width: int | None = None, bn_axis_name: str | None = None) -> nn.Module:
+def get_model(
+    name: str,
+    *,
+    num_classes: int,
+    dtype=jnp.float32,
+    cosine_head: bool = False,
+    width: int | None = None,
+    bn_axis_name: str | None = None,
+) -> nn.Module:
     """Returns the flax module ``name`` (one of :data:`MODEL_NAMES`).
 
     ``width`` replaces the first stage's channel count (later stages double it).
@@ -148,9 +169,16 @@ def get_model(name: str, *, num_classes: int, dtype=jnp.float32, cosine_head: bo
     stages, w0, shortcut = _SPECS[name]
     w0 = int(width) if width else w0
     widths = tuple(w0 * 2**i for i in range(len(stages)))
-    return ResNet(stage_sizes=stages, widths=widths, stem_width=w0, num_classes=int(num_classes),
-                  shortcut=shortcut, cosine_head=bool(cosine_head), dtype=dtype,
-                  bn_axis_name=bn_axis_name)
+    return ResNet(
+        stage_sizes=stages,
+        widths=widths,
+        stem_width=w0,
+        num_classes=int(num_classes),
+        shortcut=shortcut,
+        cosine_head=bool(cosine_head),
+        dtype=dtype,
+        bn_axis_name=bn_axis_name,
+    )
 
 
 def check_model_config(name: str, *, dtype=jnp.float32, width: int | None = None):
@@ -177,5 +205,9 @@ def check_model_config(name: str, *, dtype=jnp.float32, width: int | None = None
 
 def param_count(params) -> int:
     """Number of scalars in a parameter pytree (works on ``jax.eval_shape`` output)."""
-    return int(sum(int(jnp.size(p)) if not hasattr(p, "size") else int(p.size)
-                   for p in jax.tree_util.tree_leaves(params)))
+    return int(
+        sum(
+            int(jnp.size(p)) if not hasattr(p, "size") else int(p.size)
+            for p in jax.tree_util.tree_leaves(params)
+        )
+    )

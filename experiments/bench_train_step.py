@@ -19,6 +19,7 @@ measured in this run, and its ratio to the first row:
 
 All rows wait for the device after each call and time ``num_steps`` steps after warm-up.
 """
+
 import argparse
 import json
 import os
@@ -27,9 +28,19 @@ import time
 import numpy as np
 
 
-def step_throughput(model_name="resnet32", batch_size=128, num_steps=20, dtype="float32", *,
-                    image_shape=(32, 32, 3), num_classes=10, warmup_steps=3, num_models=None,
-                    steps_per_call=1, width=None):
+def step_throughput(
+    model_name="resnet32",
+    batch_size=128,
+    num_steps=20,
+    dtype="float32",
+    *,
+    image_shape=(32, 32, 3),
+    num_classes=10,
+    warmup_steps=3,
+    num_models=None,
+    steps_per_call=1,
+    width=None,
+):
     """Images/s of the trainer's jitted SGD train step on fixed random data, after warm-up.
 
     ``num_models=S`` trains S models in one vmapped step (images/s counts all of them);
@@ -42,23 +53,31 @@ def step_throughput(model_name="resnet32", batch_size=128, num_steps=20, dtype="
 
     mesh = training.make_mesh()
     model = models.get_model(model_name, num_classes=num_classes, dtype=dtype, width=width)
-    tx = optax.chain(optax.add_decayed_weights(2e-4, mask=training.decay_mask),
-                     optax.sgd(0.1, momentum=0.9))
+    tx = optax.chain(
+        optax.add_decayed_weights(2e-4, mask=training.decay_mask), optax.sgd(0.1, momentum=0.9)
+    )
 
     def ce(logits, labels):
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
-    keys = jax.random.key(0) if num_models is None else jax.random.split(jax.random.key(0), num_models)
+    keys = (
+        jax.random.key(0) if num_models is None else jax.random.split(jax.random.key(0), num_models)
+    )
     state = training.create_train_state(model, tx, keys, tuple(image_shape), mesh)
-    step = training.make_train_step(model, tx, mesh, (ce,), num_models=num_models,
-                                    steps_per_call=steps_per_call)
+    step = training.make_train_step(
+        model, tx, mesh, (ce,), num_models=num_models, steps_per_call=steps_per_call
+    )
     lead = tuple(d for d in ((steps_per_call if steps_per_call > 1 else None), num_models) if d)
     rng = np.random.default_rng(0)
     local_b = batch_size // jax.process_count()
     batch = training.shard_batch(
-        {"image": rng.standard_normal((*lead, local_b, *image_shape), np.float32),
-         "label": rng.integers(0, num_classes, (*lead, local_b)).astype(np.int32)},
-        mesh, len(lead))
+        {
+            "image": rng.standard_normal((*lead, local_b, *image_shape), np.float32),
+            "label": rng.integers(0, num_classes, (*lead, local_b)).astype(np.int32),
+        },
+        mesh,
+        len(lead),
+    )
     for _ in range(warmup_steps):
         state, m = step(state, batch)
     jax.block_until_ready((state, m))
@@ -71,8 +90,9 @@ def step_throughput(model_name="resnet32", batch_size=128, num_steps=20, dtype="
     return calls * steps_per_call * batch_size * (num_models or 1) / (time.perf_counter() - t0)
 
 
-def torch_throughput(batch_size=128, num_steps=20, warmup_steps=3, device="cpu",
-                     num_classes=10, threads=None):
+def torch_throughput(
+    batch_size=128, num_steps=20, warmup_steps=3, device="cpu", num_classes=10, threads=None
+):
     import torch
     import torch.nn as tnn
     import torch.nn.functional as F
@@ -94,7 +114,7 @@ def torch_throughput(batch_size=128, num_steps=20, warmup_steps=3, device="cpu",
             y = self.b2(self.c2(y))
             r = x
             if self.stride != 1 or self.pad:
-                r = x[:, :, ::self.stride, ::self.stride]
+                r = x[:, :, :: self.stride, :: self.stride]
                 r = F.pad(r, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
             return F.relu(y + r)
 
@@ -143,8 +163,17 @@ def torch_throughput(batch_size=128, num_steps=20, warmup_steps=3, device="cpu",
     return num_steps * batch_size / (time.perf_counter() - t0)
 
 
-def pipeline_throughput(pipeline, source, *, model_name="resnet32", width=None, batch_size=128,
-                        num_steps=20, dtype="float32", warmup_steps=3):
+def pipeline_throughput(
+    pipeline,
+    source,
+    *,
+    model_name="resnet32",
+    width=None,
+    batch_size=128,
+    num_steps=20,
+    dtype="float32",
+    warmup_steps=3,
+):
     """Images/s of the train step fed by ``cce_jax.data.build(..., pipeline=pipeline)``."""
     import itertools
 
@@ -163,7 +192,9 @@ def pipeline_throughput(pipeline, source, *, model_name="resnet32", width=None, 
     data = data_lib.build(cfg, seed=0, global_batch_size=batch_size, eval_batch_size=500, **kwargs)
     info = data.info
     model = models.get_model(model_name, num_classes=info.num_classes, dtype=dtype, width=width)
-    tx = optax.chain(optax.add_decayed_weights(2e-4, mask=training.decay_mask), optax.sgd(0.1, momentum=0.9))
+    tx = optax.chain(
+        optax.add_decayed_weights(2e-4, mask=training.decay_mask), optax.sgd(0.1, momentum=0.9)
+    )
 
     def ce(logits, labels):
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -197,7 +228,9 @@ def main():
     p.add_argument("--seeds", default="1,2,4,8", help="model counts S of the seeds mode")
     p.add_argument("--steps_per_call", type=int, default=8)
     p.add_argument("--source", default="cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz")
-    p.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: its default)")
+    p.add_argument(
+        "--torch_threads", type=int, default=0, help="torch intra-op threads (0: its default)"
+    )
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     args = p.parse_args()
     modes = [m for m in args.modes.split(",") if m]
@@ -208,34 +241,55 @@ def main():
     width = args.width or None
     kw = dict(batch_size=args.batch_size, num_steps=args.num_steps, dtype=args.dtype)
     rows = []
-    out = {"model": args.model, "width": width, "batch_size": args.batch_size, "dtype": args.dtype,
-           "platform": platform, "device_kind": jax.devices()[0].device_kind,
-           "devices": jax.device_count(), "cpu_count": os.cpu_count(), "jax": jax.__version__, "rows": rows}
+    out = {
+        "model": args.model,
+        "width": width,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "platform": platform,
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "rows": rows,
+    }
 
     def record(name, ips, note=""):
         rows.append({"mode": name, "images_per_s": ips, "note": note})
         base = rows[0]["images_per_s"]
         print(f"{name:<28} {ips:10.1f} images/s  {ips / base:5.2f}x  {note}", flush=True)
 
-    print(f"{args.model} (width {width or 'default'}) {args.dtype} batch {args.batch_size} on "
-          f"{jax.device_count()} {platform} device(s) [{jax.devices()[0].device_kind}]", flush=True)
+    print(
+        f"{args.model} (width {width or 'default'}) {args.dtype} batch {args.batch_size} on "
+        f"{jax.device_count()} {platform} device(s) [{jax.devices()[0].device_kind}]",
+        flush=True,
+    )
     if "synthetic" in modes or not modes:
         record("synthetic batch, loop", step_throughput(args.model, width=width, **kw))
     for pipe in ("tf", "device"):
         if pipe in modes:
             try:
-                ips = pipeline_throughput(pipe, args.source, model_name=args.model, width=width, **kw)
+                ips = pipeline_throughput(
+                    pipe, args.source, model_name=args.model, width=width, **kw
+                )
             except Exception as e:  # e.g. no tensorflow on this machine
-                print(f"{pipe} pipeline: skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+                print(
+                    f"{pipe} pipeline: skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                )
                 continue
             record(f"{pipe} pipeline, loop", ips, "CIFAR-10-LT r100")
     if "spc" in modes and args.steps_per_call > 1:
-        record(f"steps_per_call={args.steps_per_call}",
-               step_throughput(args.model, width=width, steps_per_call=args.steps_per_call, **kw))
+        record(
+            f"steps_per_call={args.steps_per_call}",
+            step_throughput(args.model, width=width, steps_per_call=args.steps_per_call, **kw),
+        )
     if "seeds" in modes:
         for s in [int(x) for x in args.seeds.split(",") if x]:
-            record(f"seeds S={s} (vmap)", step_throughput(args.model, width=width, num_models=s, **kw),
-                   "all S models")
+            record(
+                f"seeds S={s} (vmap)",
+                step_throughput(args.model, width=width, num_models=s, **kw),
+                "all S models",
+            )
     if "torch" in modes and args.model == "resnet32" and not width:
         try:
             import torch

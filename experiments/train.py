@@ -26,10 +26,14 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config()).", lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (get_config()).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, summary.json.")
 flags.DEFINE_multi_string(
-    "loss_hparam", [], "KEY=VALUE added to config.loss.hparams (VALUE a Python literal); repeatable."
+    "loss_hparam",
+    [],
+    "KEY=VALUE added to config.loss.hparams (VALUE a Python literal); repeatable.",
 )
 flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator HOST:PORT.")
 flags.DEFINE_integer("num_processes", None, "jax.distributed: number of processes.")
@@ -124,7 +128,9 @@ def main(argv):
     from cce_jax import training
 
     if FLAGS.coordinator_address or config.distributed:
-        training.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        training.initialize_distributed(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
     try:
         summary = training.train_and_evaluate(config, FLAGS.workdir)
     except training.ConfigError as e:
@@ -140,7 +146,11 @@ def main(argv):
         if config_seeds(config):
             for s in config_seeds(config):
                 print(f"--- seed {s} ---")
-                print(training.format_table(_load(os.path.join(FLAGS.workdir, f"seed_{s}", "summary.json"))))
+                print(
+                    training.format_table(
+                        _load(os.path.join(FLAGS.workdir, f"seed_{s}", "summary.json"))
+                    )
+                )
             m = summary["test_top1"]
             b = summary["test_balanced_accuracy"]
             print(

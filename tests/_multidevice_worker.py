@@ -25,8 +25,9 @@ def main():
     p.add_argument("--process_id", type=int, default=0)
     args = p.parse_args()
 
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_force_host_platform_device_count={args.devices}")
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+    )
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
     import jax  # noqa: E402
@@ -34,6 +35,7 @@ def main():
     jax.config.update("jax_enable_x64", False)
     if args.coordinator:
         from cce_jax import training as _t
+
         _t.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
     import ml_collections  # noqa: E402
@@ -54,18 +56,21 @@ def main():
     cfg = ml_collections.ConfigDict()
     cfg.num_epochs = 10
     cfg.loss = {"name": "cot" if args.cot else "ce"}
-    cfg.optimizer = {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
-                     "decay_all": False}
+    cfg.optimizer = {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 5e-4,
+        "decay_all": False,
+    }
     cfg.schedule = {"name": "step", "warmup_epochs": 0.0, "boundaries": (), "factors": ()}
 
     mesh = training.make_mesh()
     model = models.get_model("resnet8", num_classes=K, width=4)
     tx = training.make_optimizer(cfg, steps_per_epoch=args.steps)
 
-
     def ce(logits, y):
         return optax.softmax_cross_entropy_with_integer_labels(logits, y)
-
 
     def neg_complement(logits, y):  # -H_c / K, written out here (no cce_jax.losses dependency)
         p = jax.nn.softmax(logits)
@@ -73,7 +78,6 @@ def main():
         q = p / (1.0 - py + 1e-7)
         off = 1.0 - jax.nn.one_hot(y, K)
         return jnp.sum(off * q * jnp.log(q + 1e-10), -1) / K
-
 
     import jax.numpy as jnp  # noqa: E402
 
@@ -92,9 +96,14 @@ def main():
         jax.block_until_ready(m)
         losses.append(float(training.to_host(m["loss"])))
         accs.append(float(training.to_host(m["accuracy"])))
-    ev = training.evaluate(eval_step, state, [{"image": test_x[sl], "label": test_y[sl],
-                                               "mask": np.arange(B)[sl] < 13}],
-                           mesh, K, class_counts=np.array([200, 50, 50, 10, 10]))
+    ev = training.evaluate(
+        eval_step,
+        state,
+        [{"image": test_x[sl], "label": test_y[sl], "mask": np.arange(B)[sl] < 13}],
+        mesh,
+        K,
+        class_counts=np.array([200, 50, 50, 10, 10]),
+    )
 
     flat = {}
     for name, tree in (("params", state.params), ("batch_stats", state.batch_stats)):

@@ -29,8 +29,18 @@ def _env(devices=1):
 
 
 def _train(workdir, *args, devices=1, timeout=400):
-    cmd = [sys.executable, "-m", "experiments.train", DIGITS, f"--workdir={workdir}", "--config.progress=False", *args]
-    r = subprocess.run(cmd, cwd=ROOT, env=_env(devices), capture_output=True, text=True, timeout=timeout)
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        DIGITS,
+        f"--workdir={workdir}",
+        "--config.progress=False",
+        *args,
+    ]
+    r = subprocess.run(
+        cmd, cwd=ROOT, env=_env(devices), capture_output=True, text=True, timeout=timeout
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return json.loads((Path(workdir) / "summary.json").read_text())
 
@@ -44,8 +54,13 @@ def test_device_pipeline_digits(tmp_path, devices):
 
 
 def test_seeds_on_8_devices(tmp_path):
-    s = _train(tmp_path / "w", "--config.seeds=(0,1)", "--config.num_epochs=10", "--config.data.pipeline=device",
-               devices=8)
+    s = _train(
+        tmp_path / "w",
+        "--config.seeds=(0,1)",
+        "--config.num_epochs=10",
+        "--config.data.pipeline=device",
+        devices=8,
+    )
     assert s["num_seeds"] == 2 and s["test_top1"]["mean"] >= 0.8, s["test_top1"]
     for seed in (0, 1):
         sub = json.loads((tmp_path / "w" / f"seed_{seed}" / "summary.json").read_text())
@@ -56,9 +71,24 @@ def test_kill_9_resumes_exactly_with_the_device_pipeline(tmp_path):
     args = ["--config.data.pipeline=device", "--config.num_epochs=8", "--config.eval_every=2"]
     ref = _train(tmp_path / "ref", *args)
     w = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "experiments.train", DIGITS, f"--workdir={w}", "--config.progress=False", *args]
-    p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        DIGITS,
+        f"--workdir={w}",
+        "--config.progress=False",
+        *args,
+    ]
+    p = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         for line in p.stdout:
             if line.startswith("epoch 4/8"):
@@ -70,12 +100,21 @@ def test_kill_9_resumes_exactly_with_the_device_pipeline(tmp_path):
     assert not (w / "summary.json").exists()
     resumed = _train(w, *args)
     assert resumed["resumed_from_epoch"] >= 4
-    for key in ("test_top1", "test_balanced_accuracy", "per_class_accuracy", "confusion_matrix",
-                "final_train_loss", "posthoc_logit_adjustment"):
+    for key in (
+        "test_top1",
+        "test_balanced_accuracy",
+        "per_class_accuracy",
+        "confusion_matrix",
+        "final_train_loss",
+        "posthoc_logit_adjustment",
+    ):
         assert resumed[key] == ref[key], key
     rows = [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, 9))
     np.testing.assert_equal(
         [r["train_loss"] for r in rows],
-        [json.loads(x)["train_loss"] for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()],
+        [
+            json.loads(x)["train_loss"]
+            for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+        ],
     )

@@ -5,8 +5,9 @@ from cce_jax import metrics
 
 
 def test_confusion_matrix_with_mask():
-    cm = metrics.confusion_matrix([0, 1, 2, 2, 1], [0, 2, 2, 1, 0], 3,
-                                  mask=[True, True, True, True, False])
+    cm = metrics.confusion_matrix(
+        [0, 1, 2, 2, 1], [0, 2, 2, 1, 0], 3, mask=[True, True, True, True, False]
+    )
     np.testing.assert_array_equal(cm, [[1, 0, 0], [0, 0, 1], [0, 1, 1]])
 
 
@@ -46,6 +47,7 @@ def test_empty_groups_and_absent_classes_are_none():
     # class 2: never true, never predicted -> skipped in macro F1
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
     import json
+
     json.dumps(m)  # no NaN, plain Python types
 
 

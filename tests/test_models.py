@@ -25,16 +25,17 @@ def test_resnet34_param_count():
     assert 21.0e6 < n < 21.5e6, n  # CIFAR-style ResNet-34: 21.3M
 
 
-@pytest.mark.parametrize("name,shape", [("resnet8", (3, 8, 8, 1)), ("resnet8", (2, 32, 32, 3)),
-                                        ("resnet32", (2, 16, 16, 3))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [("resnet8", (3, 8, 8, 1)), ("resnet8", (2, 32, 32, 3)), ("resnet32", (2, 16, 16, 3))],
+)
 def test_output_shapes_and_batch_stats(name, shape):
     m = models.get_model(name, num_classes=7, width=4)
     v = jax.jit(m.init)(jax.random.key(0), jnp.zeros(shape))
     x = jax.random.normal(jax.random.key(1), shape)
     out, upd = jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
     assert out.shape == (shape[0], 7) and out.dtype == jnp.float32
-    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), v["batch_stats"],
-                           upd["batch_stats"])
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), v["batch_stats"], upd["batch_stats"])
     assert all(jax.tree.leaves(changed))
     assert jax.jit(m.apply)(v, x).shape == (shape[0], 7)
 

@@ -32,10 +32,19 @@ def _env():
 
 
 def _run(out, devices, *extra):
-    cmd = [sys.executable, str(WORKER), "--devices", str(devices), "--out", str(out), "--cot",
-           *extra]
-    return subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        str(WORKER),
+        "--devices",
+        str(devices),
+        "--out",
+        str(out),
+        "--cot",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait(procs, timeout=240):
@@ -86,8 +95,10 @@ def _free_port():
 def test_two_processes_match_one(one_device, tmp_path):
     out = tmp_path / "two.npz"
     addr = f"127.0.0.1:{_free_port()}"
-    procs = [_run(out, 2, "--coordinator", addr, "--num_processes", "2", "--process_id", str(i))
-             for i in range(2)]
+    procs = [
+        _run(out, 2, "--coordinator", addr, "--num_processes", "2", "--process_id", str(i))
+        for i in range(2)
+    ]
     outs = _wait(procs)
     assert "ok 4 2" in outs[0], outs[0][-2000:]
     _compare(one_device, out)

@@ -32,21 +32,26 @@ class FakeData:
         self.y = np.repeat(np.arange(k), counts).astype(np.int32)
         centers = rng.standard_normal((k, 1, 1, 3)).astype(np.float32)
         self.x = centers[self.y] + 0.5 * rng.standard_normal((len(self.y), 8, 8, 3)).astype(
-            np.float32)
+            np.float32
+        )
         self.ty = rng.integers(0, k, n_test).astype(np.int32)
-        self.tx = centers[self.ty] + 0.5 * rng.standard_normal((n_test, 8, 8, 3)).astype(
-            np.float32)
+        self.tx = centers[self.ty] + 0.5 * rng.standard_normal((n_test, 8, 8, 3)).astype(np.float32)
         self.info = types.SimpleNamespace(
-            name="fake", num_classes=k, image_shape=(8, 8, 3),
+            name="fake",
+            num_classes=k,
+            image_shape=(8, 8, 3),
             class_names=tuple(f"c{i}" for i in range(k)),
-            class_counts=np.asarray(counts, np.int64), num_train=len(self.y), num_test=n_test)
+            class_counts=np.asarray(counts, np.int64),
+            num_train=len(self.y),
+            num_test=n_test,
+        )
         self.seed, self.batch, self.eval_batch = seed, batch, eval_batch
         self.steps_per_epoch = len(self.y) // batch
 
     def train_epoch(self, epoch):
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.y))
         for i in range(self.steps_per_epoch):
-            idx = perm[i * self.batch:(i + 1) * self.batch]
+            idx = perm[i * self.batch : (i + 1) * self.batch]
             yield {"image": self.x[idx], "label": self.y[idx]}
 
     def eval_batches(self):
@@ -55,7 +60,7 @@ class FakeData:
             n = min(b, len(self.ty) - s)
             img = np.zeros((b, 8, 8, 3), np.float32)
             lab = np.zeros((b,), np.int32)
-            img[:n], lab[:n] = self.tx[s:s + n], self.ty[s:s + n]
+            img[:n], lab[:n] = self.tx[s : s + n], self.ty[s : s + n]
             yield {"image": img, "label": lab, "mask": np.arange(b) < n}
 
 
@@ -117,8 +122,11 @@ def test_cosine_and_constant_schedules():
 
 
 def test_weight_decay_only_on_kernels():
-    params = {"conv": {"kernel": jnp.ones((2, 2))}, "bn": {"scale": jnp.ones(2),
-              "bias": jnp.ones(2)}, "head": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}}
+    params = {
+        "conv": {"kernel": jnp.ones((2, 2))},
+        "bn": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
+        "head": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)},
+    }
     c = small_config()
     c.optimizer.momentum = 0.0
     c.optimizer.weight_decay = 0.5
@@ -136,15 +144,18 @@ def test_weight_decay_only_on_kernels():
 # ----------------------------------------------------------------------------- config errors
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("loss.name", "nope", "loss.name"),
-    ("model.name", "vgg", "model.name"),
-    ("model.dtype", "float64", "model.dtype"),
-    ("batch_size", 12, "batch_size=12"),
-    ("schedule.name", "linear", "schedule.name"),
-    ("schedule.factors", (0.1, 0.01), "same length"),
-    ("num_epochs", 0, "num_epochs"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("loss.name", "nope", "loss.name"),
+        ("model.name", "vgg", "model.name"),
+        ("model.dtype", "float64", "model.dtype"),
+        ("batch_size", 12, "batch_size=12"),
+        ("schedule.name", "linear", "schedule.name"),
+        ("schedule.factors", (0.1, 0.01), "same length"),
+        ("num_epochs", 0, "num_epochs"),
+    ],
+)
 def test_bad_config_values(key, value, match):
     c = small_config(**{key: value})
     with pytest.raises(training.ConfigError, match=match):
@@ -172,6 +183,7 @@ def test_missing_dataset(tmp_path):
 
 def _final_params(workdir):
     import orbax.checkpoint as ocp
+
     ckpt = Path(workdir) / "checkpoints"
     last = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
     tree = ocp.StandardCheckpointer().restore(ckpt / str(last) / "default")
@@ -184,15 +196,22 @@ def test_resume_is_exact_and_workdir_checks(tmp_path):
     assert full is not None and full["epochs"] == 3
 
     part = tmp_path / "part"
-    assert training.train_and_evaluate(small_config(stop_after_epoch=1), str(part),
-                                       data=data) is None
+    assert (
+        training.train_and_evaluate(small_config(stop_after_epoch=1), str(part), data=data) is None
+    )
     assert not (part / "summary.json").exists()
     assert len((part / "metrics.jsonl").read_text().splitlines()) == 1
     resumed = training.train_and_evaluate(small_config(), str(part), data=data)
     assert resumed["resumed_from_epoch"] == 1
 
-    for key in ("test_top1", "test_balanced_accuracy", "confusion_matrix", "per_class_accuracy",
-                "final_train_loss", "final_train_accuracy"):
+    for key in (
+        "test_top1",
+        "test_balanced_accuracy",
+        "confusion_matrix",
+        "per_class_accuracy",
+        "final_train_loss",
+        "final_train_accuracy",
+    ):
         assert resumed[key] == full[key], key
     la, ta = _final_params(tmp_path / "full")
     lb, tb = _final_params(part)
@@ -207,9 +226,22 @@ def test_resume_is_exact_and_workdir_checks(tmp_path):
     assert "test" in rows_b[1] and "test" in rows_b[2] and "test" not in rows_b[0]
 
     summary = json.loads((part / "summary.json").read_text())
-    for key in ("test_top1", "test_balanced_accuracy", "per_class_accuracy", "class_counts",
-                "test_many", "test_medium", "test_few", "test_macro_f1", "confusion_matrix",
-                "config", "wall_time_s", "versions", "device_count", "process_count"):
+    for key in (
+        "test_top1",
+        "test_balanced_accuracy",
+        "per_class_accuracy",
+        "class_counts",
+        "test_many",
+        "test_medium",
+        "test_few",
+        "test_macro_f1",
+        "confusion_matrix",
+        "config",
+        "wall_time_s",
+        "versions",
+        "device_count",
+        "process_count",
+    ):
         assert key in summary, key
     assert summary["class_counts"] == [40, 20, 10, 6]
     assert summary["test_many"] is None and summary["num_test"] == 37
@@ -227,12 +259,14 @@ def test_resume_is_exact_and_workdir_checks(tmp_path):
 def test_drw_and_cot_train(tmp_path):
     data = FakeData()
     s = training.train_and_evaluate(
-        small_config(num_epochs=2, **{"loss.drw_epoch": 1}), str(tmp_path / "drw"), data=data)
+        small_config(num_epochs=2, **{"loss.drw_epoch": 1}), str(tmp_path / "drw"), data=data
+    )
     rows = [json.loads(x) for x in (tmp_path / "drw" / "metrics.jsonl").read_text().splitlines()]
     assert [r["drw"] for r in rows] == [False, True]
     assert s["test_top1"] is not None
     s = training.train_and_evaluate(
-        small_config(num_epochs=1, **{"loss.name": "cot"}), str(tmp_path / "cot"), data=data)
+        small_config(num_epochs=1, **{"loss.name": "cot"}), str(tmp_path / "cot"), data=data
+    )
     rows = [json.loads(x) for x in (tmp_path / "cot" / "metrics.jsonl").read_text().splitlines()]
     assert "train_complement_loss" in rows[0]
 
@@ -250,24 +284,31 @@ def _cli(*args, timeout=300):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_bad_config_fails_before_training(tmp_path):
-    r = _cli("--config=experiments/configs/tiny.py", f"--workdir={tmp_path}/w",
-             "--config.loss.name=nope")
+    r = _cli(
+        "--config=experiments/configs/tiny.py", f"--workdir={tmp_path}/w", "--config.loss.name=nope"
+    )
     assert r.returncode == 2, r.stderr[-3000:]
     assert "loss.name='nope'" in r.stderr
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
-@pytest.mark.skipif(not CIFAR_TAR.exists(),
-                    reason=f"offline CIFAR-10 copy {CIFAR_TAR} is missing")
+@pytest.mark.skipif(not CIFAR_TAR.exists(), reason=f"offline CIFAR-10 copy {CIFAR_TAR} is missing")
 def test_cli_tiny_end_to_end(tmp_path):
     t0 = time.time()
-    r = _cli("--config=experiments/configs/tiny.py", f"--workdir={tmp_path}/w",
-             "--config.num_epochs=2")
+    r = _cli(
+        "--config=experiments/configs/tiny.py", f"--workdir={tmp_path}/w", "--config.num_epochs=2"
+    )
     elapsed = time.time() - t0
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert elapsed < 120, elapsed
@@ -313,18 +354,24 @@ def test_divergence_stops_loudly_and_keeps_the_last_finite_checkpoint(tmp_path):
     assert training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=data) is None
     # Same workdir may not change lr; a fresh one with the diverging lr, resumed from a copy.
     with pytest.raises(training.TrainingDiverged, match="diverged"):
-        training.train_and_evaluate(small_config(**{"optimizer.lr": 1e6}), str(tmp_path / "d"), data=data)
+        training.train_and_evaluate(
+            small_config(**{"optimizer.lr": 1e6}), str(tmp_path / "d"), data=data
+        )
     d = tmp_path / "d"
     assert not (d / "summary.json").exists()
     failure = _strict_json(d / "failure.json")
     assert failure["epoch"] == 1 and failure["step"] >= 1
-    assert not (d / "checkpoints").exists() or not any(p.name.isdigit() for p in (d / "checkpoints").iterdir())
+    assert not (d / "checkpoints").exists() or not any(
+        p.name.isdigit() for p in (d / "checkpoints").iterdir()
+    )
     for row in (d / "metrics.jsonl").read_text().splitlines():
         json.loads(row, parse_constant=lambda c: pytest.fail(c))
     # A diverging continuation of a finite run keeps its finite checkpoint.
     with pytest.raises(training.TrainingDiverged):
         training.train_and_evaluate(
-            small_config(**{"loss.name": "mse_ol", "loss.hparams": {"alpha": 1e30}}), str(tmp_path / "m"), data=data
+            small_config(**{"loss.name": "mse_ol", "loss.hparams": {"alpha": 1e30}}),
+            str(tmp_path / "m"),
+            data=data,
         )
 
 
@@ -339,7 +386,9 @@ def test_workdir_lock_refuses_a_second_run(tmp_path):
     assert not (w / "config.json").exists()
     # A lock file left by a killed run (no holder) does not block.
     (w / ".lock").write_text("999999\n")
-    assert training.train_and_evaluate(small_config(num_epochs=1), str(w), data=FakeData()) is not None
+    assert (
+        training.train_and_evaluate(small_config(num_epochs=1), str(w), data=FakeData()) is not None
+    )
 
 
 def test_lock_is_exclusive_across_processes(tmp_path):
@@ -347,8 +396,13 @@ def test_lock_is_exclusive_across_processes(tmp_path):
         "import sys, time; from cce_jax.training import workdir as wd\n"
         "with wd.WorkdirLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(30)\n"
     )
-    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     try:
         assert p.stdout.readline().strip() == "locked"
         from cce_jax.training import workdir as wd
@@ -373,7 +427,9 @@ def test_checkpoint_without_config_and_refused_resume_leave_the_workdir_alone(tm
     assert (w / "config.json").read_text() == stored
     (w / "config.json").unlink()
     with pytest.raises(training.ConfigError, match="no config.json"):
-        training.train_and_evaluate(small_config(num_epochs=3, **{"loss.name": "focal"}), str(w), data=data)
+        training.train_and_evaluate(
+            small_config(num_epochs=3, **{"loss.name": "focal"}), str(w), data=data
+        )
     assert not (w / "config.json").exists()
 
 
@@ -382,7 +438,9 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, damage, capsys):
     data = FakeData()
     w = tmp_path / "w"
     full = training.train_and_evaluate(small_config(num_epochs=2), str(w), data=data)
-    files = sorted(p for p in (w / "checkpoints" / "2").rglob("*") if p.is_file() and p.stat().st_size > 0)
+    files = sorted(
+        p for p in (w / "checkpoints" / "2").rglob("*") if p.is_file() and p.stat().st_size > 0
+    )
     victims = [p for p in files if "ocdbt" in str(p) or p.suffix == "" or "d/" in str(p)] or files
     for p in victims:
         if damage == "delete":
@@ -402,12 +460,19 @@ def test_deadline_checkpoints_and_resumes(tmp_path):
     data = FakeData()
     w = tmp_path / "w"
     with pytest.raises(training.DeadlineReached):
-        training.train_and_evaluate(small_config(deadline=time.time() + 1e-3, checkpoint_every=5), str(w), data=data)
+        training.train_and_evaluate(
+            small_config(deadline=time.time() + 1e-3, checkpoint_every=5), str(w), data=data
+        )
     assert sorted(p.name for p in (w / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
     assert not (w / "summary.json").exists()
     s = training.train_and_evaluate(small_config(), str(w), data=data)
     assert s["resumed_from_epoch"] == 1
-    assert s["test_top1"] == training.train_and_evaluate(small_config(), str(tmp_path / "ref"), data=data)["test_top1"]
+    assert (
+        s["test_top1"]
+        == training.train_and_evaluate(small_config(), str(tmp_path / "ref"), data=data)[
+            "test_top1"
+        ]
+    )
 
 
 def test_summary_posthoc_and_strict_json(tmp_path):
@@ -417,10 +482,14 @@ def test_summary_posthoc_and_strict_json(tmp_path):
     taus = [r["tau"] for r in on_disk["posthoc_logit_adjustment"]]
     assert taus == list(training.POSTHOC_TAUS)
     tau0 = on_disk["posthoc_logit_adjustment"][0]
-    assert tau0["top1"] == s["test_top1"] and tau0["balanced_accuracy"] == s["test_balanced_accuracy"]
+    assert (
+        tau0["top1"] == s["test_top1"] and tau0["balanced_accuracy"] == s["test_balanced_accuracy"]
+    )
     # One matrix row per line, not one number per line.
     text = (w / "summary.json").read_text()
-    assert not [line for line in text.splitlines() if line.strip().rstrip(",").replace(".", "").isdigit()]
+    assert not [
+        line for line in text.splitlines() if line.strip().rstrip(",").replace(".", "").isdigit()
+    ]
     assert '"confusion_matrix": [\n' in text and "    [" in text
     assert (w / "per_class.png").stat().st_size > 1000
     table = training.format_table(s)
@@ -428,13 +497,13 @@ def test_summary_posthoc_and_strict_json(tmp_path):
 
 
 def test_posthoc_adjustment_matches_numpy():
-    import ml_collections  # noqa: F401
     from cce_jax import models
 
     mesh = training.make_mesh()
     model = models.get_model("resnet8", num_classes=4, width=4)
-    state = training.create_train_state(model, training.make_optimizer(small_config(), 1),
-                                        jax.random.key(3), (8, 8, 3), mesh)
+    state = training.create_train_state(
+        model, training.make_optimizer(small_config(), 1), jax.random.key(3), (8, 8, 3), mesh
+    )
     counts = np.array([40, 20, 10, 6])
     ev = training.make_eval_step(model, mesh, 4, class_counts=counts)
     rng = np.random.default_rng(0)
@@ -450,7 +519,9 @@ def test_posthoc_adjustment_matches_numpy():
 def test_steps_per_call_matches_single_steps(tmp_path):
     data = FakeData()
     a = training.train_and_evaluate(small_config(num_epochs=1), str(tmp_path / "a"), data=data)
-    b = training.train_and_evaluate(small_config(num_epochs=1, steps_per_call=2), str(tmp_path / "b"), data=data)
+    b = training.train_and_evaluate(
+        small_config(num_epochs=1, steps_per_call=2), str(tmp_path / "b"), data=data
+    )
     assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-4)
     _, ta = _final_params(tmp_path / "a")
     _, tb = _final_params(tmp_path / "b")
@@ -458,8 +529,16 @@ def test_steps_per_call_matches_single_steps(tmp_path):
 
 
 def _digits_config(**kw):
-    c = small_config(**{"data.ratio": 10.0, "model.width": 8, "batch_size": 32, "eval_batch_size": 64,
-                        "data.augment": False, **kw})
+    c = small_config(
+        **{
+            "data.ratio": 10.0,
+            "model.width": 8,
+            "batch_size": 32,
+            "eval_batch_size": 64,
+            "data.augment": False,
+            **kw,
+        }
+    )
     return c
 
 
@@ -475,12 +554,17 @@ def test_seeds_match_single_runs_on_digits(tmp_path):
         mine = _strict_json(sub / "summary.json")
         assert set(mine) >= set(single) - {"trained_with_seeds"}
         assert mine["class_counts"] == single["class_counts"]
-        assert abs(mine["test_top1"] - single["test_top1"]) <= 0.015, (s, mine["test_top1"], single["test_top1"])
+        assert abs(mine["test_top1"] - single["test_top1"]) <= 0.015, (
+            s,
+            mine["test_top1"],
+            single["test_top1"],
+        )
         assert _strict_json(sub / "config.json")["seed"] == s
         assert len((sub / "metrics.jsonl").read_text().splitlines()) == 3
     agg = _strict_json(tmp_path / "m" / "summary.json")
-    assert agg["test_top1"]["per_seed"] == [_strict_json(tmp_path / "m" / f"seed_{s}" / "summary.json")["test_top1"]
-                                            for s in seeds]
+    assert agg["test_top1"]["per_seed"] == [
+        _strict_json(tmp_path / "m" / f"seed_{s}" / "summary.json")["test_top1"] for s in seeds
+    ]
 
 
 def test_seeds_parameters_close_after_a_few_steps(tmp_path):
@@ -488,10 +572,16 @@ def test_seeds_parameters_close_after_a_few_steps(tmp_path):
 
     multi_dir, single_dir = tmp_path / "m", tmp_path / "s"
     training.train_and_evaluate(_digits_config(num_epochs=1, seeds=(0, 5)), str(multi_dir))
-    training.train_and_evaluate(_digits_config(num_epochs=1, seed=5, **{"data.subset_seed": 5}), str(single_dir))
+    training.train_and_evaluate(
+        _digits_config(num_epochs=1, seed=5, **{"data.subset_seed": 5}), str(single_dir)
+    )
     m = ocp.StandardCheckpointer().restore(multi_dir / "checkpoints" / "1" / "default")
     s = ocp.StandardCheckpointer().restore(single_dir / "checkpoints" / "1" / "default")
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(u[1], v, rtol=2e-2, atol=2e-3), m["params"], s["params"])
+    jax.tree.map(
+        lambda u, v: np.testing.assert_allclose(u[1], v, rtol=2e-2, atol=2e-3),
+        m["params"],
+        s["params"],
+    )
 
 
 @pytest.mark.parametrize(
@@ -515,13 +605,19 @@ def test_cli_errors_are_one_line(tmp_path, args, match):
 
 def test_cli_missing_config_file(tmp_path):
     r = _cli("--config=experiments/configs/nope.py", f"--workdir={tmp_path}/w")
-    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    assert (
+        r.returncode == 2
+        and r.stderr.strip().startswith("error:")
+        and len(r.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_preflight_maps_loss_hparams():
     from experiments import train as train_cli
 
-    argv = train_cli.preflight(["prog", "--config=experiments/configs/tiny.py", "--config.loss.hparams.alpha=5.0"])
+    argv = train_cli.preflight(
+        ["prog", "--config=experiments/configs/tiny.py", "--config.loss.hparams.alpha=5.0"]
+    )
     assert argv[-1] == "--loss_hparam=alpha=5.0"
     assert train_cli.parse_value("nan") != train_cli.parse_value("nan")  # a float NaN
     assert train_cli.parse_value("inf") == float("inf") and train_cli.parse_value("k") == "k"

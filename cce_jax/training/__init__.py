@@ -21,7 +21,12 @@ from cce_jax.training.config import (
     loss_names,
     validate_config,
 )
-from cce_jax.training.loop import DeadlineReached, TrainingDiverged, build_loss_fns, train_and_evaluate
+from cce_jax.training.loop import (
+    DeadlineReached,
+    TrainingDiverged,
+    build_loss_fns,
+    train_and_evaluate,
+)
 from cce_jax.training.optimizer import decay_mask, make_lr_schedule, make_optimizer
 from cce_jax.training.report import format_table
 from cce_jax.training.steps import (

@@ -75,7 +75,9 @@ def config_diff(stored: dict, requested: dict) -> list[str]:
     a, b = flatten(stored), flatten(requested)
     missing = "<missing>"
     keys = sorted(
-        k for k in set(a) | set(b) if k not in RUN_CONTROL_KEYS and a.get(k, missing) != b.get(k, missing)
+        k
+        for k in set(a) | set(b)
+        if k not in RUN_CONTROL_KEYS and a.get(k, missing) != b.get(k, missing)
     )
     return [f"{k}: stored {a.get(k, missing)!r}, now {b.get(k, missing)!r}" for k in keys]
 
@@ -115,7 +117,9 @@ def _finite(x) -> bool:
         return False
 
 
-def validate_config(config, *, num_devices: int | None = None, num_processes: int | None = None) -> None:
+def validate_config(
+    config, *, num_devices: int | None = None, num_processes: int | None = None
+) -> None:
     """Raises :class:`ConfigError` listing every problem of ``config`` (cheap checks only)."""
     from cce_jax import losses, models
 
@@ -168,7 +172,9 @@ def validate_config(config, *, num_devices: int | None = None, num_processes: in
             f"schedule.boundaries {tuple(sch.boundaries)} and schedule.factors "
             f"{tuple(sch.factors)} must have the same length"
         )
-    if not all(_finite(b) for b in sch.boundaries) or list(sch.boundaries) != sorted(sch.boundaries):
+    if not all(_finite(b) for b in sch.boundaries) or list(sch.boundaries) != sorted(
+        sch.boundaries
+    ):
         errs.append(f"schedule.boundaries {tuple(sch.boundaries)} must be finite and increasing")
     if not all(_finite(f) and float(f) >= 0 for f in sch.factors):
         errs.append(f"schedule.factors {tuple(sch.factors)} must be finite and >= 0")

@@ -68,8 +68,14 @@ def build_loss_fns(config, class_counts) -> tuple[tuple, tuple | None]:
     plain = (_two_arg(losses.get(config.loss.name, class_counts=counts, **hparams)),)
     if int(config.loss.drw_epoch) < 0:
         return plain, None
-    w = np.asarray(losses.class_balanced_weights(counts, beta=float(config.loss.drw_beta)), np.float32)
-    drw = (_two_arg(losses.get(config.loss.name, class_counts=counts, **dict(hparams, class_weights=w))),)
+    w = np.asarray(
+        losses.class_balanced_weights(counts, beta=float(config.loss.drw_beta)), np.float32
+    )
+    drw = (
+        _two_arg(
+            losses.get(config.loss.name, class_counts=counts, **dict(hparams, class_weights=w))
+        ),
+    )
     return plain, drw
 
 
@@ -82,7 +88,9 @@ def _build_data(config, seeds):
     from cce_jax import data as data_lib
 
     params = inspect.signature(data_lib.build).parameters
-    kwargs = dict(global_batch_size=int(config.batch_size), eval_batch_size=int(config.eval_batch_size))
+    kwargs = dict(
+        global_batch_size=int(config.batch_size), eval_batch_size=int(config.eval_batch_size)
+    )
     if "mesh" in params:
         kwargs["mesh"] = steps_lib.make_mesh()
     raw = data_lib.load_source(config.data) if seeds and "raw" in params else None
@@ -134,7 +142,11 @@ def _chunks(it, n):
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
@@ -154,7 +166,14 @@ def _versions() -> dict:
 def _progress(total, desc, enabled):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not enabled, file=sys.stdout)
+    return tqdm(
+        total=total,
+        desc=desc,
+        leave=False,
+        dynamic_ncols=True,
+        disable=not enabled,
+        file=sys.stdout,
+    )
 
 
 def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
@@ -192,10 +211,13 @@ class _Run:
         self.ckpts = wd.Checkpoints(workdir, keep=int(config.keep_checkpoints))
         latest = self.ckpts.latest()
         # Every check before anything is written: a refused run leaves the workdir as it was.
-        stored = wd.check_stored_config(workdir, self.config_dict, has_checkpoint=latest is not None)
+        stored = wd.check_stored_config(
+            workdir, self.config_dict, has_checkpoint=latest is not None
+        )
         if latest is not None and latest > int(config.num_epochs):
             raise ConfigError(
-                f"workdir {workdir!r} holds a checkpoint at epoch {latest}, beyond num_epochs={config.num_epochs}"
+                f"workdir {workdir!r} holds a checkpoint at epoch {latest}, "
+                f"beyond num_epochs={config.num_epochs}"
             )
         self.datasets = self._data(data)
         d0 = self.datasets[0]
@@ -204,7 +226,10 @@ class _Run:
         self.counts = np.asarray(self.info.class_counts, np.int64)
         self.spe = int(d0.steps_per_epoch)
         if self.spe < 1:
-            raise ConfigError(f"the train split ({self.info.num_train} images) holds no full batch of {config.batch_size}")
+            raise ConfigError(
+                f"the train split ({self.info.num_train} images) holds no full batch "
+                f"of {config.batch_size}"
+            )
         self.mesh = steps_lib.make_mesh()
         self.model = models.get_model(
             config.model.name,
@@ -245,11 +270,14 @@ class _Run:
                 datasets = _build_data(self.config, self.seeds)
             except Exception as e:  # missing files, tfds without a local copy, bad data keys
                 raise ConfigError(
-                    f"could not build the dataset (data.source={self.config.data.source!r}): {type(e).__name__}: {e}"
+                    f"could not build the dataset (data.source={self.config.data.source!r}): "
+                    f"{type(e).__name__}: {e}"
                 ) from e
         if len(datasets) != (self.num_models or 1):
             raise ConfigError(f"{len(datasets)} data pipelines for {self.num_models or 1} models")
-        if any(not np.array_equal(d.info.class_counts, datasets[0].info.class_counts) for d in datasets):
+        if any(
+            not np.array_equal(d.info.class_counts, datasets[0].info.class_counts) for d in datasets
+        ):
             raise ConfigError("the seeds' training splits have different class counts")
         return datasets
 
@@ -267,14 +295,24 @@ class _Run:
 
     def run(self):
         config = self.config
-        rng = jax.random.key(int(config.seed)) if not self.seeds else jnp.stack([jax.random.key(s) for s in self.seeds])
-        state = steps_lib.create_train_state(self.model, self.tx, rng, tuple(self.info.image_shape), self.mesh)
+        rng = (
+            jax.random.key(int(config.seed))
+            if not self.seeds
+            else jnp.stack([jax.random.key(s) for s in self.seeds])
+        )
+        state = steps_lib.create_train_state(
+            self.model, self.tx, rng, tuple(self.info.image_shape), self.mesh
+        )
         state, start = self.ckpts.restore_latest(state)
         if start:
             print(f"resumed from {self.ckpts.directory} at epoch {start}", flush=True)
         self.rows = []
         for d in self.model_dirs():
-            rows = [r for r in wd.read_jsonl(os.path.join(d, "metrics.jsonl")) if int(r.get("epoch", 0)) <= start]
+            rows = [
+                r
+                for r in wd.read_jsonl(os.path.join(d, "metrics.jsonl"))
+                if int(r.get("epoch", 0)) <= start
+            ]
             self.rows.append(rows)
             if self.is_main:
                 wd.write_jsonl(os.path.join(d, "metrics.jsonl"), rows)
@@ -296,7 +334,9 @@ class _Run:
                 if saved != epoch:
                     self.save(epoch, state)
                 self.ckpts.close()
-                raise DeadlineReached(f"stopped before epoch {epoch + 1} to meet the deadline; rerun to resume")
+                raise DeadlineReached(
+                    f"stopped before epoch {epoch + 1} to meet the deadline; rerun to resume"
+                )
             t0 = time.time()
             state, host = self.train_epoch(state, epoch)
             self.check_finite(host, epoch, state)
@@ -308,10 +348,15 @@ class _Run:
             if done or stop or (epoch + 1) % int(config.checkpoint_every) == 0:
                 self.save(epoch + 1, state)
                 saved = epoch + 1
-            epoch_cost = max(epoch_cost or 0.0, time.time() - t0) if epoch > start else time.time() - t0
+            epoch_cost = (
+                max(epoch_cost or 0.0, time.time() - t0) if epoch > start else time.time() - t0
+            )
             if stop:
                 self.ckpts.close()
-                print(f"stopped after epoch {stop_after} (stop_after_epoch); rerun to resume", flush=True)
+                print(
+                    f"stopped after epoch {stop_after} (stop_after_epoch); rerun to resume",
+                    flush=True,
+                )
                 return None
         self.ckpts.close()
         return self.summarize(evals, start)
@@ -339,7 +384,9 @@ class _Run:
             bar.update(len(chunk))
         bar.close()
         if len(history) != self.spe:
-            raise RuntimeError(f"train_epoch({epoch}) yielded {len(history)} batches, expected {self.spe}")
+            raise RuntimeError(
+                f"train_epoch({epoch}) yielded {len(history)} batches, expected {self.spe}"
+            )
         host = {k: np.stack([steps_lib.to_host(h[k]) for h in history]) for k in history[0]}
         host["_drw"] = use_drw
         return state, host
@@ -362,16 +409,27 @@ class _Run:
                 wd.write_json(os.path.join(d, "failure.json"), failure)
         self.ckpts.close()
         raise TrainingDiverged(
-            f"training diverged in epoch {epoch + 1} (step {failure['step']}, lr {failure['lr']:.4g}): "
+            f"training diverged in epoch {epoch + 1} (step {failure['step']}, "
+            f"lr {failure['lr']:.4g}): "
             "non-finite train loss or gradient; "
-            + (f"the last finite checkpoint (epoch {last}) is kept" if last else "no checkpoint was written")
+            + (
+                f"the last finite checkpoint (epoch {last}) is kept"
+                if last
+                else "no checkpoint was written"
+            )
             + ", no summary written. Lower optimizer.lr or check the loss hyperparameters."
         )
 
     def evaluate(self, state):
         batches = _model_batches(self.datasets, self.mesh, stack=self.num_models is not None)
         out = steps_lib.evaluate(
-            self.eval_step, state, batches, self.mesh, self.k, self.counts, num_models=self.num_models
+            self.eval_step,
+            state,
+            batches,
+            self.mesh,
+            self.k,
+            self.counts,
+            num_models=self.num_models,
         )
         return [out] if self.num_models is None else out
 
@@ -403,7 +461,8 @@ class _Run:
                 wd.write_jsonl(os.path.join(d, "metrics.jsonl"), rows)
                 tag = f"[seed {self.seeds[i]}] " if self.seeds else ""
                 msg = (
-                    f"{tag}epoch {epoch + 1}/{self.config.num_epochs}: loss {row['train_loss']:.4f} "
+                    f"{tag}epoch {epoch + 1}/{self.config.num_epochs}: "
+                    f"loss {row['train_loss']:.4f} "
                     f"acc {row['train_accuracy']:.4f} lr {lr:.4g} {row['images_per_s']:.0f} img/s"
                 )
                 if evals is not None:

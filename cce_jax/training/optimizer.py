@@ -54,7 +54,9 @@ def make_lr_schedule(config, steps_per_epoch: int, updates_per_step: int = 1) ->
 
 def decay_mask(params):
     """Weight decay on conv and dense kernels only (not BatchNorm scale/bias, not biases)."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params
+    )
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:

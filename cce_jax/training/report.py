@@ -68,7 +68,9 @@ def format_table(summary: dict) -> str:
     names = summary.get("class_names") or [str(i) for i in range(len(summary["class_counts"]))]
     width = max(5, max(len(str(n)) for n in names))
     lines = [f"{'class':<{width}}  train  test  acc %"]
-    for n, c, t, a in zip(names, summary["class_counts"], summary["test_class_counts"], summary["per_class_accuracy"]):
+    for n, c, t, a in zip(
+        names, summary["class_counts"], summary["test_class_counts"], summary["per_class_accuracy"]
+    ):
         lines.append(f"{str(n):<{width}}  {c:5d}  {t:4d}  {_pct(a)}")
     lines.append(
         f"top-1 {_pct(summary['test_top1'])}  balanced {_pct(summary['test_balanced_accuracy'])}  "

@@ -55,19 +55,25 @@ class TrainState:
 
 
 def initialize_distributed(
-    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
 ) -> None:
     """``jax.distributed.initialize`` (CPU collectives via gloo); call before using JAX."""
     with contextlib.suppress(Exception):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+    kwargs = dict(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
     jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
     """A 1-D ``("data",)`` mesh over all (global) devices, Auto axis type."""
     devices = list(jax.devices() if devices is None else devices)
-    return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+    return jax.make_mesh(
+        (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
 
 
 def batch_sharding(mesh, leading: int = 0) -> NamedSharding:
@@ -82,7 +88,9 @@ def shard_batch(batch: dict, mesh, leading: int = 0) -> dict:
     """
     sharding = batch_sharding(mesh, leading)
     return {
-        k: v if isinstance(v, jax.Array) else jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        k: v
+        if isinstance(v, jax.Array)
+        else jax.make_array_from_process_local_data(sharding, np.asarray(v))
         for k, v in batch.items()
     }
 
@@ -150,7 +158,9 @@ def make_train_step(
             )
             return jnp.mean(loss_fn(logits, batch["label"])), (logits, new_vars["batch_stats"])
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
@@ -163,7 +173,9 @@ def make_train_step(
             if i == 0:
                 out["loss"] = loss
                 out["grad_norm"] = gnorm
-                out["accuracy"] = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+                out["accuracy"] = jnp.mean(
+                    (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+                )
             else:
                 out[f"loss_{i}"] = loss
         return state.replace(step=state.step + 1), out
@@ -185,8 +197,13 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: nn.Module, mesh, num_classes: int, *, class_counts=None, taus: Sequence[float] = POSTHOC_TAUS,
-    num_models: int | None = None
+    model: nn.Module,
+    mesh,
+    num_classes: int,
+    *,
+    class_counts=None,
+    taus: Sequence[float] = POSTHOC_TAUS,
+    num_models: int | None = None,
 ) -> Callable:
     """``eval_step(state, batch) -> confusion matrices`` (float32 ``[T, K, K]``, masked), jitted.
 
@@ -223,8 +240,15 @@ def make_eval_step(
 
 
 def evaluate(
-    eval_step, state, batches: Iterable[dict], mesh, num_classes: int, class_counts=None,
-    *, taus: Sequence[float] = POSTHOC_TAUS, num_models: int | None = None
+    eval_step,
+    state,
+    batches: Iterable[dict],
+    mesh,
+    num_classes: int,
+    class_counts=None,
+    *,
+    taus: Sequence[float] = POSTHOC_TAUS,
+    num_models: int | None = None,
 ):
     """Full-split metrics (:func:`cce_jax.metrics.from_confusion`) of the plain argmax, plus
     ``posthoc_logit_adjustment``: ``[{"tau", "top1", "balanced_accuracy"}, ...]`` when

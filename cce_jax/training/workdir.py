@@ -110,7 +110,9 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def write_jsonl(path: str, rows: list[dict]) -> None:
-    atomic_write(path, "".join(json.dumps(_strict(r), sort_keys=True, allow_nan=False) + "\n" for r in rows))
+    atomic_write(
+        path, "".join(json.dumps(_strict(r), sort_keys=True, allow_nan=False) + "\n" for r in rows)
+    )
 
 
 class WorkdirLock:
@@ -133,7 +135,8 @@ class WorkdirLock:
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES):
                 raise ConfigError(
-                    f"workdir {os.path.dirname(self.path)!r} is in use by another run (pid {owner}); "
+                    f"workdir {os.path.dirname(self.path)!r} is in use by another run "
+                    f"(pid {owner}); "
                     "wait for it or use another --workdir"
                 ) from None
             raise

@@ -4,13 +4,14 @@
       --config.loss.name=cce
 
 Data: tfds.load("cifar10") by default (source "tfds"; needs the tfds copy in
-``--config.data.data_dir``); offline: ``--config.data.source=cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz``.
+``--config.data.data_dir``); offline:
+``--config.data.source=cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz``.
 Batch 128, SGD lr 0.1, momentum 0.9, weight decay 2e-4 (conv/dense kernels), 5 warm-up
 epochs, 200 epochs. Schedule: LDAM-style step decay (lr x0.01 from epoch 160, x0.0001 from
 180) by default; the CCE paper's schedule (x0.1 at 100, x0.01 at 150) with
 ``--config.schedule.boundaries='(100,150)' --config.schedule.factors='(0.1,0.01)'``.
-Loss: ``--config.loss.name=NAME`` and ``--config.loss.hparams.KEY=VALUE`` (the hparams
-ConfigDict starts empty, so new keys go in the config file or via a copied config);
+Loss: ``--config.loss.name=NAME`` and ``--config.loss.hparams.KEY=VALUE`` (the same as
+``--loss_hparam=KEY=VALUE``; checked by ``cce_jax.losses.get`` before anything is written);
 LDAM-DRW: ``loss.name=ldam``, ``model.cosine_head=True``, ``loss.drw_epoch=160``.
 
 Expected runtime: on the 2-core CPU one epoch took 213 s (67 images/s), i.e. ~11 h for
