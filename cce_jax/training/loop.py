@@ -20,6 +20,7 @@ the next call resumes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import os
@@ -112,11 +113,15 @@ def _stack(batches: list[dict], mesh, leading: int) -> dict:
     if not isinstance(batches[0]["label"], jax.Array):
         stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
         return steps_lib.shard_batch(stacked, mesh, leading)
-    fn = jax.jit(
+    return _device_stacker(mesh, leading)(batches)
+
+
+@functools.lru_cache(maxsize=16)
+def _device_stacker(mesh, leading: int):
+    return jax.jit(
         lambda bs: jax.tree.map(lambda *xs: jnp.stack(xs), *bs),
         out_shardings=steps_lib.batch_sharding(mesh, leading),
     )
-    return fn(batches)
 
 
 def _model_batches(datasets, mesh, epoch=None, *, stack=False):
