@@ -57,8 +57,9 @@ def logits_and_labels(logits, labels, axis, where):
       raise ValueError(
           f"`where` has shape {where.shape}; it must have the shape of `labels`, {labels.shape}.")
     valid = valid & where
-    # Masked entries must not leak NaN/inf from their logits into the gradient.
-    z = jnp.where(valid[..., None], z, 0.0)
+  # Entries that do not count (masked by `where`, or a label outside [0, K) such as an ignore
+  # index) must not leak NaN/inf from their logits into the gradient: zero their logits.
+  z = jnp.where(valid[..., None], z, 0.0)
   labels = jnp.where(valid, labels, 0).astype(jnp.int32)
   return z, labels, valid
 
@@ -97,3 +98,44 @@ def counts_length(class_counts) -> int:
 def finish(loss, valid):
   """Zeroes the loss (and hence its gradient) of entries that do not count."""
   return jnp.where(valid, loss, 0.0)
+
+
+def real(value, owner: str, name: str, *, minimum=None, maximum=None, min_open: bool = False,
+         max_open: bool = False):
+  """Checks a real-valued hyperparameter; a traced value passes unchecked.
+
+  Raises a one-line ``ValueError`` naming ``owner`` (the loss) and ``name`` for a value that
+  is not a real number (a string such as ``'nan'``, a bool, an array with more than one
+  element), not finite, or outside the range. Returns ``value`` unchanged.
+  """
+  if not is_concrete(value):
+    return value
+  lo = "" if minimum is None else f"{'>' if min_open else '>='} {minimum}"
+  hi = "" if maximum is None else f"{'<' if max_open else '<='} {maximum}"
+  bounds = " and ".join(b for b in (lo, hi) if b)
+  want = "a finite real number" + (f" {bounds}" if bounds else "")
+  number = None
+  if not isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (int, float, np.integer, np.floating)):
+      number = float(value)
+    elif isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0 and (
+        jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)):
+      number = float(value)
+  if number is None:
+    raise ValueError(
+        f"{owner}: `{name}` must be {want}, got {value!r} ({type(value).__name__}).")
+  ok = np.isfinite(number)
+  if ok and minimum is not None:
+    ok = number > minimum if min_open else number >= minimum
+  if ok and maximum is not None:
+    ok = number < maximum if max_open else number <= maximum
+  if not ok:
+    raise ValueError(f"{owner}: `{name}` must be {want}, got {value!r}.")
+  return value
+
+
+def choice(value, owner: str, name: str, choices) -> str:
+  """Checks a string hyperparameter against its choices (one-line ``ValueError``)."""
+  if not isinstance(value, str) or value not in choices:
+    raise ValueError(f"{owner}: `{name}` must be one of {tuple(choices)}, got {value!r}.")
+  return value

@@ -6,17 +6,21 @@ same code serves classification ([B]) and segmentation ([B, H, W]) labels.
 
 from __future__ import annotations
 
+from typing import Optional
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
+from jax.typing import ArrayLike
 
 from cce_jax import _validate
 
 ORDERS = ("rarest_largest", "frequent_largest")
 
 
-def class_ranks(class_counts, *, order: str = "rarest_largest"):
+def class_ranks(class_counts: ArrayLike, *, order: str = "rarest_largest") -> jax.Array:
   """Rank of every class by its training-sample count, 1..K.
 
   With ``order="rarest_largest"`` (the default, as in the abstract of Kato & Hotta 2021)
@@ -47,17 +51,19 @@ def class_ranks(class_counts, *, order: str = "rarest_largest"):
   ranks = jnp.zeros(k, jnp.int32).at[by_frequency].set(jnp.arange(1, k + 1, dtype=jnp.int32))
   if order == "frequent_largest":
     ranks = k + 1 - ranks
+  chex.assert_shape(ranks, (k,))
+  chex.assert_type(ranks, jnp.int32)
   return ranks
 
 
-def _outlying_label(label, values):
+def _outlying_label(label: jax.Array, values: jax.Array) -> jax.Array:
   """Teacher vector of one example: ``values[label]`` at the true class, 0 elsewhere."""
   hot = jnp.arange(values.shape[0]) == label
   return jnp.where(hot, values, 0.0)
 
 
-def outlying_labels(labels, class_counts, *, alpha: float = 1.0,
-                    order: str = "rarest_largest"):
+def outlying_labels(labels: ArrayLike, class_counts: ArrayLike, *, alpha: float = 1.0,
+                    order: str = "rarest_largest") -> jax.Array:
   r"""Outlying teacher labels of Kato & Hotta (2021), for any leading shape of `labels`.
 
   .. math::
@@ -91,10 +97,14 @@ def outlying_labels(labels, class_counts, *, alpha: float = 1.0,
   values = alpha * class_ranks(class_counts, order=order).astype(jnp.float32)
   flat = labels.reshape(-1)
   out = jax.vmap(_outlying_label, in_axes=(0, None))(flat, values)
-  return out.reshape(labels.shape + values.shape)
+  out = out.reshape(labels.shape + values.shape)
+  chex.assert_shape(out, labels.shape + (len(values),))
+  chex.assert_type(out, jnp.float32)
+  return out
 
 
-def check_labels(labels, num_classes: int, *, where=None) -> None:
+def check_labels(labels: ArrayLike, num_classes: int, *,
+                 where: Optional[ArrayLike] = None) -> None:
   """Checks that every (unmasked) label is an integer class id in ``[0, num_classes)``.
 
   The losses cannot raise inside ``jit`` on label *values*: they treat a label outside
@@ -138,3 +148,40 @@ def check_labels(labels, num_classes: int, *, where=None) -> None:
     raise ValueError(
         f"{int(bad.sum())} of {host.size} labels are outside [0, {num_classes}): "
         f"first bad values {host[bad][:5].tolist()}")
+
+
+def check_class_counts(class_counts: ArrayLike, *, integer: bool = False) -> None:
+  """Checks per-class counts: finite and ``> 0`` (and whole numbers with ``integer=True``).
+
+  The losses check ``class_counts`` when they are concrete (a list, a numpy array, or the array
+  :func:`cce_jax.losses.get` holds). A *traced* ``class_counts`` (an argument of a jitted
+  function) cannot be checked inside ``jit`` without :mod:`jax.experimental.checkify`; there
+  a negative count gives NaN. Call this check on such counts: eagerly it raises
+  ``ValueError``; under ``jit`` it adds a checkify check (wrap the function with
+  ``checkify.checkify`` and call ``err.throw()``).
+
+  Float counts are accepted (every loss but :func:`cce_jax.losses.class_balanced_weights`
+  depends only on the ratios of the counts); ``integer=True`` also refuses non-integer values.
+
+  Example:
+    >>> import cce_jax
+    >>> cce_jax.labels.check_class_counts([5000, 50])
+    >>> cce_jax.labels.check_class_counts([5000, -1])
+    Traceback (most recent call last):
+    ...
+    ValueError: every entry of `class_counts` must be > 0, got [5000.0, -1.0].
+  """
+  k = _validate.counts_length(class_counts)
+  if _validate.is_concrete(class_counts):
+    _validate.class_vector(class_counts, k, "class_counts", positive=True)
+    host = np.asarray(class_counts, np.float64)
+    if integer and np.any(host != np.round(host)):
+      raise ValueError(f"`class_counts` must be whole numbers, got {host.tolist()}.")
+    return
+  counts = jnp.asarray(class_counts)
+  if not (jnp.issubdtype(counts.dtype, jnp.integer) or jnp.issubdtype(counts.dtype, jnp.floating)):
+    raise TypeError(f"`class_counts` must be numeric, got dtype {counts.dtype}.")
+  ok = jnp.all(jnp.isfinite(counts) & (counts > 0))
+  checkify.check(ok, "class_counts must be finite and > 0")
+  if integer:
+    checkify.check(jnp.all(counts == jnp.round(counts)), "class_counts must be whole numbers")

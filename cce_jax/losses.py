@@ -8,14 +8,37 @@ Every loss here is pure and unreduced, in the manner of ``optax.losses``:
 * ``labels`` are integer class ids.
 * ``where`` (bool, shape of ``labels``) masks entries: a masked entry's loss is 0 and its
   gradient is exactly 0, whatever its logits hold.
-* Labels outside ``[0, K)`` cannot raise inside ``jit``; such an entry is treated as masked
-  (loss 0, gradient 0), so an ignore index like 255 works as expected. Check your labels with
+* Labels outside ``[0, K)`` cannot raise inside ``jit``; such an entry is treated exactly as
+  masked (loss 0, gradient exactly 0, whatever its logits hold, NaN included), so an ignore
+  index like 255 works as expected. Check your labels with
   :func:`cce_jax.labels.check_labels` in the data pipeline.
 * bfloat16/float16 logits are computed in float32; the loss is float32.
-* Hyperparameters are keyword-only. Bad dtypes and shapes raise at trace time.
-* All losses are finite, with finite gradients, for any finite logits (tested to
-  ``|z| = 1e4`` in float32 and bfloat16): everything is computed from log-sum-exps, with no
-  epsilon and no division by ``1 - p``.
+* Hyperparameters are keyword-only and checked when given concretely (a one-line
+  ``ValueError`` naming the loss and the hyperparameter); :func:`get` checks them all when the
+  loss is built. Bad dtypes and shapes raise at trace time.
+* ``class_counts`` are positive, finite reals (float counts are accepted: every loss but
+  :func:`class_balanced_weights`, which refuses non-integer values, depends only on their
+  ratios, so a prior works too). Their values are checked when they are concrete (a list, a
+  numpy array, or the array :func:`get` holds); a *traced* ``class_counts`` (passed as an
+  argument of a jitted function) cannot be checked inside ``jit``: check it with
+  :func:`cce_jax.labels.check_class_counts`.
+
+**Numerical domain** (tested at its edges, in float32, bfloat16 and float16, for the loss
+and its gradient). Everything is computed from log-sum-exps, with no epsilon and no division
+by ``1 - p``. Loss and gradient are finite for
+
+* every loss but ``mse_outlying_loss`` and ``ldam_loss``: finite logits with
+  ``|z| <= 1e38`` (float32/bfloat16; float16: every finite value);
+* ``ldam_loss``: ``|z| <= 1e38 / scale`` (the logits are multiplied by ``scale``);
+* ``mse_outlying_loss``: ``|z| <= 1e19`` (the loss is a mean of squares; float16: every
+  finite value).
+
+A ``-inf`` logit on a wrong class (a way to mask classes out) is exact: that class has
+``p = q = 0`` and contributes 0 (``0 log 0 = 0``); loss and gradient stay finite, for every
+loss but ``mse_outlying_loss`` (a regression on the raw outputs: ``-inf`` is outside its
+domain and gives ``+inf``). ``-inf`` on the *true* class gives ``+inf``, the exact value of
+cross entropy at ``p_g = 0``, with a finite gradient (every loss); mask such entries with
+``where``. ``+inf`` and NaN logits are outside the domain except in entries that do not count.
 
 Notation: ``z`` logits [..., K], ``p = softmax(z)``, ``g`` the true class, ``n_k`` the number of
 training samples of class ``k``.
@@ -23,13 +46,17 @@ training samples of class ``k``.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
+import math
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from cce_jax import _validate
 from cce_jax import labels as labels_lib
@@ -81,11 +108,21 @@ def _split(z, labels):
   """
   hot = jnp.arange(z.shape[-1]) == labels[..., None]
   top, z_g = _reduce_last(jnp.where(hot, -jnp.inf, z), jnp.where(hot, z, 0.0), first="max")
-  shifted = jnp.where(hot, 0.0, z - top[..., None])
+  # Every wrong class at -inf (or K = 1): no wrong-class mass. Shift by 0 so that `shifted`
+  # is -inf there, not NaN (-inf - -inf).
+  top = jnp.where(top > -jnp.inf, top, 0.0)
+  # -inf for a class at -inf. The minimum is exact arithmetic's `z - top <= 0`: under jit, XLA
+  # may contract `s * z - top` (LDAM's scaled logits) into a fused multiply-add, whose
+  # unrounded product can exceed the rounded `top` by half an ulp of `s * z`: ~1e29 at 1e38,
+  # enough for exp to overflow from |s z| ~ 1e10.
+  shifted = jnp.where(hot, 0.0, jnp.minimum(z - top[..., None], 0.0))
   e = jnp.where(hot, 0.0, jnp.exp(shifted))
-  total, weighted = _reduce_last(e, e * shifted, first="sum")
-  log_total = jnp.log(total)
-  h_c = log_total - weighted / total
+  # 0 log 0 = 0: a class with e = 0 (at -inf, or underflowed) contributes nothing.
+  total, weighted = _reduce_last(e, jnp.where(e > 0, e * shifted, 0.0), first="sum")
+  has_mass = total > 0
+  total = jnp.where(has_mass, total, 1.0)
+  log_total = jnp.where(has_mass, jnp.log(total), -jnp.inf)
+  h_c = jnp.where(has_mass, log_total - weighted / total, 0.0)
   return hot, z_g, top + log_total, shifted, e, total, log_total, h_c
 
 
@@ -109,12 +146,42 @@ def _complement_parts_jvp(primals, tangents):
   dz, _ = tangents
   hot, z_g, lse_wrong, shifted, e, total, log_total, h_c = _split(z, labels)
   q = e / total[..., None]
-  log_q = shifted - log_total[..., None]
+  # The coefficient of dz in d h_c, with q log q = 0 where q = 0 (a class at -inf): it is a
+  # constant of the linear rule, so a NaN here would reach the gradient even if masked later.
+  coef_h = jnp.where(q > 0, q * (shifted - log_total[..., None] + h_c[..., None]), 0.0)
   dz_g = jnp.sum(jnp.where(hot, dz, 0.0), axis=-1)
-  q_dz = q * dz
-  d_lse = jnp.sum(q_dz, axis=-1)
-  d_h = -jnp.sum(q_dz * (log_q + h_c[..., None]), axis=-1)
+  d_lse = jnp.sum(q * dz, axis=-1)
+  d_h = -jnp.sum(coef_h * dz, axis=-1)
   return (z_g, lse_wrong, h_c), (dz_g, d_lse, d_h)
+
+
+# Rules for the hyperparameters, shared by the functions and by `get`:
+# name -> check(value, owner); focal's `gamma` differs from CCE's.
+def _real(**bounds):
+  return lambda value, owner, name: _validate.real(value, owner, name, **bounds)
+
+
+def _choice(choices):
+  return lambda value, owner, name: _validate.choice(value, owner, name, choices)
+
+
+_HPARAM_RULES = {
+    "gamma": _real(),
+    "normalizer": _choice(NORMALIZERS),
+    "alpha": _real(minimum=0.0, min_open=True),
+    "order": _choice(labels_lib.ORDERS),
+    "beta": _real(minimum=0.0, maximum=1.0, max_open=True),
+    "max_margin": _real(minimum=0.0),
+    "scale": _real(minimum=0.0, min_open=True),
+    "tau": _real(),
+}
+_FOCAL_RULES = dict(_HPARAM_RULES, gamma=_real(minimum=0.0))
+
+
+def _check_hparams(owner: str, rules=None, **values) -> None:
+  rules = _HPARAM_RULES if rules is None else rules
+  for name, value in values.items():
+    rules[name](value, owner, name)
 
 
 def _check_k(z, minimum: int, what: str) -> int:
@@ -126,7 +193,9 @@ def _check_k(z, minimum: int, what: str) -> int:
 
 # --- public losses ---------------------------------------------------------------------------
 
-def cross_entropy(logits, labels, *, class_weights=None, axis: int = -1, where=None):
+def cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
+                  class_weights: Optional[ArrayLike] = None, axis: int = -1,
+                  where: Optional[ArrayLike] = None) -> jax.Array:
   r"""Softmax cross entropy with integer labels, optionally class-weighted.
 
   .. math:: \ell(z, g) = w_g \left(\log \sum_j e^{z_j} - z_g\right)
@@ -145,6 +214,9 @@ def cross_entropy(logits, labels, *, class_weights=None, axis: int = -1, where=N
   Returns:
     float32 per-entry loss, the shape of ``labels``.
 
+  References:
+    The standard softmax cross entropy; see ``optax.losses``.
+
   Example:
     >>> import jax.numpy as jnp, cce_jax
     >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
@@ -156,7 +228,8 @@ def cross_entropy(logits, labels, *, class_weights=None, axis: int = -1, where=N
   return _validate.finish(_ce(z, labels, w), valid)
 
 
-def complement_entropy(logits, labels, *, axis: int = -1, where=None):
+def complement_entropy(logits: ArrayLike, labels: ArrayLike, *, axis: int = -1,
+                       where: Optional[ArrayLike] = None) -> jax.Array:
   r"""Complement entropy: the entropy of the renormalised wrong-class distribution.
 
   .. math::
@@ -165,7 +238,17 @@ def complement_entropy(logits, labels, *, axis: int = -1, where=None):
 
   ``q`` is computed in log space, ``log q = log_softmax`` of the logits with the true class
   left out, which is exact and finite for any finite logits: unlike ``p / (1 - p_g)``, it does
-  not overflow when ``p_g -> 1``. Natural log.
+  not overflow when ``p_g -> 1``. Natural log. A wrong class at ``-inf`` has ``q = 0`` and
+  contributes 0; with every wrong class at ``-inf`` (or ``K = 1``) ``H_c = 0``.
+
+  Args:
+    logits: [..., K, ...] floating logits, ``K >= 2``.
+    labels: integer class ids, the shape of ``logits`` without ``axis``.
+    axis: the class axis.
+    where: optional bool mask, the shape of ``labels``.
+
+  Returns:
+    float32 per-entry complement entropy, in ``[0, log(K - 1)]``, the shape of ``labels``.
 
   References:
     Chen et al. Complement Objective Training. ICLR 2019, arXiv:1903.01182.
@@ -183,8 +266,9 @@ def complement_entropy(logits, labels, *, axis: int = -1, where=None):
   return _validate.finish(h_c, valid)
 
 
-def complement_cross_entropy(logits, labels, *, gamma: float = -1.0,
-                             normalizer: str = "k_minus_1", axis: int = -1, where=None):
+def complement_cross_entropy(logits: ArrayLike, labels: ArrayLike, *, gamma: float = -1.0,
+                             normalizer: str = "k_minus_1", axis: int = -1,
+                             where: Optional[ArrayLike] = None) -> jax.Array:
   r"""Complement cross entropy (CCE) of Kim, Lee & Jeon (2021).
 
   .. math:: \mathrm{CCE}(z, g) = \mathrm{CE}(z, g) + \frac{\gamma}{n} H_c(z, g)
@@ -201,7 +285,8 @@ def complement_cross_entropy(logits, labels, *, gamma: float = -1.0,
 
   **Numerics.** The public code computes ``p / (1 - p_g) + 1e-7``, which overflows to inf/NaN
   once a prediction is confident (logits of scale ~30 in float32). Here ``log q`` is a
-  log-softmax over the wrong classes: finite loss and gradients for any finite logits.
+  log-softmax over the wrong classes: finite loss and gradients for ``|z| <= 1e38`` and for
+  wrong classes at ``-inf`` (see the module docstring).
 
   Args:
     logits: [..., K, ...] floating logits, ``K >= 2``.
@@ -227,8 +312,7 @@ def complement_cross_entropy(logits, labels, *, gamma: float = -1.0,
     ...     logits, jnp.array([0]), gamma=1.0, normalizer="k").tolist()
     [0.3540]
   """
-  if normalizer not in NORMALIZERS:
-    raise ValueError(f"`normalizer` must be one of {NORMALIZERS}, got {normalizer!r}.")
+  _check_hparams("complement_cross_entropy", gamma=gamma, normalizer=normalizer)
   z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
   k = _check_k(z, 2, "complement_cross_entropy")
   n = k - 1 if normalizer == "k_minus_1" else k
@@ -238,8 +322,9 @@ def complement_cross_entropy(logits, labels, *, gamma: float = -1.0,
   return _validate.finish(loss, valid)
 
 
-def mse_outlying_loss(logits, labels, class_counts, *, alpha: float = 1.0,
-                      order: str = "rarest_largest", axis: int = -1, where=None):
+def mse_outlying_loss(logits: ArrayLike, labels: ArrayLike, class_counts: ArrayLike, *,
+                      alpha: float = 1.0, order: str = "rarest_largest", axis: int = -1,
+                      where: Optional[ArrayLike] = None) -> jax.Array:
   r"""MSE loss with outlying label (Kato & Hotta, 2021).
 
   .. math:: \ell(z, g) = \frac{1}{K} \sum_{j=1}^{K} (z_j - t_j)^2
@@ -248,6 +333,8 @@ def mse_outlying_loss(logits, labels, class_counts, *, alpha: float = 1.0,
   :func:`cce_jax.labels.outlying_labels`: ``t_g = alpha * r(g)`` with ``r`` the rank of the
   class by training-sample count (1 for the most frequent, K for the rarest), 0 elsewhere.
   Every output gets a gradient for every input. Predict with ``argmax(z)``.
+  The loss is a mean of squares: finite for ``|z| <= 1e19`` (it overflows float32 from
+  ``|z - t| ~ 1.8e19``); a ``-inf`` logit gives ``+inf``.
 
   Args:
     logits: [..., K, ...] raw network outputs.
@@ -257,6 +344,9 @@ def mse_outlying_loss(logits, labels, class_counts, *, alpha: float = 1.0,
     order: rank direction, ``"rarest_largest"`` (abstract; default) or ``"frequent_largest"``.
     axis: the class axis.
     where: optional bool mask, the shape of ``labels``.
+
+  Returns:
+    float32 per-entry loss, the shape of ``labels``.
 
   References:
     Kato, Hotta. MSE Loss with Outlying Label for Imbalanced Classification.
@@ -269,21 +359,37 @@ def mse_outlying_loss(logits, labels, class_counts, *, alpha: float = 1.0,
     ...     logits, jnp.array([0, 2]), [5000, 500, 50], alpha=1.0).tolist()
     [0.0, 0.0]
   """
+  _check_hparams("mse_outlying_loss", alpha=alpha, order=order)
   z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
   _validate.class_vector(class_counts, z.shape[-1], "class_counts", positive=True)
   target = labels_lib.outlying_labels(labels, class_counts, alpha=alpha, order=order)
-  loss = jnp.mean(jnp.square(z - target), axis=-1)
+  # sum(d^2 / K), not sum(d^2) / K: the sum cannot overflow while every d^2 is finite.
+  loss = jnp.sum(jnp.square(z - target) / z.shape[-1], axis=-1)
   return _validate.finish(loss, valid)
 
 
-def focal_loss(logits, labels, *, gamma: float = 2.0, class_weights=None, axis: int = -1,
-               where=None):
+def focal_loss(logits: ArrayLike, labels: ArrayLike, *, gamma: float = 2.0,
+               class_weights: Optional[ArrayLike] = None, axis: int = -1,
+               where: Optional[ArrayLike] = None) -> jax.Array:
   r"""Softmax focal loss (Lin et al. 2017).
 
   .. math:: \ell(z, g) = -w_g (1 - p_g)^\gamma \log p_g
 
   ``1 - p_g`` is computed as ``-expm1(-CE)``, exact when ``p_g -> 1`` (where ``1 - p_g``
-  rounds to 0 the loss and its gradient are 0). ``gamma = 0`` is cross entropy.
+  rounds to 0 the loss and its gradient are 0). ``gamma = 0`` is cross entropy; ``gamma``
+  must be ``>= 0``. With the true logit at ``-inf`` (``p_g = 0``) the loss is ``+inf`` and the
+  gradient is that of cross entropy (the modulator is 1 and flat there).
+
+  Args:
+    logits: [..., K, ...] floating logits, the class axis at ``axis``.
+    labels: integer class ids, the shape of ``logits`` without ``axis``.
+    gamma: focusing parameter, ``>= 0`` (the paper's default 2).
+    class_weights: optional [K] non-negative weights ``w`` (the paper's ``alpha_t``).
+    axis: the class axis.
+    where: optional bool mask, the shape of ``labels``.
+
+  Returns:
+    float32 per-entry loss, the shape of ``labels``.
 
   References:
     Lin, Goyal, Girshick, He, Dollar. Focal Loss for Dense Object Detection. ICCV 2017.
@@ -294,25 +400,41 @@ def focal_loss(logits, labels, *, gamma: float = 2.0, class_weights=None, axis: 
     >>> cce_jax.losses.focal_loss(logits, jnp.array([0, 2])).tolist()
     [0.0041, 0.4883]
   """
+  _check_hparams("focal_loss", _FOCAL_RULES, gamma=gamma)
   z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
   w = _validate.class_vector(class_weights, z.shape[-1], "class_weights", positive=False)
   ce = _ce(z, labels)
-  miss = -jnp.expm1(-ce)                               # 1 - p_g, in [0, 1]
+  # Where p_g = exp(-ce) is 0 in float32 (ce > ~104, or +inf for a true logit at -inf), the
+  # modulator is 1 with a slope of exactly 0: keep ce's huge (or infinite) value out of the
+  # modulator's branch of the product rule, where it would meet that 0 (0 * inf = NaN).
+  finite = jnp.isfinite(ce)
+  ce_f = jnp.where(finite, ce, 0.0)
+  ce_m = jnp.where(jnp.exp(-ce_f) > 0, ce_f, jax.lax.stop_gradient(ce_f))
+  miss = -jnp.expm1(-ce_m)                             # 1 - p_g, in [0, 1]
   safe = jnp.where(miss > 0, miss, 1.0)
-  modulator = jnp.where(miss > 0, safe ** gamma, 0.0 if gamma > 0 else 1.0)
-  loss = modulator * ce
+  modulator = jnp.where(miss > 0, safe ** gamma, jnp.where(gamma > 0, 0.0, 1.0))
+  loss = jnp.where(finite, modulator * ce_f, ce)
   if w is not None:
     loss = loss * w[labels]
   return _validate.finish(loss, valid)
 
 
-def class_balanced_weights(class_counts, *, beta: float = 0.9999):
+def class_balanced_weights(class_counts: ArrayLike, *, beta: float = 0.9999) -> jax.Array:
   r"""Class-balanced weights by effective number of samples (Cui et al. 2019).
 
   .. math:: w_k \propto \frac{1 - \beta}{1 - \beta^{n_k}}, \qquad \sum_k w_k = K
 
   ``1 - beta^n`` is computed as ``-expm1(n log beta)``, accurate for beta near 1.
-  ``beta = 0`` gives equal weights; ``beta -> 1`` approaches inverse frequency.
+  ``beta = 0`` gives equal weights; ``beta -> 1`` approaches inverse frequency. The weights
+  depend on the counts themselves, not only on their ratios: non-integer (concrete) counts are
+  refused here.
+
+  Args:
+    class_counts: [K] training-sample counts: positive integers (integer or float dtype).
+    beta: in ``[0, 1)``; the paper uses 0.9999 (CIFAR-LT) or 0.999.
+
+  Returns:
+    float32 [K] weights, summing to K.
 
   References:
     Cui, Jia, Lin, Song, Belongie. Class-Balanced Loss Based on Effective Number of Samples.
@@ -323,17 +445,24 @@ def class_balanced_weights(class_counts, *, beta: float = 0.9999):
     >>> cce_jax.losses.class_balanced_weights([5000, 500, 50], beta=0.999).tolist()
     [0.126, 0.317, 2.557]
   """
+  _check_hparams("class_balanced_weights", beta=beta)
   k = _validate.counts_length(class_counts)
   counts = _validate.class_vector(class_counts, k, "class_counts", positive=True)
-  if _validate.is_concrete(beta) and not 0.0 <= float(beta) < 1.0:
-    raise ValueError(f"`beta` must be in [0, 1), got {beta}.")
+  if _validate.is_concrete(class_counts):
+    host = np.asarray(class_counts, np.float64)
+    if np.any(host != np.round(host)):
+      raise ValueError(
+          "class_balanced_weights: `class_counts` must be whole numbers of samples (the "
+          f"effective number depends on them, not only on their ratios), got {host.tolist()}.")
   effective = -jnp.expm1(counts * jnp.log(jnp.asarray(beta, jnp.float32)))
   w = (1.0 - beta) / effective
   return w * (k / jnp.sum(w))
 
 
-def ldam_loss(logits, labels, class_counts, *, max_margin: float = 0.5, scale: float = 30.0,
-              class_weights=None, axis: int = -1, where=None):
+def ldam_loss(logits: ArrayLike, labels: ArrayLike, class_counts: ArrayLike, *,
+              max_margin: float = 0.5, scale: float = 30.0,
+              class_weights: Optional[ArrayLike] = None, axis: int = -1,
+              where: Optional[ArrayLike] = None) -> jax.Array:
   r"""Label-distribution-aware margin loss (Cao et al. 2019).
 
   .. math::
@@ -343,6 +472,21 @@ def ldam_loss(logits, labels, class_counts, *, max_margin: float = 0.5, scale: f
   The margin is subtracted from the true-class logit and all logits are scaled by ``s``
   (use it with a cosine-normalised last layer). ``max_margin=0, scale=1`` is cross entropy.
   For LDAM-DRW pass ``class_weights=class_balanced_weights(counts)`` from the DRW epoch on.
+  The logits are multiplied by ``scale``: finite for ``|z| <= 1e38 / scale``. ``K = 1`` gives
+  loss 0 and gradient 0 (no wrong class).
+
+  Args:
+    logits: [..., K, ...] floating logits (cosine similarities in the paper).
+    labels: integer class ids, the shape of ``logits`` without ``axis``.
+    class_counts: [K] training-sample counts (positive; only their ratios matter).
+    max_margin: the largest margin ``m_max`` (of the rarest class), ``>= 0``.
+    scale: the logit scale ``s``, ``> 0``.
+    class_weights: optional [K] non-negative weights ``w`` (DRW).
+    axis: the class axis.
+    where: optional bool mask, the shape of ``labels``.
+
+  Returns:
+    float32 per-entry loss, the shape of ``labels``.
 
   References:
     Cao, Wei, Gaidon, Arechiga, Ma. Learning Imbalanced Datasets with Label-Distribution-Aware
@@ -354,6 +498,7 @@ def ldam_loss(logits, labels, class_counts, *, max_margin: float = 0.5, scale: f
     >>> cce_jax.losses.ldam_loss(logits, jnp.array([0, 1]), [160, 10]).tolist()
     [0.2014, 24.0]
   """
+  _check_hparams("ldam_loss", max_margin=max_margin, scale=scale)
   z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
   counts = _validate.class_vector(class_counts, z.shape[-1], "class_counts", positive=True)
   w = _validate.class_vector(class_weights, z.shape[-1], "class_weights", positive=False)
@@ -366,13 +511,26 @@ def ldam_loss(logits, labels, class_counts, *, max_margin: float = 0.5, scale: f
   return _validate.finish(loss, valid)
 
 
-def logit_adjusted_loss(logits, labels, class_counts, *, tau: float = 1.0, axis: int = -1,
-                        where=None):
+def logit_adjusted_loss(logits: ArrayLike, labels: ArrayLike, class_counts: ArrayLike, *,
+                        tau: float = 1.0, axis: int = -1,
+                        where: Optional[ArrayLike] = None) -> jax.Array:
   r"""Logit-adjusted softmax cross entropy (Menon et al. 2021).
 
   .. math:: \ell(z, g) = \mathrm{CE}(z + \tau \log \pi, g), \qquad \pi_k = n_k / \sum_i n_i
 
   Predict with ``argmax(z)`` (the unadjusted logits). Equal counts give cross entropy.
+
+  Args:
+    logits: [..., K, ...] floating logits, the class axis at ``axis``.
+    labels: integer class ids, the shape of ``logits`` without ``axis``.
+    class_counts: [K] training-sample counts (positive; only their ratios matter, so a prior
+      works too).
+    tau: adjustment strength (the paper's default 1).
+    axis: the class axis.
+    where: optional bool mask, the shape of ``labels``.
+
+  Returns:
+    float32 per-entry loss, the shape of ``labels``.
 
   References:
     Menon, Jayasumana, Rawat, Jain, Veit, Kumar. Long-tail learning via logit adjustment.
@@ -384,18 +542,30 @@ def logit_adjusted_loss(logits, labels, class_counts, *, tau: float = 1.0, axis:
     >>> cce_jax.losses.logit_adjusted_loss(logits, jnp.array([1]), [90, 10]).tolist()
     [2.3026]
   """
+  _check_hparams("logit_adjusted_loss", tau=tau)
   z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
   counts = _validate.class_vector(class_counts, z.shape[-1], "class_counts", positive=True)
   log_prior = jnp.log(counts) - jnp.log(jnp.sum(counts))
   return _validate.finish(_ce(z + tau * log_prior, labels), valid)
 
 
-def balanced_softmax_loss(logits, labels, class_counts, *, axis: int = -1, where=None):
+def balanced_softmax_loss(logits: ArrayLike, labels: ArrayLike, class_counts: ArrayLike, *,
+                          axis: int = -1, where: Optional[ArrayLike] = None) -> jax.Array:
   r"""Balanced softmax cross entropy (Ren et al. 2020).
 
   .. math:: \ell(z, g) = \mathrm{CE}(z + \log n, g)
 
   Softmax is shift-invariant, so this equals :func:`logit_adjusted_loss` with ``tau=1``.
+
+  Args:
+    logits: [..., K, ...] floating logits, the class axis at ``axis``.
+    labels: integer class ids, the shape of ``logits`` without ``axis``.
+    class_counts: [K] training-sample counts (positive; only their ratios matter).
+    axis: the class axis.
+    where: optional bool mask, the shape of ``labels``.
+
+  Returns:
+    float32 per-entry loss, the shape of ``labels``.
 
   References:
     Ren, Yu, Sheng, Ma, Zhao, Yi, Li. Balanced Meta-Softmax for Long-Tailed Visual
@@ -448,13 +618,47 @@ def _hparam_names(fn) -> set:
           if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("axis", "where")}
 
 
-def get(name: str, *, class_counts=None, **hparams) -> Callable:
-  """Returns ``fn(logits, labels, where=None)`` for a loss name and its hyperparameters.
+def _check_get_hparams(name: str, loss_fn, class_counts, hparams: dict) -> None:
+  """Checks every hyperparameter given to :func:`get`: names, types, finiteness, ranges."""
+  owner = f"loss {name!r}"
+  rules = _FOCAL_RULES if loss_fn is focal_loss else _HPARAM_RULES
+  for hp, value in hparams.items():
+    if hp == "class_weights":
+      if value is None:
+        continue
+      try:
+        arr = np.asarray(value)
+        k = _validate.counts_length(class_counts) if class_counts is not None else (
+            arr.shape[0] if arr.ndim == 1 else -1)
+        _validate.class_vector(value, k, "class_weights", positive=False)
+      except (TypeError, ValueError) as e:
+        raise ValueError(f"{owner}: {e}") from None
+    else:
+      rules[hp](value, owner, hp)
 
-  Names: ``ce, focal, cb_ce, cb_focal, ldam, la, bs, cce, mse_ol``. ``cb_*`` are cross
-  entropy / focal with :func:`class_balanced_weights` (hyperparameter ``beta``). Losses that
-  depend on the class distribution (``cb_ce, cb_focal, ldam, la, bs, mse_ol``) need
-  ``class_counts``. Unknown names and hyperparameters raise ``ValueError`` here, not later.
+
+def get(name: str, *, class_counts: Optional[ArrayLike] = None,
+        **hparams) -> Callable[..., jax.Array]:
+  """Builds ``fn(logits, labels, where=None)`` for a loss name and its hyperparameters.
+
+  Everything is checked here, when the loss is built, before any training step: the name,
+  ``class_counts`` (for the losses that need them), and every hyperparameter: unknown names
+  (the message gives the closest valid one), wrong types (``gamma="nan"``), non-finite values
+  (``gamma=float("nan")``), values out of range (``alpha=0``) and invalid choices
+  (``normalizer="bad"``) each raise a one-line ``ValueError`` naming the loss and the
+  hyperparameter.
+
+  Args:
+    name: one of :data:`NAMES`: ``ce, focal, cb_ce, cb_focal, ldam, la, bs, cce, mse_ol``.
+      ``cb_*`` are cross entropy / focal with :func:`class_balanced_weights` (hyperparameter
+      ``beta``).
+    class_counts: [K] per-class training-sample counts; required by ``cb_ce, cb_focal, ldam,
+      la, bs, mse_ol``, ignored by the others.
+    **hparams: the keyword-only hyperparameters of the loss function (not ``axis`` or
+      ``where``), e.g. ``gamma``, ``normalizer``, ``alpha``, ``tau``, ``class_weights``.
+
+  Returns:
+    ``fn(logits, labels, where=None) -> jax.Array``, the per-entry loss.
 
   Example:
     >>> import jax.numpy as jnp, cce_jax
@@ -465,28 +669,45 @@ def get(name: str, *, class_counts=None, **hparams) -> Callable:
     Traceback (most recent call last):
     ...
     ValueError: loss 'ldam' needs `class_counts` (the per-class training-sample counts).
+    >>> cce_jax.losses.get("focal", gama=2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: loss 'focal': unknown hyperparameter 'gama' (did you mean 'gamma'?); ...
+    >>> cce_jax.losses.get("focal", gamma="nan")
+    Traceback (most recent call last):
+    ...
+    ValueError: loss 'focal': `gamma` must be a finite real number >= 0.0, got 'nan' (str).
   """
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(NAMES)}.")
+  if not isinstance(name, str) or name not in _REGISTRY:
+    close = difflib.get_close_matches(str(name), NAMES, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown loss {name!r}{hint}; known losses: {', '.join(NAMES)}.")
   loss_fn, needs_counts, builder = _REGISTRY[name]
   if needs_counts and class_counts is None:
     raise ValueError(
         f"loss {name!r} needs `class_counts` (the per-class training-sample counts).")
   allowed = _hparam_names(builder or loss_fn)
-  unknown = sorted(set(hparams) - allowed)
-  if unknown:
+  for hp in sorted(set(hparams) - allowed):
+    close = difflib.get_close_matches(hp, sorted(allowed), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(
-        f"unknown hyperparameter(s) {unknown} for loss {name!r}; it takes {sorted(allowed)}.")
+        f"loss {name!r}: unknown hyperparameter {hp!r}{hint}; it takes {sorted(allowed)}.")
+  _check_get_hparams(name, loss_fn, class_counts if needs_counts else None, hparams)
+  if needs_counts:
+    try:
+      _validate.class_vector(class_counts, _validate.counts_length(class_counts),
+                             "class_counts", positive=True)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"loss {name!r}: {e}") from None
   if builder is not None:
     fn = builder(class_counts, **hparams)
   elif needs_counts:
     fn = functools.partial(loss_fn, class_counts=jnp.asarray(class_counts), **hparams)
-    _validate.class_vector(class_counts, _validate.counts_length(class_counts),
-                           "class_counts", positive=True)
   else:
     fn = functools.partial(loss_fn, **hparams)
 
-  def loss(logits, labels, where: Optional[jax.Array] = None):
+  def loss(logits: ArrayLike, labels: ArrayLike,
+           where: Optional[ArrayLike] = None) -> jax.Array:
     return fn(logits, labels, where=where)
 
   loss.__name__ = f"{name}_loss"

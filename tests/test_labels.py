@@ -1,5 +1,6 @@
 """Tests of cce_jax.labels."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,3 +75,30 @@ def test_check_labels_under_jit_with_checkify():
   err, _ = checked(jnp.array([0, 3]))
   with pytest.raises(checkify.JaxRuntimeError, match=r"labels outside \[0, 3\)"):
     err.throw()
+
+
+def test_outlying_labels_shape_and_type_with_chex():
+  t = labels.outlying_labels(jnp.zeros((2, 3), jnp.int32), [4, 2, 1, 9], alpha=0.5)
+  chex.assert_shape(t, (2, 3, 4))
+  chex.assert_type(t, jnp.float32)
+  chex.assert_trees_all_close(t[0, 0], jnp.array([1.0, 0.0, 0.0, 0.0]))
+
+
+def test_check_class_counts_eager_and_under_jit():
+  labels.check_class_counts([5000, 50])
+  labels.check_class_counts(np.array([0.9, 0.1]))             # float counts (a prior) are fine
+  with pytest.raises(ValueError, match="must be > 0"):
+    labels.check_class_counts([5, -1])
+  with pytest.raises(ValueError, match="must be finite"):
+    labels.check_class_counts([5, np.inf])
+  with pytest.raises(ValueError, match="must be whole numbers"):
+    labels.check_class_counts([5.5, 1], integer=True)
+  checked = checkify.checkify(jax.jit(lambda c: labels.check_class_counts(c, integer=True)))
+  err, _ = checked(jnp.array([3.0, 1.0]))
+  err.throw()
+  for bad, message in [(jnp.array([3.0, -1.0]), "finite and > 0"),
+                       (jnp.array([3.0, jnp.nan]), "finite and > 0"),
+                       (jnp.array([3.5, 1.0]), "whole numbers")]:
+    err, _ = checked(bad)
+    with pytest.raises(checkify.JaxRuntimeError, match=message):
+      err.throw()

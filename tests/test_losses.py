@@ -4,6 +4,7 @@ import functools
 import subprocess
 import sys
 
+import chex
 import hypothesis
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from jax.test_util import check_grads
 
 import cce_jax
@@ -147,15 +149,165 @@ def _registry_fn(name):
   return losses.get(name, class_counts=COUNTS, **REGISTRY_CASES[name])
 
 
+def _value_and_vjp(fn, z, y, **kw):
+  """Per-entry loss and the gradient of its sum (without summing: a sum of finite losses near
+  1e38 can overflow by itself)."""
+  out, pull = jax.vjp(lambda zz: fn(zz, y, **kw), z)
+  (grad,) = pull(jnp.ones_like(out))
+  return out, grad
+
+
+def _assert_finite(*arrays, msg=""):
+  for a in arrays:
+    assert np.all(np.isfinite(np.asarray(a, np.float32))), (msg, a)
+
+
+# Stated domain edge per loss (module docstring of cce_jax.losses): float32/bfloat16.
+DOMAIN_EDGE = {name: 1e38 for name in REGISTRY_CASES}
+DOMAIN_EDGE["ldam"] = 1e38 / 30.0   # |z| <= 1e38 / scale, default scale 30
+DOMAIN_EDGE["mse_ol"] = 1e19
+
+
+def _edge_logits(y, edge, k=K):
+  """Rows at the edge of the domain: confident right, confident wrong, ties, random signs."""
+  n = len(y)
+  rows = np.arange(n)
+  sign = np.where(np.random.default_rng(0).random((4, n, k)) < 0.5, -1.0, 1.0)
+  right = -np.ones((n, k))
+  right[rows, y] = 1.0
+  wrong = -np.ones((n, k))
+  wrong[rows, (y + 1) % k] = 1.0
+  ties = np.ones((n, k))
+  return np.concatenate([right, wrong, ties, -ties, sign[0], sign[1]]) * edge
+
+
+# --- the losses under chex variants: each test runs with and without jit ------------------
+
+class LossVariantsTest(chex.TestCase):
+  """Value, masking and numerics tests, each run eagerly and under ``jax.jit``."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*sorted(CASES))
+  def test_matches_numpy_reference(self, case):
+    fn, ref = CASES[case]
+    for seed in (0, 1):
+      z, y = _data(seed)
+      out = self.variant(fn)(z, y)
+      chex.assert_shape(out, y.shape)
+      chex.assert_type(out, jnp.float32)
+      chex.assert_trees_all_close(out, ref(z, y).astype(np.float32), rtol=2e-5, atol=2e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*sorted(REGISTRY_CASES))
+  def test_masked_and_out_of_range_entries(self, name):
+    fn = _registry_fn(name)
+    value_and_grad = self.variant(functools.partial(_value_and_vjp, fn))
+    z, y = _data(4, shape=(12,))
+    keep = np.arange(12) % 3 != 0
+    z_nan = z.copy()
+    z_nan[~keep] = np.nan  # entries that do not count must not leak NaN
+    # `where`: equals slicing, masked entries get loss 0 and gradient exactly 0.
+    out, g = value_and_grad(jnp.asarray(z_nan), y, where=jnp.asarray(keep))
+    chex.assert_trees_all_close(out[keep], fn(z[keep], y[keep]), rtol=1e-6, atol=1e-6)
+    assert np.all(np.asarray(out)[~keep] == 0)
+    assert np.all(np.asarray(g)[~keep] == 0) and np.all(np.isfinite(g))
+    g_sliced = jax.grad(lambda zz: jnp.sum(fn(zz, y[keep])))(jnp.asarray(z[keep]))
+    chex.assert_trees_all_close(g[keep], g_sliced, rtol=1e-5, atol=1e-6)
+    # Issue 9 item 12: an ignore-index entry (255, -1) holding NaN logits had loss 0 but a
+    # NaN gradient. It is now treated exactly as a `where`-masked one.
+    y_bad = y.copy()
+    y_bad[~keep] = np.where(np.arange(12)[~keep] % 2 == 0, 255, -1)
+    out_bad, g_bad = value_and_grad(jnp.asarray(z_nan), y_bad)
+    chex.assert_trees_all_close((out_bad, g_bad), (out, g), atol=1e-7)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*sorted(REGISTRY_CASES))
+  def test_neg_inf_logits(self, name):
+    fn = _registry_fn(name)
+    z, y = _data(11, shape=(8,))
+    y = np.where(y == 3, 0, y).astype(np.int32)   # class 3 is never the true class
+    rows = np.arange(8)
+    z[:, 3] = -np.inf                              # rows 0-3: one wrong class at -inf
+    z[4:6] = -np.inf                               # rows 4-5: every wrong class at -inf
+    z[rows[4:6], y[4:6]] = [1.0, -3.0]
+    z[rows[6:], y[6:]] = -np.inf                   # rows 6-7: the true class at -inf
+    out, g = self.variant(functools.partial(_value_and_vjp, fn))(jnp.asarray(z), y)
+    out, g = np.asarray(out), np.asarray(g)
+    # -inf on the TRUE class: p_g = 0, and +inf is the exact value of every loss here.
+    assert np.all(out[6:] == np.inf), (name, out)
+    if name == "mse_ol":   # a regression on the raw outputs: -inf is outside its domain
+      assert np.all(out == np.inf)
+      return
+    # Issue 9 item 11: -inf on a wrong class made cce and complement entropy NaN. A class at
+    # -inf has q = 0 and contributes 0 (0 log 0 = 0): the same as -1e4 in float32.
+    _assert_finite(out[:6], g, msg=name)
+    assert np.all(g[:6, 3] == 0)
+    z_far = np.where(np.isneginf(z[:4]), -1e4, z[:4])
+    out_far, g_far = _value_and_vjp(fn, jnp.asarray(z_far), y[:4])
+    chex.assert_trees_all_close((out[:4], g[:4]), (out_far, g_far), rtol=1e-5, atol=1e-6)
+    # Every wrong class at -inf: no wrong-class mass, loss 0 and gradient 0.
+    assert np.all(out[4:6] == 0) and np.all(g[4:6] == 0)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters("complement_entropy", "cce_paper", "cce_code")
+  def test_neg_inf_wrong_class_matches_reference(self, case):
+    fn, ref = CASES[case]
+    z, y = _data(12, shape=(6,))
+    y = np.where(y == 5, 0, y).astype(np.int32)
+    z_inf = z.copy()
+    z_inf[:, 5] = -np.inf
+    z_ref = z.copy()
+    z_ref[:, 5] = -700.0   # q ~ 1e-304 in float64: q log q = 0 to any tolerance
+    chex.assert_trees_all_close(self.variant(fn)(z_inf, y), ref(z_ref, y).astype(np.float32),
+                                rtol=2e-5, atol=2e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*sorted(REGISTRY_CASES))
+  def test_finite_over_the_stated_domain(self, name):
+    # Issue 9 item 13: the stated domain (module docstring of cce_jax.losses), tested at its
+    # edge, and at 30 (where the public PyTorch versions already return NaN) and 1e4: loss and
+    # gradient finite for |z| <= 1e38 (ldam: 1e38 / scale, mse_ol: 1e19) in float32 and
+    # bfloat16, and for every finite float16 value.
+    fn = _registry_fn(name)
+    value_and_grad = self.variant(functools.partial(_value_and_vjp, fn))
+    y = np.random.default_rng(1).integers(0, K, size=8).astype(np.int32)
+    yy = np.tile(y, 6)
+    for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+      edge = float(jnp.finfo(jnp.float16).max) if dtype == jnp.float16 else DOMAIN_EDGE[name]
+      for scale in (30.0, 1e4, edge):
+        z = jnp.asarray(_edge_logits(y, scale), dtype)
+        assert np.all(np.isfinite(np.asarray(z, np.float32)))
+        out, g = value_and_grad(z, yy)
+        chex.assert_type(out, jnp.float32)
+        chex.assert_type(g, dtype)
+        _assert_finite(out, g, msg=(name, dtype, scale))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_ldam_single_class_has_zero_gradient(self):
+    # Issue 9 item 13: ldam_loss with K=1 had a NaN gradient (no wrong class: loss 0).
+    fn = functools.partial(losses.ldam_loss, class_counts=np.array([7]))
+    z = jnp.array([[0.3], [-2.0]])
+    out, g = self.variant(functools.partial(_value_and_vjp, fn))(z, np.zeros(2, np.int32))
+    chex.assert_trees_all_close((out, g), (jnp.zeros(2), jnp.zeros((2, 1))), atol=0)
+
+
+def test_chex_variants_run_both_under_pytest():
+  names = [n for n in dir(LossVariantsTest) if n.startswith("test_ldam_single_class")]
+  assert any("with_jit" in n for n in names) and any("without_jit" in n for n in names), names
+
+
+def test_beyond_the_domain_is_not_claimed():
+  # Just beyond the stated edge the loss overflows (so the documented bound is tight to ~2x):
+  # mse_ol at 4e19 is +inf, ldam at 1e38 (x scale 30) is not finite.
+  y = np.array([0], np.int32)
+  z = np.full((1, K), -4e19, np.float32)
+  assert np.isinf(losses.mse_outlying_loss(z, y, COUNTS))[0]
+  z = np.full((1, K), -1e38, np.float32)
+  z[0, 1] = 1e38
+  assert not np.isfinite(losses.ldam_loss(z, y, COUNTS))[0]
+
+
 # --- values ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("seed", [0, 1])
-def test_matches_numpy_reference(case, seed):
-  fn, ref = CASES[case]
-  z, y = _data(seed)
-  np.testing.assert_allclose(fn(z, y), ref(z, y), rtol=2e-5, atol=2e-5)
-
 
 def test_registry_matches_functions():
   z, y = _data(3)
@@ -219,32 +371,6 @@ def test_jit_vmap_and_grad(name):
   assert g.shape == z.shape and np.all(np.isfinite(g))
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY_CASES))
-def test_where_equals_slicing_and_masked_grads_are_zero(name):
-  fn = _registry_fn(name)
-  z, y = _data(4, shape=(12,))
-  where = np.arange(12) % 3 != 0
-  z_bad = z.copy()
-  z_bad[~where] = np.nan  # masked entries must not leak NaN
-  out = fn(z_bad, y, where=jnp.asarray(where))
-  np.testing.assert_allclose(out[where], fn(z[where], y[where]), rtol=1e-6, atol=1e-6)
-  assert np.all(np.asarray(out)[~where] == 0)
-  g = jax.grad(lambda zz: jnp.sum(fn(zz, y, where=jnp.asarray(where))))(jnp.asarray(z_bad))
-  assert np.all(np.asarray(g)[~where] == 0) and np.all(np.isfinite(g))
-  g_sliced = jax.grad(lambda zz: jnp.sum(fn(zz, y[where])))(jnp.asarray(z[where]))
-  np.testing.assert_allclose(np.asarray(g)[where], g_sliced, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", sorted(REGISTRY_CASES))
-def test_out_of_range_labels_count_as_masked(name):
-  fn = _registry_fn(name)
-  z, y = _data(6, shape=(5,))
-  y_bad = y.copy()
-  y_bad[[1, 3]] = [255, -1]
-  keep = np.array([True, False, True, False, True])
-  np.testing.assert_allclose(fn(z, y_bad), fn(z, y, where=jnp.asarray(keep)), atol=1e-7)
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_axis_equals_moveaxis_and_leading_axes(case):
   fn, _ = CASES[case]
@@ -257,33 +383,6 @@ def test_axis_equals_moveaxis_and_leading_axes(case):
 
 
 # --- numerics --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
-@pytest.mark.parametrize("name", sorted(REGISTRY_CASES))
-def test_extreme_logits_are_finite(name, dtype):
-  fn = _registry_fn(name)
-  scales = (30.0, 1e4)  # 30: where the public PyTorch versions already return NaN
-  value_and_grad = jax.jit(jax.value_and_grad(lambda zz, yy: jnp.mean(fn(zz, yy))))
-  rng = np.random.default_rng(0)
-  y = rng.integers(0, K, size=64).astype(np.int32)
-  for scale in scales:
-    for kind in ("confident_correct", "confident_wrong", "random", "ties"):
-      z = rng.normal(size=(64, K))
-      if kind == "confident_correct":
-        z = np.zeros((64, K))
-        z[np.arange(64), y] = 1.0
-      elif kind == "confident_wrong":
-        z = np.zeros((64, K))
-        z[np.arange(64), (y + 1) % K] = 1.0
-      elif kind == "ties":
-        z = np.ones((64, K))
-      z = jnp.asarray(z * scale, dtype)
-      loss, grad = value_and_grad(z, y)
-      assert loss.dtype == jnp.float32
-      assert grad.dtype == dtype
-      assert np.isfinite(float(loss)), (name, kind, scale, dtype)
-      assert np.all(np.isfinite(np.asarray(grad, np.float32))), (name, kind, scale, dtype)
-
 
 def test_complement_entropy_confident_prediction_is_accurate():
   # Where the public code's p / (1 - p_g) overflows (p_g rounds to 1 in float32), the
@@ -380,17 +479,17 @@ def test_bad_hyperparameters():
     losses.ldam_loss(z, y, np.r_[COUNTS[:-1], 0])
   with pytest.raises(ValueError, match="`class_weights` must have shape"):
     losses.cross_entropy(z, y, class_weights=np.ones(3))
-  with pytest.raises(ValueError, match="`normalizer` must be one of"):
+  with pytest.raises(ValueError, match="complement_cross_entropy: `normalizer` must be one of"):
     losses.complement_cross_entropy(z, y, normalizer="n")
   with pytest.raises(ValueError, match="at least 2 classes"):
     losses.complement_entropy(z[:, :1], np.zeros(len(y), np.int32))
-  with pytest.raises(ValueError, match="`beta` must be in"):
+  with pytest.raises(ValueError, match=r"`beta` must be a finite real number >= 0.0 and < 1.0"):
     losses.class_balanced_weights(COUNTS, beta=1.0)
   with pytest.raises(ValueError, match="unknown loss 'nope'; known losses: ce, focal"):
     losses.get("nope")
   with pytest.raises(ValueError, match="needs `class_counts`"):
     losses.get("mse_ol")
-  with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['gama'\]"):
+  with pytest.raises(ValueError, match=r"unknown hyperparameter 'gama' \(did you mean 'gamma'\?\)"):
     losses.get("cce", gamma=1.0, gama=2.0)
   with pytest.raises(ValueError, match="must be > 0"):
     losses.get("la", class_counts=[3, 0, 2])
@@ -405,3 +504,130 @@ def test_import_is_light():
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
   assert result.returncode == 0, result.stdout + result.stderr
   assert cce_jax.losses is losses
+
+
+@pytest.mark.parametrize("scale", [1e8, 1e9, 1e10, 1e12])
+def test_ldam_under_jit_large_logits(scale):
+  # Found while testing the domain edge: under jit XLA fused `s * z - max(s * z)` into a
+  # multiply-add, whose unrounded product exceeds the rounded max; exp of the excess
+  # overflowed and jitted LDAM returned inf at |z| = 1e9 for a confidently right row.
+  y = np.array([2], np.int32)
+  z = -np.ones((1, K), np.float32) * scale
+  z[0, 2] = scale
+  fn = jax.jit(_registry_fn("ldam"))
+  np.testing.assert_array_equal(fn(z, y), [0.0])
+
+
+# --- hyperparameters are checked when the loss is built (issue 9 item 5) ---------------------
+
+BAD_HPARAMS = [
+    # (loss, hparams, expected message): each a one-line ValueError naming loss and hparam.
+    ("focal", {"gamma": "nan"}, "loss 'focal': `gamma` must be a finite real number >= 0.0, "
+                                "got 'nan' (str)"),
+    ("cce", {"gamma": "abc"}, "loss 'cce': `gamma` must be a finite real number, got 'abc'"),
+    ("cce", {"gamma": float("nan")}, "loss 'cce': `gamma` must be a finite real number, got nan"),
+    ("focal", {"gamma": float("inf")}, "loss 'focal': `gamma` must be a finite real number"),
+    ("focal", {"gamma": -1.0}, "loss 'focal': `gamma` must be a finite real number >= 0.0"),
+    ("cb_focal", {"gamma": True}, "loss 'cb_focal': `gamma` must be a finite real number"),
+    ("cce", {"normalizer": "bad"},
+     "loss 'cce': `normalizer` must be one of ('k_minus_1', 'k'), got 'bad'"),
+    ("cce", {"gama": -1.0}, "loss 'cce': unknown hyperparameter 'gama' (did you mean 'gamma'?)"),
+    ("mse_ol", {"alpah": 5.0},
+     "loss 'mse_ol': unknown hyperparameter 'alpah' (did you mean 'alpha'?)"),
+    ("mse_ol", {"alpha": 0.0}, "loss 'mse_ol': `alpha` must be a finite real number > 0.0"),
+    ("mse_ol", {"alpha": "5"}, "loss 'mse_ol': `alpha` must be a finite real number"),
+    ("mse_ol", {"order": "up"}, "loss 'mse_ol': `order` must be one of"),
+    ("cb_ce", {"beta": 1.0}, "loss 'cb_ce': `beta` must be a finite real number >= 0.0 and < 1.0"),
+    ("cb_ce", {"beta": float("nan")}, "loss 'cb_ce': `beta` must be a finite real number"),
+    ("ldam", {"scale": -1.0}, "loss 'ldam': `scale` must be a finite real number > 0.0"),
+    ("ldam", {"max_margin": float("nan")}, "loss 'ldam': `max_margin` must be a finite real"),
+    ("la", {"tau": "1.0"}, "loss 'la': `tau` must be a finite real number, got '1.0' (str)"),
+    ("la", {"tau": np.array([1.0, 2.0])}, "loss 'la': `tau` must be a finite real number"),
+    ("ce", {"class_weights": [1.0, -1.0, 1.0]}, "loss 'ce': every entry of `class_weights`"),
+    ("ldam", {"class_weights": np.ones(3)}, "loss 'ldam': `class_weights` must have shape (10,)"),
+    ("focal", {"class_weights": [np.nan, 1.0]}, "loss 'focal': `class_weights` must be finite"),
+]
+
+
+@pytest.mark.parametrize("name,hparams,message", BAD_HPARAMS)
+def test_get_refuses_bad_hyperparameters_when_built(name, hparams, message):
+  with pytest.raises(ValueError) as info:
+    losses.get(name, class_counts=COUNTS, **hparams)
+  text = str(info.value)
+  assert "\n" not in text
+  assert text.startswith(message), text
+
+
+def test_get_checks_counts_and_names():
+  for counts, message in [([3, 0, 2], "loss 'la': every entry of `class_counts` must be > 0"),
+                          ([3, np.nan], "loss 'la': `class_counts` must be finite"),
+                          (np.ones((2, 2)), "loss 'la': `class_counts` must be a 1-D")]:
+    with pytest.raises(ValueError) as info:
+      losses.get("la", class_counts=counts)
+    assert str(info.value).startswith(message), str(info.value)
+  with pytest.raises(ValueError, match=r"unknown loss 'focl' \(did you mean 'focal'\?\)"):
+    losses.get("focl")
+  assert losses.NAMES == ("ce", "focal", "cb_ce", "cb_focal", "ldam", "la", "bs", "cce", "mse_ol")
+
+
+def test_good_hyperparameters_of_every_kind_are_accepted():
+  z, y = _data(0)
+  for name, hp in [("focal", {"gamma": 0}), ("focal", {"gamma": np.float32(2.0)}),
+                   ("cce", {"gamma": jnp.asarray(-1.0), "normalizer": "k"}),
+                   ("ldam", {"class_weights": losses.class_balanced_weights(COUNTS)}),
+                   ("mse_ol", {"alpha": 5, "order": "frequent_largest"})]:
+    assert np.all(np.isfinite(losses.get(name, class_counts=COUNTS, **hp)(z, y))), name
+
+
+def test_functions_check_their_hyperparameters_too():
+  z, y = _data(0)
+  with pytest.raises(ValueError, match="focal_loss: `gamma` must be a finite real number"):
+    losses.focal_loss(z, y, gamma="2")
+  with pytest.raises(ValueError, match="logit_adjusted_loss: `tau` must be a finite"):
+    losses.logit_adjusted_loss(z, y, COUNTS, tau=np.inf)
+  # A traced hyperparameter cannot be checked and is used as given.
+  out = jax.jit(lambda g: losses.focal_loss(z, y, gamma=g))(2.0)
+  np.testing.assert_allclose(out, losses.focal_loss(z, y, gamma=2.0), rtol=1e-6)
+
+
+# --- class counts (issue 9 item 14) ----------------------------------------------------------
+
+def test_float_counts_are_accepted_and_only_ratios_matter():
+  z, y = _data(2)
+  prior = COUNTS / COUNTS.sum()           # float counts: a prior
+  for name in ("ldam", "la", "bs", "mse_ol"):
+    chex.assert_trees_all_close(losses.get(name, class_counts=prior)(z, y),
+                                losses.get(name, class_counts=COUNTS)(z, y),
+                                rtol=2e-5, atol=2e-5, custom_message=name)
+
+
+def test_class_balanced_weights_refuse_non_integer_counts():
+  with pytest.raises(ValueError, match="class_balanced_weights: `class_counts` must be whole"):
+    losses.class_balanced_weights([10.5, 3.0])
+  with pytest.raises(ValueError, match="must be whole"):
+    losses.get("cb_ce", class_counts=COUNTS / COUNTS.sum())
+  chex.assert_trees_all_close(losses.class_balanced_weights(COUNTS.astype(np.float32)),
+                              losses.class_balanced_weights(COUNTS))
+
+
+def test_traced_counts_are_not_checked_inside_jit_use_check_class_counts():
+  # Documented limit: a traced class_counts skips the value checks (a negative count gives
+  # NaN); cce_jax.labels.check_class_counts finds it under jit with checkify.
+  from jax.experimental import checkify
+  z, y = _data(3, shape=(4,))
+  bad = COUNTS.copy()
+  bad[2] = -5
+
+  def step(zz, counts):
+    cce_jax.labels.check_class_counts(counts)
+    return losses.logit_adjusted_loss(zz, y, counts)
+
+  with pytest.raises(ValueError, match="must be > 0"):
+    losses.logit_adjusted_loss(z, y, bad)                  # concrete: refused
+  out = jax.jit(lambda zz, c: losses.logit_adjusted_loss(zz, y, c))(z, bad)
+  assert np.isnan(np.asarray(out)).any()                   # traced: the documented NaN
+  err, _ = checkify.checkify(jax.jit(step))(z, bad)
+  with pytest.raises(checkify.JaxRuntimeError, match="class_counts must be finite and > 0"):
+    err.throw()
+  err, _ = checkify.checkify(jax.jit(step))(z, COUNTS)
+  err.throw()
