@@ -42,6 +42,7 @@ __all__ = [
     "load_npz",
     "load_source",
     "load_tfds",
+    "network_reachable",
     "parse_source",
 ]
 
@@ -108,8 +109,9 @@ def parse_source(source: str, name=None) -> tuple[str, str | None]:
 # ----------------------------------------------------------------------------------------
 
 
-def _network_reachable(host: str = "storage.googleapis.com", port: int = 443,
-                       timeout: float = 3.0) -> bool:
+def network_reachable(host: str = "storage.googleapis.com", port: int = 443,
+                      timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:port opens within `timeout` seconds."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -154,7 +156,7 @@ def load_tfds(name: str, data_dir=None, *, download="auto") -> RawDataset:
     if download != "always" and not builder.is_prepared():
         if download == "never":
             raise _tfds_error(name, data_dir, "not prepared there and data.download='never'.")
-        if not _network_reachable():
+        if not network_reachable():
             raise _tfds_error(
                 name, data_dir, "not prepared there and no network (data.download='auto')."
             )
@@ -488,8 +490,10 @@ def load_cifar10_jpeg(archive: str, cache_dir: str = "~/.cache/cce_jax") -> RawD
     """The offline CIFAR-10 JPEG archive (``train|test/<class>/NNNN.jpg``), decoded once.
 
     Extracted into ``cache_dir/cifar10_jpeg-<sha256 prefix>/extracted`` and decoded with
-    Pillow into ``arrays.npz`` (both written to temporaries, then renamed); later calls load the
-    ``.npz``. Temporaries left by killed runs are removed first
+    Pillow into ``arrays_pillow.npz`` (both written to temporaries, then renamed); later calls
+    load the ``.npz``. Pillow decodes like ``tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")``;
+    the tf default used before (INTEGER_FAST) differs by up to 5 levels (mean 1), hence a new
+    cache file name. Temporaries left by killed runs are removed first
     (:func:`clean_stale_temporaries`). Classes are the train/ sub-folders, sorted.
     """
     archive = os.path.expanduser(archive)
@@ -501,7 +505,7 @@ def load_cifar10_jpeg(archive: str, cache_dir: str = "~/.cache/cce_jax") -> RawD
     key = _sha256(archive)[:16]
     root = os.path.join(os.path.expanduser(cache_dir), f"cifar10_jpeg-{key}")
     clean_stale_temporaries(root)
-    npz = os.path.join(root, "arrays.npz")
+    npz = os.path.join(root, "arrays_pillow.npz")
     if not os.path.isfile(npz):
         folder = _extract_once(archive, root)
         train_dir = os.path.join(folder, "train")
