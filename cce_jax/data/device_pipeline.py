@@ -66,6 +66,62 @@ def _crop_flip(x, oy, ox, flip, pad):
     return jax.vmap(one)(xp, oy, ox, flip)
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool):
+    """(plan, batch, eval) jitted shard_map functions, shared by every pipeline of one shape.
+
+    Several seeds (same counts, same batch) therefore compile once.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    pad = imbalance.PAD
+    spec_d, spec_p = P("data"), P(None, "data")
+    data_sh, plan_sh = NamedSharding(mesh, spec_d), NamedSharding(mesh, spec_p)
+
+    def plan_local(seed, epoch, n_valid):
+        dev = jax.lax.axis_index("data")
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), dev)
+        k_perm, k_y, k_x, k_f = jax.random.split(key, 4)
+        perm = jax.random.permutation(k_perm, n_pad)
+        # Valid slots first (stable, so their order stays uniformly random).
+        perm = perm[jnp.argsort(perm >= n_valid[0], stable=True)]
+        pos = perm[: steps * lb].reshape(steps, lb).astype(jnp.int32)
+        oy = jax.random.randint(k_y, (steps, lb), 0, 2 * pad + 1, jnp.int32)
+        ox = jax.random.randint(k_x, (steps, lb), 0, 2 * pad + 1, jnp.int32)
+        flip = jax.random.randint(k_f, (steps, lb), 0, 2, jnp.int32)
+        return pos, oy, ox, flip
+
+    plan_fn = jax.jit(
+        jax.shard_map(plan_local, mesh=mesh, in_specs=(P(), P(), spec_d),
+                      out_specs=(spec_p,) * 4),
+        out_shardings=(plan_sh,) * 4)
+
+    def batch_local(x, y, pos, oy, ox, flip, step, a, b):
+        p = pos[step]
+        img = x[p]
+        if augment:
+            img = _crop_flip(img, oy[step], ox[step], flip[step], pad)
+        return img.astype(jnp.float32) * a + b, y[p]
+
+    batch_fn = jax.jit(
+        jax.shard_map(batch_local, mesh=mesh,
+                      in_specs=(spec_d, spec_d) + (spec_p,) * 4 + (P(), P(), P()),
+                      out_specs=(spec_d, spec_d)),
+        out_shardings=(data_sh,) * 2)
+
+    def eval_local(x, y, mask, i, a, b):
+        return x[i].astype(jnp.float32) * a + b, y[i], mask[i]
+
+    eval_fn = jax.jit(
+        jax.shard_map(eval_local, mesh=mesh, in_specs=(spec_p,) * 3 + (P(), P(), P()),
+                      out_specs=(spec_d,) * 3),
+        out_shardings=(data_sh,) * 3)
+    return plan_fn, batch_fn, eval_fn
+
+
 class DeviceData:
     """Device-resident input pipelines of one imbalanced data set; see the module docstring.
 
@@ -146,45 +202,10 @@ class DeviceData:
         )
         self._num_eval_batches = nb
 
-        a = jnp.asarray(split.a)
-        b = jnp.asarray(split.b)
-        steps, lb, pad, augment = self.steps_per_epoch, self._local_b, imbalance.PAD, self.augment
-        spec_d, spec_p = P("data"), P(None, "data")
-
-        def plan_local(seed, epoch, n_valid):
-            dev = jax.lax.axis_index("data")
-            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), dev)
-            k_perm, k_y, k_x, k_f = jax.random.split(key, 4)
-            perm = jax.random.permutation(k_perm, n_pad)
-            # Valid slots first (stable, so their order stays uniformly random).
-            perm = perm[jnp.argsort(perm >= n_valid[0], stable=True)]
-            pos = perm[: steps * lb].reshape(steps, lb).astype(jnp.int32)
-            oy = jax.random.randint(k_y, (steps, lb), 0, 2 * pad + 1, jnp.int32)
-            ox = jax.random.randint(k_x, (steps, lb), 0, 2 * pad + 1, jnp.int32)
-            flip = jax.random.randint(k_f, (steps, lb), 0, 2, jnp.int32)
-            return pos, oy, ox, flip
-
-        self._plan_fn = jax.jit(jax.shard_map(
-            plan_local, mesh=mesh, in_specs=(P(), P(), spec_d),
-            out_specs=(spec_p,) * 4))
-
-        def batch_local(x, y, pos, oy, ox, flip, step):
-            p = pos[step]
-            img = x[p]
-            if augment:
-                img = _crop_flip(img, oy[step], ox[step], flip[step], pad)
-            return img.astype(jnp.float32) * a + b, y[p]
-
-        self._batch_fn = jax.jit(jax.shard_map(
-            batch_local, mesh=mesh, in_specs=(spec_d, spec_d, spec_p, spec_p, spec_p, spec_p, P()),
-            out_specs=(spec_d, spec_d)))
-
-        def eval_local(x, y, mask, i):
-            return x[i].astype(jnp.float32) * a + b, y[i], mask[i]
-
-        self._eval_fn = jax.jit(jax.shard_map(
-            eval_local, mesh=mesh, in_specs=(spec_p, spec_p, spec_p, P()),
-            out_specs=(spec_d, spec_d, spec_d)))
+        self._a = jnp.asarray(split.a)
+        self._b = jnp.asarray(split.b)
+        self._plan_fn, self._batch_fn, self._eval_fn = _compiled(
+            mesh, self.steps_per_epoch, self._local_b, n_pad, self.augment)
 
     # -- public views (tests, references) ----------------------------------------------
 
@@ -226,7 +247,8 @@ class DeviceData:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         plan = self._device_plan(epoch)
         for s in range(self.steps_per_epoch):
-            image, label = self._batch_fn(self._train_x, self._train_y, *plan, jnp.int32(s))
+            image, label = self._batch_fn(self._train_x, self._train_y, *plan, jnp.int32(s),
+                                          self._a, self._b)
             yield {"image": image, "label": label}
 
     def num_eval_batches(self) -> int:
@@ -238,7 +260,7 @@ class DeviceData:
         import jax.numpy as jnp
 
         for i in range(self._num_eval_batches):
-            image, label, mask = self._eval_fn(*self._test, jnp.int32(i))
+            image, label, mask = self._eval_fn(*self._test, jnp.int32(i), self._a, self._b)
             yield {"image": image, "label": label, "mask": mask}
 
 
