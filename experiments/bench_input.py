@@ -67,7 +67,9 @@ def make_step(num_classes: int, image_shape, width: int, mesh):
 
         def loss_fn(p):
             logits, new = model.apply(
-                {"params": p, "batch_stats": stats}, batch["image"], train=True,
+                {"params": p, "batch_stats": stats},
+                batch["image"],
+                train=True,
                 mutable=["batch_stats"],
             )
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
@@ -120,8 +122,10 @@ def main(argv=None) -> int:
     from cce_jax import data
 
     mesh = data.default_mesh()
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {len(jax.devices())} "
-          f"device(s), {os.cpu_count()} cpu cores, batch {args.batch_size}")
+    print(
+        f"jax {jax.__version__}, backend {jax.default_backend()}, {len(jax.devices())} "
+        f"device(s), {os.cpu_count()} cpu cores, batch {args.batch_size}"
+    )
     cfg = data.default_config()
     cfg.source = f"cifar10_jpeg:{args.archive}"
     cfg.cache_dir = args.cache_dir
@@ -133,10 +137,13 @@ def main(argv=None) -> int:
     for kind in ("tf", "device"):
         cfg.pipeline = kind
         t0 = time.perf_counter()
-        pipes[kind] = data.build(cfg, seed=0, global_batch_size=args.batch_size,
-                                 eval_batch_size=500, raw=raw, mesh=mesh)
-        print(f"build {kind:6s}: {time.perf_counter() - t0:.2f}s  "
-              f"(n_train {pipes[kind].info.num_train}, {pipes[kind].steps_per_epoch} steps)")
+        pipes[kind] = data.build(
+            cfg, seed=0, global_batch_size=args.batch_size, eval_batch_size=500, raw=raw, mesh=mesh
+        )
+        print(
+            f"build {kind:6s}: {time.perf_counter() - t0:.2f}s  "
+            f"(n_train {pipes[kind].info.num_train}, {pipes[kind].steps_per_epoch} steps)"
+        )
     info = pipes["tf"].info
     step, state = make_step(info.num_classes, info.image_shape, args.width, mesh)
 
@@ -157,8 +164,11 @@ def main(argv=None) -> int:
         med = {k: statistics.median(v) for k, v in rates.items()}
         print(f"{title}:")
         for k, v in rates.items():
-            print(f"  {k:6s} median {med[k]:10.0f} images/s   (reps: "
-                  + ", ".join(f"{x:.0f}" for x in v) + ")")
+            print(
+                f"  {k:6s} median {med[k]:10.0f} images/s   (reps: "
+                + ", ".join(f"{x:.0f}" for x in v)
+                + ")"
+            )
         print(f"  ratio device / tf: {med['device'] / med['tf']:.2f}")
         return med
 

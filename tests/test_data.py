@@ -18,8 +18,8 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-from cce_jax import data  # noqa: E402
-from cce_jax.data import sources  # noqa: E402
+from cce_jax import data
+from cce_jax.data import sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARCHIVE_CANDIDATES = [
@@ -203,14 +203,14 @@ def test_load_source_is_cached_and_shared():
 
 def _write_npz(path, **over):
     rng = np.random.default_rng(0)
-    arrays = dict(
-        train_images=rng.integers(0, 256, (60, 6, 5, 3), dtype=np.uint8),
-        train_labels=np.repeat(np.arange(3), 20),
-        test_images=rng.integers(0, 256, (9, 6, 5, 3), dtype=np.uint8),
-        test_labels=np.tile(np.arange(3), 3),
-        class_names=np.array(["cat", "dog", "eel"]),
-        train_ids=np.array([f"img{i}" for i in range(60)]),
-    )
+    arrays = {
+        "train_images": rng.integers(0, 256, (60, 6, 5, 3), dtype=np.uint8),
+        "train_labels": np.repeat(np.arange(3), 20),
+        "test_images": rng.integers(0, 256, (9, 6, 5, 3), dtype=np.uint8),
+        "test_labels": np.tile(np.arange(3), 3),
+        "class_names": np.array(["cat", "dog", "eel"]),
+        "train_ids": np.array([f"img{i}" for i in range(60)]),
+    }
     arrays.update(over)
     arrays = {k: v for k, v in arrays.items() if v is not None}
     np.savez(path, **arrays)
@@ -224,7 +224,7 @@ def test_npz_source(tmp_path):
     assert d.info.name == "mine" and d.info.class_names == ("cat", "dog", "eel")
     assert d.info.image_shape == (6, 5, 3) and d.info.num_test == 9
     assert d.info.class_counts.tolist() == [20, 10, 5]
-    x, y = d.train_split()
+    x, _ = d.train_split()
     b = next(d.train_epoch(0))
     plan = d.epoch_plan(0)
     np.testing.assert_allclose(b["image"], d.normalize(x[plan.positions[0]]), atol=1e-6)
@@ -244,15 +244,15 @@ def test_npz_source(tmp_path):
 @pytest.mark.parametrize(
     "over, match",
     [
-        (dict(train_images=np.zeros((60, 6, 5, 3), np.float32)), "train_images must be uint8"),
-        (dict(train_images=np.zeros((60, 6), np.uint8)), r"shape \[N, H, W, C\]"),
-        (dict(train_labels=np.zeros(59, np.int64)), "59 entries but train_images 60"),
-        (dict(test_labels=np.zeros(9, np.float32)), "1-D integer array"),
-        (dict(test_images=np.zeros((9, 6, 6, 3), np.uint8)), r"train images are \(6, 5, 3\)"),
-        (dict(train_ids=np.array(["x"] * 60)), "train_ids must be unique"),
-        (dict(train_ids=np.array(["x"])), r"train_ids must have shape \[60\]"),
-        (dict(test_labels=None), r"missing arrays \['test_labels'\]"),
-        (dict(test_labels=np.full(9, 3)), r"test labels.*\[0, 3\)"),
+        ({"train_images": np.zeros((60, 6, 5, 3), np.float32)}, "train_images must be uint8"),
+        ({"train_images": np.zeros((60, 6), np.uint8)}, r"shape \[N, H, W, C\]"),
+        ({"train_labels": np.zeros(59, np.int64)}, "59 entries but train_images 60"),
+        ({"test_labels": np.zeros(9, np.float32)}, "1-D integer array"),
+        ({"test_images": np.zeros((9, 6, 6, 3), np.uint8)}, r"train images are \(6, 5, 3\)"),
+        ({"train_ids": np.array(["x"] * 60)}, "train_ids must be unique"),
+        ({"train_ids": np.array(["x"])}, r"train_ids must have shape \[60\]"),
+        ({"test_labels": None}, r"missing arrays \['test_labels'\]"),
+        ({"test_labels": np.full(9, 3)}, r"test labels.*\[0, 3\)"),
     ],
 )
 def test_npz_source_errors(tmp_path, over, match):
@@ -276,8 +276,9 @@ def test_tfds_mock_pipeline(name, num_classes, tmp_path):
     tfds = _tfds()
     # mock_data draws labels uniformly at random; 20 examples per class on average.
     with tfds.testing.mock_data(num_examples=20 * num_classes, data_dir=str(tmp_path)):
-        cfg = _cfg(source=f"tfds:{name}", data_dir=str(tmp_path), n_max=6, ratio=3.0,
-                   download="always")  # mock_data makes download_and_prepare a no-op
+        cfg = _cfg(
+            source=f"tfds:{name}", data_dir=str(tmp_path), n_max=6, ratio=3.0, download="always"
+        )  # mock_data makes download_and_prepare a no-op
         d = data.build(cfg, seed=0, global_batch_size=16, eval_batch_size=64)
     expected = data.class_counts("exp", num_classes, 6, 3.0)
     assert d.pipeline == "tf"
@@ -305,8 +306,15 @@ def test_tfds_mock_pipeline(name, num_classes, tmp_path):
 def test_tfds_mock_grayscale_computed_normalisation(tmp_path):
     tfds = _tfds()
     with tfds.testing.mock_data(num_examples=200, data_dir=str(tmp_path)):
-        cfg = _cfg(source="tfds", name="fashion_mnist", data_dir=str(tmp_path), profile="step",
-                   n_max=8, ratio=4.0, download="always")
+        cfg = _cfg(
+            source="tfds",
+            name="fashion_mnist",
+            data_dir=str(tmp_path),
+            profile="step",
+            n_max=8,
+            ratio=4.0,
+            download="always",
+        )
         d = data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=50)
     assert d.info.image_shape == (28, 28, 1)
     assert d.info.class_counts.tolist() == [8] * 5 + [2] * 5
@@ -325,8 +333,11 @@ def test_tfds_not_prepared_fails_fast(tmp_path, monkeypatch, download):
     monkeypatch.setattr(sources, "network_reachable", lambda *a, **k: False)
     cfg = _cfg(source="tfds:mnist", data_dir=str(tmp_path / "tfds"), download=download)
     t0 = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"name: cannot load the tfds data set 'mnist'"
-                                           r".*not prepared there"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"name: cannot load the tfds data set 'mnist'"
+        r".*not prepared there",
+    ):
         data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=8)
     assert time.monotonic() - t0 < 60  # a loose bound: the bug took minutes
 
@@ -334,8 +345,9 @@ def test_tfds_not_prepared_fails_fast(tmp_path, monkeypatch, download):
 def test_tfds_unknown_name_and_bad_download():
     _tfds()
     with pytest.raises(RuntimeError, match="name: cannot load the tfds data set 'no_such_xyz'"):
-        data.build(_cfg(source="tfds", name="no_such_xyz"), seed=0, global_batch_size=8,
-                   eval_batch_size=8)
+        data.build(
+            _cfg(source="tfds", name="no_such_xyz"), seed=0, global_batch_size=8, eval_batch_size=8
+        )
     with pytest.raises(ValueError, match="name: source 'tfds' needs a data set name"):
         data.build(_cfg(source="tfds"), seed=0, global_batch_size=8, eval_batch_size=8)
     with pytest.raises(ValueError, match="download: expected"):
@@ -366,8 +378,12 @@ def test_stale_extraction_temporaries_are_removed(tmp_path):
     cache = tmp_path / "cache"
     data.load_cifar10_jpeg(arch, str(cache))
     (root,) = [cache / r for r in os.listdir(cache)]
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead_pid = int(dead.stdout)
     stale_dir = root / f".extract-{dead_pid}-abc123"
     (stale_dir / "train").mkdir(parents=True)
@@ -494,7 +510,7 @@ def test_jpeg_train_batches_augmentation(jpeg_data):
     assert 0 < flip.mean() < 1
     for i in range(128):
         padded = np.pad(train_x[pos[i]], [(4, 4), (4, 4), (0, 0)])
-        ref = padded[oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
+        ref = padded[oy[i] : oy[i] + 32, ox[i] : ox[i] + 32]
         ref = ref[:, ::-1] if flip[i] else ref
         np.testing.assert_allclose(x[i], jpeg_data.normalize(ref), atol=1e-5)
     plain = jpeg_data.normalize(train_x[pos])
@@ -638,20 +654,21 @@ def test_build_errors(monkeypatch):
     with pytest.raises(ValueError, match="source: unknown data source"):
         data.build(_cfg(source="mnist_folder"), seed=0, global_batch_size=8, eval_batch_size=8)
     with pytest.raises(ValueError, match="pipeline: expected one of"):
-        data.build(_cfg(source="digits", pipeline="gpu"), seed=0, global_batch_size=8,
-                   eval_batch_size=8)
+        data.build(
+            _cfg(source="digits", pipeline="gpu"), seed=0, global_batch_size=8, eval_batch_size=8
+        )
     with pytest.raises(ValueError, match="class 0 has only 119 examples but 500"):
-        data.build(_cfg(source="digits", n_max=500), seed=0, global_batch_size=8,
-                   eval_batch_size=8)
+        data.build(_cfg(source="digits", n_max=500), seed=0, global_batch_size=8, eval_batch_size=8)
     with pytest.raises(ValueError, match="ratio"):
-        data.build(_cfg(source="digits", ratio=0.5), seed=0, global_batch_size=8,
-                   eval_batch_size=8)
+        data.build(_cfg(source="digits", ratio=0.5), seed=0, global_batch_size=8, eval_batch_size=8)
     with pytest.raises(ValueError, match="profile: unknown profile"):
-        data.build(_cfg(source="digits", profile="linear"), seed=0, global_batch_size=8,
-                   eval_batch_size=8)
+        data.build(
+            _cfg(source="digits", profile="linear"), seed=0, global_batch_size=8, eval_batch_size=8
+        )
     with pytest.raises(ValueError, match="profile: explicit counts have length 2"):
-        data.build(_cfg(source="digits", counts=(3, 2)), seed=0, global_batch_size=8,
-                   eval_batch_size=8)
+        data.build(
+            _cfg(source="digits", counts=(3, 2)), seed=0, global_batch_size=8, eval_batch_size=8
+        )
     with pytest.raises(ValueError, match="global_batch_size=4096 exceeds"):
         data.build(_cfg(source="digits"), seed=0, global_batch_size=4096, eval_batch_size=8)
     monkeypatch.setattr(jax, "process_count", lambda: 3)

@@ -14,7 +14,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -62,8 +61,13 @@ def _env(tmp_path):
 
 def _run(args, tmp_path, timeout=240):
     proc = subprocess.run(
-        [sys.executable, *args], env=_env(tmp_path), cwd=str(REPO), capture_output=True,
-        text=True, timeout=timeout, check=False,
+        [sys.executable, *args],
+        env=_env(tmp_path),
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     return proc.stdout
@@ -170,9 +174,13 @@ def test_trainer_without_tensorflow(tmp_path):
     workdir = tmp_path / "run"
     _run(
         [
-            "-m", "experiments.train", "--config=experiments/configs/tiny.py",
-            f"--workdir={workdir}", "--config.data.source=digits",
-            "--config.data.pipeline=device", "--config.num_epochs=1",
+            "-m",
+            "experiments.train",
+            "--config=experiments/configs/tiny.py",
+            f"--workdir={workdir}",
+            "--config.data.source=digits",
+            "--config.data.pipeline=device",
+            "--config.num_epochs=1",
             "--config.progress=False",
         ],
         tmp_path,

@@ -14,9 +14,21 @@ Layout (one job per module):
 only for ``source="tfds"`` / ``pipeline="tf"``.
 """
 
-from cce_jax.data.builder import PIPELINES, build, choose_pipeline, default_config, tf_available
+from cce_jax.data.builder import (
+    PIPELINES,
+    build,
+    choose_pipeline,
+    default_config,
+    tf_available,
+)
 from cce_jax.data.device_pipeline import DeviceData, default_mesh, stack_batches
-from cce_jax.data.imbalance import PAD, EpochPlan, class_counts, epoch_plan, select_indices
+from cce_jax.data.imbalance import (
+    PAD,
+    EpochPlan,
+    class_counts,
+    epoch_plan,
+    select_indices,
+)
 from cce_jax.data.sources import (
     LOADERS,
     RawDataset,

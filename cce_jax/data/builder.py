@@ -48,8 +48,9 @@ def tf_available() -> bool:
         return False
 
 
-def choose_pipeline(pipeline: str = "auto", *, platform: str | None = None,
-                    tf_ok: bool | None = None) -> str:
+def choose_pipeline(
+    pipeline: str = "auto", *, platform: str | None = None, tf_ok: bool | None = None
+) -> str:
     """The pipeline ``"auto"`` resolves to (``"device"`` and ``"tf"`` are returned as given).
 
     Rule (measured, see docs/data.md): ``"device"`` everywhere — on accelerators the data then
@@ -78,8 +79,15 @@ def choose_pipeline(pipeline: str = "auto", *, platform: str | None = None,
     return "device"
 
 
-def build(config, *, seed: int, global_batch_size: int, eval_batch_size: int, mesh=None,
-          raw: sources.RawDataset | None = None):
+def build(
+    config,
+    *,
+    seed: int,
+    global_batch_size: int,
+    eval_batch_size: int,
+    mesh=None,
+    raw: sources.RawDataset | None = None,
+):
     """Loads the data set of `config` and builds its imbalanced train and test pipelines.
 
     Args:
@@ -105,9 +113,18 @@ def build(config, *, seed: int, global_batch_size: int, eval_batch_size: int, me
     if pipeline == "tf":
         from cce_jax.data.tf_pipeline import TFData
 
-        return TFData(split, seed=seed, global_batch_size=int(global_batch_size),
-                      eval_batch_size=int(eval_batch_size))
+        return TFData(
+            split,
+            seed=seed,
+            global_batch_size=int(global_batch_size),
+            eval_batch_size=int(eval_batch_size),
+        )
     from cce_jax.data.device_pipeline import DeviceData
 
-    return DeviceData(split, seed=seed, global_batch_size=int(global_batch_size),
-                      eval_batch_size=int(eval_batch_size), mesh=mesh)
+    return DeviceData(
+        split,
+        seed=seed,
+        global_batch_size=int(global_batch_size),
+        eval_batch_size=int(eval_batch_size),
+        mesh=mesh,
+    )

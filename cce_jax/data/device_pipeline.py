@@ -16,7 +16,7 @@ examples per epoch (``N - steps * B`` in total, as the tf pipeline does).
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -95,9 +95,9 @@ def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool):
         return pos, oy, ox, flip
 
     plan_fn = jax.jit(
-        jax.shard_map(plan_local, mesh=mesh, in_specs=(P(), P(), spec_d),
-                      out_specs=(spec_p,) * 4),
-        out_shardings=(plan_sh,) * 4)
+        jax.shard_map(plan_local, mesh=mesh, in_specs=(P(), P(), spec_d), out_specs=(spec_p,) * 4),
+        out_shardings=(plan_sh,) * 4,
+    )
 
     def batch_local(x, y, pos, oy, ox, flip, step, a, b):
         p = pos[step]
@@ -107,18 +107,24 @@ def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool):
         return img.astype(jnp.float32) * a + b, y[p]
 
     batch_fn = jax.jit(
-        jax.shard_map(batch_local, mesh=mesh,
-                      in_specs=(spec_d, spec_d) + (spec_p,) * 4 + (P(), P(), P()),
-                      out_specs=(spec_d, spec_d)),
-        out_shardings=(data_sh,) * 2)
+        jax.shard_map(
+            batch_local,
+            mesh=mesh,
+            in_specs=(spec_d, spec_d) + (spec_p,) * 4 + (P(), P(), P()),
+            out_specs=(spec_d, spec_d),
+        ),
+        out_shardings=(data_sh,) * 2,
+    )
 
     def eval_local(x, y, mask, i, a, b):
         return x[i].astype(jnp.float32) * a + b, y[i], mask[i]
 
     eval_fn = jax.jit(
-        jax.shard_map(eval_local, mesh=mesh, in_specs=(spec_p,) * 3 + (P(), P(), P()),
-                      out_specs=(spec_d,) * 3),
-        out_shardings=(data_sh,) * 3)
+        jax.shard_map(
+            eval_local, mesh=mesh, in_specs=(spec_p,) * 3 + (P(), P(), P()), out_specs=(spec_d,) * 3
+        ),
+        out_shardings=(data_sh,) * 3,
+    )
     return plan_fn, batch_fn, eval_fn
 
 
@@ -132,9 +138,9 @@ class DeviceData:
 
     pipeline = "device"
 
-    def __init__(self, split: Split, *, seed: int, global_batch_size: int, eval_batch_size: int,
-                 mesh=None):
-        import jax
+    def __init__(
+        self, split: Split, *, seed: int, global_batch_size: int, eval_batch_size: int, mesh=None
+    ):
         import jax.numpy as jnp
         from jax.sharding import NamedSharding
         from jax.sharding import PartitionSpec as P
@@ -143,8 +149,10 @@ class DeviceData:
         if "data" not in mesh.axis_names:
             raise ValueError(f"mesh: needs a 'data' axis, got axes {mesh.axis_names}")
         d = int(mesh.shape["data"])
-        for name, value in (("global_batch_size", global_batch_size),
-                            ("eval_batch_size", eval_batch_size)):
+        for name, value in (
+            ("global_batch_size", global_batch_size),
+            ("eval_batch_size", eval_batch_size),
+        ):
             if int(value) < 1 or int(value) % d:
                 raise ValueError(
                     f"{name}={value} must be a positive multiple of the {d} devices of the "
@@ -185,8 +193,7 @@ class DeviceData:
         labels[valid] = split.train_labels[flat[valid]]
         self._train_x = _place(images, self._data_sharding)
         self._train_y = _place(labels, self._data_sharding)
-        self._n_valid = _place(np.asarray([len(c) for c in chunks], np.int32),
-                               self._data_sharding)
+        self._n_valid = _place(np.asarray([len(c) for c in chunks], np.int32), self._data_sharding)
 
         # Test split: [num_batches, EB, ...] sharded on the batch axis; batch i = row i.
         self._eval_b = int(eval_batch_size)
@@ -205,7 +212,8 @@ class DeviceData:
         self._a = jnp.asarray(split.a)
         self._b = jnp.asarray(split.b)
         self._plan_fn, self._batch_fn, self._eval_fn = _compiled(
-            mesh, self.steps_per_epoch, self._local_b, n_pad, self.augment)
+            mesh, self.steps_per_epoch, self._local_b, n_pad, self.augment
+        )
 
     # -- public views (tests, references) ----------------------------------------------
 
@@ -247,8 +255,9 @@ class DeviceData:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         plan = self._device_plan(epoch)
         for s in range(self.steps_per_epoch):
-            image, label = self._batch_fn(self._train_x, self._train_y, *plan, jnp.int32(s),
-                                          self._a, self._b)
+            image, label = self._batch_fn(
+                self._train_x, self._train_y, *plan, jnp.int32(s), self._a, self._b
+            )
             yield {"image": image, "label": label}
 
     def num_eval_batches(self) -> int:
@@ -264,7 +273,7 @@ class DeviceData:
             yield {"image": image, "label": label, "mask": mask}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stack_fn(sharding):
     import jax
     import jax.numpy as jnp

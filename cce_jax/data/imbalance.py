@@ -24,7 +24,7 @@ PAD = 4  # augmentation: zero padding before the random crop back to the origina
 
 def _floor(x: float) -> int:
     # floor() that is robust to values such as 49.99999999999999 meant to be 50.
-    return int(math.floor(x * (1.0 + 1e-12) + 1e-9))
+    return math.floor(x * (1.0 + 1e-12) + 1e-9)
 
 
 def class_counts(profile, num_classes=None, n_max=None, ratio=1.0) -> np.ndarray:
@@ -63,8 +63,7 @@ def class_counts(profile, num_classes=None, n_max=None, ratio=1.0) -> np.ndarray
             raise ValueError("profile: explicit counts must not be empty")
         if num_classes is not None and len(counts) != int(num_classes):
             raise ValueError(
-                f"profile: explicit counts have length {len(counts)} but num_classes="
-                f"{num_classes}"
+                f"profile: explicit counts have length {len(counts)} but num_classes={num_classes}"
             )
         if any(c < 1 for c in counts):
             raise ValueError(f"profile: explicit counts must all be positive, got {counts}")
@@ -106,7 +105,7 @@ def id_str(x) -> str:
 
 
 def _seeded_hash(seed: int, ident: str) -> int:
-    h = hashlib.blake2b(f"{int(seed)}\x00{ident}".encode("utf-8"), digest_size=8)
+    h = hashlib.blake2b(f"{int(seed)}\x00{ident}".encode(), digest_size=8)
     return int.from_bytes(h.digest(), "little")
 
 

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import zlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -109,8 +109,9 @@ def parse_source(source: str, name=None) -> tuple[str, str | None]:
 # ----------------------------------------------------------------------------------------
 
 
-def network_reachable(host: str = "storage.googleapis.com", port: int = 443,
-                      timeout: float = 3.0) -> bool:
+def network_reachable(
+    host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0
+) -> bool:
     """Whether a TCP connection to host:port opens within `timeout` seconds."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -145,9 +146,7 @@ def load_tfds(name: str, data_dir=None, *, download="auto") -> RawDataset:
 
     download = {True: "always", False: "never"}.get(download, download)
     if download not in ("auto", "always", "never"):
-        raise ValueError(
-            f"download: expected 'auto', 'always' or 'never', got {download!r}"
-        )
+        raise ValueError(f"download: expected 'auto', 'always' or 'never', got {download!r}")
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # unknown name
@@ -265,8 +264,11 @@ def load_npz(path: str) -> RawDataset:
         raise _npz_error(path, f"cannot be read as a .npz ({e})") from e
     with z:
         keys = set(z.files)
-        missing = [k for k in ("train_images", "train_labels", "test_images", "test_labels")
-                   if k not in keys]
+        missing = [
+            k
+            for k in ("train_images", "train_labels", "test_images", "test_labels")
+            if k not in keys
+        ]
         if missing:
             raise _npz_error(path, f"missing arrays {missing} (has {sorted(keys)})")
         try:
@@ -282,7 +284,8 @@ def load_npz(path: str) -> RawDataset:
             x = x[..., None]
         if x.ndim != 4 or 0 in x.shape[1:]:
             raise _npz_error(
-                path, f"{split}_images must have shape [N, H, W, C], got {arrays[f'{split}_images'].shape}"
+                path,
+                f"{split}_images must have shape [N, H, W, C], got {arrays[f'{split}_images'].shape}",
             )
         y = arrays[f"{split}_labels"]
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
@@ -312,9 +315,7 @@ def load_npz(path: str) -> RawDataset:
     if "train_ids" in arrays:
         ids_arr = arrays["train_ids"]
         if ids_arr.ndim != 1 or len(ids_arr) != len(tr_y):
-            raise _npz_error(
-                path, f"train_ids must have shape [{len(tr_y)}], got {ids_arr.shape}"
-            )
+            raise _npz_error(path, f"train_ids must have shape [{len(tr_y)}], got {ids_arr.shape}")
         ids = [id_str(i) for i in ids_arr.tolist()]
         if len(set(ids)) != len(ids):
             raise _npz_error(path, "train_ids must be unique")
@@ -451,14 +452,20 @@ def _decode_folder(folder: str, split: str, class_names):
         for i in range(lo, hi):
             try:
                 images[i] = _decode_one(os.path.join(folder, paths[i]))
-            except Exception as e:  # PIL.UnidentifiedImageError, OSError, ...
+            except (
+                OSError,
+                ValueError,
+                SyntaxError,
+            ) as e:  # PIL: UnidentifiedImageError is an OSError
                 errors.append(f"{paths[i]}: {e}")
                 return
 
     n_threads = max(1, min(8, os.cpu_count() or 1))
     chunk = -(-len(paths) // n_threads)
-    threads = [threading.Thread(target=work, args=(i * chunk, min(len(paths), (i + 1) * chunk)))
-               for i in range(n_threads)]
+    threads = [
+        threading.Thread(target=work, args=(i * chunk, min(len(paths), (i + 1) * chunk)))
+        for i in range(n_threads)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -8,8 +8,15 @@ import numpy as np
 
 from cce_jax.data import imbalance, sources
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "DataInfo", "Split",
-           "make_split"]
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "DataInfo",
+    "Split",
+    "make_split",
+]
 
 # Usual per-channel statistics (of the full balanced training sets, pixels in [0, 1]).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -104,7 +111,7 @@ def make_split(config, raw: sources.RawDataset) -> Split:
         class_names=tuple(raw.class_names),
         class_counts=counts,
         num_train=int(counts.sum()),
-        num_test=int(len(test_idx)),
+        num_test=len(test_idx),
     )
     return Split(
         info=info,

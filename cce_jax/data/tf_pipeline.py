@@ -5,7 +5,7 @@ tensorflow is imported when the first train epoch is built, never at module impo
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
