@@ -1,17 +1,25 @@
-"""Tests of cce_jax.data: imbalance profiles, subset selection and the input pipelines."""
+"""Tests of cce_jax.data: imbalance profiles, subset selection, sources and the tf pipeline.
 
+The device pipeline has its own file (tests/test_device_pipeline.py); the TensorFlow-free
+paths are checked in a subprocess by tests/test_tf_free.py.
+"""
+
+import hashlib
+import io
 import os
 import pathlib
+import subprocess
+import sys
+import tarfile
 import time
 
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-tfds = pytest.importorskip("tensorflow_datasets")
 jax = pytest.importorskip("jax")
 
-from cce_jax import data  # noqa: E402
+from cce_jax import data
+from cce_jax.data import sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARCHIVE_CANDIDATES = [
@@ -29,9 +37,36 @@ CIFAR10_EXP100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 def _cfg(**kw):
     cfg = data.default_config()
+    cfg.pipeline = "tf"
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
+
+
+def _tf():
+    return pytest.importorskip("tensorflow")
+
+
+def _tfds():
+    return pytest.importorskip("tensorflow_datasets")
+
+
+def make_jpeg_archive(path, *, classes=("a", "b", "c"), n_train=4, n_test=2, size=8):
+    """A small cifar10_jpeg-style archive: train|test/<class>/NNNN.jpg made with Pillow."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for split, n in (("train", n_train), ("test", n_test)):
+            for c in classes:
+                for i in range(n):
+                    img = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+                    buf = io.BytesIO()
+                    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+                    info = tarfile.TarInfo(f"{split}/{c}/{i:04d}.jpg")
+                    info.size = len(buf.getvalue())
+                    tar.addfile(info, io.BytesIO(buf.getvalue()))
+    return str(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,6 +130,9 @@ def test_select_indices_counts_and_order_independence():
     # bytes ids hash like str ids.
     kept_b = data.select_indices(labels, [s.encode() for s in ids], counts, seed=3)
     assert np.array_equal(kept, kept_b)
+    # Zero is a valid count: the class is absent from the subset.
+    kept0 = data.select_indices(labels, ids, [3, 0, 1, 0], seed=3)
+    assert np.bincount(labels[kept0], minlength=4).tolist() == [3, 0, 1, 0]
 
 
 def test_select_indices_not_enough_examples():
@@ -105,18 +143,145 @@ def test_select_indices_not_enough_examples():
         data.select_indices(labels, list("abc"), [1, 1], seed=0)
 
 
+@pytest.mark.parametrize("counts", [[-1, 1], [2, -3], [1.5, 1], [np.nan, 1], ["a", 1]])
+def test_select_indices_refuses_negative_or_fractional_counts(counts):
+    # Regression (issue 9 item 15): counts=[-1, 1] used to keep n - 1 examples of class 0.
+    labels = np.array([0, 0, 0, 1, 1])
+    with pytest.raises(ValueError, match="counts: must be non-negative"):
+        data.select_indices(labels, list("abcde"), counts, seed=0)
+
+
 # ---------------------------------------------------------------------------------------
-# tfds mock data
+# epoch_plan
 # ---------------------------------------------------------------------------------------
+
+
+def test_epoch_plan_is_a_pure_function():
+    a = data.epoch_plan(seed=1, epoch=2, num_train=103, global_batch_size=10)
+    b = data.epoch_plan(seed=1, epoch=2, num_train=103, global_batch_size=10)
+    c = data.epoch_plan(seed=1, epoch=3, num_train=103, global_batch_size=10)
+    for f in ("positions", "oy", "ox", "flip"):
+        assert getattr(a, f).shape == (10, 10) and getattr(a, f).dtype == np.int64
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert len(set(a.positions.ravel().tolist())) == 100 and a.positions.max() < 103
+    assert not np.array_equal(a.positions, c.positions)
+    assert set(a.oy.ravel().tolist()) <= set(range(2 * data.PAD + 1))
+    assert set(a.flip.ravel().tolist()) == {0, 1}
+    with pytest.raises(ValueError, match="epoch"):
+        data.epoch_plan(seed=1, epoch=-1, num_train=10, global_batch_size=2)
+
+
+# ---------------------------------------------------------------------------------------
+# Sources: parsing, caching, npz, tfds
+# ---------------------------------------------------------------------------------------
+
+
+def test_parse_source_and_name():
+    assert data.parse_source("tfds:svhn_cropped") == ("tfds", "svhn_cropped")
+    assert data.parse_source("tfds", "cifar10") == ("tfds", "cifar10")
+    assert data.parse_source("npz:/x/y.npz") == ("npz", "/x/y.npz")
+    assert data.default_config().name is None
+    with pytest.raises(ValueError, match="name: source 'tfds' needs a data set name"):
+        data.parse_source("tfds", None)
+    with pytest.raises(ValueError, match="source: unknown data source"):
+        data.parse_source("mnist_folder")
+    with pytest.raises(ValueError, match="needs a path"):
+        data.parse_source("npz:")
+
+
+def test_load_source_is_cached_and_shared():
+    cfg = _cfg(source="digits", profile="exp", ratio=5.0, pipeline="device")
+    raw = data.load_source(cfg)
+    assert data.load_source(cfg) is raw
+    assert not raw.train_images.flags.writeable  # the shared copy cannot be mutated
+    d0 = data.build(cfg, seed=0, global_batch_size=32, eval_batch_size=64, raw=raw)
+    cfg.subset_seed = 1
+    d1 = data.build(cfg, seed=1, global_batch_size=32, eval_batch_size=64, raw=raw)
+    np.testing.assert_array_equal(d0.info.class_counts, d1.info.class_counts)
+    assert not np.array_equal(d0.train_split()[0], d1.train_split()[0])  # other survivors
+
+
+def _write_npz(path, **over):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_images": rng.integers(0, 256, (60, 6, 5, 3), dtype=np.uint8),
+        "train_labels": np.repeat(np.arange(3), 20),
+        "test_images": rng.integers(0, 256, (9, 6, 5, 3), dtype=np.uint8),
+        "test_labels": np.tile(np.arange(3), 3),
+        "class_names": np.array(["cat", "dog", "eel"]),
+        "train_ids": np.array([f"img{i}" for i in range(60)]),
+    }
+    arrays.update(over)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_npz_source(tmp_path):
+    path = _write_npz(tmp_path / "mine.npz")
+    cfg = _cfg(source=f"npz:{path}", profile="exp", ratio=4.0, augment=False)
+    d = data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=4)
+    assert d.info.name == "mine" and d.info.class_names == ("cat", "dog", "eel")
+    assert d.info.image_shape == (6, 5, 3) and d.info.num_test == 9
+    assert d.info.class_counts.tolist() == [20, 10, 5]
+    x, _ = d.train_split()
+    b = next(d.train_epoch(0))
+    plan = d.epoch_plan(0)
+    np.testing.assert_allclose(b["image"], d.normalize(x[plan.positions[0]]), atol=1e-6)
+    # Without class_names / train_ids: K = 1 + the largest label, ids are positions.
+    path2 = _write_npz(tmp_path / "bare.npz", class_names=None, train_ids=None)
+    raw = data.load_npz(path2)
+    assert raw.class_names == ("0", "1", "2") and raw.train_ids[:2] == ["train:0", "train:1"]
+    # Grayscale [N, H, W] is read as C = 1.
+    path3 = _write_npz(
+        tmp_path / "gray.npz",
+        train_images=np.zeros((60, 4, 4), np.uint8),
+        test_images=np.zeros((9, 4, 4), np.uint8),
+    )
+    assert data.load_npz(path3).train_images.shape == (60, 4, 4, 1)
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"train_images": np.zeros((60, 6, 5, 3), np.float32)}, "train_images must be uint8"),
+        ({"train_images": np.zeros((60, 6), np.uint8)}, r"shape \[N, H, W, C\]"),
+        ({"train_labels": np.zeros(59, np.int64)}, "59 entries but train_images 60"),
+        ({"test_labels": np.zeros(9, np.float32)}, "1-D integer array"),
+        ({"test_images": np.zeros((9, 6, 6, 3), np.uint8)}, r"train images are \(6, 5, 3\)"),
+        ({"train_ids": np.array(["x"] * 60)}, "train_ids must be unique"),
+        ({"train_ids": np.array(["x"])}, r"train_ids must have shape \[60\]"),
+        ({"test_labels": None}, r"missing arrays \['test_labels'\]"),
+        ({"test_labels": np.full(9, 3)}, r"test labels.*\[0, 3\)"),
+    ],
+)
+def test_npz_source_errors(tmp_path, over, match):
+    path = _write_npz(tmp_path / "bad.npz", **over)
+    cfg = _cfg(source=f"npz:{path}", n_max=5, ratio=1.0)
+    with pytest.raises(ValueError, match=match):
+        data.build(cfg, seed=0, global_batch_size=4, eval_batch_size=4)
+
+
+def test_npz_missing_or_not_npz(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load_npz(str(tmp_path / "nope.npz"))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="cannot be read as a .npz"):
+        data.load_npz(str(bad))
 
 
 @pytest.mark.parametrize("name, num_classes", [("cifar10", 10), ("cifar100", 100)])
 def test_tfds_mock_pipeline(name, num_classes, tmp_path):
+    tfds = _tfds()
     # mock_data draws labels uniformly at random; 20 examples per class on average.
     with tfds.testing.mock_data(num_examples=20 * num_classes, data_dir=str(tmp_path)):
-        cfg = _cfg(source="tfds", name=name, data_dir=str(tmp_path), n_max=6, ratio=3.0)
+        cfg = _cfg(
+            source=f"tfds:{name}", data_dir=str(tmp_path), n_max=6, ratio=3.0, download="always"
+        )  # mock_data makes download_and_prepare a no-op
         d = data.build(cfg, seed=0, global_batch_size=16, eval_batch_size=64)
     expected = data.class_counts("exp", num_classes, 6, 3.0)
+    assert d.pipeline == "tf"
     assert d.info.name == name and d.info.num_classes == num_classes
     assert d.info.image_shape == (32, 32, 3)
     assert len(d.info.class_names) == num_classes
@@ -138,9 +303,115 @@ def test_tfds_mock_pipeline(name, num_classes, tmp_path):
     assert all(b["image"].shape == (64, 32, 32, 3) and b["mask"].dtype == bool for b in ev)
 
 
+def test_tfds_mock_grayscale_computed_normalisation(tmp_path):
+    tfds = _tfds()
+    with tfds.testing.mock_data(num_examples=200, data_dir=str(tmp_path)):
+        cfg = _cfg(
+            source="tfds",
+            name="fashion_mnist",
+            data_dir=str(tmp_path),
+            profile="step",
+            n_max=8,
+            ratio=4.0,
+            download="always",
+        )
+        d = data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=50)
+    assert d.info.image_shape == (28, 28, 1)
+    assert d.info.class_counts.tolist() == [8] * 5 + [2] * 5
+    # Normalised with the mean/std of the training subset itself: near zero mean, unit std.
+    x = d.normalize(d.train_split()[0])
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1.0) < 1e-3
+    b = next(d.train_epoch(0))
+    assert b["image"].shape == (8, 28, 28, 1)
+
+
+@pytest.mark.parametrize("download", ["never", "auto"])
+def test_tfds_not_prepared_fails_fast(tmp_path, monkeypatch, download):
+    # Regression (issue 9 item 7): without a local copy and no network, tfds retried the
+    # download for ~207 s before the error. Now: the same clear error within seconds.
+    _tfds()
+    monkeypatch.setattr(sources, "network_reachable", lambda *a, **k: False)
+    cfg = _cfg(source="tfds:mnist", data_dir=str(tmp_path / "tfds"), download=download)
+    t0 = time.monotonic()
+    with pytest.raises(
+        RuntimeError,
+        match=r"name: cannot load the tfds data set 'mnist'"
+        r".*not prepared there",
+    ):
+        data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=8)
+    assert time.monotonic() - t0 < 60  # a loose bound: the bug took minutes
+
+
+def test_tfds_unknown_name_and_bad_download():
+    _tfds()
+    with pytest.raises(RuntimeError, match="name: cannot load the tfds data set 'no_such_xyz'"):
+        data.build(
+            _cfg(source="tfds", name="no_such_xyz"), seed=0, global_batch_size=8, eval_batch_size=8
+        )
+    with pytest.raises(ValueError, match="name: source 'tfds' needs a data set name"):
+        data.build(_cfg(source="tfds"), seed=0, global_batch_size=8, eval_batch_size=8)
+    with pytest.raises(ValueError, match="download: expected"):
+        data.load_tfds("mnist", download="sometimes")
+
+
 # ---------------------------------------------------------------------------------------
-# The offline CIFAR-10 JPEG copy
+# cifar10_jpeg: a small archive made here, and the offline CIFAR-10 copy
 # ---------------------------------------------------------------------------------------
+
+
+def test_small_jpeg_archive(tmp_path):
+    arch = make_jpeg_archive(tmp_path / "small.tar.gz")
+    cache = tmp_path / "cache"
+    raw = data.load_cifar10_jpeg(arch, str(cache))
+    assert raw.train_images.shape == (12, 8, 8, 3) and raw.train_images.dtype == np.uint8
+    assert raw.class_names == ("a", "b", "c") and raw.train_ids[0] == "train/a/0000.jpg"
+    assert np.bincount(raw.test_labels).tolist() == [2, 2, 2]
+    (root,) = os.listdir(cache)
+    assert sorted(os.listdir(cache / root)) == ["arrays_pillow.npz", "extracted"]
+    again = data.load_cifar10_jpeg(arch, str(cache))  # from the .npz
+    np.testing.assert_array_equal(raw.train_images, again.train_images)
+
+
+def test_stale_extraction_temporaries_are_removed(tmp_path):
+    # Regression (issue 9 item 8): a killed extraction left its .extract-* folder forever.
+    arch = make_jpeg_archive(tmp_path / "small.tar.gz")
+    cache = tmp_path / "cache"
+    data.load_cifar10_jpeg(arch, str(cache))
+    (root,) = [cache / r for r in os.listdir(cache)]
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    stale_dir = root / f".extract-{dead_pid}-abc123"
+    (stale_dir / "train").mkdir(parents=True)
+    (stale_dir / "train" / "x.jpg").write_bytes(b"x" * 1000)
+    stale_npz = root / f".arrays-{dead_pid}-def.npz"
+    stale_npz.write_bytes(b"partial")
+    old_format = root / ".extract-oldstyle"
+    old_format.mkdir()
+    os.utime(old_format, (time.time() - 3600, time.time() - 3600))
+    live = root / f".extract-{os.getppid()}-live"  # a writer that is still running
+    live.mkdir()
+    data.load_cifar10_jpeg(arch, str(cache))  # the next run (from the cached .npz)
+    assert not stale_dir.exists() and not stale_npz.exists() and not old_format.exists()
+    assert live.exists()
+
+
+def test_build_missing_or_corrupt_archive(tmp_path):
+    cfg = _cfg(source=f"cifar10_jpeg:{tmp_path / 'nope.tar.gz'}", cache_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=8)
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"\x1f\x8b\x08not really a tarball" * 10)
+    cfg.source = f"cifar10_jpeg:{bad}"
+    with pytest.raises(ValueError, match="corrupt"):
+        data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=8)
+    # No half-extracted cache is left behind.
+    for root, dirs, files in os.walk(tmp_path):
+        assert "extracted" not in dirs and not any(d.startswith(".extract") for d in dirs)
 
 
 @pytest.fixture(scope="module")
@@ -149,16 +420,17 @@ def jpeg_cache(tmp_path_factory):
         pytest.skip("offline CIFAR-10 archive not found at ../shared/data/cifar10-jpeg.tar.gz")
     cache = tmp_path_factory.mktemp("cce_cache")
     t0 = time.perf_counter()
-    raw = data._load_cifar10_jpeg(str(ARCHIVE), str(cache))
+    raw = data.load_cifar10_jpeg(str(ARCHIVE), str(cache))
     print(f"\nextract + decode of 60k JPEGs: {time.perf_counter() - t0:.1f}s")
     return str(cache), raw
 
 
 @pytest.fixture(scope="module")
 def jpeg_data(jpeg_cache):
-    cache, _ = jpeg_cache
+    _tf()
+    cache, raw = jpeg_cache
     cfg = _cfg(source=f"cifar10_jpeg:{ARCHIVE}", cache_dir=cache, profile="exp", ratio=100.0)
-    return data.build(cfg, seed=0, global_batch_size=128, eval_batch_size=512)
+    return data.build(cfg, seed=0, global_batch_size=128, eval_batch_size=512, raw=raw)
 
 
 @needs_archive
@@ -172,7 +444,20 @@ def test_jpeg_raw_layout(jpeg_cache):
     # Cache: extracted folder and npz exist, no temporary leftovers.
     (root,) = [p for p in os.listdir(cache)]
     entries = sorted(os.listdir(os.path.join(cache, root)))
-    assert entries == ["arrays.npz", "extracted"]
+    assert entries == ["arrays_pillow.npz", "extracted"]
+
+
+@needs_archive
+def test_jpeg_pillow_decode_matches_tf_accurate_dct(jpeg_cache):
+    # Pillow decodes like tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE"), exactly.
+    tf = _tf()
+    cache, raw = jpeg_cache
+    (root,) = os.listdir(cache)
+    for i in (0, 4999, 25000, 49999):
+        rel = raw.train_ids[i]
+        blob = pathlib.Path(cache, root, "extracted", rel).read_bytes()
+        ref = tf.io.decode_jpeg(blob, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+        np.testing.assert_array_equal(raw.train_images[i], ref)
 
 
 @needs_archive
@@ -181,8 +466,8 @@ def test_jpeg_exp100_counts_and_test_split(jpeg_data):
     assert info.name == "cifar10_jpeg"
     assert info.class_counts.tolist() == CIFAR10_EXP100
     assert info.num_train == 12406 and info.num_test == 10000
-    assert np.bincount(jpeg_data._train_y, minlength=10).tolist() == CIFAR10_EXP100
-    assert np.bincount(jpeg_data._test_y, minlength=10).tolist() == [1000] * 10
+    assert np.bincount(jpeg_data.train_split()[1], minlength=10).tolist() == CIFAR10_EXP100
+    assert np.bincount(jpeg_data.test_split()[1], minlength=10).tolist() == [1000] * 10
     assert jpeg_data.steps_per_epoch == 12406 // 128
 
 
@@ -217,16 +502,18 @@ def test_jpeg_train_batches_augmentation(jpeg_data):
     # Padding shows up as black (value lo) borders in some cropped images.
     assert np.any(np.all(np.isclose(x[:, :, 0, 0], lo[0], atol=1e-4), axis=1))
     # The batch is exactly: zero-pad 4, crop 32x32 at the planned offsets, maybe flip.
-    pos, oy, ox, flip = jpeg_data._epoch_plan(0)
-    np.testing.assert_array_equal(b0["label"], jpeg_data._train_y[pos[:128]])
-    assert set(oy[:128]) <= set(range(9)) and len(set(oy.tolist())) == 9
+    plan = jpeg_data.epoch_plan(0)
+    pos, oy, ox, flip = plan.positions[0], plan.oy[0], plan.ox[0], plan.flip[0]
+    train_x, train_y = jpeg_data.train_split()
+    np.testing.assert_array_equal(b0["label"], train_y[pos])
+    assert set(plan.oy.ravel()) <= set(range(9)) and len(set(plan.oy.ravel().tolist())) == 9
     assert 0 < flip.mean() < 1
     for i in range(128):
-        padded = np.pad(jpeg_data._train_x[pos[i]], [(4, 4), (4, 4), (0, 0)])
-        ref = padded[oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
+        padded = np.pad(train_x[pos[i]], [(4, 4), (4, 4), (0, 0)])
+        ref = padded[oy[i] : oy[i] + 32, ox[i] : ox[i] + 32]
         ref = ref[:, ::-1] if flip[i] else ref
-        np.testing.assert_allclose(x[i], ref * jpeg_data._a + jpeg_data._b, atol=1e-5)
-    plain = jpeg_data._train_x[pos[:128]].astype(np.float32) * jpeg_data._a + jpeg_data._b
+        np.testing.assert_allclose(x[i], jpeg_data.normalize(ref), atol=1e-5)
+    plain = jpeg_data.normalize(train_x[pos])
     assert not np.allclose(plain, x)  # augmentation did something
 
 
@@ -245,14 +532,14 @@ def test_jpeg_eval_covers_test_once(jpeg_data):
 
 @needs_archive
 def test_jpeg_epochs_reproducible(jpeg_cache):
-    cache, _ = jpeg_cache
+    cache, raw = jpeg_cache
+    _tf()
     cfg = _cfg(source=f"cifar10_jpeg:{ARCHIVE}", cache_dir=cache, profile="exp", ratio=100.0)
-    d1 = data.build(cfg, seed=5, global_batch_size=256, eval_batch_size=512)
-    d2 = data.build(cfg, seed=5, global_batch_size=256, eval_batch_size=512)
+    d1 = data.build(cfg, seed=5, global_batch_size=256, eval_batch_size=512, raw=raw)
+    d2 = data.build(cfg, seed=5, global_batch_size=256, eval_batch_size=512, raw=raw)
     a = list(d1.train_epoch(3))
     b = list(d1.train_epoch(3)) + list(d2.train_epoch(3))
     assert len(b) == 2 * len(a) == 2 * d1.steps_per_epoch
-    b = b[:len(a)] + b[len(a):]
     for x, y in zip(a + a, b):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
@@ -260,41 +547,53 @@ def test_jpeg_epochs_reproducible(jpeg_cache):
     assert not np.array_equal(a[0]["label"], c["label"])
 
 
-def test_build_missing_or_corrupt_archive(tmp_path):
-    cfg = _cfg(source=f"cifar10_jpeg:{tmp_path / 'nope.tar.gz'}", cache_dir=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=8)
-    bad = tmp_path / "bad.tar.gz"
-    bad.write_bytes(b"\x1f\x8b\x08not really a tarball" * 10)
-    cfg.source = f"cifar10_jpeg:{bad}"
-    with pytest.raises(ValueError, match="corrupt"):
-        data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=8)
-    # No half-extracted cache is left behind.
-    for root, dirs, files in os.walk(tmp_path):
-        assert "extracted" not in dirs and not any(d.startswith(".extract") for d in dirs)
+# ---------------------------------------------------------------------------------------
+# digits, the tf pipeline's bit-identity, multi-process sharding, errors
+# ---------------------------------------------------------------------------------------
 
 
-# ---------------------------------------------------------------------------------------
-# digits, reproducibility and multi-process sharding
-# ---------------------------------------------------------------------------------------
+def _digest(batches, keys):
+    h = hashlib.sha256()
+    for b in batches:
+        for k in keys:
+            h.update(np.asarray(b[k]).tobytes())
+    return h.hexdigest()
+
+
+def test_tf_pipeline_bit_identical_to_before_the_package_split():
+    # Digests recorded from cce_jax/data.py (commit ba0ca1a) before the move to the package.
+    _tf()
+    cfg = _cfg(source="digits", profile="exp", ratio=5.0, augment=True)
+    d = data.build(cfg, seed=3, global_batch_size=64, eval_batch_size=64)
+    assert _digest(d.train_epoch(2), ("image", "label")) == (
+        "b8a6dab82dfb7309df50b2d13f4221eefb782c17d61e16952be630719bbf20d5"
+    )
+    assert _digest(d.eval_batches(), ("image", "label", "mask")) == (
+        "328fa81a4f06404f1e08ac6882038ab6cbf0800dc02b93899cfe951bc5495ea5"
+    )
+    b = next(d.train_epoch(0))
+    assert b["label"][:16].tolist() == [0, 3, 0, 2, 9, 9, 0, 1, 1, 7, 2, 1, 2, 5, 4, 0]
+    assert float(b["image"].sum()) == 705.1875
 
 
 def test_digits_source():
+    _tf()
     cfg = _cfg(source="digits", profile="exp", ratio=10.0)
     d = data.build(cfg, seed=0, global_batch_size=32, eval_batch_size=100)
     info = d.info
     assert info.name == "digits" and info.image_shape == (8, 8, 1) and info.num_classes == 10
     n_max = 116  # smallest per-class count of the fixed 2/3 train split (class 8)
     np.testing.assert_array_equal(info.class_counts, data.class_counts("exp", 10, n_max, 10.0))
-    assert np.bincount(d._train_y, minlength=10).tolist() == info.class_counts.tolist()
+    train_x, train_y = d.train_split()
+    assert np.bincount(train_y, minlength=10).tolist() == info.class_counts.tolist()
     assert info.num_test == 596  # 1797 - 1201 train
     b = list(d.train_epoch(0))
     assert len(b) == info.num_train // 32
     x = np.concatenate([t["image"] for t in b])
     assert x.shape[1:] == (8, 8, 1) and x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.9
     # No augmentation by default: batches are the stored images / 16 exactly.
-    pos = d._epoch_positions(0)
-    np.testing.assert_allclose(x, d._train_x[pos] / 16.0, atol=1e-6)
+    pos = d.epoch_plan(0).positions.reshape(-1)
+    np.testing.assert_allclose(x, train_x[pos] / 16.0, atol=1e-6)
     # Explicit counts override the profile.
     cfg.counts = (50, 40, 30, 20, 10, 10, 10, 10, 10, 5)
     d2 = data.build(cfg, seed=0, global_batch_size=32, eval_batch_size=100)
@@ -303,10 +602,11 @@ def test_digits_source():
     cfg.max_test = 50
     d3 = data.build(cfg, seed=0, global_batch_size=32, eval_batch_size=16)
     assert d3.info.num_test == 50
-    assert np.bincount(d3._test_y, minlength=10).tolist() == [5] * 10
+    assert np.bincount(d3.test_split()[1], minlength=10).tolist() == [5] * 10
 
 
 def test_train_epochs_reproducible_and_distinct():
+    _tf()
     cfg = _cfg(source="digits", profile="none", augment=True)
     d = data.build(cfg, seed=1, global_batch_size=64, eval_batch_size=64)
     e0a, e0b, e1 = list(d.train_epoch(0)), list(d.train_epoch(0)), list(d.train_epoch(1))
@@ -320,6 +620,7 @@ def test_train_epochs_reproducible_and_distinct():
 
 
 def test_two_processes(monkeypatch):
+    _tf()
     cfg = _cfg(source="digits", profile="exp", ratio=5.0, augment=True)
     single = data.build(cfg, seed=3, global_batch_size=64, eval_batch_size=64)
     ref = list(single.train_epoch(2))
@@ -332,40 +633,42 @@ def test_two_processes(monkeypatch):
         batches = list(d.train_epoch(2))
         assert len(batches) == d.steps_per_epoch
         assert all(b["image"].shape == (32, 8, 8, 1) for b in batches)
-        shards.append((d._epoch_positions(2), batches))
+        shards.append(batches)
         evals.append(list(d.eval_batches()))
     # Disjoint shards whose union is the global batch stream of one process.
-    assert not set(shards[0][0]) & set(shards[1][0])
     for i, g in enumerate(ref):
         for key in ("image", "label"):
             np.testing.assert_array_equal(
-                np.concatenate([shards[0][1][i][key], shards[1][1][i][key]]), g[key]
+                np.concatenate([shards[0][i][key], shards[1][i][key]]), g[key]
             )
     # Eval: equal batch counts, together the whole test split once.
     assert len(evals[0]) == len(evals[1]) == -(-single.info.num_test // 64)
     labels = np.concatenate([b["label"][b["mask"]] for e in evals for b in e])
     assert len(labels) == single.info.num_test
-    np.testing.assert_array_equal(np.sort(labels), np.sort(single._test_y))
+    np.testing.assert_array_equal(np.sort(labels), np.sort(single.test_split()[1]))
     assert not evals[1][-1]["mask"].any()  # 596 = 9*64 + 20: process 1's last batch is padding
 
 
 def test_build_errors(monkeypatch):
-    with pytest.raises(RuntimeError, match="name: cannot load the tfds data set 'no_such_xyz'"):
-        data.build(_cfg(name="no_such_xyz"), seed=0, global_batch_size=8, eval_batch_size=8)
+    _tf()
     with pytest.raises(ValueError, match="source: unknown data source"):
         data.build(_cfg(source="mnist_folder"), seed=0, global_batch_size=8, eval_batch_size=8)
+    with pytest.raises(ValueError, match="pipeline: expected one of"):
+        data.build(
+            _cfg(source="digits", pipeline="gpu"), seed=0, global_batch_size=8, eval_batch_size=8
+        )
     with pytest.raises(ValueError, match="class 0 has only 119 examples but 500"):
-        data.build(_cfg(source="digits", n_max=500), seed=0, global_batch_size=8,
-                   eval_batch_size=8)
+        data.build(_cfg(source="digits", n_max=500), seed=0, global_batch_size=8, eval_batch_size=8)
     with pytest.raises(ValueError, match="ratio"):
-        data.build(_cfg(source="digits", ratio=0.5), seed=0, global_batch_size=8,
-                   eval_batch_size=8)
+        data.build(_cfg(source="digits", ratio=0.5), seed=0, global_batch_size=8, eval_batch_size=8)
     with pytest.raises(ValueError, match="profile: unknown profile"):
-        data.build(_cfg(source="digits", profile="linear"), seed=0, global_batch_size=8,
-                   eval_batch_size=8)
+        data.build(
+            _cfg(source="digits", profile="linear"), seed=0, global_batch_size=8, eval_batch_size=8
+        )
     with pytest.raises(ValueError, match="profile: explicit counts have length 2"):
-        data.build(_cfg(source="digits", counts=(3, 2)), seed=0, global_batch_size=8,
-                   eval_batch_size=8)
+        data.build(
+            _cfg(source="digits", counts=(3, 2)), seed=0, global_batch_size=8, eval_batch_size=8
+        )
     with pytest.raises(ValueError, match="global_batch_size=4096 exceeds"):
         data.build(_cfg(source="digits"), seed=0, global_batch_size=4096, eval_batch_size=8)
     monkeypatch.setattr(jax, "process_count", lambda: 3)
@@ -373,24 +676,10 @@ def test_build_errors(monkeypatch):
         data.build(_cfg(source="digits"), seed=0, global_batch_size=8, eval_batch_size=9)
 
 
-def test_tfds_mock_grayscale_computed_normalisation(tmp_path):
-    with tfds.testing.mock_data(num_examples=200, data_dir=str(tmp_path)):
-        cfg = _cfg(source="tfds", name="fashion_mnist", data_dir=str(tmp_path), profile="step",
-                   n_max=8, ratio=4.0)
-        d = data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=50)
-    assert d.info.image_shape == (28, 28, 1)
-    assert d.info.class_counts.tolist() == [8] * 5 + [2] * 5
-    # Normalised with the mean/std of the training subset itself: near zero mean, unit std.
-    x = d._train_x.astype(np.float32) * d._a + d._b
-    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1.0) < 1e-3
-    b = next(d.train_epoch(0))
-    assert b["image"].shape == (8, 28, 28, 1)
-
-
-def test_bad_labels_are_rejected(monkeypatch):
-    raw = data._load_digits()
-    raw.test_labels = raw.test_labels.copy()
-    raw.test_labels[3] = 10
-    monkeypatch.setattr(data, "_load_digits", lambda: raw)
-    with pytest.raises(ValueError, match=r"test labels.*\[0, 10\)"):
-        data.build(_cfg(source="digits"), seed=0, global_batch_size=8, eval_batch_size=8)
+def test_choose_pipeline():
+    assert data.choose_pipeline("device") == "device"
+    assert data.choose_pipeline("auto", tf_ok=False) == "device"
+    with pytest.raises(ValueError, match="pipeline: 'tf' needs tensorflow"):
+        data.choose_pipeline("tf", tf_ok=False)
+    with pytest.raises(ValueError, match="pipeline: expected one of"):
+        data.choose_pipeline("fast")

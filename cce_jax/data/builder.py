@@ -1,0 +1,130 @@
+"""The ``data`` config, the pipeline choice and :func:`build`."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from cce_jax.data import sources
+from cce_jax.data.split import make_split
+
+__all__ = ["PIPELINES", "build", "choose_pipeline", "default_config", "tf_available"]
+
+PIPELINES = ("auto", "device", "tf")
+
+
+def default_config():
+    """The ``data`` config with its defaults (an ``ml_collections.ConfigDict``).
+
+    >>> cfg = default_config()
+    >>> cfg.source, cfg.name, cfg.profile, cfg.ratio, cfg.pipeline, cfg.download
+    ('tfds', None, 'exp', 100.0, 'auto', 'auto')
+    """
+    import ml_collections
+    from ml_collections.config_dict import placeholder
+
+    cfg = ml_collections.ConfigDict()
+    cfg.source = "tfds"  # "tfds" | "tfds:NAME" | "cifar10_jpeg:PATH" | "npz:PATH" | "digits"
+    cfg.name = placeholder(str)  # the tfds name, used only by source == "tfds"
+    cfg.data_dir = placeholder(str)
+    cfg.download = "auto"  # tfds only: "auto" | "always" | "never"
+    cfg.cache_dir = "~/.cache/cce_jax"
+    cfg.pipeline = "auto"  # "auto" | "device" | "tf"
+    cfg.profile = "exp"  # "exp" | "step" | "none"
+    cfg.ratio = 100.0
+    cfg.n_max = placeholder(int)
+    cfg.counts = placeholder(tuple)
+    cfg.subset_seed = 0
+    # None = automatic: True for every source but digits.
+    cfg.augment = placeholder(bool)
+    cfg.max_test = placeholder(int)
+    return cfg
+
+
+def tf_available() -> bool:
+    """Whether tensorflow can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def choose_pipeline(
+    pipeline: str = "auto", *, platform: str | None = None, tf_ok: bool | None = None
+) -> str:
+    """The pipeline ``"auto"`` resolves to (``"device"`` and ``"tf"`` are returned as given).
+
+    Rule (measured, see docs/data.md): ``"device"`` everywhere — on accelerators the data then
+    never crosses the host, and on CPU it measured at least as fast as tf.data in the trainer —
+    and always when tensorflow is not importable. ``"tf"`` must be asked for explicitly.
+
+    Args:
+      pipeline: ``"auto"``, ``"device"`` or ``"tf"``.
+      platform: the JAX backend (default ``jax.default_backend()``); kept for the rule's
+        documentation and future per-platform choices.
+      tf_ok: whether tensorflow is importable (default: :func:`tf_available`).
+
+    Returns:
+      ``"device"`` or ``"tf"``.
+    """
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline: expected one of {PIPELINES}, got {pipeline!r}")
+    if pipeline != "auto":
+        if pipeline == "tf" and not (tf_available() if tf_ok is None else tf_ok):
+            raise ValueError(
+                "pipeline: 'tf' needs tensorflow, which is not importable here; use "
+                "data.pipeline='device' (or 'auto')"
+            )
+        return pipeline
+    del platform  # the measured rule is the same on every platform (docs/data.md)
+    return "device"
+
+
+def build(
+    config,
+    *,
+    seed: int,
+    global_batch_size: int,
+    eval_batch_size: int,
+    mesh=None,
+    raw: sources.RawDataset | None = None,
+):
+    """Loads the data set of `config` and builds its imbalanced train and test pipelines.
+
+    Args:
+      config: the fields of :func:`default_config`.
+      seed: drives the per-epoch shuffle and augmentation (``config.subset_seed`` drives
+        which training examples survive).
+      global_batch_size: train batch size over all processes / devices.
+      eval_batch_size: eval batch size over all processes / devices.
+      mesh: device pipeline only: a mesh with a ``"data"`` axis (default: all devices).
+      raw: a :class:`RawDataset` already loaded (:func:`load_source`), e.g. shared by the
+        pipelines of several seeds; default ``load_source(config)``.
+
+    Returns:
+      :class:`~cce_jax.data.tf_pipeline.TFData` (``pipeline="tf"``) or
+      :class:`~cce_jax.data.device_pipeline.DeviceData` (``"device"``), both with ``info``,
+      ``steps_per_epoch``, ``train_epoch(epoch)``, ``eval_batches()``,
+      ``num_eval_batches()`` and ``pipeline``.
+    """
+    pipeline = choose_pipeline(str(config.get("pipeline", "auto")))
+    if raw is None:
+        raw = sources.load_source(config)
+    split = make_split(config, raw)
+    if pipeline == "tf":
+        from cce_jax.data.tf_pipeline import TFData
+
+        return TFData(
+            split,
+            seed=seed,
+            global_batch_size=int(global_batch_size),
+            eval_batch_size=int(eval_batch_size),
+        )
+    from cce_jax.data.device_pipeline import DeviceData
+
+    return DeviceData(
+        split,
+        seed=seed,
+        global_batch_size=int(global_batch_size),
+        eval_batch_size=int(eval_batch_size),
+        mesh=mesh,
+    )

@@ -1,0 +1,317 @@
+"""The device-resident pipeline (``pipeline="device"``): no tensorflow, no host->device copies.
+
+The kept train subset (uint8) and the test split are placed on the devices once, sharded over
+the ``"data"`` mesh axis. Each epoch, every device permutes and augments its OWN shard inside
+``jax.shard_map`` (no cross-device gathers), with keys from ``jax.random`` folded from
+(seed, epoch, device index). Batches are global ``jax.Array`` s sharded ``P("data")``.
+
+Data order: the kept examples are dealt to the D devices once (a permutation seeded by
+`seed`, then D near-equal chunks); per epoch, device d draws its ``B / D`` examples of every
+batch from its chunk only. An epoch is therefore a pure function of (seed, epoch, D): the same
+run on another device count sees the same examples per epoch up to the dropped remainder, but
+in another order and with other crops. Each device drops ``len(chunk) - steps * B / D`` of its
+examples per epoch (``N - steps * B`` in total, as the tf pipeline does).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import numpy as np
+
+from cce_jax.data import imbalance
+from cce_jax.data.split import Split
+
+__all__ = ["DeviceData", "default_mesh", "stack_batches"]
+
+
+def default_mesh():
+    """A 1-D ``("data",)`` mesh over all (global) devices, Auto axis type."""
+    import jax
+
+    n = len(jax.devices())
+    return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _place(host: np.ndarray, sharding):
+    """Global array from a host array; each process materialises only its addressable shards."""
+    import jax
+
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def _to_host(x) -> np.ndarray:
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def _crop_flip(x, oy, ox, flip, pad):
+    """Zero-pad [b, H, W, C] by `pad`, crop H x W at (oy, ox), mirror where flip (jax)."""
+    import jax
+    import jax.numpy as jnp
+
+    _, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+    def one(img, y0, x0, f):
+        crop = jax.lax.dynamic_slice(img, (y0, x0, 0), (h, w, c))
+        return jnp.where(f > 0, crop[:, ::-1], crop)
+
+    return jax.vmap(one)(xp, oy, ox, flip)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool):
+    """(plan, batch, eval) jitted shard_map functions, shared by every pipeline of one shape.
+
+    Several seeds (same counts, same batch) therefore compile once.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    pad = imbalance.PAD
+    spec_d, spec_p = P("data"), P(None, "data")
+    data_sh, plan_sh = NamedSharding(mesh, spec_d), NamedSharding(mesh, spec_p)
+
+    def plan_local(seed, epoch, n_valid):
+        dev = jax.lax.axis_index("data")
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), dev)
+        k_perm, k_y, k_x, k_f = jax.random.split(key, 4)
+        perm = jax.random.permutation(k_perm, n_pad)
+        # Valid slots first (stable, so their order stays uniformly random).
+        perm = perm[jnp.argsort(perm >= n_valid[0], stable=True)]
+        pos = perm[: steps * lb].reshape(steps, lb).astype(jnp.int32)
+        oy = jax.random.randint(k_y, (steps, lb), 0, 2 * pad + 1, jnp.int32)
+        ox = jax.random.randint(k_x, (steps, lb), 0, 2 * pad + 1, jnp.int32)
+        flip = jax.random.randint(k_f, (steps, lb), 0, 2, jnp.int32)
+        return pos, oy, ox, flip
+
+    plan_fn = jax.jit(
+        jax.shard_map(plan_local, mesh=mesh, in_specs=(P(), P(), spec_d), out_specs=(spec_p,) * 4),
+        out_shardings=(plan_sh,) * 4,
+    )
+
+    def batch_local(x, y, pos, oy, ox, flip, step, a, b):
+        p = pos[step]
+        img = x[p]
+        if augment:
+            img = _crop_flip(img, oy[step], ox[step], flip[step], pad)
+        return img.astype(jnp.float32) * a + b, y[p]
+
+    batch_fn = jax.jit(
+        jax.shard_map(
+            batch_local,
+            mesh=mesh,
+            in_specs=(spec_d, spec_d) + (spec_p,) * 4 + (P(), P(), P()),
+            out_specs=(spec_d, spec_d),
+        ),
+        out_shardings=(data_sh,) * 2,
+    )
+
+    def eval_local(x, y, mask, i, a, b):
+        return x[i].astype(jnp.float32) * a + b, y[i], mask[i]
+
+    eval_fn = jax.jit(
+        jax.shard_map(
+            eval_local, mesh=mesh, in_specs=(spec_p,) * 3 + (P(), P(), P()), out_specs=(spec_d,) * 3
+        ),
+        out_shardings=(data_sh,) * 3,
+    )
+    return plan_fn, batch_fn, eval_fn
+
+
+class DeviceData:
+    """Device-resident input pipelines of one imbalanced data set; see the module docstring.
+
+    Train batches: ``{"image": float32 [B, H, W, C], "label": int32 [B]}``; eval batches add
+    ``"mask"`` bool [B] (False on the padding of the last batch). Every value is a global
+    ``jax.Array`` with sharding ``NamedSharding(mesh, P("data"))``.
+    """
+
+    pipeline = "device"
+
+    def __init__(
+        self, split: Split, *, seed: int, global_batch_size: int, eval_batch_size: int, mesh=None
+    ):
+        import jax.numpy as jnp
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        mesh = default_mesh() if mesh is None else mesh
+        if "data" not in mesh.axis_names:
+            raise ValueError(f"mesh: needs a 'data' axis, got axes {mesh.axis_names}")
+        d = int(mesh.shape["data"])
+        for name, value in (
+            ("global_batch_size", global_batch_size),
+            ("eval_batch_size", eval_batch_size),
+        ):
+            if int(value) < 1 or int(value) % d:
+                raise ValueError(
+                    f"{name}={value} must be a positive multiple of the {d} devices of the "
+                    "'data' mesh axis (pipeline='device')"
+                )
+        self._split = split
+        self.info = split.info
+        self.augment = split.augment
+        self.mesh = mesh
+        self.num_devices = d
+        n = split.info.num_train
+        self._global_b = int(global_batch_size)
+        self._local_b = self._global_b // d
+        self.steps_per_epoch = n // self._global_b
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"global_batch_size={global_batch_size} exceeds the {n} training examples "
+                "(batches drop the remainder)"
+            )
+        self._seed32 = int(seed) & 0xFFFFFFFF
+        self._data_sharding = NamedSharding(mesh, P("data"))
+        self._plan_sharding = NamedSharding(mesh, P(None, "data"))
+
+        # Deal the kept examples to the devices once: slot (dev, j) holds kept[_slots[dev, j]].
+        deal = np.random.default_rng([self._seed32, 0xD15]).permutation(n)
+        chunks = np.array_split(deal, d)
+        self._n_pad = n_pad = max(len(c) for c in chunks)
+        slots = np.full((d, n_pad), -1, np.int64)
+        for i, c in enumerate(chunks):
+            slots[i, : len(c)] = c
+        self._slots = slots
+        flat = slots.reshape(-1)
+        valid = flat >= 0
+        h, w, c = split.info.image_shape
+        images = np.zeros((d * n_pad, h, w, c), np.uint8)
+        labels = np.zeros((d * n_pad,), np.int32)
+        images[valid] = split.train_images[flat[valid]]
+        labels[valid] = split.train_labels[flat[valid]]
+        self._train_x = _place(images, self._data_sharding)
+        self._train_y = _place(labels, self._data_sharding)
+        self._n_valid = _place(np.asarray([len(c) for c in chunks], np.int32), self._data_sharding)
+
+        # Test split: [num_batches, EB, ...] sharded on the batch axis; batch i = row i.
+        self._eval_b = int(eval_batch_size)
+        m = split.info.num_test
+        nb = -(-m // self._eval_b)
+        tx = np.zeros((nb * self._eval_b, h, w, c), np.uint8)
+        ty = np.zeros((nb * self._eval_b,), np.int32)
+        tm = np.zeros((nb * self._eval_b,), bool)
+        tx[:m], ty[:m], tm[:m] = split.test_images, split.test_labels, True
+        shape2 = (nb, self._eval_b)
+        self._test = tuple(
+            _place(v.reshape(shape2 + v.shape[1:]), self._plan_sharding) for v in (tx, ty, tm)
+        )
+        self._num_eval_batches = nb
+
+        self._a = jnp.asarray(split.a)
+        self._b = jnp.asarray(split.b)
+        self._plan_fn, self._batch_fn, self._eval_fn = _compiled(
+            mesh, self.steps_per_epoch, self._local_b, n_pad, self.augment
+        )
+
+    # -- public views (tests, references) ----------------------------------------------
+
+    def train_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images [N, H, W, C], int32 labels [N]) of the kept train subset (host)."""
+        return self._split.train_images, self._split.train_labels
+
+    def test_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images, int32 labels) of the test split evaluated (host)."""
+        return self._split.test_images, self._split.test_labels
+
+    def normalize(self, images) -> np.ndarray:
+        """uint8 images -> the float32 values the batches hold (numpy)."""
+        return self._split.normalize(images)
+
+    def _device_plan(self, epoch: int):
+        import jax.numpy as jnp
+
+        return self._plan_fn(jnp.uint32(self._seed32), jnp.uint32(int(epoch)), self._n_valid)
+
+    def epoch_plan(self, epoch: int) -> imbalance.EpochPlan:
+        """Epoch `epoch` as host arrays [steps, B] in global batch order.
+
+        ``positions`` index :meth:`train_split`; (oy, ox, flip) are the crop offsets into the
+        image zero-padded by 4 and the mirror flags (unused when ``augment`` is False).
+        """
+        pos, oy, ox, flip = (_to_host(v).astype(np.int64) for v in self._device_plan(epoch))
+        dev = np.arange(self._global_b) // self._local_b  # device of each batch column
+        positions = self._slots[dev[None, :], pos]
+        return imbalance.EpochPlan(positions, oy, ox, flip)
+
+    # -- train / eval -------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> Iterator[dict]:
+        """Global batches of epoch `epoch`: a pure function of (seed, epoch, device count)."""
+        import jax.numpy as jnp
+
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        plan = self._device_plan(epoch)
+        for s in range(self.steps_per_epoch):
+            image, label = self._batch_fn(
+                self._train_x, self._train_y, *plan, jnp.int32(s), self._a, self._b
+            )
+            yield {"image": image, "label": label}
+
+    def num_eval_batches(self) -> int:
+        """Batches yielded by :meth:`eval_batches`."""
+        return self._num_eval_batches
+
+    def eval_batches(self) -> Iterator[dict]:
+        """The test split once, in order; the last batch's padding has ``mask == False``."""
+        import jax.numpy as jnp
+
+        for i in range(self._num_eval_batches):
+            image, label, mask = self._eval_fn(*self._test, jnp.int32(i), self._a, self._b)
+            yield {"image": image, "label": label, "mask": mask}
+
+
+@functools.cache
+def _stack_fn(sharding):
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(lambda *xs: jnp.stack(xs), out_shardings=sharding)
+
+
+def stack_batches(batches):
+    """Stacks S per-seed batches (dicts with equal keys) into one dict of [S, B, ...] arrays.
+
+    jax.Arrays sharded ``P("data")`` (device pipeline) are stacked on device into arrays
+    sharded ``P(None, "data")`` (each device stacks its own rows; no transfer). numpy arrays
+    (tf pipeline) are stacked on the host with ``np.stack``; shard them on axis 1 as above.
+
+    Args:
+      batches: a non-empty sequence of batch dicts, e.g. ``[next(it) for it in iterators]``.
+
+    Returns:
+      dict: key -> stacked array.
+    """
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    batches = list(batches)
+    if not batches:
+        raise ValueError("stack_batches: needs at least one batch")
+    keys = list(batches[0])
+    if any(list(b) != keys for b in batches):
+        raise ValueError("stack_batches: batches must have the same keys")
+    out = {}
+    for k in keys:
+        vals = [b[k] for b in batches]
+        if all(isinstance(v, jax.Array) for v in vals):
+            sh = vals[0].sharding
+            mesh = getattr(sh, "mesh", None)
+            target = NamedSharding(mesh, P(None, "data")) if mesh is not None else None
+            out[k] = _stack_fn(target)(*vals) if target is not None else jax.numpy.stack(vals)
+        else:
+            out[k] = np.stack([np.asarray(v) for v in vals])
+    return out

@@ -1,0 +1,125 @@
+"""From a loaded data set to the imbalanced split both pipelines serve (numpy only)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from cce_jax.data import imbalance, sources
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "DataInfo",
+    "Split",
+    "make_split",
+]
+
+# Usual per-channel statistics (of the full balanced training sets, pixels in [0, 1]).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What the trainer needs to know about a built data set."""
+
+    name: str  # e.g. "cifar10", "cifar10_jpeg", "digits", an npz file's stem
+    num_classes: int
+    image_shape: tuple  # (H, W, C) as fed to the model
+    class_names: tuple
+    class_counts: np.ndarray  # int64 [K], counts of the imbalanced TRAIN subset built
+    num_train: int  # = class_counts.sum()
+    num_test: int  # size of the (full, or max_test-limited) test split
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The kept train subset and the test split, uint8, with the normalisation x * a + b."""
+
+    info: DataInfo
+    train_images: np.ndarray  # uint8 [N, H, W, C], kept subset in increasing source order
+    train_labels: np.ndarray  # int32 [N]
+    test_images: np.ndarray  # uint8 [M, H, W, C]
+    test_labels: np.ndarray  # int32 [M]
+    a: np.ndarray  # float32 [C]: normalised = x * a + b = (x / scale - mean) / std
+    b: np.ndarray  # float32 [C]
+    augment: bool
+
+    def normalize(self, images) -> np.ndarray:
+        """uint8 [..., C] -> float32 normalised images (numpy)."""
+        return np.asarray(images).astype(np.float32) * self.a + self.b
+
+
+def _check(labels, num_classes, what):
+    from cce_jax.labels import check_labels
+
+    try:
+        check_labels(np.asarray(labels), int(num_classes))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{what} labels: {e}") from e
+
+
+def make_split(config, raw: sources.RawDataset) -> Split:
+    """Checks the labels of `raw` and selects the imbalanced train subset of `config`."""
+    kind, _ = sources.parse_source(config.source, config.get("name"))
+    num_classes = len(raw.class_names)
+    _check(raw.train_labels, num_classes, "train")
+    _check(raw.test_labels, num_classes, "test")
+
+    available = np.bincount(raw.train_labels, minlength=num_classes)
+    if config.counts is not None:
+        counts = imbalance.class_counts(tuple(config.counts), num_classes)
+    else:
+        n_max = config.n_max if config.n_max is not None else int(available.min())
+        counts = imbalance.class_counts(str(config.profile), num_classes, n_max, config.ratio)
+    train_idx = imbalance.select_indices(
+        raw.train_labels, raw.train_ids, counts, seed=config.subset_seed
+    )
+    test_idx = np.arange(len(raw.test_labels), dtype=np.int64)
+    if config.max_test is not None:
+        if int(config.max_test) < 1:
+            raise ValueError(f"max_test must be >= 1 or None, got {config.max_test}")
+        test_idx = imbalance.stratified_first(raw.test_labels, int(config.max_test))
+
+    augment = config.augment
+    if augment is None:
+        augment = kind != "digits"
+
+    if kind == "digits":
+        mean, std = [0.0], [1.0]  # images in [0, 1]
+    elif raw.name in ("cifar10", "cifar10_jpeg"):
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+    elif raw.name == "cifar100":
+        mean, std = CIFAR100_MEAN, CIFAR100_STD
+    else:  # per-channel statistics of the imbalanced training subset
+        x = raw.train_images[train_idx].astype(np.float64) / raw.scale
+        mean = x.mean(axis=(0, 1, 2))
+        std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3)
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+
+    info = DataInfo(
+        name=raw.name,
+        num_classes=num_classes,
+        image_shape=tuple(int(s) for s in raw.train_images.shape[1:]),
+        class_names=tuple(raw.class_names),
+        class_counts=counts,
+        num_train=int(counts.sum()),
+        num_test=len(test_idx),
+    )
+    return Split(
+        info=info,
+        train_images=np.ascontiguousarray(raw.train_images[train_idx]),
+        train_labels=raw.train_labels[train_idx].astype(np.int32),
+        test_images=np.ascontiguousarray(raw.test_images[test_idx]),
+        test_labels=raw.test_labels[test_idx].astype(np.int32),
+        a=(1.0 / (raw.scale * std)).astype(np.float32),
+        b=(-mean / std).astype(np.float32),
+        augment=bool(augment),
+    )
