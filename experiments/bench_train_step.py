@@ -185,7 +185,7 @@ def pipeline_throughput(
 
     cfg = data_lib.default_config()
     cfg.source, cfg.profile, cfg.ratio, cfg.pipeline = source, "exp", 100.0, pipeline
-    if source.startswith("tfds"):
+    if source == "tfds":
         cfg.name = "cifar10"
     mesh = training.make_mesh()
     kwargs = {"mesh": mesh}

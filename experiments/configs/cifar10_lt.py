@@ -3,7 +3,7 @@
   python -m experiments.train --config=experiments/configs/cifar10_lt.py --workdir=runs/c10lt \
       --config.loss.name=cce
 
-Data: tfds.load("cifar10") by default (source "tfds"; needs the tfds copy in
+Data: tfds.load("cifar10") by default (source "tfds:cifar10"; needs the tfds copy in
 ``--config.data.data_dir``); offline:
 ``--config.data.source=cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz``.
 Batch 128, SGD lr 0.1, momentum 0.9, weight decay 2e-4 (conv/dense kernels), 5 warm-up

@@ -18,8 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.seeds = ()
 
     c.data = data.default_config()  # source, name, profile, ratio, n_max, ... (cce_jax.data)
-    c.data.source = "tfds"
-    c.data.name = "cifar10"
+    c.data.source = "tfds:cifar10"  # tfds.load("cifar10"); other sources leave data.name None
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet32"  # resnet8 | resnet20 | resnet32 | resnet34

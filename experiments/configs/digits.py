@@ -14,7 +14,6 @@ from experiments.configs import default
 def get_config():
     c = default.get_config()
     c.data.source = "digits"
-    c.data.name = None  # a tfds name only applies to source="tfds"
     c.data.profile = "exp"
     c.data.ratio = 10.0
     c.model.name = "resnet8"
