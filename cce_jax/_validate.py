@@ -15,127 +15,142 @@ _LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 
 
 def is_concrete(x) -> bool:
-  """True when `x` has values now (not a tracer inside jit/vmap/grad)."""
-  return not isinstance(x, jax.core.Tracer)
+    """True when `x` has values now (not a tracer inside jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
 
 
 def logits_and_labels(logits, labels, axis, where):
-  """Checks and canonicalises the common (logits, labels, axis, where) arguments.
+    """Checks and canonicalises the common (logits, labels, axis, where) arguments.
 
-  Returns `(z, labels, valid)`: `z` is float32 (or float64) with the class axis moved last,
-  `labels` int32 with invalid entries replaced by 0, and `valid` the boolean mask of entries
-  that count: `where` (if given) and label in [0, K).
-  """
-  logits = jnp.asarray(logits)
-  labels = jnp.asarray(labels)
-  if not jnp.issubdtype(logits.dtype, jnp.floating):
-    raise TypeError(f"`logits` must be a floating array, got dtype {logits.dtype}.")
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise TypeError(
-        f"`labels` must hold integer class ids, got dtype {labels.dtype} "
-        "(one-hot or soft labels are not accepted; pass argmax ids).")
-  if logits.ndim < 1:
-    raise ValueError("`logits` must have at least one axis (the class axis).")
-  if not isinstance(axis, (int, np.integer)):
-    raise TypeError(f"`axis` must be an int, got {axis!r}.")
-  if not -logits.ndim <= axis < logits.ndim:
-    raise ValueError(f"`axis`={axis} is out of range for logits of rank {logits.ndim}.")
-  z = jnp.moveaxis(logits, axis, -1)
-  if labels.shape != z.shape[:-1]:
-    raise ValueError(
-        f"`labels` has shape {labels.shape} but `logits` without its class axis "
-        f"(axis={axis}) has shape {z.shape[:-1]}; they must be equal.")
-  if z.dtype in _LOW_PRECISION:
-    z = z.astype(jnp.float32)
-  num_classes = z.shape[-1]
-  valid = (labels >= 0) & (labels < num_classes)
-  if where is not None:
-    where = jnp.asarray(where)
-    if where.dtype != jnp.bool_:
-      raise TypeError(f"`where` must be a boolean array, got dtype {where.dtype}.")
-    if where.shape != labels.shape:
-      raise ValueError(
-          f"`where` has shape {where.shape}; it must have the shape of `labels`, {labels.shape}.")
-    valid = valid & where
-  # Entries that do not count (masked by `where`, or a label outside [0, K) such as an ignore
-  # index) must not leak NaN/inf from their logits into the gradient: zero their logits.
-  z = jnp.where(valid[..., None], z, 0.0)
-  labels = jnp.where(valid, labels, 0).astype(jnp.int32)
-  return z, labels, valid
+    Returns `(z, labels, valid)`: `z` is float32 (or float64) with the class axis moved last,
+    `labels` int32 with invalid entries replaced by 0, and `valid` the boolean mask of entries
+    that count: `where` (if given) and label in [0, K).
+    """
+    logits = jnp.asarray(logits)
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise TypeError(f"`logits` must be a floating array, got dtype {logits.dtype}.")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(
+            f"`labels` must hold integer class ids, got dtype {labels.dtype} "
+            "(one-hot or soft labels are not accepted; pass argmax ids)."
+        )
+    if logits.ndim < 1:
+        raise ValueError("`logits` must have at least one axis (the class axis).")
+    if not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"`axis` must be an int, got {axis!r}.")
+    if not -logits.ndim <= axis < logits.ndim:
+        raise ValueError(f"`axis`={axis} is out of range for logits of rank {logits.ndim}.")
+    z = jnp.moveaxis(logits, axis, -1)
+    if labels.shape != z.shape[:-1]:
+        raise ValueError(
+            f"`labels` has shape {labels.shape} but `logits` without its class axis "
+            f"(axis={axis}) has shape {z.shape[:-1]}; they must be equal."
+        )
+    if z.dtype in _LOW_PRECISION:
+        z = z.astype(jnp.float32)
+    num_classes = z.shape[-1]
+    valid = (labels >= 0) & (labels < num_classes)
+    if where is not None:
+        where = jnp.asarray(where)
+        if where.dtype != jnp.bool_:
+            raise TypeError(f"`where` must be a boolean array, got dtype {where.dtype}.")
+        if where.shape != labels.shape:
+            raise ValueError(
+                f"`where` has shape {where.shape}; it must have the shape of `labels`, {labels.shape}."
+            )
+        valid = valid & where
+    # Entries that do not count (masked by `where`, or a label outside [0, K) such as an ignore
+    # index) must not leak NaN/inf from their logits into the gradient: zero their logits.
+    z = jnp.where(valid[..., None], z, 0.0)
+    labels = jnp.where(valid, labels, 0).astype(jnp.int32)
+    return z, labels, valid
 
 
 def class_vector(values, num_classes: int, name: str, *, positive: bool):
-  """Checks a per-class vector (class counts or weights) of length `num_classes`.
+    """Checks a per-class vector (class counts or weights) of length `num_classes`.
 
-  ``None`` (an optional vector not given) passes through as ``None``.
-  """
-  if values is None:
-    return None
-  arr = jnp.asarray(values)
-  if arr.ndim != 1 or arr.shape[0] != num_classes:
-    raise ValueError(
-        f"`{name}` must have shape ({num_classes},), one entry per class, got shape {arr.shape}.")
-  if not (jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)):
-    raise TypeError(f"`{name}` must be numeric, got dtype {arr.dtype}.")
-  if is_concrete(values):
-    host = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(host)):
-      raise ValueError(f"`{name}` must be finite, got {host.tolist()}.")
-    if positive and np.any(host <= 0):
-      raise ValueError(f"every entry of `{name}` must be > 0, got {host.tolist()}.")
-    if not positive and np.any(host < 0):
-      raise ValueError(f"every entry of `{name}` must be >= 0, got {host.tolist()}.")
-  return arr.astype(jnp.float32)
+    ``None`` (an optional vector not given) passes through as ``None``.
+    """
+    if values is None:
+        return None
+    arr = jnp.asarray(values)
+    if arr.ndim != 1 or arr.shape[0] != num_classes:
+        raise ValueError(
+            f"`{name}` must have shape ({num_classes},), one entry per class, got shape {arr.shape}."
+        )
+    if not (jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)):
+        raise TypeError(f"`{name}` must be numeric, got dtype {arr.dtype}.")
+    if is_concrete(values):
+        host = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(host)):
+            raise ValueError(f"`{name}` must be finite, got {host.tolist()}.")
+        if positive and np.any(host <= 0):
+            raise ValueError(f"every entry of `{name}` must be > 0, got {host.tolist()}.")
+        if not positive and np.any(host < 0):
+            raise ValueError(f"every entry of `{name}` must be >= 0, got {host.tolist()}.")
+    return arr.astype(jnp.float32)
 
 
 def counts_length(class_counts) -> int:
-  arr = np.shape(class_counts)
-  if len(arr) != 1 or arr[0] < 1:
-    raise ValueError(f"`class_counts` must be a 1-D sequence with one count per class, got shape {arr}.")
-  return arr[0]
+    arr = np.shape(class_counts)
+    if len(arr) != 1 or arr[0] < 1:
+        raise ValueError(
+            f"`class_counts` must be a 1-D sequence with one count per class, got shape {arr}."
+        )
+    return arr[0]
 
 
 def finish(loss, valid):
-  """Zeroes the loss (and hence its gradient) of entries that do not count."""
-  return jnp.where(valid, loss, 0.0)
+    """Zeroes the loss (and hence its gradient) of entries that do not count."""
+    return jnp.where(valid, loss, 0.0)
 
 
-def real(value, owner: str, name: str, *, minimum=None, maximum=None, min_open: bool = False,
-         max_open: bool = False):
-  """Checks a real-valued hyperparameter; a traced value passes unchecked.
+def real(
+    value,
+    owner: str,
+    name: str,
+    *,
+    minimum=None,
+    maximum=None,
+    min_open: bool = False,
+    max_open: bool = False,
+):
+    """Checks a real-valued hyperparameter; a traced value passes unchecked.
 
-  Raises a one-line ``ValueError`` naming ``owner`` (the loss) and ``name`` for a value that
-  is not a real number (a string such as ``'nan'``, a bool, an array with more than one
-  element), not finite, or outside the range. Returns ``value`` unchanged.
-  """
-  if not is_concrete(value):
+    Raises a one-line ``ValueError`` naming ``owner`` (the loss) and ``name`` for a value that
+    is not a real number (a string such as ``'nan'``, a bool, an array with more than one
+    element), not finite, or outside the range. Returns ``value`` unchanged.
+    """
+    if not is_concrete(value):
+        return value
+    lo = "" if minimum is None else f"{'>' if min_open else '>='} {minimum}"
+    hi = "" if maximum is None else f"{'<' if max_open else '<='} {maximum}"
+    bounds = " and ".join(b for b in (lo, hi) if b)
+    want = "a finite real number" + (f" {bounds}" if bounds else "")
+    is_real_scalar = isinstance(value, (int, float, np.integer, np.floating)) or (
+        isinstance(value, (np.ndarray, jax.Array))
+        and value.ndim == 0
+        and (jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating))
+    )
+    is_bool = isinstance(value, (bool, np.bool_))
+    number = float(value) if is_real_scalar and not is_bool else None
+    if number is None:
+        raise ValueError(
+            f"{owner}: `{name}` must be {want}, got {value!r} ({type(value).__name__})."
+        )
+    ok = np.isfinite(number)
+    if ok and minimum is not None:
+        ok = number > minimum if min_open else number >= minimum
+    if ok and maximum is not None:
+        ok = number < maximum if max_open else number <= maximum
+    if not ok:
+        raise ValueError(f"{owner}: `{name}` must be {want}, got {value!r}.")
     return value
-  lo = "" if minimum is None else f"{'>' if min_open else '>='} {minimum}"
-  hi = "" if maximum is None else f"{'<' if max_open else '<='} {maximum}"
-  bounds = " and ".join(b for b in (lo, hi) if b)
-  want = "a finite real number" + (f" {bounds}" if bounds else "")
-  number = None
-  if not isinstance(value, (bool, np.bool_)):
-    if isinstance(value, (int, float, np.integer, np.floating)):
-      number = float(value)
-    elif isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0 and (
-        jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)):
-      number = float(value)
-  if number is None:
-    raise ValueError(
-        f"{owner}: `{name}` must be {want}, got {value!r} ({type(value).__name__}).")
-  ok = np.isfinite(number)
-  if ok and minimum is not None:
-    ok = number > minimum if min_open else number >= minimum
-  if ok and maximum is not None:
-    ok = number < maximum if max_open else number <= maximum
-  if not ok:
-    raise ValueError(f"{owner}: `{name}` must be {want}, got {value!r}.")
-  return value
 
 
 def choice(value, owner: str, name: str, choices) -> str:
-  """Checks a string hyperparameter against its choices (one-line ``ValueError``)."""
-  if not isinstance(value, str) or value not in choices:
-    raise ValueError(f"{owner}: `{name}` must be one of {tuple(choices)}, got {value!r}.")
-  return value
+    """Checks a string hyperparameter against its choices (one-line ``ValueError``)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{owner}: `{name}` must be one of {tuple(choices)}, got {value!r}.")
+    return value

@@ -6,8 +6,6 @@ same code serves classification ([B]) and segmentation ([B, H, W]) labels.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -21,167 +19,176 @@ ORDERS = ("rarest_largest", "frequent_largest")
 
 
 def class_ranks(class_counts: ArrayLike, *, order: str = "rarest_largest") -> jax.Array:
-  """Rank of every class by its training-sample count, 1..K.
+    """Rank of every class by its training-sample count, 1..K.
 
-  With ``order="rarest_largest"`` (the default, as in the abstract of Kato & Hotta 2021)
-  the most frequent class gets rank 1 and the rarest rank K; ``"frequent_largest"`` reverses
-  it (the direction one third-party port uses). Ties are broken by class index: among equal
-  counts the lower index is treated as the more frequent class.
+    With ``order="rarest_largest"`` (the default, as in the abstract of Kato & Hotta 2021)
+    the most frequent class gets rank 1 and the rarest rank K; ``"frequent_largest"`` reverses
+    it (the direction one third-party port uses). Ties are broken by class index: among equal
+    counts the lower index is treated as the more frequent class.
 
-  Args:
-    class_counts: [K] training-sample counts (positive).
-    order: ``"rarest_largest"`` or ``"frequent_largest"``.
+    Args:
+      class_counts: [K] training-sample counts (positive).
+      order: ``"rarest_largest"`` or ``"frequent_largest"``.
 
-  Returns:
-    int32 array [K] holding a permutation of 1..K.
+    Returns:
+      int32 array [K] holding a permutation of 1..K.
 
-  Example:
-    >>> import cce_jax
-    >>> cce_jax.labels.class_ranks([50, 5000, 500, 500]).tolist()
-    [4, 1, 2, 3]
-    >>> cce_jax.labels.class_ranks([50, 5000, 500, 500], order="frequent_largest").tolist()
-    [1, 4, 3, 2]
-  """
-  if order not in ORDERS:
-    raise ValueError(f"`order` must be one of {ORDERS}, got {order!r}.")
-  k = _validate.counts_length(class_counts)
-  counts = _validate.class_vector(class_counts, k, "class_counts", positive=True)
-  # Stable sort by decreasing count: position in that order is rank - 1.
-  by_frequency = jnp.argsort(-counts, stable=True)
-  ranks = jnp.zeros(k, jnp.int32).at[by_frequency].set(jnp.arange(1, k + 1, dtype=jnp.int32))
-  if order == "frequent_largest":
-    ranks = k + 1 - ranks
-  chex.assert_shape(ranks, (k,))
-  chex.assert_type(ranks, jnp.int32)
-  return ranks
+    Example:
+      >>> import cce_jax
+      >>> cce_jax.labels.class_ranks([50, 5000, 500, 500]).tolist()
+      [4, 1, 2, 3]
+      >>> cce_jax.labels.class_ranks([50, 5000, 500, 500], order="frequent_largest").tolist()
+      [1, 4, 3, 2]
+    """
+    if order not in ORDERS:
+        raise ValueError(f"`order` must be one of {ORDERS}, got {order!r}.")
+    k = _validate.counts_length(class_counts)
+    counts = _validate.class_vector(class_counts, k, "class_counts", positive=True)
+    # Stable sort by decreasing count: position in that order is rank - 1.
+    by_frequency = jnp.argsort(-counts, stable=True)
+    ranks = jnp.zeros(k, jnp.int32).at[by_frequency].set(jnp.arange(1, k + 1, dtype=jnp.int32))
+    if order == "frequent_largest":
+        ranks = k + 1 - ranks
+    chex.assert_shape(ranks, (k,))
+    chex.assert_type(ranks, jnp.int32)
+    return ranks
 
 
 def _outlying_label(label: jax.Array, values: jax.Array) -> jax.Array:
-  """Teacher vector of one example: ``values[label]`` at the true class, 0 elsewhere."""
-  hot = jnp.arange(values.shape[0]) == label
-  return jnp.where(hot, values, 0.0)
+    """Teacher vector of one example: ``values[label]`` at the true class, 0 elsewhere."""
+    hot = jnp.arange(values.shape[0]) == label
+    return jnp.where(hot, values, 0.0)
 
 
-def outlying_labels(labels: ArrayLike, class_counts: ArrayLike, *, alpha: float = 1.0,
-                    order: str = "rarest_largest") -> jax.Array:
-  r"""Outlying teacher labels of Kato & Hotta (2021), for any leading shape of `labels`.
+def outlying_labels(
+    labels: ArrayLike, class_counts: ArrayLike, *, alpha: float = 1.0, order: str = "rarest_largest"
+) -> jax.Array:
+    r"""Outlying teacher labels of Kato & Hotta (2021), for any leading shape of `labels`.
 
-  .. math::
-    t_j = 0 \quad (j \ne g), \qquad t_g = \alpha \, r(g)
+    .. math::
+      t_j = 0 \quad (j \ne g), \qquad t_g = \alpha \, r(g)
 
-  where ``r`` ranks the classes by training-sample count (:func:`class_ranks`): 1 for the most
-  frequent class up to K for the rarest, so rare classes get targets far from the origin.
-  Labels outside ``[0, K)`` get an all-zero vector (see :func:`check_labels`).
+    where ``r`` ranks the classes by training-sample count (:func:`class_ranks`): 1 for the most
+    frequent class up to K for the rarest, so rare classes get targets far from the origin.
+    Labels outside ``[0, K)`` get an all-zero vector (see :func:`check_labels`).
 
-  Args:
-    labels: integer class ids, any shape ``S``.
-    class_counts: [K] training-sample counts; K = ``len(class_counts)``.
-    alpha: scale of the outlying value (the paper's reported values: CIFAR-10 5, CIFAR-100 1).
-    order: rank direction, see :func:`class_ranks`.
+    Args:
+      labels: integer class ids, any shape ``S``.
+      class_counts: [K] training-sample counts; K = ``len(class_counts)``.
+      alpha: scale of the outlying value (the paper's reported values: CIFAR-10 5, CIFAR-100 1).
+      order: rank direction, see :func:`class_ranks`.
 
-  Returns:
-    float32 array of shape ``S + (K,)``.
+    Returns:
+      float32 array of shape ``S + (K,)``.
 
-  References:
-    Kato, Hotta. MSE Loss with Outlying Label for Imbalanced Classification.
-    arXiv:2107.02393, 2021.
+    References:
+      Kato, Hotta. MSE Loss with Outlying Label for Imbalanced Classification.
+      arXiv:2107.02393, 2021.
 
-  Example:
-    >>> import cce_jax
-    >>> cce_jax.labels.outlying_labels([0, 2], [500, 50, 5000], alpha=2.0).tolist()
-    [[4.0, 0.0, 0.0], [0.0, 0.0, 2.0]]
-  """
-  labels = jnp.asarray(labels)
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
-  values = alpha * class_ranks(class_counts, order=order).astype(jnp.float32)
-  flat = labels.reshape(-1)
-  out = jax.vmap(_outlying_label, in_axes=(0, None))(flat, values)
-  out = out.reshape(labels.shape + values.shape)
-  chex.assert_shape(out, labels.shape + (len(values),))
-  chex.assert_type(out, jnp.float32)
-  return out
-
-
-def check_labels(labels: ArrayLike, num_classes: int, *,
-                 where: Optional[ArrayLike] = None) -> None:
-  """Checks that every (unmasked) label is an integer class id in ``[0, num_classes)``.
-
-  The losses cannot raise inside ``jit`` on label *values*: they treat a label outside
-  ``[0, K)`` like a masked entry (loss 0, gradient 0), which is what an ignore index such as
-  255 in segmentation wants, and what hides a bug anywhere else. Data pipelines call this
-  check on their labels.
-
-  Eagerly (concrete arrays) it raises ``ValueError`` naming the bad values. Under ``jit`` it
-  adds a :mod:`jax.experimental.checkify` check: wrap the jitted function with
-  ``checkify.checkify`` and call ``err.throw()`` to raise.
-
-  Example:
-    >>> import cce_jax
-    >>> cce_jax.labels.check_labels([0, 1, 9], 10)
-    >>> cce_jax.labels.check_labels([0, 10, -1], 10)
-    Traceback (most recent call last):
-    ...
-    ValueError: 2 of 3 labels are outside [0, 10): first bad values [10, -1]
-  """
-  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-    raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
-  if not _validate.is_concrete(labels) or (where is not None and not _validate.is_concrete(where)):
+    Example:
+      >>> import cce_jax
+      >>> cce_jax.labels.outlying_labels([0, 2], [500, 50, 5000], alpha=2.0).tolist()
+      [[4.0, 0.0, 0.0], [0.0, 0.0, 2.0]]
+    """
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-      raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
-    bad = (labels < 0) | (labels >= num_classes)
+        raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
+    values = alpha * class_ranks(class_counts, order=order).astype(jnp.float32)
+    flat = labels.reshape(-1)
+    out = jax.vmap(_outlying_label, in_axes=(0, None))(flat, values)
+    out = out.reshape(labels.shape + values.shape)
+    chex.assert_shape(out, labels.shape + (len(values),))
+    chex.assert_type(out, jnp.float32)
+    return out
+
+
+def check_labels(labels: ArrayLike, num_classes: int, *, where: ArrayLike | None = None) -> None:
+    """Checks that every (unmasked) label is an integer class id in ``[0, num_classes)``.
+
+    The losses cannot raise inside ``jit`` on label *values*: they treat a label outside
+    ``[0, K)`` like a masked entry (loss 0, gradient 0), which is what an ignore index such as
+    255 in segmentation wants, and what hides a bug anywhere else. Data pipelines call this
+    check on their labels.
+
+    Eagerly (concrete arrays) it raises ``ValueError`` naming the bad values. Under ``jit`` it
+    adds a :mod:`jax.experimental.checkify` check: wrap the jitted function with
+    ``checkify.checkify`` and call ``err.throw()`` to raise.
+
+    Example:
+      >>> import cce_jax
+      >>> cce_jax.labels.check_labels([0, 1, 9], 10)
+      >>> cce_jax.labels.check_labels([0, 10, -1], 10)
+      Traceback (most recent call last):
+      ...
+      ValueError: 2 of 3 labels are outside [0, 10): first bad values [10, -1]
+    """
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, (int, np.integer))
+        or num_classes < 1
+    ):
+        raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
+    if not _validate.is_concrete(labels) or (
+        where is not None and not _validate.is_concrete(where)
+    ):
+        labels = jnp.asarray(labels)
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
+        bad = (labels < 0) | (labels >= num_classes)
+        if where is not None:
+            bad = bad & jnp.asarray(where)
+        checkify.check(~jnp.any(bad), f"labels outside [0, {num_classes})")
+        return
+    host = np.asarray(labels)
+    if not np.issubdtype(host.dtype, np.integer):
+        raise TypeError(f"`labels` must hold integer class ids, got dtype {host.dtype}.")
+    bad = (host < 0) | (host >= num_classes)
     if where is not None:
-      bad = bad & jnp.asarray(where)
-    checkify.check(~jnp.any(bad), f"labels outside [0, {num_classes})")
-    return
-  host = np.asarray(labels)
-  if not np.issubdtype(host.dtype, np.integer):
-    raise TypeError(f"`labels` must hold integer class ids, got dtype {host.dtype}.")
-  bad = (host < 0) | (host >= num_classes)
-  if where is not None:
-    where_host = np.asarray(where, dtype=bool)
-    if where_host.shape != host.shape:
-      raise ValueError(f"`where` has shape {where_host.shape}, labels {host.shape}.")
-    bad &= where_host
-  if bad.any():
-    raise ValueError(
-        f"{int(bad.sum())} of {host.size} labels are outside [0, {num_classes}): "
-        f"first bad values {host[bad][:5].tolist()}")
+        where_host = np.asarray(where, dtype=bool)
+        if where_host.shape != host.shape:
+            raise ValueError(f"`where` has shape {where_host.shape}, labels {host.shape}.")
+        bad &= where_host
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} of {host.size} labels are outside [0, {num_classes}): "
+            f"first bad values {host[bad][:5].tolist()}"
+        )
 
 
 def check_class_counts(class_counts: ArrayLike, *, integer: bool = False) -> None:
-  """Checks per-class counts: finite and ``> 0`` (and whole numbers with ``integer=True``).
+    """Checks per-class counts: finite and ``> 0`` (and whole numbers with ``integer=True``).
 
-  The losses check ``class_counts`` when they are concrete (a list, a numpy array, or the array
-  :func:`cce_jax.losses.get` holds). A *traced* ``class_counts`` (an argument of a jitted
-  function) cannot be checked inside ``jit`` without :mod:`jax.experimental.checkify`; there
-  a negative count gives NaN. Call this check on such counts: eagerly it raises
-  ``ValueError``; under ``jit`` it adds a checkify check (wrap the function with
-  ``checkify.checkify`` and call ``err.throw()``).
+    The losses check ``class_counts`` when they are concrete (a list, a numpy array, or the array
+    :func:`cce_jax.losses.get` holds). A *traced* ``class_counts`` (an argument of a jitted
+    function) cannot be checked inside ``jit`` without :mod:`jax.experimental.checkify`; there
+    a negative count gives NaN. Call this check on such counts: eagerly it raises
+    ``ValueError``; under ``jit`` it adds a checkify check (wrap the function with
+    ``checkify.checkify`` and call ``err.throw()``).
 
-  Float counts are accepted (every loss but :func:`cce_jax.losses.class_balanced_weights`
-  depends only on the ratios of the counts); ``integer=True`` also refuses non-integer values.
+    Float counts are accepted (every loss but :func:`cce_jax.losses.class_balanced_weights`
+    depends only on the ratios of the counts); ``integer=True`` also refuses non-integer values.
 
-  Example:
-    >>> import cce_jax
-    >>> cce_jax.labels.check_class_counts([5000, 50])
-    >>> cce_jax.labels.check_class_counts([5000, -1])
-    Traceback (most recent call last):
-    ...
-    ValueError: every entry of `class_counts` must be > 0, got [5000.0, -1.0].
-  """
-  k = _validate.counts_length(class_counts)
-  if _validate.is_concrete(class_counts):
-    _validate.class_vector(class_counts, k, "class_counts", positive=True)
-    host = np.asarray(class_counts, np.float64)
-    if integer and np.any(host != np.round(host)):
-      raise ValueError(f"`class_counts` must be whole numbers, got {host.tolist()}.")
-    return
-  counts = jnp.asarray(class_counts)
-  if not (jnp.issubdtype(counts.dtype, jnp.integer) or jnp.issubdtype(counts.dtype, jnp.floating)):
-    raise TypeError(f"`class_counts` must be numeric, got dtype {counts.dtype}.")
-  ok = jnp.all(jnp.isfinite(counts) & (counts > 0))
-  checkify.check(ok, "class_counts must be finite and > 0")
-  if integer:
-    checkify.check(jnp.all(counts == jnp.round(counts)), "class_counts must be whole numbers")
+    Example:
+      >>> import cce_jax
+      >>> cce_jax.labels.check_class_counts([5000, 50])
+      >>> cce_jax.labels.check_class_counts([5000, -1])
+      Traceback (most recent call last):
+      ...
+      ValueError: every entry of `class_counts` must be > 0, got [5000.0, -1.0].
+    """
+    k = _validate.counts_length(class_counts)
+    if _validate.is_concrete(class_counts):
+        _validate.class_vector(class_counts, k, "class_counts", positive=True)
+        host = np.asarray(class_counts, np.float64)
+        if integer and np.any(host != np.round(host)):
+            raise ValueError(f"`class_counts` must be whole numbers, got {host.tolist()}.")
+        return
+    counts = jnp.asarray(class_counts)
+    if not (
+        jnp.issubdtype(counts.dtype, jnp.integer) or jnp.issubdtype(counts.dtype, jnp.floating)
+    ):
+        raise TypeError(f"`class_counts` must be numeric, got dtype {counts.dtype}.")
+    ok = jnp.all(jnp.isfinite(counts) & (counts > 0))
+    checkify.check(ok, "class_counts must be finite and > 0")
+    if integer:
+        checkify.check(jnp.all(counts == jnp.round(counts)), "class_counts must be whole numbers")
