@@ -25,6 +25,10 @@ import json
 import os
 import time
 
+# Before TensorFlow/JAX load: no oneDNN/absl start-up chatter (a user's own setting wins).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 import numpy as np
 
 
