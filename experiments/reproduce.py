@@ -150,7 +150,7 @@ SUITES = {
         "config": "experiments/configs/digits_lt.py",
         "quick_config": "experiments/configs/digits_lt.py",
         "profile": "exp",
-        "ratios": (20,),
+        "ratios": (50,),
         "losses": ("ce", "cce_paper", "cce_code", "mse_ol", "la", "bs"),
         "seeds": (0, 1),
         "jobs": "cpu_cores",
