@@ -686,7 +686,10 @@ def protocol_lines(rows: list[dict]) -> list[str]:
         f"{max(r['class_counts'])} per class)"
         for r in {r["ratio"]: r for r in done}.values()
     )
-    lines.append(f"- Data: `{source}`{name}, {data['profile']} profile; training split {train}.")
+    pipeline = f", {data['pipeline']} pipeline" if data.get("pipeline") else ""
+    lines.append(
+        f"- Data: `{source}`{name}{pipeline}, {data['profile']} profile; training split {train}."
+    )
     num_test = done[0].get("num_test")
     test_counts = _counts_text(done[0].get("test_class_counts"))
     if data.get("max_test") is None:
@@ -892,6 +895,7 @@ class Unit:
         return f"{self.loss} r{self.ratio:g} seed{'s' if self.vmap else ''} {s}"
 
 
+@functools.cache
 def _default_backend() -> str:
     """jax.default_backend() of a fresh process (this one never touches the accelerator)."""
     try:
@@ -1294,7 +1298,12 @@ def _run(args, argv, extra, t_start) -> int:
             flush=True,
         )
     if failed:
-        print(f"{len(failed)} of {n_total} runs failed", file=sys.stderr, flush=True)
+        print(
+            f"{len(failed)} of {n_total} runs failed (a diverged run, with failure.json, is not "
+            "retried: delete its folder to retry)",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     return 0
 

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ ARCHIVE = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
 
 # A stand-in for experiments.train. FAKE_PLAN (JSON in the environment) picks the behaviour per
 # loss name: "crash" (exit 1 with an error line), "diverge" (failure.json, exit 3), "stop_once"
-# (with a deadline: exit 75 the first time, finish when rerun).
+# (with a deadline: exit 75 the first time, finish when rerun), "hang" (ignore the deadline).
 FAKE_TRAIN = r"""
 import json, os, sys
 from experiments import reproduce
@@ -43,6 +44,10 @@ def write(path, obj):
 with open(os.path.join(workdir, "calls.txt"), "a") as f:
     f.write(json.dumps(argv) + "\n")
 write(os.path.join(workdir, "config.json"), cfg)
+if loss in plan.get("hang", []):  # a trainer that ignores the deadline
+    import time
+
+    time.sleep(120)
 if loss in plan.get("crash", []):
     print("error: boom in " + loss, flush=True)
     sys.exit(1)
@@ -403,7 +408,7 @@ def test_max_minutes_deadline_stop_and_resume(fake, capsys):
         for a in json.loads(calls[0])
         if a.startswith("--config.deadline=")
     ]
-    assert len(deadline) == 1 and 0 < deadline[0] - __import__("time").time() < 300
+    assert len(deadline) == 1 and 0 < deadline[0] - time.time() < 300
     assert not (fake.root / "r10" / "la").exists()  # no new run after the stop
     # The same command resumes and finishes (the deadline differs: run control, not a clash).
     assert fake("--losses=ce,la", "--max_minutes=5", plan={"stop_once": ["ce"]}) == 0
@@ -414,6 +419,17 @@ def test_max_minutes_deadline_stop_and_resume(fake, capsys):
     assert fake("--losses=ce,la", "--seeds=5", "--max_minutes=0.5") == 0
     assert "time budget reached: 0 runs finished, 2 left" in capsys.readouterr().out
     assert not (fake.root / "r10" / "ce" / "seed5").exists()
+
+
+def test_a_run_past_the_budget_is_stopped(fake, capsys, monkeypatch):
+    # The safety net: a run still going at the end of --max_minutes is terminated and counted
+    # as left (resumable), not as failed.
+    monkeypatch.setattr(reproduce, "MIN_START_S", 0.0)
+    t0 = time.time()
+    assert fake("--losses=la", "--max_minutes=0.1", plan={"hang": ["la"]}) == 0
+    assert time.time() - t0 < 60
+    out = capsys.readouterr().out
+    assert "stopped" in out and "time budget reached: 0 runs finished, 1 left" in out
 
 
 def test_vmap_seeds_layout_is_collected(fake, capsys):
