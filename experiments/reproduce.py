@@ -1075,20 +1075,25 @@ def _run(args, argv, extra, t_start) -> int:
     has_quick = suite["quick_config"] != suite["config"]
     name = args.suite + ("_quick" if args.quick and has_quick else "")
     config_path = suite["quick_config"] if args.quick else suite["config"]
-    seeds = (
-        [int(s) for s in args.seeds.split(",") if s.strip()]
-        if args.seeds
-        else list(suite.get("seeds", (0, 1, 2)))
-    )
+    try:
+        seeds = (
+            [int(s) for s in args.seeds.split(",") if s.strip()]
+            if args.seeds
+            else list(suite.get("seeds", (0, 1, 2)))
+        )
+        ratios = (
+            [float(r) for r in args.ratios.split(",")]
+            if args.ratios
+            else [float(r) for r in suite["ratios"]]
+        )
+    except ValueError as e:
+        _parser().error(f"--seeds takes integers and --ratios numbers, comma-separated: {e}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        _parser().error(f"--max_minutes must be > 0, got {args.max_minutes}")
     losses = args.losses.split(",") if args.losses else list(suite["losses"])
     unknown = sorted(set(losses) - set(LOSSES))
     if unknown:
         _parser().error(f"unknown loss variant(s) {unknown}; known: {', '.join(LOSSES)}")
-    ratios = (
-        [float(r) for r in args.ratios.split(",")]
-        if args.ratios
-        else [float(r) for r in suite["ratios"]]
-    )
     workdir = os.path.abspath(
         os.path.expanduser(args.workdir or suite.get("workdir", "runs/reproduce"))
     )
