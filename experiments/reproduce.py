@@ -1174,7 +1174,8 @@ def _run(args, argv, extra, t_start) -> int:
     jobs = args.jobs
     if jobs is None:
         jobs = min(2, os.cpu_count() or 1) if suite.get("jobs") == "cpu_cores" else 1
-        if jobs > 1 and _default_backend() != "cpu":
+        nothing_to_do = all(not m for _, _, m in todo)
+        if jobs > 1 and not nothing_to_do and _default_backend() != "cpu":
             jobs = 1  # one accelerator: one program at a time
     jobs = max(1, int(jobs))
 
