@@ -1,40 +1,112 @@
-"""Runs a grid of experiments.train runs and writes a table (mean +- sd over seeds) and plots.
+"""Runs a grid of experiments.train runs and writes a table (mean ± sd over seeds) and plots.
 
-  python -m experiments.reproduce --suite=cifar10_lt [--quick] [--seeds=0,1,2] \
-      [--workdir=runs/reproduce] [--losses=ce,cce_paper] [--ratios=100] \
-      [--source=cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz]
+  python -m experiments.reproduce --suite=digits               # the first command: ~3 min, CPU
+  python -m experiments.reproduce --suite=cifar10_lt [--quick] [--seeds=0,1,2] \\
+      [--workdir=runs/reproduce] [--results_dir=DIR] [--losses=ce,cce_paper] [--ratios=100] \\
+      [--source=cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz] [--max_minutes=M] \\
+      [--vmap_seeds=auto|true|false] [--jobs=N] [--config.KEY=VALUE ...]
 
-Every run is ``python -m experiments.train`` in a subprocess with its own workdir
-``WORKDIR/SUITE[_quick]/r{ratio}/{loss}/seed{seed}``. A run whose ``summary.json`` exists is
-skipped and an interrupted run resumes from its checkpoint, so the whole command can be
-interrupted and started again. After every finished run the report is rewritten:
-``experiments/results/SUITE[_quick].md`` and ``.json`` (per loss and ratio: mean +- sd over
-seeds of top-1 error, balanced accuracy, many/medium/few-shot accuracy, macro-F1), plus
-``..._per_class_r{ratio}.png`` (per-class accuracy against class size, one line per loss)
-and ``..._vs_ratio.png`` (balanced accuracy against the imbalance ratio).
+Every run is ``python -m experiments.train`` in a subprocess (cwd: the repo root) with its own
+workdir ``WORKDIR/SUITE[_quick]/r{ratio}/{loss}/seed{seed}``, or, with ``--vmap_seeds``, one
+program for all seeds of a (loss, ratio) in ``.../r{ratio}/{loss}/seeds_0_1_2`` whose models
+write ``seeds_0_1_2/seed_<s>/summary.json``; the table reads both layouts. The output of each
+run goes to ``train.log`` in its workdir (and to the console when ``--jobs=1``).
+``--config.KEY=VALUE`` flags are passed to every run.
 
-The seed sets both the initialisation/data order (``config.seed``) and which training
-examples survive the imbalance (``config.data.subset_seed``).
+**Reuse is checked.** A run folder is reused (skipped when finished, resumed when not) only if
+its stored ``config.json`` equals the config this command asks for, as experiments.train would
+build it (config file, the same ``--config.*`` flags, ``--loss_hparam``); only the trainer's
+run-control keys (``cce_jax.training.RUN_CONTROL_KEYS``, e.g. ``num_epochs``, ``deadline``)
+may differ. Otherwise the command stops before running anything with one ``error:`` line
+naming the folder and the differing keys (exit 2): use another ``--workdir``.
+
+**Failures are reported, not hidden.** A run that diverges (exit 3, ``failure.json``) or fails
+otherwise is counted in the table's "failed" column and listed with its reason; the other runs
+go on; the command exits 1 at the end if any run of the grid failed. A diverged run is not
+retried (delete its folder to retry); a run that failed otherwise is retried on the next call.
+
+**Time budget.** ``--max_minutes=M`` gives every run ``--config.deadline`` (30 s, or 10% for
+short budgets, before M minutes from the start of this command), so the trainer checkpoints
+and exits 75 before an epoch would pass it; no new run starts with less than ``MIN_START_S``
+left; then it prints "time budget reached: N runs finished, M left; rerun the same command to
+continue" and exits 0. Rerunning resumes every run from its checkpoint. One command per
+accelerator lease (or preemptible VM slot) therefore makes steady progress.
+
+**Seeds.** The seed sets the initialisation, the data order and which training examples survive
+the imbalance (``config.seed`` and ``config.data.subset_seed``). ``--vmap_seeds`` (default
+``auto``: true when ``jax.default_backend()`` is gpu or tpu, false on cpu, where a vmap over
+seeds measured no gain) trains the missing seeds of a (loss, ratio) in one program with
+``--config.seeds``. ``--jobs=N`` runs N train programs at the same time (default: 1; the
+digits suite uses 2 on a CPU with 2+ cores, compile-bound start-ups overlap well there).
+Every run gets ``JAX_COMPILATION_CACHE_DIR=WORKDIR/jax_cache`` unless set: the second seed of
+a loss reuses the first one's compiled train step.
+
+**Where the files go.** The report (``SUITE[_quick].md`` with a ``.json`` twin (strict JSON,
+NaN as null), ``..._per_class_r{ratio}.png``: per-class accuracy against class size, and, for
+2+ ratios, ``..._vs_ratio.png``) is rewritten after every finished run and the table is printed
+at the end.
+
+* ``--suite=digits`` and ``--suite=tiny`` (demo and smoke grids) keep everything outside the
+  checkout: ``--workdir`` defaults to ``$TMPDIR/cce_jax_digits`` (or ``.../cce_jax_tiny``) and
+  ``--results_dir`` to ``WORKDIR/results``. They take minutes to redo, so the temporary
+  directory is the right home: a fresh clone stays clean (``git status``), a read-only or
+  installed checkout works, and nothing piles up in the home directory of a shared machine.
+* ``--suite=cifar10_lt`` / ``cifar10_step`` (hours to days of compute) default to
+  ``--workdir=runs/reproduce`` and write their report into ``experiments/results/`` of the
+  checkout: those are the committed tables. Give ``--results_dir`` to write elsewhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import dataclasses
 import datetime
-import importlib.util
+import functools
+import glob
 import json
+import math
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import warnings
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
 OFFLINE_SOURCE = "cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz"
+
+# The train program; tests substitute a fake one (see tests/test_reproduce.py).
+TRAIN_COMMAND = (sys.executable, "-m", "experiments.train")
+# Exit codes of experiments.train (cce_jax.training.EXIT_*).
+EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_DEADLINE = 2, 3, 75
+# With --max_minutes: no run starts with less time than this before its deadline.
+MIN_START_S = 45.0
+# The trainer's run-control keys, used only if cce_jax.training does not export them.
+# TODO: drop once every supported trainer exports cce_jax.training.RUN_CONTROL_KEYS.
+_FALLBACK_RUN_CONTROL_KEYS = frozenset(
+    {
+        "num_epochs",
+        "stop_after_epoch",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "progress",
+        "distributed",
+        "deadline",
+        "data.cache_dir",
+        "data.data_dir",
+        "data.download",
+    }
+)
 
 # Loss variants: the trainer's loss name, its hyperparameters and other config overrides.
 # ``drw`` is the fraction of the epochs after which DRW switches class-balanced weights on
@@ -43,8 +115,12 @@ LOSSES = {
     "ce": {"loss": "ce"},
     "focal": {"loss": "focal", "hparams": {"gamma": 2.0}},
     "cb_focal": {"loss": "cb_focal", "hparams": {"beta": 0.9999, "gamma": 2.0}},
-    "ldam_drw": {"loss": "ldam", "hparams": {"max_margin": 0.5, "scale": 30.0},
-                 "cosine_head": True, "drw": 0.8},
+    "ldam_drw": {
+        "loss": "ldam",
+        "hparams": {"max_margin": 0.5, "scale": 30.0},
+        "cosine_head": True,
+        "drw": 0.8,
+    },
     "la": {"loss": "la", "hparams": {"tau": 1.0}},
     "bs": {"loss": "bs"},
     "cot": {"loss": "cot"},
@@ -53,272 +129,1211 @@ LOSSES = {
     "mse_ol": {"loss": "mse_ol", "hparams": {"alpha": 5.0}},
 }
 # The order runs are made in: the losses the quick protocol must cover come first.
-PRIORITY = ("ce", "cce_paper", "cce_code", "mse_ol", "ldam_drw", "la", "bs", "focal",
-            "cb_focal", "cot")
+PRIORITY = (
+    "ce",
+    "cce_paper",
+    "cce_code",
+    "mse_ol",
+    "ldam_drw",
+    "la",
+    "bs",
+    "focal",
+    "cb_focal",
+    "cot",
+)
 
+_TMP = tempfile.gettempdir()
 SUITES = {
-    "cifar10_lt": {"config": "experiments/configs/cifar10_lt.py",
-                   "quick_config": "experiments/configs/cifar10_lt_quick.py",
-                   "profile": "exp", "ratios": (100, 10), "losses": PRIORITY},
-    "cifar10_step": {"config": "experiments/configs/cifar10_lt.py",
-                     "quick_config": "experiments/configs/cifar10_lt_quick.py",
-                     "profile": "step", "ratios": (100, 10), "losses": PRIORITY},
+    # The README's first command: six losses on imbalanced 8x8 digits, 2 seeds, ~3 min on
+    # 2 CPU cores (see experiments/configs/digits_lt.py for the protocol and measurements).
+    "digits": {
+        "config": "experiments/configs/digits_lt.py",
+        "quick_config": "experiments/configs/digits_lt.py",
+        "profile": "exp",
+        "ratios": (50,),
+        "losses": ("ce", "cce_paper", "cce_code", "mse_ol", "la", "bs"),
+        "seeds": (0, 1),
+        "jobs": "cpu_cores",
+        "workdir": os.path.join(_TMP, "cce_jax_digits"),
+        "results": "workdir",
+        "label": "imbalanced 8x8 digits, a quick comparison of the losses (small "
+        "protocol for a CPU, not a paper protocol)",
+    },
+    "cifar10_lt": {
+        "config": "experiments/configs/cifar10_lt.py",
+        "quick_config": "experiments/configs/cifar10_lt_quick.py",
+        "profile": "exp",
+        "ratios": (100, 10),
+        "losses": PRIORITY,
+    },
+    "cifar10_step": {
+        "config": "experiments/configs/cifar10_lt.py",
+        "quick_config": "experiments/configs/cifar10_lt_quick.py",
+        "profile": "step",
+        "ratios": (100, 10),
+        "losses": PRIORITY,
+    },
     # Two losses, two ratios, one epoch of the tiny config: the CI test of this script.
-    "tiny": {"config": "experiments/configs/tiny.py", "quick_config": "experiments/configs/tiny.py",
-             "profile": "exp", "ratios": (10, 2), "losses": ("ce", "cce_paper"),
-             "overrides": {"num_epochs": 1}},
+    "tiny": {
+        "config": "experiments/configs/tiny.py",
+        "quick_config": "experiments/configs/tiny.py",
+        "profile": "exp",
+        "ratios": (10, 2),
+        "losses": ("ce", "cce_paper"),
+        "overrides": {"num_epochs": 1},
+        "workdir": os.path.join(_TMP, "cce_jax_tiny"),
+        "results": "workdir",
+        "label": "CI smoke grid",
+    },
 }
-METRICS = (("top1_error", "top-1 error %"), ("balanced_accuracy", "balanced acc %"),
-           ("many", "many %"), ("medium", "medium %"), ("few", "few %"),
-           ("macro_f1", "macro-F1 %"))
+METRICS = (
+    ("top1_error", "top-1 error %"),
+    ("balanced_accuracy", "balanced acc %"),
+    ("many", "many %"),
+    ("medium", "medium %"),
+    ("few", "few %"),
+    ("macro_f1", "macro-F1 %"),
+)
 
 
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("_reproduce_config", os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(spec)
-  if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-  spec.loader.exec_module(module)
-  return module.get_config()
+class ReproduceError(Exception):
+    """A problem reported as one ``error:`` line (exit 2) before anything runs."""
 
 
-def run_args(suite: dict, config_path: str, loss: str, ratio: float, seed: int,
-             num_epochs: int, source: str | None) -> list[str]:
-  """The experiments.train flags of one run of the grid."""
-  spec = LOSSES[loss]
-  args = [f"--config={config_path}", f"--config.loss.name={spec['loss']}",
-          f"--config.seed={seed}", f"--config.data.subset_seed={seed}",
-          f"--config.data.profile={suite['profile']}", f"--config.data.ratio={float(ratio)}",
-          "--config.progress=False"]
-  for key, value in suite.get("overrides", {}).items():
-    args.append(f"--config.{key}={value}")
-  if source:
-    args.append(f"--config.data.source={source}")
-  if spec.get("cosine_head"):
-    args.append("--config.model.cosine_head=True")
-  if spec.get("drw"):
-    args.append(f"--config.loss.drw_epoch={int(round(spec['drw'] * num_epochs))}")
-  for key, value in spec.get("hparams", {}).items():
-    args.append(f"--loss_hparam={key}={value}")
-  return args
+# --------------------------------------------------------------------------- configs
+
+
+@functools.lru_cache(maxsize=None)
+def ignored_keys() -> frozenset:
+    """Config keys that may differ between a stored run and the request (run control)."""
+    try:
+        from cce_jax.training import RUN_CONTROL_KEYS
+    except ImportError:
+        RUN_CONTROL_KEYS = _FALLBACK_RUN_CONTROL_KEYS
+    return frozenset(RUN_CONTROL_KEYS) | {"deadline"}
+
+
+def _train_module():
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    try:
+        from experiments import train
+    except Exception:  # a trainer that does not import: use the fallbacks
+        return None
+    return train
+
+
+def _parse_value(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@contextlib.contextmanager
+def _cwd(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+_CONFIG_CACHE: dict = {}
+
+
+def build_config(train_flags) -> dict:
+    """The config experiments.train builds from ``train_flags``, as plain JSON data.
+
+    Parses the same flags the subprocess gets (``--config=FILE``, ``--config.KEY=VALUE``,
+    ``--loss_hparam=KEY=VALUE``, ``--workdir``) with ``ml_collections.config_flags`` on a
+    private ``absl.flags.FlagValues``, from the repo root, like the trainer.
+
+    Args:
+      train_flags: the experiments.train flags of one run.
+
+    Returns:
+      The config as a dict (what the trainer stores in ``config.json``).
+
+    Raises:
+      ReproduceError: the flags or the config file are bad.
+    """
+    key = tuple(train_flags)
+    if key in _CONFIG_CACHE:
+        return json.loads(_CONFIG_CACHE[key])
+    from absl import flags as absl_flags
+    from ml_collections import config_flags
+
+    train = _train_module()
+    parse_hparam = getattr(train, "_parse_hparam", None)
+    resolve = getattr(train, "resolve_data_paths", None)
+    argv = ["experiments.train", *train_flags]
+    fv = absl_flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "config file", flag_values=fv, lock_config=True, sys_argv=argv
+    )
+    absl_flags.DEFINE_multi_string("loss_hparam", [], "KEY=VALUE", flag_values=fv)
+    absl_flags.DEFINE_string("workdir", None, "workdir", flag_values=fv)
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    with _cwd(REPO):
+        try:
+            fv(argv)
+            config = fv.config
+            if fv.loss_hparam:
+                with config.unlocked():
+                    for text in fv.loss_hparam:
+                        if parse_hparam is not None:
+                            name, value = parse_hparam(text)
+                        else:
+                            name, value = text.split("=", 1)
+                            name, value = name.strip(), _parse_value(value)
+                        config.loss.hparams[name] = value
+            if resolve is not None:
+                config = resolve(config)
+            text = config.to_json_best_effort(sort_keys=True)
+        except Exception as e:  # absl/ml_collections raise many kinds
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ReproduceError(f"bad run flags {' '.join(train_flags)}: {msg}") from e
+    _CONFIG_CACHE[key] = text
+    return json.loads(text)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (empty dicts stay leaves)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(stored: dict, requested: dict, ignore=()) -> list[str]:
+    """``key: stored X vs requested Y`` for each key that differs beyond run control."""
+    a, b = flatten(stored), flatten(requested)
+    skip = ignored_keys() | set(ignore)
+    missing = "<missing>"
+    keys = sorted(
+        k for k in set(a) | set(b) if k not in skip and a.get(k, missing) != b.get(k, missing)
+    )
+    return [f"{k}: stored {a.get(k, missing)!r} vs requested {b.get(k, missing)!r}" for k in keys]
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+def run_args(
+    suite: dict,
+    config_path: str,
+    loss: str,
+    ratio: float,
+    seed: int | None,
+    num_epochs: int,
+    source: str | None,
+    *,
+    seeds=None,
+    extra=(),
+) -> list[str]:
+    """The experiments.train flags of one run of the grid (without ``--workdir``).
+
+    ``seeds``: several seeds in one program (``--config.seeds``); then ``seed`` is unused.
+    """
+    spec = LOSSES[loss]
+    path = config_path if os.path.isabs(config_path) else os.path.join(REPO, config_path)
+    args = [f"--config={path}", f"--config.loss.name={spec['loss']}"]
+    if seeds:
+        args.append(f"--config.seeds=({','.join(str(int(s)) for s in seeds)},)")
+    else:
+        args += [f"--config.seed={seed}", f"--config.data.subset_seed={seed}"]
+    args += [
+        f"--config.data.profile={suite['profile']}",
+        f"--config.data.ratio={float(ratio)}",
+        "--config.progress=False",
+    ]
+    for key, value in suite.get("overrides", {}).items():
+        args.append(f"--config.{key}={value}")
+    if source:
+        args.append(f"--config.data.source={source}")
+    if spec.get("cosine_head"):
+        args.append("--config.model.cosine_head=True")
+    if spec.get("drw"):
+        args.append(f"--config.loss.drw_epoch={int(round(spec['drw'] * num_epochs))}")
+    args += list(extra)
+    for key, value in spec.get("hparams", {}).items():
+        args.append(f"--loss_hparam={key}={value}")
+    return args
+
+
+def _loss_dir(root, loss, ratio):
+    return os.path.join(root, f"r{float(ratio):g}", loss)
+
+
+def vmap_dir_name(seeds) -> str:
+    return "seeds_" + "_".join(str(int(s)) for s in seeds)
+
+
+def _vmap_dirs(root, loss, ratio, seed):
+    """The ``seeds_*`` program folders of (loss, ratio) that trained ``seed``."""
+    out = []
+    for d in sorted(glob.glob(os.path.join(_loss_dir(root, loss, ratio), "seeds_*"))):
+        try:
+            members = [int(s) for s in os.path.basename(d)[len("seeds_") :].split("_")]
+        except ValueError:
+            continue
+        if int(seed) in members:
+            out.append(d)
+    return out
+
+
+def seed_dirs(root, loss, ratio, seed) -> list[tuple[str, str | None]]:
+    """Where a model of (loss, ratio, seed) may live: (model folder, program folder or None)."""
+    out = [(os.path.join(_loss_dir(root, loss, ratio), f"seed{seed}"), None)]
+    out += [(os.path.join(d, f"seed_{seed}"), d) for d in _vmap_dirs(root, loss, ratio, seed)]
+    return out
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def seed_status(root, loss, ratio, seed) -> tuple[str, str | None, dict | None]:
+    """("done", folder, summary) | ("failed", folder, failure) | ("todo", None, None)."""
+    failed = None
+    for d, program in seed_dirs(root, loss, ratio, seed):
+        summary = _read_json(os.path.join(d, "summary.json"))
+        if summary is not None:
+            return "done", d, summary
+        for f in (
+            os.path.join(d, "failure.json"),
+            os.path.join(program, "failure.json") if program else None,
+        ):
+            failure = _read_json(f) if f else None
+            if failure is not None and failed is None:
+                failed = (os.path.dirname(f), failure)
+    if failed:
+        return "failed", failed[0], failed[1]
+    return "todo", None, None
+
+
+def _failure_reason(failure: dict) -> str:
+    reason = str(failure.get("reason", "failed"))
+    where = [f"{k} {failure[k]}" for k in ("epoch", "step") if failure.get(k) is not None]
+    return reason + (f" ({', '.join(where)})" if where else "")
+
+
+def _nanmean(rows):
+    """Mean over seeds per class; None (no test example) stays NaN, later null in JSON."""
+    arr = np.array([[np.nan if a is None else a for a in r] for r in rows], dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        return np.nanmean(arr, 0).tolist()
 
 
 def _mean_sd(values):
-  values = [v for v in values if v is not None]
-  if not values:
-    return None, None
-  sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
-  return float(np.mean(values)), sd
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return float(np.mean(values)), sd
 
 
 def _row_metrics(summary: dict) -> dict:
-  pct = lambda x: None if x is None else 100.0 * x
-  return {"top1_error": pct(1.0 - summary["test_top1"]),
-          "balanced_accuracy": pct(summary["test_balanced_accuracy"]),
-          "many": pct(summary.get("test_many")), "medium": pct(summary.get("test_medium")),
-          "few": pct(summary.get("test_few")), "macro_f1": pct(summary.get("test_macro_f1"))}
+    def pct(x):
+        return None if x is None else 100.0 * x
+
+    top1 = summary.get("test_top1")
+    return {
+        "top1_error": None if top1 is None else pct(1.0 - top1),
+        "balanced_accuracy": pct(summary.get("test_balanced_accuracy")),
+        "many": pct(summary.get("test_many")),
+        "medium": pct(summary.get("test_medium")),
+        "few": pct(summary.get("test_few")),
+        "macro_f1": pct(summary.get("test_macro_f1")),
+    }
 
 
-def collect(root: str, losses, ratios, seeds) -> list[dict]:
-  """One entry per (loss, ratio) with the finished seeds' metrics."""
-  rows = []
-  for ratio in ratios:
-    for loss in losses:
-      runs = []
-      for seed in seeds:
-        path = os.path.join(root, f"r{ratio:g}", loss, f"seed{seed}", "summary.json")
-        if os.path.exists(path):
-          with open(path) as f:
-            runs.append(json.load(f))
-      if not runs:
-        continue
-      per_seed = [_row_metrics(s) for s in runs]
-      stats = {name: _mean_sd([m[name] for m in per_seed]) for name, _ in METRICS}
-      rows.append({
-          "loss": loss, "ratio": ratio, "seeds": [s["config"]["seed"] for s in runs],
-          "stats": {k: {"mean": v[0], "sd": v[1]} for k, v in stats.items()},
-          "per_seed": per_seed,
-          "class_counts": runs[0]["class_counts"],
-          "per_class_accuracy": np.mean([s["per_class_accuracy"] for s in runs], 0).tolist(),
-          "wall_time_s": float(np.sum([s["wall_time_s"] for s in runs])),
-          "num_train": int(np.sum(runs[0]["class_counts"])),
-          "config": runs[0]["config"], "versions": runs[0].get("versions"),
-          "device": {k: runs[0].get(k) for k in ("device_count", "process_count",
-                                                 "device_kind", "platform") if k in runs[0]},
-      })
-  return rows
+def posthoc_best(summaries: list[dict]) -> dict | None:
+    """Post-hoc logit adjustment: the tau with the best mean balanced accuracy over seeds.
+
+    Args:
+      summaries: per-seed summaries; those without ``posthoc_logit_adjustment`` are skipped.
+
+    Returns:
+      ``{"tau", "mean", "sd", "per_seed", "tau0_mean", "num_seeds"}`` (balanced accuracy in %),
+      or None when no summary has the list.
+    """
+    tables = []
+    for s in summaries:
+        rows = s.get("posthoc_logit_adjustment") or []
+        table = {float(r["tau"]): r.get("balanced_accuracy") for r in rows if "tau" in r}
+        if table:
+            tables.append(table)
+    if not tables:
+        return None
+    taus = sorted(set.intersection(*(set(t) for t in tables)))
+    best = None
+    for tau in taus:
+        vals = [100.0 * t[tau] for t in tables if t[tau] is not None]
+        mean, sd = _mean_sd(vals)
+        if mean is not None and (best is None or mean > best["mean"] + 1e-12):
+            best = {"tau": tau, "mean": mean, "sd": sd, "per_seed": vals}
+    if best is None:
+        return None
+    best["tau0_mean"] = _mean_sd([100.0 * t[0.0] for t in tables if t.get(0.0) is not None])[0]
+    best["num_seeds"] = len(tables)
+    return best
+
+
+def collect(root: str, losses, ratios, seeds, *, expected=None, extra_failures=None) -> list[dict]:
+    """One entry per (loss, ratio) with the finished seeds' metrics and the failed seeds.
+
+    Args:
+      root: the suite's run folder (``WORKDIR/SUITE``).
+      losses, ratios, seeds: the grid.
+      expected: optional ``f(loss, ratio, seed) -> config dict``; a finished run whose stored
+        config differs (beyond run control) raises :class:`ReproduceError`.
+      extra_failures: ``{(loss, ratio, seed): (folder, reason)}`` of failures of this call
+        that left no ``failure.json`` (crashes, bad flags).
+
+    Returns:
+      Rows with ``stats`` (mean/sd of each metric in %), ``posthoc``, ``failed`` and more.
+    """
+    extra_failures = extra_failures or {}
+    rows = []
+    for ratio in ratios:
+        for loss in losses:
+            runs, run_seeds, failed = [], [], []
+            for seed in seeds:
+                status, folder, data = seed_status(root, loss, ratio, seed)
+                if status == "done":
+                    if expected is not None:
+                        diff = config_diff(
+                            data.get("config", {}), expected(loss, ratio, seed), ignore=("seeds",)
+                        )
+                        if diff:
+                            raise ReproduceError(_mismatch_message(folder, diff))
+                    runs.append(data)
+                    run_seeds.append(int(seed))
+                elif status == "failed":
+                    failed.append(
+                        {"seed": int(seed), "workdir": folder, "reason": _failure_reason(data)}
+                    )
+                elif (loss, float(ratio), int(seed)) in extra_failures:
+                    folder, reason = extra_failures[(loss, float(ratio), int(seed))]
+                    failed.append({"seed": int(seed), "workdir": folder, "reason": reason})
+            if not runs and not failed:
+                continue
+            per_seed = [_row_metrics(s) for s in runs]
+            stats = {name: _mean_sd([m[name] for m in per_seed]) for name, _ in METRICS}
+            first = runs[0] if runs else {}
+            rows.append(
+                {
+                    "loss": loss,
+                    "ratio": float(ratio),
+                    "seeds": run_seeds,
+                    "failed": failed,
+                    "stats": {k: {"mean": v[0], "sd": v[1]} for k, v in stats.items()},
+                    "posthoc": posthoc_best(runs),
+                    "per_seed": per_seed,
+                    "class_counts": first.get("class_counts"),
+                    "test_class_counts": first.get("test_class_counts"),
+                    "num_test": first.get("num_test"),
+                    "per_class_accuracy": (
+                        _nanmean([s["per_class_accuracy"] for s in runs]) if runs else None
+                    ),
+                    "wall_time_s": float(np.sum([s.get("wall_time_s") or 0.0 for s in runs])),
+                    "num_train": int(np.sum(first["class_counts"])) if runs else None,
+                    "config": first.get("config"),
+                    "versions": first.get("versions"),
+                    "device": {
+                        k: first.get(k)
+                        for k in ("device_count", "process_count", "device_kind", "platform")
+                        if k in first
+                    },
+                }
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+
+
+def strict_json(obj):
+    """``obj`` as strict-JSON-ready data: NaN/inf -> None, numpy -> Python, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        return strict_json(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return str(obj)
+
+
+def dumps_strict(obj, **kwargs) -> str:
+    return json.dumps(strict_json(obj), allow_nan=False, **kwargs)
 
 
 def _fmt(stat):
-  if stat["mean"] is None:
-    return "n/a"
-  if stat["sd"] is None:
-    return f"{stat['mean']:.2f}"
-  return f"{stat['mean']:.2f} ± {stat['sd']:.2f}"
+    if stat["mean"] is None:
+        return "n/a"
+    if stat["sd"] is None:
+        return f"{stat['mean']:.2f}"
+    return f"{stat['mean']:.2f} ± {stat['sd']:.2f}"
 
 
-def write_report(name: str, rows: list[dict], *, quick: bool, command: str, grid: dict,
-                 out_dir: str = RESULTS) -> str:
-  os.makedirs(out_dir, exist_ok=True)
-  base = os.path.join(out_dir, name)
-  cfg = rows[0]["config"] if rows else {}
-  wall = sum(r["wall_time_s"] for r in rows)
-  label = ("REDUCED (quick) protocol — not the paper protocol" if quick else
-           "CI smoke grid (1 epoch)" if name == "tiny" else "paper protocol")
-  lines = [f"# {name}: {label}", ""]
-  if quick:
-    lines += ["**This table uses a reduced protocol that fits a 2-core CPU** (smaller network, "
-              "fewer epochs; see the protocol line). Its numbers are far below the paper "
-              "protocol's and only compare the losses with each other under this protocol.", ""]
-  if cfg:
-    model = cfg["model"]
-    sched = cfg["schedule"]
+def _fmt_posthoc(p):
+    if not p:
+        return "n/a"
+    return _fmt(p) + f" (τ={p['tau']:g})"
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """The markdown table: one line per (loss, ratio)."""
+    header = (
+        "| loss | ratio | n | failed | "
+        + " | ".join(label for _, label in METRICS)
+        + " | post-hoc LA bal acc % (best τ) | min/run |"
+    )
+    lines = [header, "|" + "---|" * (len(METRICS) + 6)]
+    for r in rows:
+        cells = [_fmt(r["stats"][k]) for k, _ in METRICS]
+        n = len(r["seeds"])
+        per_run = f"{r['wall_time_s'] / 60 / n:.1f}" if n else "n/a"
+        lines.append(
+            f"| {r['loss']} | {r['ratio']:g} | {n} | {len(r['failed'])} | "
+            + " | ".join(cells)
+            + f" | {_fmt_posthoc(r.get('posthoc'))} | {per_run} |"
+        )
+    return lines
+
+
+def _schedule_text(cfg):
+    s = cfg["schedule"]
+    warm = f"warm-up {s.get('warmup_epochs', 0):g} epochs"
+    if s["name"] == "step":
+        pairs = ", ".join(
+            f"x{f:g} from epoch {b}"
+            for b, f in zip(s.get("boundaries") or (), s.get("factors") or ())
+        )
+        return f"step schedule ({warm}; lr {pairs or 'constant'})"
+    return f"{s['name']} schedule ({warm})"
+
+
+def _counts_text(counts):
+    if not counts:
+        return "?"
+    counts = [int(c) for c in counts]
+    if len(set(counts)) == 1:
+        return f"{counts[0]} per class"
+    return f"{min(counts)}-{max(counts)} per class"
+
+
+def _loss_text(loss, cfg):
+    lcfg = cfg["loss"]
+    hp = ", ".join(f"{k}={v}" for k, v in sorted((lcfg.get("hparams") or {}).items()))
+    text = f"{loss} = `{lcfg['name']}`" + (f" ({hp})" if hp else "")
+    if cfg.get("model", {}).get("cosine_head"):
+        text += ", cosine head"
+    if int(lcfg.get("drw_epoch", -1)) >= 0:
+        text += (
+            f", DRW (class-balanced weights, beta {lcfg.get('drw_beta')}) from epoch "
+            f"{lcfg['drw_epoch']}"
+        )
+    return text
+
+
+# Keys that differ between the rows of a grid by design.
+_GRID_KEYS = ("loss.", "model.cosine_head", "seed", "data.subset_seed", "data.ratio", "seeds")
+
+
+def protocol_lines(rows: list[dict]) -> list[str]:
+    """The protocol, from the finished runs' configs and summaries (no fixed claims)."""
+    done = [r for r in rows if r["config"]]
+    if not done:
+        return []
+    cfg = done[0]["config"]
+    model, opt, data = cfg["model"], cfg["optimizer"], cfg["data"]
+    lines = [
+        f"- Protocol: {model['name']} (width {model.get('width') or 'default'}, "
+        f"{model.get('dtype', 'float32')}), {cfg['num_epochs']} epochs, batch "
+        f"{cfg['batch_size']}, SGD lr {opt['lr']} momentum {opt['momentum']}"
+        f"{' (Nesterov)' if opt.get('nesterov') else ''} weight decay {opt['weight_decay']}, "
+        f"{_schedule_text(cfg)}; the final weights are evaluated.",
+    ]
+    source = data["source"]
+    name = f" ({data['name']})" if source == "tfds" and data.get("name") else ""
+    train = "; ".join(
+        f"ratio {r['ratio']:g}: {r['num_train']} images ({min(r['class_counts'])}-"
+        f"{max(r['class_counts'])} per class)"
+        for r in {r["ratio"]: r for r in done}.values()
+    )
+    pipeline = f", {data['pipeline']} pipeline" if data.get("pipeline") else ""
+    lines.append(
+        f"- Data: `{source}`{name}{pipeline}, {data['profile']} profile; training split {train}."
+    )
+    num_test = done[0].get("num_test")
+    test_counts = _counts_text(done[0].get("test_class_counts"))
+    if data.get("max_test") is None:
+        size = f" ({num_test} images, {test_counts})" if num_test else ""
+        lines.append(f"- Evaluation: the full test split{size}.")
+    else:
+        lines.append(
+            f"- Evaluation: {num_test or data['max_test']} test images "
+            f"(data.max_test={data['max_test']}: NOT the full test split; "
+            f"{test_counts})."
+        )
+    lines.append(
+        "- Losses: "
+        + "; ".join(
+            _loss_text(loss, r["config"]) for loss, r in {r["loss"]: r for r in done}.items()
+        )
+        + "."
+    )
+    # Anything else that is not the same in every row (e.g. a per-run override).
+    flat = [flatten(r["config"]) for r in done]
+    skip = ignored_keys()
+    differ = sorted(
+        k
+        for k in set().union(*flat)
+        if k not in skip
+        and not any(k == g or k.startswith(g) for g in _GRID_KEYS)
+        and len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1
+    )
+    if differ:
+        lines.append(
+            "- **The rows differ in** "
+            + ", ".join(f"`{k}`" for k in differ)
+            + " (see the JSON twin)."
+        )
+    return lines
+
+
+def write_report(
+    name: str,
+    rows: list[dict],
+    *,
+    quick: bool,
+    command: str,
+    grid: dict,
+    out_dir: str = RESULTS,
+    label: str | None = None,
+) -> str:
+    """Writes ``out_dir/name.md``, its strict-JSON twin and the plots; returns the .md path."""
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, name)
+    done = [r for r in rows if r["config"]]
+    cfg = done[0]["config"] if done else {}
+    if label is None:
+        label = "REDUCED (quick) protocol — not the paper protocol" if quick else "paper protocol"
+    lines = [f"# {name}: {label}", ""]
+    if quick:
+        lines += [
+            "**This table uses a reduced protocol that fits a 2-core CPU** (smaller "
+            "network, fewer epochs; see the protocol line). Its numbers are far below the "
+            "paper protocol's and only compare the losses with each other under this "
+            "protocol.",
+            "",
+        ]
+    finished = sum(len(r["seeds"]) for r in rows)
+    failed = [(r, f) for r in rows for f in r["failed"]]
+    total = len(grid["losses"]) * len(grid["ratios"]) * len(grid["seeds"])
+    lines.append(f"- Command: `{command}`")
+    lines += protocol_lines(rows)
+    lines.append(
+        f"- Seeds: {grid['seeds']} (each seed sets the init, the data order and the subset)."
+    )
+    if cfg:
+        wall = sum(r["wall_time_s"] for r in rows)
+        lines += [
+            f"- Hardware: devices {done[0]['device']}; versions {done[0]['versions']}; report "
+            f"written on {platform.machine()} with {os.cpu_count()} CPU cores.",
+            f"- Sum of the finished runs' wall times: {wall / 60:.1f} min. Generated "
+            f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        ]
     lines += [
-        f"- Command: `{command}`",
-        f"- Protocol: {model['name']} (width {model.get('width') or 'default'}), "
-        f"{cfg['num_epochs']} epochs, batch {cfg['batch_size']}, SGD lr {cfg['optimizer']['lr']} "
-        f"momentum {cfg['optimizer']['momentum']} wd {cfg['optimizer']['weight_decay']}, "
-        f"{sched['name']} schedule (warm-up {sched['warmup_epochs']} epochs, boundaries "
-        f"{sched.get('boundaries')}, factors {sched.get('factors')}); LDAM-DRW: cosine head, "
-        f"DRW from {int(round(0.8 * cfg['num_epochs']))} epochs.",
-        f"- Data: `{cfg['data']['source']}` ({cfg['data'].get('name')}), profile "
-        f"{cfg['data']['profile']}, ratios {sorted({r['ratio'] for r in rows})}; training "
-        f"counts per class are in the JSON twin; evaluation on the full balanced test split "
-        f"with the final weights.",
-        f"- Seeds: {grid['seeds']} (each seed sets the init, the data order and the subset).",
-        f"- Hardware: {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"devices {rows[0]['device']}; jax {rows[0]['versions']}.",
-        f"- Wall time of the finished runs: {wall / 60:.1f} min. Generated "
-        f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        f"- Grid: losses {list(grid['losses'])}, ratios {list(grid['ratios'])}; runs finished: "
-        f"{sum(len(r['seeds']) for r in rows)} of "
-        f"{len(grid['losses']) * len(grid['ratios']) * len(grid['seeds'])}.",
+        f"- Grid: losses {list(grid['losses'])}, ratios {list(grid['ratios'])}; runs "
+        f"finished: {finished} of {total}; failed: {len(failed)}.",
         "",
     ]
-  header = "| loss | ratio | n | " + " | ".join(label for _, label in METRICS) + " | min/run |"
-  lines += [header, "|" + "---|" * (len(METRICS) + 4)]
-  for r in rows:
-    cells = [_fmt(r["stats"][k]) for k, _ in METRICS]
-    lines.append(f"| {r['loss']} | {r['ratio']:g} | {len(r['seeds'])} | " + " | ".join(cells)
-                 + f" | {r['wall_time_s'] / 60 / len(r['seeds']):.1f} |")
-  lines += ["", "mean ± sd over seeds (sd only with 2+ seeds). Many/medium/few: classes with "
-            ">100, 20-100, <20 training images (n/a when a group is empty).", ""]
-  plots = _plots(base, rows)
-  lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
-  with open(base + ".md.tmp", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(base + ".md.tmp", base + ".md")
-  with open(base + ".json.tmp", "w") as f:
-    json.dump({"suite": name, "quick": quick, "command": command, "grid": grid,
-               "rows": rows}, f, indent=1, default=str)
-  os.replace(base + ".json.tmp", base + ".json")
-  return base + ".md"
+    if failed:
+        lines += ["**Failed runs** (not in the means):", ""]
+        lines += [
+            f"- {r['loss']} ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} (`{f['workdir']}`)"
+            for r, f in failed
+        ]
+        lines.append("")
+    lines += table_lines(rows)
+    lines += [
+        "",
+        "mean ± sd over seeds (sd only with 2+ seeds). Many/medium/few: classes with "
+        ">100, 20-100, <20 training images (n/a when a group is empty). Post-hoc LA: "
+        "balanced accuracy of `logits - τ log(prior)` from the same models, at the τ in "
+        "(0, 0.5, 1, 1.5, 2) with the best mean over seeds; τ is picked on the test split "
+        "(an oracle choice, optimistic); n/a when the summaries do not have it.",
+        "",
+    ]
+    plots = _plots(base, rows)
+    lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+    with open(base + ".md.tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(base + ".md.tmp", base + ".md")
+    with open(base + ".json.tmp", "w") as f:
+        f.write(
+            dumps_strict(
+                {"suite": name, "quick": quick, "command": command, "grid": grid, "rows": rows},
+                indent=1,
+            )
+            + "\n"
+        )
+    os.replace(base + ".json.tmp", base + ".json")
+    return base + ".md"
 
 
 def _plots(base: str, rows: list[dict]) -> list[str]:
-  if not rows:
-    return []
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+    rows = [r for r in rows if r["config"]]
+    if not rows:
+        return []
+    import matplotlib
 
-  paths = []
-  for ratio in sorted({r["ratio"] for r in rows}):
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for ratio in sorted({r["ratio"] for r in rows}):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            if r["ratio"] != ratio:
+                continue
+            counts = np.asarray(r["class_counts"])
+            order = np.argsort(-counts, kind="stable")
+            acc = np.asarray(r["per_class_accuracy"], dtype=float)[order]
+            ax.plot(
+                counts[order], 100 * acc, marker="o", label=f"{r['loss']} (n={len(r['seeds'])})"
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("training images of the class")
+        ax.set_ylabel("test accuracy of the class %")
+        ax.set_title(f"per-class accuracy, ratio {ratio:g} (mean over seeds)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = f"{base}_per_class_r{ratio:g}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    if len({r["ratio"] for r in rows}) < 2:
+        return paths
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-      if r["ratio"] != ratio:
-        continue
-      counts = np.asarray(r["class_counts"])
-      order = np.argsort(-counts, kind="stable")
-      ax.plot(counts[order], 100 * np.asarray(r["per_class_accuracy"])[order], marker="o",
-              label=r["loss"])
+    for loss in dict.fromkeys(r["loss"] for r in rows):
+        pts = sorted(
+            (r["ratio"], r["stats"]["balanced_accuracy"])
+            for r in rows
+            if r["loss"] == loss and r["stats"]["balanced_accuracy"]["mean"] is not None
+        )
+        ax.errorbar(
+            [p[0] for p in pts],
+            [p[1]["mean"] for p in pts],
+            yerr=[p[1]["sd"] or 0.0 for p in pts],
+            marker="o",
+            capsize=3,
+            label=loss,
+        )
     ax.set_xscale("log")
-    ax.set_xlabel("training images of the class")
-    ax.set_ylabel("test accuracy of the class %")
-    ax.set_title(f"per-class accuracy, ratio {ratio:g}")
+    ax.set_xlabel("imbalance ratio n_max / n_min")
+    ax.set_ylabel("balanced test accuracy %")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = f"{base}_per_class_r{ratio:g}.png"
+    path = f"{base}_vs_ratio.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     paths.append(path)
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for loss in dict.fromkeys(r["loss"] for r in rows):
-    pts = sorted((r["ratio"], r["stats"]["balanced_accuracy"]) for r in rows if r["loss"] == loss)
-    xs = [p[0] for p in pts]
-    ys = [p[1]["mean"] for p in pts]
-    err = [p[1]["sd"] or 0.0 for p in pts]
-    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=loss)
-  ax.set_xscale("log")
-  ax.set_xlabel("imbalance ratio n_max / n_min")
-  ax.set_ylabel("balanced test accuracy %")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  path = f"{base}_vs_ratio.png"
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  paths.append(path)
-  return paths
+    return paths
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _mismatch_message(folder: str, diff: list[str]) -> str:
+    shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more keys" if len(diff) > 4 else "")
+    return (
+        f"run folder {folder} holds a run of another config ({shown}); use another "
+        "--workdir (or delete that folder) so old results are not reported as new ones"
+    )
+
+
+@dataclasses.dataclass
+class Unit:
+    """One train program: one seed, or several seeds with ``--config.seeds``."""
+
+    loss: str
+    ratio: float
+    seeds: tuple
+    vmap: bool
+    workdir: str
+    flags: list
+
+    def label(self) -> str:
+        s = ",".join(str(x) for x in self.seeds)
+        return f"{self.loss} r{self.ratio:g} seed{'s' if self.vmap else ''} {s}"
+
+
+@functools.cache
+def _default_backend() -> str:
+    """jax.default_backend() of a fresh process (this one never touches the accelerator)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", "import jax; print(jax.default_backend())"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+        )
+        return out.stdout.strip().splitlines()[-1] if out.returncode == 0 else "cpu"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "cpu"
+
+
+class _Runner:
+    """Starts train programs, copies their output to ``train.log`` (and the console)."""
+
+    def __init__(self, cmd_prefix, env, echo):
+        self.cmd_prefix, self.env, self.echo = list(cmd_prefix), env, echo
+        self.running = {}  # Popen -> (unit, t0, thread, tail)
+
+    def start(self, unit: Unit):
+        os.makedirs(unit.workdir, exist_ok=True)
+        cmd = self.cmd_prefix + [f"--workdir={unit.workdir}"] + unit.flags
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+        tail = collections.deque(maxlen=40)
+        log = open(os.path.join(unit.workdir, "train.log"), "a")
+
+        def pump():
+            with log:
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()
+                    tail.append(line.rstrip("\n"))
+                    if self.echo:
+                        sys.stdout.write("  " + line)
+                        sys.stdout.flush()
+
+        thread = threading.Thread(target=pump, daemon=True)
+        thread.start()
+        self.running[proc] = (unit, time.time(), thread, tail)
+        return cmd
+
+    def wait_any(self, hard_stop: float | None):
+        """Blocks until a program ends; returns (unit, returncode, seconds, tail, killed)."""
+        while True:
+            for proc in list(self.running):
+                if proc.poll() is not None:
+                    unit, t0, thread, tail = self.running.pop(proc)
+                    thread.join(timeout=10)
+                    return unit, proc.returncode, time.time() - t0, list(tail), False
+            if hard_stop is not None and time.time() > hard_stop:
+                proc = next(iter(self.running))
+                self.stop(proc)
+                unit, t0, thread, tail = self.running.pop(proc)
+                thread.join(timeout=10)
+                return unit, proc.returncode, time.time() - t0, list(tail), True
+            time.sleep(0.1)
+
+    @staticmethod
+    def stop(proc, grace: float = 20.0):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop_all(self):
+        for proc in list(self.running):
+            self.stop(proc, grace=5.0)
+        self.running.clear()
+
+
+def _tri_state(text: str) -> str:
+    value = text.strip().lower()
+    mapping = {
+        "auto": "auto",
+        "true": "true",
+        "1": "true",
+        "yes": "true",
+        "false": "false",
+        "0": "false",
+        "no": "false",
+    }
+    if value not in mapping:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
+    return mapping[value]
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Other --config.KEY=VALUE flags are passed to every run.",
+    )
+    p.add_argument("--suite", required=True, choices=sorted(SUITES))
+    p.add_argument("--quick", action="store_true", help="the reduced CPU protocol")
+    p.add_argument("--seeds", default=None, help="comma list (default: the suite's, or 0,1,2)")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="run folders (default: the suite's; runs/reproduce for cifar10)",
+    )
+    p.add_argument("--losses", default=None, help="comma list (default: the suite's)")
+    p.add_argument("--ratios", default=None, help="comma list (default: the suite's)")
+    p.add_argument(
+        "--source",
+        default=None,
+        help="data.source for every run (default: the config's; the offline "
+        f"copy is {OFFLINE_SOURCE})",
+    )
+    p.add_argument(
+        "--results_dir",
+        default=None,
+        help="report folder (default: experiments/results for cifar10 suites, "
+        "WORKDIR/results for digits and tiny)",
+    )
+    p.add_argument(
+        "--max_minutes",
+        type=float,
+        default=None,
+        help="stop cleanly (checkpointed) before this many minutes; rerun resumes",
+    )
+    p.add_argument(
+        "--vmap_seeds",
+        type=_tri_state,
+        default="auto",
+        help="auto|true|false: all seeds of a (loss, ratio) in one program (auto: true on gpu/tpu)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="train programs at the same time (default: the suite's, else 1)",
+    )
+    p.add_argument(
+        "--jax_cache",
+        default=None,
+        help="JAX_COMPILATION_CACHE_DIR for the runs (default WORKDIR/jax_cache; '' for none)",
+    )
+    p.add_argument("--dry_run", action="store_true", help="print the runs, run nothing")
+    p.add_argument("--train_command", default=None, help=argparse.SUPPRESS)  # tests
+    return p
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--suite", required=True, choices=sorted(SUITES))
-  parser.add_argument("--quick", action="store_true", help="the reduced CPU protocol")
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--workdir", default="runs/reproduce")
-  parser.add_argument("--losses", default=None, help="comma list (default: the suite's)")
-  parser.add_argument("--ratios", default=None, help="comma list (default: the suite's)")
-  parser.add_argument("--source", default=None,
-                      help="data.source for every run (default: the config's; the offline "
-                           f"copy is {OFFLINE_SOURCE})")
-  parser.add_argument("--results_dir", default=RESULTS)
-  parser.add_argument("--dry_run", action="store_true", help="print the runs, run nothing")
-  args = parser.parse_args(argv)
+    t_start = time.time()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    extra = [a for a in rest if a.startswith("--config.") and "=" in a]
+    if len(extra) != len(rest):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in extra)}")
+    try:
+        code = _run(args, argv, extra, t_start)
+    except ReproduceError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        code = EXIT_CONFIG_ERROR
+    if code:
+        sys.exit(code)
 
-  suite = SUITES[args.suite]
-  name = args.suite + ("_quick" if args.quick and args.suite != "tiny" else "")
-  config_path = suite["quick_config"] if args.quick else suite["config"]
-  seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-  losses = args.losses.split(",") if args.losses else list(suite["losses"])
-  unknown = sorted(set(losses) - set(LOSSES))
-  if unknown:
-    parser.error(f"unknown loss variant(s) {unknown}; known: {', '.join(LOSSES)}")
-  ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else list(suite["ratios"])
-  num_epochs = int(suite.get("overrides", {}).get("num_epochs") or
-                   load_config(config_path).num_epochs)
-  root = os.path.join(os.path.abspath(args.workdir), name)
-  command = "python -m experiments.reproduce " + " ".join(
-      shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-  grid = {"losses": losses, "ratios": ratios, "seeds": seeds, "config": config_path}
 
-  # Seeds outermost: one seed of the whole grid first, then the next.
-  todo = [(seed, ratio, loss) for seed in seeds for ratio in ratios for loss in losses]
-  for i, (seed, ratio, loss) in enumerate(todo):
-    workdir = os.path.join(root, f"r{ratio:g}", loss, f"seed{seed}")
-    flags = run_args(suite, config_path, loss, ratio, seed, num_epochs, args.source)
-    cmd = [sys.executable, "-m", "experiments.train", f"--workdir={workdir}"] + flags
-    if os.path.exists(os.path.join(workdir, "summary.json")):
-      print(f"[{i + 1}/{len(todo)}] done already: {workdir}", flush=True)
-      continue
-    print(f"[{i + 1}/{len(todo)}] {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+def _run(args, argv, extra, t_start) -> int:
+    suite = SUITES[args.suite]
+    has_quick = suite["quick_config"] != suite["config"]
+    name = args.suite + ("_quick" if args.quick and has_quick else "")
+    config_path = suite["quick_config"] if args.quick else suite["config"]
+    try:
+        seeds = (
+            [int(s) for s in args.seeds.split(",") if s.strip()]
+            if args.seeds
+            else list(suite.get("seeds", (0, 1, 2)))
+        )
+        ratios = (
+            [float(r) for r in args.ratios.split(",")]
+            if args.ratios
+            else [float(r) for r in suite["ratios"]]
+        )
+    except ValueError as e:
+        _parser().error(f"--seeds takes integers and --ratios numbers, comma-separated: {e}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        _parser().error(f"--max_minutes must be > 0, got {args.max_minutes}")
+    losses = args.losses.split(",") if args.losses else list(suite["losses"])
+    unknown = sorted(set(losses) - set(LOSSES))
+    if unknown:
+        _parser().error(f"unknown loss variant(s) {unknown}; known: {', '.join(LOSSES)}")
+    workdir = os.path.abspath(
+        os.path.expanduser(args.workdir or suite.get("workdir", "runs/reproduce"))
+    )
+    root = os.path.join(workdir, name)
+    if args.results_dir is not None:
+        results_dir = os.path.abspath(args.results_dir)
+    elif suite.get("results") == "workdir":
+        results_dir = os.path.join(workdir, "results")
+    else:
+        results_dir = RESULTS
+    cmd_prefix = shlex.split(args.train_command) if args.train_command else list(TRAIN_COMMAND)
+    command = "python -m experiments.reproduce " + " ".join(shlex.quote(a) for a in argv)
+    grid = {"losses": losses, "ratios": ratios, "seeds": seeds, "config": config_path}
+    label = suite.get("label")
+    if label == "CI smoke grid":
+        label = f"CI smoke grid ({suite.get('overrides', {}).get('num_epochs', '?')} epoch(s))"
+
+    # The deadline of the runs (with --max_minutes) and the hard stop of this command.
+    budget_end = t_start + 60.0 * args.max_minutes if args.max_minutes else None
+    run_deadline = None
+    if budget_end is not None:
+        budget = 60.0 * args.max_minutes
+        run_deadline = budget_end - min(30.0, 0.1 * budget)
+    deadline_flags = [f"--config.deadline={run_deadline:.1f}"] if run_deadline else []
+
+    base_flags = [f"--config={os.path.join(REPO, config_path)}", *extra]
+    for key, value in suite.get("overrides", {}).items():
+        base_flags.append(f"--config.{key}={value}")
+    num_epochs = int(build_config(base_flags)["num_epochs"])
+
+    def flags_for(loss, ratio, seed=None, vmap_seeds=None):
+        return run_args(
+            suite,
+            config_path,
+            loss,
+            ratio,
+            seed,
+            num_epochs,
+            args.source,
+            seeds=vmap_seeds,
+            extra=[*extra, *deadline_flags],
+        )
+
+    def expected(loss, ratio, seed):
+        return build_config(flags_for(loss, ratio, seed))
+
+    # Which seeds are done, failed before, or to run; refuse any folder of another config.
+    todo, mismatches = [], []
+    for ratio in ratios:
+        for loss in losses:
+            missing = []
+            for seed in seeds:
+                status, folder, data = seed_status(root, loss, ratio, seed)
+                want = expected(loss, ratio, seed)
+                if status == "done":
+                    diff = config_diff(data.get("config", {}), want, ignore=("seeds",))
+                    if diff:
+                        mismatches.append(_mismatch_message(folder, diff))
+                    continue
+                for d, program in seed_dirs(root, loss, ratio, seed):
+                    stored = _read_json(os.path.join(d, "config.json"))
+                    if stored is not None:
+                        diff = config_diff(stored, want, ignore=("seeds",) if program else ())
+                        if diff:
+                            mismatches.append(_mismatch_message(d, diff))
+                if status == "todo":
+                    missing.append(seed)
+            todo.append((loss, ratio, missing))
+    if mismatches:
+        more = f" ({len(mismatches) - 1} more folders differ too)" if len(mismatches) > 1 else ""
+        raise ReproduceError(mismatches[0] + more)
+
+    vmap = args.vmap_seeds
+    if vmap == "auto":
+        needs = any(len(m) > 1 for _, _, m in todo)
+        vmap = "true" if needs and _default_backend() in ("gpu", "cuda", "rocm", "tpu") else "false"
+    vmap = vmap == "true"
+    jobs = args.jobs
+    if jobs is None:
+        jobs = min(2, os.cpu_count() or 1) if suite.get("jobs") == "cpu_cores" else 1
+        nothing_to_do = all(not m for _, _, m in todo)
+        if jobs > 1 and not nothing_to_do and _default_backend() != "cpu":
+            jobs = 1  # one accelerator: one program at a time
+    jobs = max(1, int(jobs))
+
+    units = []
+    for loss, ratio, missing in todo:
+        if not missing:
+            continue
+        if vmap and len(missing) > 1:
+            d = os.path.join(_loss_dir(root, loss, ratio), vmap_dir_name(missing))
+            flags = flags_for(loss, ratio, vmap_seeds=missing)
+            stored = _read_json(os.path.join(d, "config.json"))
+            if stored is not None:
+                diff = config_diff(stored, build_config(flags))
+                if diff:
+                    raise ReproduceError(_mismatch_message(d, diff))
+            units.append(Unit(loss, ratio, tuple(missing), True, d, flags))
+        else:
+            for seed in missing:
+                d = os.path.join(_loss_dir(root, loss, ratio), f"seed{seed}")
+                units.append(Unit(loss, ratio, (seed,), False, d, flags_for(loss, ratio, seed)))
+    # Seeds outermost: one seed of the whole grid first, then the next.
+    units.sort(key=lambda u: (min(u.seeds), ratios.index(u.ratio), losses.index(u.loss)))
+
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    jax_cache = args.jax_cache if args.jax_cache is not None else os.path.join(workdir, "jax_cache")
+    if jax_cache:
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", jax_cache)
+    pythonpath = env.get("PYTHONPATH", "")
+    if REPO not in pythonpath.split(os.pathsep):
+        env["PYTHONPATH"] = REPO + (os.pathsep + pythonpath if pythonpath else "")
+
+    n_total = len(losses) * len(ratios) * len(seeds)
+    n_todo = sum(len(u.seeds) for u in units)
+    already = n_total - n_todo
+    print(
+        f"{name}: {n_total} runs in the grid, {already} finished or failed before, "
+        f"{n_todo} to run in {len(units)} program(s) ({'vmapped seeds, ' if vmap else ''}"
+        f"{jobs} at a time); runs: {root}",
+        flush=True,
+    )
     if args.dry_run:
-      continue
-    t0 = time.time()
-    result = subprocess.run(cmd, cwd=REPO)
-    if result.returncode != 0:
-      print(f"run failed (exit {result.returncode}): {workdir}", file=sys.stderr, flush=True)
-      sys.exit(result.returncode)
-    print(f"  finished in {time.time() - t0:.0f}s", flush=True)
-    rows = collect(root, losses, ratios, seeds)
-    write_report(name, rows, quick=args.quick, command=command, grid=grid,
-                 out_dir=args.results_dir)
-  rows = collect(root, losses, ratios, seeds)
-  if not args.dry_run:
-    report = write_report(name, rows, quick=args.quick, command=command, grid=grid,
-                          out_dir=args.results_dir)
-    print(f"report: {report}", flush=True)
+        for i, u in enumerate(units):
+            cmd = cmd_prefix + [f"--workdir={u.workdir}"] + u.flags
+            print(f"[{i + 1}/{len(units)}] {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+        return 0
+
+    runner = _Runner(cmd_prefix, env, echo=(jobs == 1))
+    failures = {}  # this call's failures without failure.json
+    budget_hit = False
+    pending = collections.deque(units)
+    done_count = 0
+
+    def report():
+        rows = collect(root, losses, ratios, seeds, expected=expected, extra_failures=failures)
+        path = write_report(
+            name,
+            rows,
+            quick=args.quick and has_quick,
+            command=command,
+            grid=grid,
+            out_dir=results_dir,
+            label=label,
+        )
+        return rows, path
+
+    try:
+        while pending or runner.running:
+            while pending and len(runner.running) < jobs and not budget_hit:
+                if run_deadline is not None and run_deadline - time.time() < MIN_START_S:
+                    budget_hit = True
+                    break
+                unit = pending.popleft()
+                for s in unit.seeds:
+                    failures.pop((unit.loss, unit.ratio, s), None)
+                done_count += 1
+                cmd = runner.start(unit)
+                print(
+                    f"[{done_count}/{len(units)}] {unit.label()}: "
+                    f"{' '.join(shlex.quote(c) for c in cmd)}",
+                    flush=True,
+                )
+            if not runner.running:
+                break
+            unit, rc, secs, tail, killed = runner.wait_any(budget_end)
+            outcome = _outcome(unit, rc, tail, killed)
+            if outcome == "stopped":
+                budget_hit = budget_hit or budget_end is not None
+                print(
+                    f"  stopped (exit {rc}, checkpointed) after {secs:.0f}s: {unit.label()}",
+                    flush=True,
+                )
+            elif outcome == "finished":
+                print(f"  finished in {secs:.0f}s: {unit.label()}", flush=True)
+            else:
+                reason = outcome
+                for s in unit.seeds:
+                    status, _, _ = seed_status(root, unit.loss, unit.ratio, s)
+                    if status != "failed":
+                        failures[(unit.loss, unit.ratio, s)] = (unit.workdir, reason)
+                print(
+                    f"  FAILED after {secs:.0f}s: {unit.label()}: {reason} "
+                    f"(log: {os.path.join(unit.workdir, 'train.log')})",
+                    flush=True,
+                )
+            report()
+    except KeyboardInterrupt:
+        runner.stop_all()
+        raise
+    rows, path = report()
+    print("\n" + "\n".join(table_lines(rows)), flush=True)
+    n_done = sum(len(r["seeds"]) for r in rows)
+    failed = [(r, f) for r in rows for f in r["failed"]]
+    for r, f in failed:
+        print(
+            f"failed: {r['loss']} ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} "
+            f"({f['workdir']})",
+            flush=True,
+        )
+    print(f"report: {path}", flush=True)
+    left = n_total - n_done - len(failed)
+    if budget_hit and left:
+        print(
+            f"time budget reached: {n_done} runs finished, {left} left; rerun the same "
+            "command to continue",
+            flush=True,
+        )
+    if failed:
+        print(
+            f"{len(failed)} of {n_total} runs failed (a diverged run, with failure.json, is not "
+            "retried: delete its folder to retry)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    return 0
+
+
+def _outcome(unit: Unit, rc: int, tail: list[str], killed: bool) -> str:
+    """ "finished", "stopped" (resumable) or the failure reason."""
+    if killed:
+        return "stopped"
+    if rc == 0:
+        paths = (
+            [os.path.join(unit.workdir, f"seed_{s}", "summary.json") for s in unit.seeds]
+            if unit.vmap
+            else [os.path.join(unit.workdir, "summary.json")]
+        )
+        return "finished" if all(os.path.exists(p) for p in paths) else "stopped"
+    if rc == EXIT_DEADLINE:
+        return "stopped"
+    if rc == EXIT_DIVERGED:
+        failure = _read_json(os.path.join(unit.workdir, "failure.json"))
+        return _failure_reason(failure) if failure else "diverged (exit 3, no failure.json)"
+    errors = [line for line in tail if line.startswith("error:")]
+    last = errors[-1] if errors else next((line for line in reversed(tail) if line.strip()), "")
+    return f"exit {rc}" + (f": {last.strip()[:300]}" if last else "")
 
 
 if __name__ == "__main__":
-  main()
+    main()
