@@ -80,6 +80,8 @@ import warnings
 
 import numpy as np
 
+from cce_jax.training.config import RUN_CONTROL_KEYS, config_diff, flatten
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
 OFFLINE_SOURCE = "cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz"
@@ -90,23 +92,6 @@ TRAIN_COMMAND = (sys.executable, "-m", "experiments.train")
 EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_DEADLINE = 2, 3, 75
 # With --max_minutes: no run starts with less time than this before its deadline.
 MIN_START_S = 45.0
-# The trainer's run-control keys, used only if cce_jax.training does not export them.
-# TODO: drop once every supported trainer exports cce_jax.training.RUN_CONTROL_KEYS.
-_FALLBACK_RUN_CONTROL_KEYS = frozenset(
-    {
-        "num_epochs",
-        "stop_after_epoch",
-        "eval_every",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "progress",
-        "distributed",
-        "deadline",
-        "data.cache_dir",
-        "data.data_dir",
-        "data.download",
-    }
-)
 
 # Loss variants: the trainer's loss name, its hyperparameters and other config overrides.
 # ``drw`` is the fraction of the epochs after which DRW switches class-balanced weights on
@@ -203,37 +188,28 @@ class ReproduceError(Exception):
 # --------------------------------------------------------------------------- configs
 
 
-@functools.lru_cache(maxsize=None)
-def ignored_keys() -> frozenset:
-    """Config keys that may differ between a stored run and the request (run control)."""
-    try:
-        from cce_jax.training import RUN_CONTROL_KEYS
-    except ImportError:
-        RUN_CONTROL_KEYS = _FALLBACK_RUN_CONTROL_KEYS
-    return frozenset(RUN_CONTROL_KEYS) | {"deadline"}
+_CONFIG_CACHE: dict = {}
 
 
-def _train_module():
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    try:
+def build_config(train_flags) -> dict:
+    """The config experiments.train builds from ``train_flags``, as plain JSON data
+    (``experiments.train.build_config``: the same parser, flags and path rules).
+
+    Raises:
+      ReproduceError: the flags or the config file are bad.
+    """
+    key = tuple(train_flags)
+    if key not in _CONFIG_CACHE:
         from experiments import train
-    except Exception:  # a trainer that does not import: use the fallbacks
-        return None
-    return train
 
-
-def _parse_value(text: str):
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
+        with _cwd(REPO):
+            try:
+                config = train.build_config(list(train_flags))
+            except Exception as e:  # absl/ml_collections raise many kinds
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ReproduceError(f"bad run flags {' '.join(train_flags)}: {msg}") from e
+        _CONFIG_CACHE[key] = config.to_json_best_effort(sort_keys=True)
+    return json.loads(_CONFIG_CACHE[key])
 
 
 @contextlib.contextmanager
@@ -244,88 +220,6 @@ def _cwd(path):
         yield
     finally:
         os.chdir(old)
-
-
-_CONFIG_CACHE: dict = {}
-
-
-def build_config(train_flags) -> dict:
-    """The config experiments.train builds from ``train_flags``, as plain JSON data.
-
-    Parses the same flags the subprocess gets (``--config=FILE``, ``--config.KEY=VALUE``,
-    ``--loss_hparam=KEY=VALUE``, ``--workdir``) with ``ml_collections.config_flags`` on a
-    private ``absl.flags.FlagValues``, from the repo root, like the trainer.
-
-    Args:
-      train_flags: the experiments.train flags of one run.
-
-    Returns:
-      The config as a dict (what the trainer stores in ``config.json``).
-
-    Raises:
-      ReproduceError: the flags or the config file are bad.
-    """
-    key = tuple(train_flags)
-    if key in _CONFIG_CACHE:
-        return json.loads(_CONFIG_CACHE[key])
-    from absl import flags as absl_flags
-    from ml_collections import config_flags
-
-    train = _train_module()
-    parse_hparam = getattr(train, "_parse_hparam", None)
-    resolve = getattr(train, "resolve_data_paths", None)
-    argv = ["experiments.train", *train_flags]
-    fv = absl_flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", None, "config file", flag_values=fv, lock_config=True, sys_argv=argv
-    )
-    absl_flags.DEFINE_multi_string("loss_hparam", [], "KEY=VALUE", flag_values=fv)
-    absl_flags.DEFINE_string("workdir", None, "workdir", flag_values=fv)
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    with _cwd(REPO):
-        try:
-            fv(argv)
-            config = fv.config
-            if fv.loss_hparam:
-                with config.unlocked():
-                    for text in fv.loss_hparam:
-                        if parse_hparam is not None:
-                            name, value = parse_hparam(text)
-                        else:
-                            name, value = text.split("=", 1)
-                            name, value = name.strip(), _parse_value(value)
-                        config.loss.hparams[name] = value
-            if resolve is not None:
-                config = resolve(config)
-            text = config.to_json_best_effort(sort_keys=True)
-        except Exception as e:  # absl/ml_collections raise many kinds
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ReproduceError(f"bad run flags {' '.join(train_flags)}: {msg}") from e
-    _CONFIG_CACHE[key] = text
-    return json.loads(text)
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (empty dicts stay leaves)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_diff(stored: dict, requested: dict, ignore=()) -> list[str]:
-    """``key: stored X vs requested Y`` for each key that differs beyond run control."""
-    a, b = flatten(stored), flatten(requested)
-    skip = ignored_keys() | set(ignore)
-    missing = "<missing>"
-    keys = sorted(
-        k for k in set(a) | set(b) if k not in skip and a.get(k, missing) != b.get(k, missing)
-    )
-    return [f"{k}: stored {a.get(k, missing)!r} vs requested {b.get(k, missing)!r}" for k in keys]
 
 
 # --------------------------------------------------------------------------- the grid
@@ -710,7 +604,7 @@ def protocol_lines(rows: list[dict]) -> list[str]:
     )
     # Anything else that is not the same in every row (e.g. a per-run override).
     flat = [flatten(r["config"]) for r in done]
-    skip = ignored_keys()
+    skip = RUN_CONTROL_KEYS
     differ = sorted(
         k
         for k in set().union(*flat)

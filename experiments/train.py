@@ -67,6 +67,10 @@ def _fail(msg: str, code: int = 2):
     sys.exit(code)
 
 
+class FlagError(ValueError):
+    """A bad flag or config file, reported as one ``error:`` line (exit 2)."""
+
+
 def preflight(argv: list[str]) -> list[str]:
     """Checks the config file and every ``--config.KEY`` before absl parses them, so a typo
     is one ``error:`` line with the closest valid key, not a traceback. Rewrites
@@ -82,11 +86,11 @@ def preflight(argv: list[str]) -> list[str]:
     if path is None:
         return out  # absl reports the missing required flag
     if not os.path.isfile(path):
-        _fail(f"--config: no such config file {path!r}")
+        raise FlagError(f"--config: no such config file {path!r}")
     try:
         config = load_config_file(path)
     except Exception as e:  # a config file that does not load
-        _fail(f"--config: cannot load {path!r}: {type(e).__name__}: {e}")
+        raise FlagError(f"--config: cannot load {path!r}: {type(e).__name__}: {e}") from e
     from cce_jax.training.config import closest_key, config_to_dict, flatten
 
     valid = set(flatten(config_to_dict(config)))
@@ -97,7 +101,7 @@ def preflight(argv: list[str]) -> list[str]:
             if key not in valid and key not in prefixes:
                 close = closest_key(key, config)
                 hint = f"; did you mean --config.{close}?" if close else ""
-                _fail(f"--config.{key}: no such config key{hint}")
+                raise FlagError(f"--config.{key}: no such config key{hint}")
     return out
 
 
@@ -116,13 +120,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
         logging.set_verbosity(logging.WARNING)
-    config = FLAGS.config
-    if FLAGS.loss_hparam:
-        with config.unlocked():
-            for text in FLAGS.loss_hparam:
-                key, value = _parse_hparam(text)
-                config.loss.hparams[key] = value
-    config = resolve_data_paths(config)
+    config = finalize_config(FLAGS.config, FLAGS.loss_hparam)
 
     # Must precede any use of JAX devices.
     from cce_jax import training
@@ -168,6 +166,34 @@ def main(argv):
         print(f"summary: {os.path.join(FLAGS.workdir, 'summary.json')}", flush=True)
 
 
+def finalize_config(config, loss_hparams=()):
+    """Adds the ``--loss_hparam`` values and resolves relative data paths."""
+    if loss_hparams:
+        with config.unlocked():
+            for text in loss_hparams:
+                key, value = _parse_hparam(text)
+                config.loss.hparams[key] = value
+    return resolve_data_paths(config)
+
+
+def build_config(train_flags):
+    """The config this command builds from ``train_flags`` (``--config=FILE``,
+    ``--config.KEY=VALUE``, ``--loss_hparam=...``, ``--workdir=...``), parsed exactly as
+    ``main`` gets it, on a private flag registry (what ``experiments.reproduce`` compares
+    with a run folder's stored config). Run from the repo root, like the command."""
+    from absl import flags as absl_flags
+
+    argv = preflight(["experiments.train", *train_flags])
+    fv = absl_flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "config file", flag_values=fv, lock_config=True, sys_argv=argv
+    )
+    absl_flags.DEFINE_multi_string("loss_hparam", [], "KEY=VALUE", flag_values=fv)
+    absl_flags.DEFINE_string("workdir", None, "workdir", flag_values=fv)
+    fv(argv)
+    return finalize_config(fv.config, fv.loss_hparam)
+
+
 def config_seeds(config):
     seeds = config.get("seeds", None)
     return tuple(seeds) if seeds else ()
@@ -199,5 +225,8 @@ def resolve_data_paths(config):
 
 
 if __name__ == "__main__":
-    sys.argv = preflight(sys.argv)  # config_flags reads its overrides from sys.argv itself
+    try:
+        sys.argv = preflight(sys.argv)  # config_flags reads its overrides from sys.argv itself
+    except FlagError as e:
+        _fail(str(e))
     app.run(main)

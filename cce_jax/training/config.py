@@ -70,14 +70,14 @@ def config_to_dict(config) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def config_diff(stored: dict, requested: dict) -> list[str]:
-    """``"key: stored X, now Y"`` for every key that differs, run-control keys excepted."""
+def config_diff(stored: dict, requested: dict, ignore=()) -> list[str]:
+    """``"key: stored X, now Y"`` for every key that differs, run-control keys and ``ignore``
+    excepted."""
     a, b = flatten(stored), flatten(requested)
+    skip = RUN_CONTROL_KEYS | set(ignore)
     missing = "<missing>"
     keys = sorted(
-        k
-        for k in set(a) | set(b)
-        if k not in RUN_CONTROL_KEYS and a.get(k, missing) != b.get(k, missing)
+        k for k in set(a) | set(b) if k not in skip and a.get(k, missing) != b.get(k, missing)
     )
     return [f"{k}: stored {a.get(k, missing)!r}, now {b.get(k, missing)!r}" for k in keys]
 
