@@ -5,8 +5,7 @@ tensorflow/tfds), the models and the trainer (`cce_jax.models`, `cce_jax.trainin
 are imported on demand.
 """
 
-from cce_jax import labels
-from cce_jax import losses
+from cce_jax import labels, losses
 
 __version__ = "0.1.0"
 

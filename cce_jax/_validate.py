@@ -57,7 +57,8 @@ def logits_and_labels(logits, labels, axis, where):
             raise TypeError(f"`where` must be a boolean array, got dtype {where.dtype}.")
         if where.shape != labels.shape:
             raise ValueError(
-                f"`where` has shape {where.shape}; it must have the shape of `labels`, {labels.shape}."
+                f"`where` has shape {where.shape}; it must have the shape of `labels`, "
+                f"{labels.shape}."
             )
         valid = valid & where
     # Entries that do not count (masked by `where`, or a label outside [0, K) such as an ignore
@@ -77,7 +78,8 @@ def class_vector(values, num_classes: int, name: str, *, positive: bool):
     arr = jnp.asarray(values)
     if arr.ndim != 1 or arr.shape[0] != num_classes:
         raise ValueError(
-            f"`{name}` must have shape ({num_classes},), one entry per class, got shape {arr.shape}."
+            f"`{name}` must have shape ({num_classes},), one entry per class, "
+            f"got shape {arr.shape}."
         )
     if not (jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)):
         raise TypeError(f"`{name}` must be numeric, got dtype {arr.dtype}.")

@@ -18,8 +18,8 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-from cce_jax import data
-from cce_jax.data import sources
+from cce_jax import data  # noqa: E402
+from cce_jax.data import sources  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARCHIVE_CANDIDATES = [

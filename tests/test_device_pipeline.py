@@ -16,9 +16,9 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-from jax.sharding import PartitionSpec as P
+from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from cce_jax import data
+from cce_jax import data  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -285,7 +285,8 @@ def load_npz(path: str) -> RawDataset:
         if x.ndim != 4 or 0 in x.shape[1:]:
             raise _npz_error(
                 path,
-                f"{split}_images must have shape [N, H, W, C], got {arrays[f'{split}_images'].shape}",
+                f"{split}_images must have shape [N, H, W, C], "
+                f"got {arrays[f'{split}_images'].shape}",
             )
         y = arrays[f"{split}_labels"]
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
