@@ -24,10 +24,6 @@ from experiments.configs import default
 def get_config():
     c = default.get_config()
     c.data.source = "digits"
-    try:  # the tfds name means nothing for source=digits (a placeholder in newer defaults)
-        c.data.name = None
-    except (TypeError, ValueError):
-        pass
     c.data.profile = "exp"
     c.data.ratio = 50.0
     c.model.name = "resnet8"
