@@ -23,22 +23,23 @@ Every loss here is pure and unreduced, in the manner of ``optax.losses``:
   argument of a jitted function) cannot be checked inside ``jit``: check it with
   :func:`cce_jax.labels.check_class_counts`.
 
-**Numerical domain** (tested at its edges, in float32, bfloat16 and float16, for the loss
-and its gradient). Everything is computed from log-sum-exps, with no epsilon and no division
-by ``1 - p``. Loss and gradient are finite for
+**Numerical domain** (tested at its edges, for the loss and its gradient, with and without
+``jit``, K = 10). Everything is computed from log-sum-exps, with no epsilon and no division by
+``1 - p``. Loss and gradient are finite for
 
-* every loss but ``mse_outlying_loss`` and ``ldam_loss``: finite logits with
-  ``|z| <= 1e38`` (float32/bfloat16; float16: every finite value);
-* ``ldam_loss``: ``|z| <= 1e38 / scale`` (the logits are multiplied by ``scale``);
-* ``mse_outlying_loss``: ``|z| <= 1e19`` (the loss is a mean of squares; float16: every
-  finite value).
+* float16 logits: every finite value, for every loss;
+* float32 and bfloat16 logits: ``|z| <= 1e38`` for every loss but these two:
+  ``ldam_loss``: ``|z| <= 1e38 / scale`` (the logits are multiplied by ``scale``; tested with
+  the default 30); ``mse_outlying_loss``: ``|z| <= 1e19`` (a mean of squares, which overflows
+  float32 from ``|z - t| ~ 1.8e19``).
 
 A ``-inf`` logit on a wrong class (a way to mask classes out) is exact: that class has
 ``p = q = 0`` and contributes 0 (``0 log 0 = 0``); loss and gradient stay finite, for every
 loss but ``mse_outlying_loss`` (a regression on the raw outputs: ``-inf`` is outside its
-domain and gives ``+inf``). ``-inf`` on the *true* class gives ``+inf``, the exact value of
-cross entropy at ``p_g = 0``, with a finite gradient (every loss); mask such entries with
-``where``. ``+inf`` and NaN logits are outside the domain except in entries that do not count.
+domain and gives ``+inf``). ``-inf`` on the *true* class gives a loss of ``+inf``, the exact
+value of cross entropy at ``p_g = 0``, with a finite gradient (every loss but
+``mse_outlying_loss``, whose gradient is then ``-inf``); mask such entries with ``where``.
+``+inf`` and NaN logits are outside the domain, except in entries that do not count.
 
 Notation: ``z`` logits [..., K], ``p = softmax(z)``, ``g`` the true class, ``n_k`` the number of
 training samples of class ``k``.
