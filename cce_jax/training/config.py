@@ -194,11 +194,14 @@ def validate_config(
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         errs.append(f"loss.name={name!r} is not one of {list(loss_names())}{hint}")
     else:
-        try:  # cce_jax.losses checks the hyperparameters (with placeholder counts)
-            base = "ce" if name == "cot" else name
-            losses.get(base, class_counts=[50, 20, 5], **dict(config.loss.get("hparams", {}) or {}))
+        # cce_jax.losses checks the hyperparameters, with placeholder counts; per-class
+        # vectors (class_weights) need the real K and are checked when the data is loaded.
+        hparams = dict(config.loss.get("hparams", {}) or {})
+        hparams.pop("class_weights", None)
+        try:
+            losses.get("ce" if name == "cot" else name, class_counts=[50, 20, 5], **hparams)
         except (ValueError, TypeError) as e:
-            errs.append(f"loss {name!r}: {e}")
+            errs.append(str(e))
     if not _finite(config.loss.drw_beta) or not 0 <= float(config.loss.drw_beta) < 1:
         errs.append(f"loss.drw_beta={config.loss.drw_beta} must be in [0, 1)")
     if int(config.loss.drw_epoch) >= 0 and is_cot(config):
