@@ -47,7 +47,15 @@ def _train(workdir, *args, devices=1, timeout=400):
 
 @pytest.mark.parametrize("devices", [1, 8])
 def test_device_pipeline_digits(tmp_path, devices):
-    s = _train(tmp_path / "w", "--config.data.pipeline=device", devices=devices)
+    # 12 of digits.py's 30 epochs (lr steps moved to match): top-1 0.923 on 1 device, 0.931
+    # on 8 (the data order depends on the device count), against 0.93 for the full run.
+    s = _train(
+        tmp_path / "w",
+        "--config.data.pipeline=device",
+        "--config.num_epochs=12",
+        "--config.schedule.boundaries=(8,10)",
+        devices=devices,
+    )
     assert s["device_count"] == devices
     assert s["test_top1"] >= 0.9, s["test_top1"]
     assert s["config"]["data"]["pipeline"] == "device"
@@ -57,7 +65,8 @@ def test_seeds_on_8_devices(tmp_path):
     s = _train(
         tmp_path / "w",
         "--config.seeds=(0,1)",
-        "--config.num_epochs=10",
+        "--config.num_epochs=5",
+        "--config.schedule.boundaries=(3,4)",
         "--config.data.pipeline=device",
         devices=8,
     )

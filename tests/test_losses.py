@@ -446,14 +446,16 @@ def test_bfloat16_matches_float32_on_moderate_logits():
 
 # --- properties ------------------------------------------------------------------------------
 
+# A few fixed shapes (K = 2, the smallest complement, up to 12): every eager op compiles once
+# per shape, so drawing shapes freely spends the test's time in XLA, not in the properties.
 logit_arrays = hnp.arrays(
     np.float32,
-    st.tuples(st.integers(1, 6), st.integers(2, 12)),
+    st.sampled_from([(1, 2), (4, 2), (3, 3), (5, 7), (6, 12)]),
     elements=st.floats(-50, 50, width=32),
 )
 
 
-@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.settings(max_examples=30, deadline=None)
 @hypothesis.given(z=logit_arrays, data=st.data())
 def test_complement_entropy_bounds(z, data):
     k = z.shape[-1]

@@ -19,7 +19,6 @@ import pytest
 from experiments import reproduce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARCHIVE = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
 
 # A stand-in for experiments.train. FAKE_PLAN (JSON in the environment) picks the behaviour per
 # loss name: "crash" (exit 1 with an error line), "diverge" (failure.json, exit 3), "stop_once"
@@ -450,11 +449,16 @@ def test_vmap_seeds_layout_is_collected(fake, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(ARCHIVE), reason="offline CIFAR-10 copy not in ../shared")
-def test_tiny_grid_end_to_end_and_resumable(tmp_path, capsys):
+def test_tiny_grid_end_to_end_and_resumable(tmp_path, capsys, cifar10_jpeg_cache):
     # The real trainer (one epoch per run); one loss keeps it short (the second run reuses the
     # first one's compiled step from the JAX cache).
-    argv = ["--suite=tiny", "--seeds=0", "--losses=ce", f"--workdir={tmp_path / 'runs'}"]
+    argv = [
+        "--suite=tiny",
+        "--seeds=0",
+        "--losses=ce",
+        f"--workdir={tmp_path / 'runs'}",
+        f"--config.data.cache_dir={cifar10_jpeg_cache}",
+    ]
     reproduce.main(argv)
     text = open(tmp_path / "runs" / "results" / "tiny.md").read()
     for ratio in ("10", "2"):
