@@ -159,8 +159,9 @@ def get_model(
     ``dtype`` may be a dtype or a string ("float32", "bfloat16").
 
     >>> m = get_model("resnet8", num_classes=3, width=4)
-    >>> variables = m.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
-    >>> m.apply(variables, jnp.zeros((2, 8, 8, 1))).shape
+    >>> x = jnp.zeros((2, 8, 8, 1))
+    >>> variables = jax.jit(m.init)(jax.random.key(0), x)
+    >>> jax.jit(m.apply)(variables, x).shape
     (2, 3)
     """
     dtype = check_model_config(name, dtype=dtype, width=width)

@@ -25,8 +25,13 @@ def main():
     p.add_argument("--process_id", type=int, default=0)
     args = p.parse_args()
 
+    # Without LLVM's optimisations (XLA:CPU): what is compared, how the sharded program
+    # partitions and reduces, is decided before code generation, and every configuration
+    # compiles with the same flag; it compiles the ResNet steps 3-5x faster.
     os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={args.devices}"
+        + " --xla_backend_optimization_level=0"
     )
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

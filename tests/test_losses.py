@@ -455,6 +455,9 @@ logit_arrays = hnp.arrays(
 )
 
 
+_complement_entropy = jax.jit(losses.complement_entropy)
+
+
 @hypothesis.settings(max_examples=30, deadline=None)
 @hypothesis.given(z=logit_arrays, data=st.data())
 def test_complement_entropy_bounds(z, data):
@@ -463,14 +466,23 @@ def test_complement_entropy_bounds(z, data):
         data.draw(st.lists(st.integers(0, k - 1), min_size=z.shape[0], max_size=z.shape[0])),
         np.int32,
     )
-    h = np.asarray(losses.complement_entropy(z, y))
+    h = np.asarray(_complement_entropy(z, y))
     assert np.all(h >= -1e-6) and np.all(h <= np.log(k - 1) + 1e-5)
     # Equality at a uniform wrong-class distribution, whatever the true logit.
     zu = np.full_like(z, data.draw(st.floats(-50, 50, width=32)))
     zu[np.arange(len(y)), y] = z[np.arange(len(y)), y]
-    np.testing.assert_allclose(
-        losses.complement_entropy(zu, y), np.log(k - 1), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(_complement_entropy(zu, y), np.log(k - 1), rtol=1e-5, atol=1e-6)
+
+
+# Jitted once (one program per shape, instead of every eager op compiled per shape).
+_REDUCTIONS = {
+    "cce_gamma0": jax.jit(functools.partial(losses.complement_cross_entropy, gamma=0.0)),
+    "focal_gamma0": jax.jit(functools.partial(losses.focal_loss, gamma=0.0)),
+    "la_equal": jax.jit(losses.logit_adjusted_loss),
+    "bs_equal": jax.jit(losses.balanced_softmax_loss),
+    "ldam_no_margin": jax.jit(functools.partial(losses.ldam_loss, max_margin=0.0, scale=1.0)),
+    "ce_unit_weights": jax.jit(lambda z, y, w: losses.cross_entropy(z, y, class_weights=w)),
+}
 
 
 @hypothesis.settings(max_examples=30, deadline=None)
@@ -480,15 +492,14 @@ def test_reductions_to_cross_entropy(z, seed, count):
     y = np.random.default_rng(seed).integers(0, k, size=z.shape[0]).astype(np.int32)
     ce = np.asarray(losses.cross_entropy(z, y))
     tol = {"rtol": 1e-5, "atol": 1e-5}
-    np.testing.assert_allclose(losses.complement_cross_entropy(z, y, gamma=0.0), ce, **tol)
-    np.testing.assert_allclose(losses.focal_loss(z, y, gamma=0.0), ce, **tol)
+    f = _REDUCTIONS
+    np.testing.assert_allclose(f["cce_gamma0"](z, y), ce, **tol)
+    np.testing.assert_allclose(f["focal_gamma0"](z, y), ce, **tol)
     equal = np.full(k, count)
-    np.testing.assert_allclose(losses.logit_adjusted_loss(z, y, equal), ce, **tol)
-    np.testing.assert_allclose(losses.balanced_softmax_loss(z, y, equal), ce, **tol)
-    np.testing.assert_allclose(
-        losses.ldam_loss(z, y, np.arange(1, k + 1), max_margin=0.0, scale=1.0), ce, **tol
-    )
-    np.testing.assert_allclose(losses.cross_entropy(z, y, class_weights=np.ones(k)), ce, **tol)
+    np.testing.assert_allclose(f["la_equal"](z, y, equal), ce, **tol)
+    np.testing.assert_allclose(f["bs_equal"](z, y, equal), ce, **tol)
+    np.testing.assert_allclose(f["ldam_no_margin"](z, y, np.arange(1, k + 1)), ce, **tol)
+    np.testing.assert_allclose(f["ce_unit_weights"](z, y, np.ones(k, np.float32)), ce, **tol)
 
 
 @hypothesis.settings(max_examples=30, deadline=None)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from cce_jax.data import imbalance
-from cce_jax.data.split import Split
+from cce_jax.data.split import Split, SplitViews
 
 __all__ = ["DeviceData", "default_mesh", "stack_batches"]
 
@@ -128,7 +128,7 @@ def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool):
     return plan_fn, batch_fn, eval_fn
 
 
-class DeviceData:
+class DeviceData(SplitViews):
     """Device-resident input pipelines of one imbalanced data set; see the module docstring.
 
     Train batches: ``{"image": float32 [B, H, W, C], "label": int32 [B]}``; eval batches add
@@ -215,19 +215,7 @@ class DeviceData:
             mesh, self.steps_per_epoch, self._local_b, n_pad, self.augment
         )
 
-    # -- public views (tests, references) ----------------------------------------------
-
-    def train_split(self) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 images [N, H, W, C], int32 labels [N]) of the kept train subset (host)."""
-        return self._split.train_images, self._split.train_labels
-
-    def test_split(self) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 images, int32 labels) of the test split evaluated (host)."""
-        return self._split.test_images, self._split.test_labels
-
-    def normalize(self, images) -> np.ndarray:
-        """uint8 images -> the float32 values the batches hold (numpy)."""
-        return self._split.normalize(images)
+    # -- public views (tests, references): train_split, test_split, normalize (SplitViews)
 
     def _device_plan(self, epoch: int):
         import jax.numpy as jnp

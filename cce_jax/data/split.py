@@ -15,6 +15,7 @@ __all__ = [
     "CIFAR100_STD",
     "DataInfo",
     "Split",
+    "SplitViews",
     "make_split",
 ]
 
@@ -54,6 +55,24 @@ class Split:
     def normalize(self, images) -> np.ndarray:
         """uint8 [..., C] -> float32 normalised images (numpy)."""
         return np.asarray(images).astype(np.float32) * self.a + self.b
+
+
+class SplitViews:
+    """The host-side views both pipelines give of their :class:`Split` (``self._split``)."""
+
+    _split: Split
+
+    def train_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images [N, H, W, C], int32 labels [N]) of the kept train subset (host)."""
+        return self._split.train_images, self._split.train_labels
+
+    def test_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images, int32 labels) of the test split evaluated (host)."""
+        return self._split.test_images, self._split.test_labels
+
+    def normalize(self, images) -> np.ndarray:
+        """uint8 images -> the float32 values the batches hold (numpy)."""
+        return self._split.normalize(images)
 
 
 def _check(labels, num_classes, what):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from cce_jax.data import imbalance
-from cce_jax.data.split import Split
+from cce_jax.data.split import Split, SplitViews
 
 __all__ = ["TFData"]
 
@@ -28,7 +28,7 @@ def _check_batch(name, value, pcount):
         )
 
 
-class TFData:
+class TFData(SplitViews):
     """Input pipelines of one imbalanced data set through tf.data (``pipeline="tf"``).
 
     Batches are dicts of process-local numpy arrays: train ``image`` float32 [b, H, W, C],
@@ -58,19 +58,7 @@ class TFData:
         self._eval_local_b = self._eval_global_b // pcount
         self._tf_images = None
 
-    # -- public views (tests, references) ----------------------------------------------
-
-    def train_split(self) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 images [N, H, W, C], int32 labels [N]) of the kept train subset."""
-        return self._split.train_images, self._split.train_labels
-
-    def test_split(self) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 images, int32 labels) of the test split evaluated."""
-        return self._split.test_images, self._split.test_labels
-
-    def normalize(self, images) -> np.ndarray:
-        """uint8 images -> the float32 values the batches hold."""
-        return self._split.normalize(images)
+    # -- public views (tests, references): train_split, test_split, normalize (SplitViews)
 
     def epoch_plan(self, epoch: int) -> imbalance.EpochPlan:
         """The global plan of epoch `epoch` (:func:`cce_jax.data.epoch_plan`), [steps, B]."""

@@ -18,21 +18,14 @@ Runtime of the 12 runs: about 2.5 min with 2 runs at a time, 3.1 min one at a ti
 x86 CPU shared with other jobs, load 5); ~15-25 s per run, most of it start-up and compile.
 """
 
-from experiments.configs import default
+from experiments.configs import digits
 
 
 def get_config():
-    c = default.get_config()
-    c.data.source = "digits"
-    c.data.profile = "exp"
+    # digits.py (data source, model, batch, optimizer) at ratio 50, 15 epochs.
+    c = digits.get_config()
     c.data.ratio = 50.0
-    c.model.name = "resnet8"
-    c.model.width = 16
-    c.batch_size = 32
-    c.eval_batch_size = 256
     c.num_epochs = 15
-    c.optimizer.lr = 0.05
-    c.optimizer.weight_decay = 5e-4
     c.schedule.warmup_epochs = 1.0
     c.schedule.boundaries = (10, 13)
     c.schedule.factors = (0.1, 0.01)
