@@ -446,8 +446,8 @@ def test_bfloat16_matches_float32_on_moderate_logits():
 
 # --- properties ------------------------------------------------------------------------------
 
-# A few fixed shapes (K = 2, the smallest complement, up to 12): every eager op compiles once
-# per shape, so drawing shapes freely spends the test's time in XLA, not in the properties.
+# A few fixed shapes (K = 2, the smallest complement, up to 12): each loss compiles once per
+# shape, so drawing shapes freely spends the test's time in XLA, not in the properties.
 logit_arrays = hnp.arrays(
     np.float32,
     st.sampled_from([(1, 2), (4, 2), (3, 3), (5, 7), (6, 12)]),
