@@ -6,8 +6,9 @@
   ``JAX_COMPILATION_CACHE_DIR``. The tests share one temporary cache folder, set here before
   JAX is imported (subprocesses inherit the variable) and removed at the end. A cache the
   caller already set (``JAX_COMPILATION_CACHE_DIR``) is used as it is.
-* ``cifar10_jpeg_cache``: the offline CIFAR-10 copy extracted and decoded once per session
-  (about 30 s on 2 cores), for every test that reads it (pass it as ``data.cache_dir``).
+* ``cifar10_jpeg_archive``: the offline CIFAR-10 copy's path (the test is skipped without it);
+  ``cifar10_jpeg_cache``: that copy extracted and decoded once per session (about 30 s on 2
+  cores), for every test that reads it (pass it as ``data.cache_dir``).
 """
 
 import os
@@ -22,7 +23,12 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     _OWN_CACHE = tempfile.mkdtemp(prefix="cce_jax_tests_jax_cache_")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 
-CIFAR10_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# The offline CIFAR-10 copy: ../shared beside the checkout (where CI clones it), else the
+# project's shared folder.
+_CIFAR10_CANDIDATES = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz",
+    Path("/work/shared/data/cifar10-jpeg.tar.gz"),
+)
 
 
 def pytest_unconfigure(config):
@@ -31,12 +37,19 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture(scope="session")
-def cifar10_jpeg_cache(tmp_path_factory):
+def cifar10_jpeg_archive():
+    """The path of the offline CIFAR-10 archive; skips the test where it is missing."""
+    found = next((p for p in _CIFAR10_CANDIDATES if p.is_file()), None)
+    if found is None:
+        pytest.skip(f"offline CIFAR-10 archive not found at {_CIFAR10_CANDIDATES[0]}")
+    return str(found)
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_cache(tmp_path_factory, cifar10_jpeg_archive):
     """A ``data.cache_dir`` holding the offline CIFAR-10 copy, extracted and decoded."""
-    if not CIFAR10_ARCHIVE.is_file():
-        pytest.skip(f"offline CIFAR-10 archive not found at {CIFAR10_ARCHIVE}")
     from cce_jax import data
 
     cache = tmp_path_factory.mktemp("cifar10_jpeg_cache")
-    data.load_cifar10_jpeg(str(CIFAR10_ARCHIVE), str(cache))
+    data.load_cifar10_jpeg(cifar10_jpeg_archive, str(cache))
     return str(cache)

@@ -22,16 +22,6 @@ from cce_jax import data  # noqa: E402
 from cce_jax.data import sources  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ARCHIVE_CANDIDATES = [
-    REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz",
-    pathlib.Path("/work/shared/data/cifar10-jpeg.tar.gz"),
-]
-ARCHIVE = next((p for p in ARCHIVE_CANDIDATES if p.is_file()), None)
-needs_archive = pytest.mark.skipif(
-    ARCHIVE is None,
-    reason="offline CIFAR-10 archive not found at ../shared/data/cifar10-jpeg.tar.gz",
-)
-
 CIFAR10_EXP100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 
@@ -419,24 +409,23 @@ def test_build_missing_or_corrupt_archive(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def jpeg_cache(cifar10_jpeg_cache):
-    # Extracted and decoded once per session (conftest.py); this reads the cached arrays.
-    if ARCHIVE is None:
-        pytest.skip("offline CIFAR-10 archive not found at ../shared/data/cifar10-jpeg.tar.gz")
-    return cifar10_jpeg_cache, data.load_cifar10_jpeg(str(ARCHIVE), cifar10_jpeg_cache)
+def jpeg_cache(cifar10_jpeg_archive, cifar10_jpeg_cache):
+    # (archive, cache_dir, raw): extracted and decoded once per session (conftest.py); this
+    # reads the cached arrays. Skipped where the archive is missing.
+    raw = data.load_cifar10_jpeg(cifar10_jpeg_archive, cifar10_jpeg_cache)
+    return cifar10_jpeg_archive, cifar10_jpeg_cache, raw
 
 
 @pytest.fixture(scope="module")
 def jpeg_data(jpeg_cache):
     _tf()
-    cache, raw = jpeg_cache
-    cfg = _cfg(source=f"cifar10_jpeg:{ARCHIVE}", cache_dir=cache, profile="exp", ratio=100.0)
+    archive, cache, raw = jpeg_cache
+    cfg = _cfg(source=f"cifar10_jpeg:{archive}", cache_dir=cache, profile="exp", ratio=100.0)
     return data.build(cfg, seed=0, global_batch_size=128, eval_batch_size=512, raw=raw)
 
 
-@needs_archive
 def test_jpeg_raw_layout(jpeg_cache):
-    cache, raw = jpeg_cache
+    _, cache, raw = jpeg_cache
     assert raw.train_images.shape == (50000, 32, 32, 3) and raw.train_images.dtype == np.uint8
     assert raw.test_images.shape == (10000, 32, 32, 3)
     assert np.bincount(raw.train_labels).tolist() == [5000] * 10
@@ -448,11 +437,10 @@ def test_jpeg_raw_layout(jpeg_cache):
     assert entries == ["arrays_pillow.npz", "extracted"]
 
 
-@needs_archive
 def test_jpeg_pillow_decode_matches_tf_accurate_dct(jpeg_cache):
     # Pillow decodes like tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE"), exactly.
     tf = _tf()
-    cache, raw = jpeg_cache
+    _, cache, raw = jpeg_cache
     (root,) = os.listdir(cache)
     for i in (0, 4999, 25000, 49999):
         rel = raw.train_ids[i]
@@ -461,7 +449,6 @@ def test_jpeg_pillow_decode_matches_tf_accurate_dct(jpeg_cache):
         np.testing.assert_array_equal(raw.train_images[i], ref)
 
 
-@needs_archive
 def test_jpeg_exp100_counts_and_test_split(jpeg_data):
     info = jpeg_data.info
     assert info.name == "cifar10_jpeg"
@@ -472,9 +459,8 @@ def test_jpeg_exp100_counts_and_test_split(jpeg_data):
     assert jpeg_data.steps_per_epoch == 12406 // 128
 
 
-@needs_archive
 def test_jpeg_subset_seed(jpeg_cache):
-    _, raw = jpeg_cache
+    *_, raw = jpeg_cache
     counts = data.class_counts("exp", 10, 5000, 100)
     a = data.select_indices(raw.train_labels, raw.train_ids, counts, seed=0)
     b = data.select_indices(raw.train_labels, raw.train_ids, counts, seed=0)
@@ -489,7 +475,6 @@ def test_jpeg_subset_seed(jpeg_cache):
     assert sorted(raw.train_ids[i] for i in a) == sorted(ids_p[i] for i in d)
 
 
-@needs_archive
 def test_jpeg_train_batches_augmentation(jpeg_data):
     it = jpeg_data.train_epoch(0)
     b0 = next(it)
@@ -518,7 +503,6 @@ def test_jpeg_train_batches_augmentation(jpeg_data):
     assert not np.allclose(plain, x)  # augmentation did something
 
 
-@needs_archive
 def test_jpeg_eval_covers_test_once(jpeg_data):
     batches = list(jpeg_data.eval_batches())
     assert len(batches) == -(-10000 // 512) == jpeg_data.num_eval_batches()
@@ -531,11 +515,10 @@ def test_jpeg_eval_covers_test_once(jpeg_data):
     assert all(b["image"].shape == (512, 32, 32, 3) for b in batches)
 
 
-@needs_archive
 def test_jpeg_epochs_reproducible(jpeg_cache):
-    cache, raw = jpeg_cache
+    archive, cache, raw = jpeg_cache
     _tf()
-    cfg = _cfg(source=f"cifar10_jpeg:{ARCHIVE}", cache_dir=cache, profile="exp", ratio=100.0)
+    cfg = _cfg(source=f"cifar10_jpeg:{archive}", cache_dir=cache, profile="exp", ratio=100.0)
     d1 = data.build(cfg, seed=5, global_batch_size=256, eval_batch_size=512, raw=raw)
     d2 = data.build(cfg, seed=5, global_batch_size=256, eval_batch_size=512, raw=raw)
     a = list(d1.train_epoch(3))
