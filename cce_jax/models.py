@@ -18,6 +18,11 @@ The final layer is either a dense layer or, with ``cosine_head=True``, a cosine-
 one (``normalize(features) @ normalize(W)``, each logit in [-1, 1]; LDAM's scale ``s``
 multiplies it inside the loss). ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``);
 parameters and BatchNorm statistics stay float32 and the logits are returned as float32.
+
+``conv_impl`` chooses how the convolutions' weight gradients are computed
+(:mod:`cce_jax.conv`): ``"auto"`` (default) is XLA's own on GPU and TPU and, on the CPU,
+per layer whichever of XLA's and ``"shifted_matmul"`` was measured faster on this machine;
+``"xla"`` and ``"shifted_matmul"`` force one. They differ only in float rounding.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from cce_jax import conv as _conv
 
 __all__ = ["ResNet", "BasicBlock", "CosineDense", "get_model", "check_model_config", "MODEL_NAMES"]
 
@@ -92,11 +99,13 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
     bn_axis_name: str | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = functools.partial(
             nn.Conv,
+            conv_general_dilated=_conv.conv_fn(self.conv_impl),
             use_bias=False,
             padding="SAME",
             dtype=self.dtype,
@@ -152,6 +161,7 @@ def get_model(
     cosine_head: bool = False,
     width: int | None = None,
     bn_axis_name: str | None = None,
+    conv_impl: str = "auto",
 ) -> nn.Module:
     """Returns the flax module ``name`` (one of :data:`MODEL_NAMES`).
 
@@ -164,7 +174,7 @@ def get_model(
     >>> jax.jit(m.apply)(variables, x).shape
     (2, 3)
     """
-    dtype = check_model_config(name, dtype=dtype, width=width)
+    dtype = check_model_config(name, dtype=dtype, width=width, conv_impl=conv_impl)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     stages, w0, shortcut = _SPECS[name]
@@ -179,11 +189,14 @@ def get_model(
         cosine_head=bool(cosine_head),
         dtype=dtype,
         bn_axis_name=bn_axis_name,
+        conv_impl=conv_impl,
     )
 
 
-def check_model_config(name: str, *, dtype=jnp.float32, width: int | None = None):
-    """Checks a model name, compute dtype and width; returns the dtype as a ``jnp.dtype``.
+def check_model_config(
+    name: str, *, dtype=jnp.float32, width: int | None = None, conv_impl: str = "auto"
+):
+    """Checks a model name, compute dtype, width and conv_impl; returns the dtype.
 
     The one place these rules live (the trainer's config check calls it too).
 
@@ -192,6 +205,7 @@ def check_model_config(name: str, *, dtype=jnp.float32, width: int | None = None
     """
     if name not in _SPECS:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(_SPECS)}")
+    _conv.resolve_conv_impl(conv_impl, backend="cpu")  # raises for an unknown name
     if width is not None and (isinstance(width, bool) or int(width) != width or int(width) < 1):
         raise ValueError(f"width must be a positive integer or None, got {width!r}")
     names = ("float32", "bfloat16", "float16")

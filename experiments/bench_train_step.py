@@ -1,14 +1,17 @@
 """Train-step throughput of the accelerator paths, against the same step in PyTorch.
 
   python -m experiments.bench_train_step [--model=resnet32] [--width=0] [--batch_size=128]
-      [--num_steps=20] [--dtype=float32] [--modes=synthetic,tf,device,spc,seeds,torch]
+      [--num_steps=20] [--dtype=float32] [--modes=synthetic,conv,tf,device,spc,seeds,torch]
       [--seeds=1,2,4,8] [--steps_per_call=8] [--source=cifar10_jpeg:PATH] [--json=FILE]
 
 Every row is images/s of the trainer's jitted, data-parallel step (forward, CE, backward, SGD
 momentum 0.9 + weight decay on kernels, BatchNorm update; ResNet-32 CIFAR shapes by default)
 measured in this run, and its ratio to the first row:
 
-* ``synthetic``: one fixed device batch, a Python loop of jitted steps (the step alone);
+* ``synthetic``: one fixed device batch, a Python loop of jitted steps (the step alone),
+  with the models' default ``conv_impl="auto"``;
+* ``conv``: the same step with each convolution implementation forced (``xla``: XLA's own
+  weight gradient; ``shifted_matmul``: :mod:`cce_jax.conv`'s sum of matmuls);
 * ``tf`` / ``device``: the real CIFAR-10-LT (exp, ratio 100) input through
   ``cce_jax.data.build(pipeline=...)``: tf.data on the host, or the device-resident pipeline;
 * ``spc``: ``steps_per_call`` steps per jitted call (``lax.scan``) on the synthetic batch;
@@ -44,6 +47,7 @@ def step_throughput(
     num_models=None,
     steps_per_call=1,
     width=None,
+    conv_impl="auto",
 ):
     """Images/s of the trainer's jitted SGD train step on fixed random data, after warm-up.
 
@@ -56,7 +60,9 @@ def step_throughput(
     from cce_jax import models, training
 
     mesh = training.make_mesh()
-    model = models.get_model(model_name, num_classes=num_classes, dtype=dtype, width=width)
+    model = models.get_model(
+        model_name, num_classes=num_classes, dtype=dtype, width=width, conv_impl=conv_impl
+    )
     tx = optax.chain(
         optax.add_decayed_weights(2e-4, mask=training.decay_mask), optax.sgd(0.1, momentum=0.9)
     )
@@ -228,7 +234,7 @@ def main():
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--num_steps", type=int, default=20)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--modes", default="synthetic,tf,device,spc,seeds,torch")
+    p.add_argument("--modes", default="synthetic,conv,tf,device,spc,seeds,torch")
     p.add_argument("--seeds", default="1,2,4,8", help="model counts S of the seeds mode")
     p.add_argument("--steps_per_call", type=int, default=8)
     p.add_argument("--source", default="cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz")
@@ -270,6 +276,10 @@ def main():
     )
     if "synthetic" in modes or not modes:
         record("synthetic batch, loop", step_throughput(args.model, width=width, **kw))
+    if "conv" in modes:
+        for impl in ("xla", "shifted_matmul"):
+            ips = step_throughput(args.model, width=width, conv_impl=impl, **kw)
+            record(f"conv_impl={impl}", ips, "synthetic batch")
     for pipe in ("tf", "device"):
         if pipe in modes:
             try:

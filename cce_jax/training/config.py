@@ -39,6 +39,7 @@ RUN_CONTROL_KEYS = frozenset(
         "progress",
         "distributed",
         "deadline",
+        "model.conv_impl",  # changes float rounding only, as a move to another CPU does
         "data.cache_dir",
         "data.data_dir",
         "data.download",
@@ -131,6 +132,7 @@ def validate_config(
         ("name", dict(name=m.name)),
         ("dtype", dict(name=models.MODEL_NAMES[0], dtype=m.dtype)),
         ("width", dict(name=models.MODEL_NAMES[0], width=m.get("width"))),
+        ("conv_impl", dict(name=models.MODEL_NAMES[0], conv_impl=m.get("conv_impl", "auto"))),
     ):
         try:
             models.check_model_config(**kwargs)

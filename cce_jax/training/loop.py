@@ -242,6 +242,7 @@ class _Run:
             dtype=config.model.dtype,
             cosine_head=config.model.cosine_head,
             width=config.model.get("width"),
+            conv_impl=config.model.get("conv_impl", "auto"),
         )
         self.tx = opt_lib.make_optimizer(config, self.spe)
         self.lr_fn = opt_lib.make_lr_schedule(config, self.spe)

@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.width = ml_collections.config_dict.placeholder(int)  # None: the model's own
     c.model.cosine_head = False  # True for LDAM (normalised features x normalised weights)
     c.model.dtype = "float32"  # "bfloat16": mixed precision (params stay float32)
+    # Convolution weight gradient: "auto" (XLA's on GPU/TPU; on the CPU, per layer, whichever
+    # of XLA's and "shifted_matmul" was measured faster on this machine) | "xla" |
+    # "shifted_matmul" (cce_jax.conv).
+    c.model.conv_impl = "auto"
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "ce"  # ce focal cb_ce cb_focal ldam la bs cce mse_ol | cot
