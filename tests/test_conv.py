@@ -7,6 +7,10 @@ within 2e-2 (bfloat16 keeps 8 bits; both accumulate in float32).
 
 import functools
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +19,7 @@ import optax
 import pytest
 from jax import lax
 
-from cce_jax import conv, models, training
+from cce_jax import conv, models
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -113,15 +117,39 @@ def test_vmap_jit_and_second_use():
         assert _rel(got, ref) < 2e-5
 
 
-def test_data_parallel_mesh():
-    """Under jit with the batch sharded on a ``data`` mesh axis (one CPU device here; the
-    8-device run is the multi-device test's ``conv_impl`` check)."""
-    mesh = training.make_mesh()
-    sharding = jax.NamedSharding(mesh, jax.P("data"))
-    x = jax.device_put(jax.random.normal(jax.random.key(1), (8, 8, 8, 3)), sharding)
-    w = jax.random.normal(jax.random.key(2), (3, 3, 3, 4))
-    f = lambda impl: jax.jit(jax.grad(lambda w: jnp.mean(impl(x, w, (1, 1), "SAME") ** 2)))
-    assert _rel(f(_shifted)(w), f(_xla)(w)) < 2e-5
+_MESH_CHECK = """
+import jax, jax.numpy as jnp
+from jax import lax
+from cce_jax import conv, training
+mesh = training.make_mesh()
+assert len(mesh.devices.flat) == jax.device_count(), mesh
+x = jax.device_put(jax.random.normal(jax.random.key(1), (16, 8, 8, 3)),
+                   jax.NamedSharding(mesh, jax.P("data")))
+w = jax.random.normal(jax.random.key(2), (3, 3, 3, 4))
+def grads(impl):
+    f = lambda x, w: jnp.mean(impl(x, w, (2, 2), "SAME", dimension_numbers=conv._NHWC) ** 2)
+    return jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
+(dx, dw), (dx0, dw0) = grads(conv.conv_general_dilated), grads(lax.conv_general_dilated)
+assert dx.sharding.is_equivalent_to(x.sharding, 4), dx.sharding
+rel = lambda a, b: float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+print("devices", jax.device_count(), "dx", rel(dx, dx0), "dw", rel(dw, dw0))
+assert rel(dx, dx0) < 2e-5 and rel(dw, dw0) < 2e-5
+"""
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_data_parallel_mesh(devices):
+    """Under jit with the batch sharded on the trainer's ``data`` mesh axis, on 1 and on 8
+    simulated CPU devices (a subprocess: the device count is fixed when JAX starts)."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    r = subprocess.run(
+        [sys.executable, "-c", _MESH_CHECK], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"devices {devices} " in r.stdout
 
 
 def test_unsupported_cases_are_refused():
