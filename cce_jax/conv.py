@@ -247,7 +247,7 @@ def conv_general_dilated(
         batch_group_count,
         preferred_element_type,
     )
-    return _conv(strides, pads, precision)(lhs, rhs)
+    return _conv(strides, pads, precision, False)(lhs, rhs)
 
 
 def autotuned_conv_general_dilated(
@@ -285,12 +285,8 @@ def autotuned_conv_general_dilated(
         strides = None
     if _explicitly_sharded(lhs):
         strides = None
-    if (
-        strides is not None
-        and choose(jnp.shape(lhs), jnp.shape(rhs), jnp.result_type(lhs, rhs), strides, pads)
-        == "shifted_matmul"
-    ):
-        return _conv(strides, pads, precision)(lhs, rhs)
+    if strides is not None:
+        return _conv(strides, pads, precision, True)(lhs, rhs)
     return lax.conv_general_dilated(
         lhs,
         rhs,
@@ -356,8 +352,9 @@ def _xla_conv(x, w, strides, pads, precision):
 
 
 @functools.lru_cache(maxsize=None)
-def _conv(strides, pads, precision):
-    """A ``custom_vjp`` convolution for one (strides, pads, precision)."""
+def _conv(strides, pads, precision, measured):
+    """A ``custom_vjp`` convolution for one (strides, pads, precision); ``measured``: the
+    weight gradient is the one :func:`choose` picks, else always the matmuls."""
 
     @jax.custom_vjp
     def conv(x, w):
@@ -368,6 +365,9 @@ def _conv(strides, pads, precision):
 
     def bwd(res, g):
         x, w = res
+        if measured and choose(x.shape, w.shape, x.dtype, strides, pads) == "xla":
+            _, vjp = jax.vjp(lambda x_, w_: _xla_conv(x_, w_, strides, pads, precision), x, w)
+            return vjp(g)
         _, x_vjp = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads, precision), x)
         (dx,) = x_vjp(g)
         return dx, _weight_grad(x, g, w.shape, w.dtype, strides, pads, precision)

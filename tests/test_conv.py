@@ -197,6 +197,28 @@ def test_measured_choice_is_cached_per_machine(tmp_path, monkeypatch):
     assert conv.choose(*args) == "shifted_matmul" and len(calls) == 2
 
 
+def test_measured_weight_gradient_is_the_chosen_one(monkeypatch):
+    """conv_impl="auto" on the CPU: forward passes never measure; the backward pass asks
+    :func:`choose` and returns that implementation's weight gradient."""
+    asked = []
+    choice = {"value": "xla"}
+    monkeypatch.setattr(conv, "choose", lambda *a: asked.append(a) or choice["value"])
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    w = jax.random.normal(jax.random.key(2), (3, 3, 3, 4))
+    f = conv.autotuned_conv_general_dilated
+    assert conv.conv_fn("auto") is (
+        f if jax.default_backend() == "cpu" else lax.conv_general_dilated
+    )
+    y = jax.jit(lambda x, w: f(x, w, (1, 1), "SAME", dimension_numbers=NHWC))(x, w)
+    assert _rel(y, _xla(x, w, (1, 1), "SAME")) == 0.0 and not asked
+    loss = lambda w: jnp.sum(jnp.sin(f(x, w, (1, 1), "SAME", dimension_numbers=NHWC)))
+    ref = jax.grad(lambda w: jnp.sum(jnp.sin(_xla(x, w, (1, 1), "SAME"))))(w)
+    assert _rel(jax.grad(loss)(w), ref) == 0.0 and len(asked) == 1  # XLA's own, exactly
+    choice["value"] = "shifted_matmul"
+    got = jax.grad(loss)(w)
+    assert len(asked) == 2 and 0.0 < _rel(got, ref) < 2e-5  # the matmuls: other rounding
+
+
 def test_measure_runs_and_returns_a_choice():
     assert conv._measure((2, 8, 8, 4), (3, 3, 4, 4), jnp.float32, (1, 1), ((1, 1), (1, 1))) in (
         "xla",
