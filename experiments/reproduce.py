@@ -158,6 +158,18 @@ SUITES = {
         "ratios": (100, 10),
         "losses": PRIORITY,
     },
+    # The CCE paper's Fashion-MNIST with induced imbalance, a CPU-sized protocol (see
+    # experiments/configs/fashion_mnist_lt.py); ~90 min on 2 CPU cores.
+    "fashion_mnist_lt": {
+        "config": "experiments/configs/fashion_mnist_lt.py",
+        "quick_config": "experiments/configs/fashion_mnist_lt.py",
+        "profile": "exp",
+        "ratios": (100, 10),
+        "losses": ("ce", "cce_paper", "cce_code", "mse_ol", "ldam_drw", "la", "bs"),
+        "seeds": (0, 1, 2),
+        "jobs": "cpu_cores",
+        "label": "Fashion-MNIST-LT, ResNet-8 width 8, 8 epochs (a CPU protocol, not the paper's)",
+    },
     # Two losses, two ratios, one epoch of the tiny config: the CI test of this script.
     "tiny": {
         "config": "experiments/configs/tiny.py",

@@ -7,6 +7,7 @@ Source strings (``config.source``):
 ``"tfds:NAME"``        the same with the name in the source string
 ``"cifar10_jpeg:PATH"``  the offline CIFAR-10 JPEG archive, decoded with Pillow, cached
 ``"npz:PATH"``         any array data set in one ``.npz`` (see :func:`load_npz`)
+``"fashion_mnist:DIR"``  Fashion-MNIST's four standard IDX files (gzip'd or not) in ``DIR``
 ``"digits"``           scikit-learn's embedded 8x8 digits
 =====================  =====================================================================
 
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gzip
 import hashlib
 import io
 import os
 import shutil
 import socket
+import struct
 import tarfile
 import tempfile
 import threading
@@ -39,11 +42,13 @@ __all__ = [
     "clear_cache",
     "load_cifar10_jpeg",
     "load_digits",
+    "load_fashion_mnist",
     "load_npz",
     "load_source",
     "load_tfds",
     "network_reachable",
     "parse_source",
+    "read_idx",
 ]
 
 STALE_TEMP_SECONDS = 600  # temporaries of a live-looking writer older than this are removed
@@ -85,7 +90,7 @@ def parse_source(source: str, name=None) -> tuple[str, str | None]:
     if kind not in LOADERS:
         raise ValueError(
             f"source: unknown data source {source!r}; expected 'tfds', 'tfds:NAME', "
-            "'cifar10_jpeg:PATH', 'npz:PATH' or 'digits'"
+            "'cifar10_jpeg:PATH', 'npz:PATH', 'fashion_mnist:DIR' or 'digits'"
         )
     if kind == "digits":
         if sep:
@@ -230,6 +235,100 @@ def load_digits() -> RawDataset:
         labels[te],
         tuple(str(i) for i in range(10)),
         scale=16.0,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Fashion-MNIST (IDX files)
+# ----------------------------------------------------------------------------------------
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+_FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file of unsigned bytes (the MNIST format; ``.gz`` is decompressed) as uint8.
+
+    Header: two zero bytes, the element type (0x08: unsigned byte), the number of dimensions,
+    then each dimension as a big-endian uint32; the data must have exactly that many bytes.
+    Anything else raises ``ValueError`` naming the file.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{path}: not a readable gzip file ({e}); download it again") from e
+    if len(data) < 4 or data[:2] != b"\0\0":
+        raise ValueError(f"{path}: not an IDX file (it starts with {data[:4].hex() or 'nothing'})")
+    code, ndim = data[2], data[3]
+    if code != 0x08:
+        raise ValueError(f"{path}: IDX element type 0x{code:02x}; expected 0x08 (unsigned byte)")
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: IDX header cut short ({len(data)} bytes)")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = memoryview(data)[4 + 4 * ndim :]
+    if len(body) != int(np.prod(dims)):
+        raise ValueError(
+            f"{path}: {len(body)} data bytes, but the header's shape {dims} needs "
+            f"{int(np.prod(dims))} (a truncated or damaged file)"
+        )
+    return np.frombuffer(body, np.uint8).reshape(dims)
+
+
+def load_fashion_mnist(folder: str) -> RawDataset:
+    """Fashion-MNIST from its four standard IDX files in ``folder`` (28x28x1, 10 classes).
+
+    The files (as the data set's own site and tfds serve them, ``.gz`` or decompressed):
+    ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+    ``t10k-labels-idx1-ubyte``: 60,000 training and 10,000 test images. The training ids are
+    ``train:<index>`` in file order, as the tfds source gives them for ``fashion_mnist``, so
+    a seed selects the same imbalanced subset from either copy.
+    """
+    folder = os.path.expanduser(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"source: fashion_mnist:{folder}: no such folder")
+    arrays = {}
+    for key, stem in _FASHION_MNIST_FILES.items():
+        found = [os.path.join(folder, stem + ext) for ext in (".gz", "")]
+        found = [f for f in found if os.path.isfile(f)]
+        if not found:
+            raise ValueError(f"source: {folder} has no {stem}.gz (nor {stem})")
+        arrays[key] = read_idx(found[0])
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise ValueError(
+                f"source: {folder}: {split} images {x.shape} and labels {y.shape} do not "
+                "match (expected [N, H, W] and [N])"
+            )
+        if y.size and int(y.max()) >= len(FASHION_MNIST_CLASSES):
+            raise ValueError(f"source: {folder}: {split} label {int(y.max())} is not in 0..9")
+    n = len(arrays["train_labels"])
+    return RawDataset(
+        "fashion_mnist",
+        arrays["train_images"][..., None],
+        arrays["train_labels"].astype(np.int64),
+        [f"train:{i}" for i in range(n)],
+        arrays["test_images"][..., None],
+        arrays["test_labels"].astype(np.int64),
+        FASHION_MNIST_CLASSES,
     )
 
 
@@ -561,6 +660,7 @@ LOADERS: dict[str, Callable] = {
         arg, config.get("cache_dir") or "~/.cache/cce_jax"
     ),
     "npz": lambda arg, config: load_npz(arg),
+    "fashion_mnist": lambda arg, config: load_fashion_mnist(arg),
     "digits": lambda arg, config: load_digits(),
 }
 
@@ -588,7 +688,7 @@ def load_source(config) -> RawDataset:
       :class:`RawDataset`.
     """
     kind, arg = parse_source(config.source, config.get("name"))
-    if kind in ("cifar10_jpeg", "npz"):
+    if kind in ("cifar10_jpeg", "npz", "fashion_mnist"):
         arg = os.path.abspath(os.path.expanduser(arg))
     stamp = None
     if kind in ("cifar10_jpeg", "npz") and os.path.isfile(arg):
