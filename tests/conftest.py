@@ -6,6 +6,7 @@
   ``JAX_COMPILATION_CACHE_DIR``. The tests share one temporary cache folder, set here before
   JAX is imported (subprocesses inherit the variable) and removed at the end. A cache the
   caller already set (``JAX_COMPILATION_CACHE_DIR``) is used as it is.
+* ``CCE_JAX_CACHE_DIR`` (cce_jax.conv's measured convolution choices) points there too.
 * ``cifar10_jpeg_archive``: the offline CIFAR-10 copy's path (the test is skipped without it);
   ``cifar10_jpeg_cache``: that copy extracted and decoded once per session (about 30 s on 2
   cores), for every test that reads it (pass it as ``data.cache_dir``).
@@ -22,6 +23,11 @@ _OWN_CACHE = None
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     _OWN_CACHE = tempfile.mkdtemp(prefix="cce_jax_tests_jax_cache_")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+# cce_jax.conv's measured per-layer choices go to the same temporary folder, not to the
+# user's ~/.cache (subprocesses inherit the variable).
+os.environ.setdefault(
+    "CCE_JAX_CACHE_DIR", _OWN_CACHE or tempfile.mkdtemp(prefix="cce_jax_tests_cache_")
+)
 
 # The offline CIFAR-10 copy: ../shared beside the checkout (where CI clones it), else the
 # project's shared folder.
