@@ -63,6 +63,8 @@ from cce_jax import labels as labels_lib
 
 __all__ = [
     "NAMES",
+    "PRESETS",
+    "RECIPES",
     "balanced_softmax_loss",
     "class_balanced_weights",
     "complement_cross_entropy",
@@ -675,7 +677,26 @@ _REGISTRY = {
     "cce": (complement_cross_entropy, False, None),
     "mse_ol": (mse_outlying_loss, True, None),
 }
-NAMES = tuple(_REGISTRY)
+# Names of the result tables that fix hyperparameters of a loss above: name -> (loss, hparams).
+PRESETS = {
+    "cce_paper": ("cce", {"gamma": -1.0, "normalizer": "k_minus_1"}),  # CE - H_c/(K-1)
+    "cce_code": ("cce", {"gamma": 1.0, "normalizer": "k"}),  # CE + H_c/K, the public code
+}
+# Names of the result tables that are training recipes, not loss functions: what to run.
+RECIPES = {
+    "ldam_drw": (
+        "LDAM-DRW is a training recipe, not a loss function: the 'ldam' loss with a cosine "
+        "classifier head and deferred re-weighting (class-balanced weights from 80% of the "
+        "epochs on); in experiments.train: --config.loss.name=ldam --config.model.cosine_head=True "
+        "--config.loss.drw_epoch=160 (for 200 epochs)"
+    ),
+    "cot": (
+        "COT is a training recipe, not a loss function: cross entropy steps alternating with "
+        "steps that maximise the complement entropy; in experiments.train: "
+        "--config.loss.name=cot"
+    ),
+}
+NAMES = tuple(_REGISTRY) + tuple(PRESETS)
 
 
 def _hparam_names(fn) -> set:
@@ -720,9 +741,14 @@ def get(name: str, *, class_counts: ArrayLike | None = None, **hparams) -> Calla
     hyperparameter.
 
     Args:
-      name: one of :data:`NAMES`: ``ce, focal, cb_ce, cb_focal, ldam, la, bs, cce, mse_ol``.
-        ``cb_*`` are cross entropy / focal with :func:`class_balanced_weights` (hyperparameter
-        ``beta``).
+      name: one of :data:`NAMES`: ``ce, focal, cb_ce, cb_focal, ldam, la, bs, cce, mse_ol,
+        cce_paper, cce_code``. ``cb_*`` are cross entropy / focal with
+        :func:`class_balanced_weights` (hyperparameter ``beta``). The names of the result
+        tables work as they are: ``cce_paper`` is ``cce`` with ``gamma=-1.0,
+        normalizer="k_minus_1"`` (the paper's sign), ``cce_code`` is ``cce`` with
+        ``gamma=1.0, normalizer="k"`` (the public code's sign) (:data:`PRESETS`);
+        ``ldam_drw`` and ``cot`` are training recipes, and the error says what to run
+        (:data:`RECIPES`).
       class_counts: [K] per-class training-sample counts; required by ``cb_ce, cb_focal, ldam,
         la, bs, mse_ol``, ignored by the others.
       **hparams: the keyword-only hyperparameters of the loss function (not ``axis`` or
@@ -749,11 +775,22 @@ def get(name: str, *, class_counts: ArrayLike | None = None, **hparams) -> Calla
       ...
       ValueError: loss 'focal': `gamma` must be a finite real number >= 0.0, got 'nan' (str).
     """
-    if not isinstance(name, str) or name not in _REGISTRY:
+    if isinstance(name, str) and name in RECIPES:
+        raise ValueError(f"loss {name!r}: {RECIPES[name]}.")
+    if not isinstance(name, str) or name not in NAMES:
         close = difflib.get_close_matches(str(name), NAMES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown loss {name!r}{hint}; known losses: {', '.join(NAMES)}.")
-    loss_fn, needs_counts, builder = _REGISTRY[name]
+    if name in PRESETS:
+        base, fixed = PRESETS[name]
+        for hp in sorted(set(hparams) & set(fixed)):
+            raise ValueError(
+                f"loss {name!r} is {base!r} with {fixed}; to choose {hp!r}, use {base!r}."
+            )
+        hparams = {**fixed, **hparams}
+    else:
+        base = name
+    loss_fn, needs_counts, builder = _REGISTRY[base]
     if needs_counts and class_counts is None:
         raise ValueError(
             f"loss {name!r} needs `class_counts` (the per-class training-sample counts)."

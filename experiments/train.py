@@ -96,6 +96,12 @@ def preflight(argv: list[str]) -> list[str]:
     valid = set(flatten(config_to_dict(config)))
     prefixes = {k.rsplit(".", i)[0] for k in valid for i in range(k.count(".") + 1)}
     for a in out:
+        if a.startswith("--config.loss.name="):
+            from cce_jax import losses
+
+            name = a.split("=", 1)[1]
+            if name in losses.RECIPES and name != "cot":  # cot: the trainer runs it
+                raise FlagError(f"{a}: {losses.RECIPES[name]}")
         if a.startswith("--config.") and "=" in a:
             key = a[len("--config.") :].split("=", 1)[0]
             if key not in valid and key not in prefixes:
