@@ -111,3 +111,17 @@ def test_missing_extra_names_the_extra(tmp_path):
     assert '-e ".[train]"' in lines["training"]
     assert "[data] extra" in lines["default_config"], lines
     assert "sklearn (scikit-learn)" in lines["digits"] and "[data] extra" in lines["digits"]
+
+
+def test_train_help_exits_0_and_reads_cleanly():
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr
+    usage = out.stdout.split("flags:")[0]
+    assert "python -m experiments.train --config=" in usage
+    for line in usage.splitlines():
+        assert "   " not in line.strip(), line  # no runs of spaces from a joined docstring line
