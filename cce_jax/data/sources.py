@@ -2,13 +2,13 @@
 
 Source strings (``config.source``):
 
-=====================  =====================================================================
-``"tfds"``             ``tfds`` data set ``config.name`` (needs tensorflow_datasets)
-``"tfds:NAME"``        the same with the name in the source string
+=======================  ===================================================================
+``"tfds"``               ``tfds`` data set ``config.name`` (needs tensorflow_datasets)
+``"tfds:NAME"``          the same with the name in the source string
 ``"cifar10_jpeg:PATH"``  the offline CIFAR-10 JPEG archive, decoded with Pillow, cached
-``"npz:PATH"``         any array data set in one ``.npz`` (see :func:`load_npz`)
-``"digits"``           scikit-learn's embedded 8x8 digits
-=====================  =====================================================================
+``"npz:PATH"``           any array data set in one ``.npz`` (see :func:`load_npz`)
+``"digits"``             scikit-learn's embedded 8x8 digits
+=======================  ===================================================================
 
 Only ``tfds`` imports tensorflow / tensorflow_datasets, lazily.
 """
