@@ -1184,13 +1184,14 @@ def _run(args, argv, extra, t_start) -> int:
             expected=lambda lo, ra, se: expected(lo, ra, se) if in_grid(lo, ra, se) else None,
             extra_failures=failures,
         )
-        outside = sum(not in_grid(r["loss"], r["ratio"], s) for r in rows for s in r["seeds"])
+        seeds_shown = [(r, s) for r in rows for s in r["seeds"] + [f["seed"] for f in r["failed"]]]
+        outside = sum(not in_grid(r["loss"], r["ratio"], s) for r, s in seeds_shown)
         note = None
         if outside:
             note = (
                 f"This command's grid: losses {losses}, ratios {ratios}, seeds {seeds}; the "
-                f"table shows every finished run of {root}, {outside} of them made by earlier "
-                "commands outside this grid."
+                f"table shows every finished or failed run of {root}, {outside} of them made "
+                "by earlier commands outside this grid."
             )
         path = write_report(
             name,
@@ -1245,8 +1246,11 @@ def _run(args, argv, extra, t_start) -> int:
         raise
     rows, path = report()
     print("\n" + "\n".join(table_lines(rows)), flush=True)
-    n_done = sum(len(r["seeds"]) for r in rows)
-    failed = [(r, f) for r in rows for f in r["failed"]]
+    # This command's grid only (the table also shows earlier runs outside it).
+    n_done = sum(in_grid(r["loss"], r["ratio"], s) for r in rows for s in r["seeds"])
+    failed = [
+        (r, f) for r in rows for f in r["failed"] if in_grid(r["loss"], r["ratio"], f["seed"])
+    ]
     for r, f in failed:
         print(
             f"failed: {r['loss']} ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} "

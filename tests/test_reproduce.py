@@ -479,15 +479,17 @@ def test_tiny_grid_end_to_end_and_resumable(tmp_path, capsys, cifar10_jpeg_cache
 
 def test_a_subset_rerun_keeps_the_other_rows(fake, capsys):
     # The report shows every finished run of the workdir, and says which came from before.
-    assert fake("--losses=ce,la") == 0
+    assert fake("--losses=ce,la,cce_paper", plan={"diverge": ["la"]}) == 1
     capsys.readouterr()
+    # A rerun of a subset: the earlier rows stay, la's failure does not fail this command.
     assert fake("--losses=ce", "--seeds=0,1") == 0
     out = capsys.readouterr().out
-    assert "| ce | 10 | 2 | 0 |" in out and "| la | 10 | 1 | 0 |" in out
+    assert "| ce | 10 | 2 | 0 |" in out and "| cce_paper | 10 | 1 | 0 |" in out
+    assert "| la | 10 | 0 | 1 |" in out and "time budget" not in out
     text = (fake.results / "fake.md").read_text()
-    assert "the table shows every finished run of" in text
-    assert "1 of them made by earlier commands outside this grid" in text
-    assert "runs finished: 3 of 4" in text  # la seed 1 was never run
+    assert "the table shows every finished or failed run of" in text
+    assert "2 of them made by earlier commands outside this grid" in text
+    assert "runs finished: 3 of 6; failed: 1" in text  # la, cce_paper seed 1 never ran
     # The console names each run and its folder; the full command is in its train.log.
     lines = [x for x in out.splitlines() if x.startswith("[1/1]")]
     assert lines == [f"[1/1] ce r10 seed 1: {fake.root / 'r10' / 'ce' / 'seed1'}"], out
