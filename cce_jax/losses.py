@@ -63,6 +63,8 @@ from cce_jax import labels as labels_lib
 
 __all__ = [
     "NAMES",
+    "PRESETS",
+    "RECIPES",
     "balanced_softmax_loss",
     "class_balanced_weights",
     "complement_cross_entropy",
@@ -239,7 +241,7 @@ def cross_entropy(
     Example:
       >>> import jax.numpy as jnp, cce_jax
       >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
-      >>> cce_jax.losses.cross_entropy(logits, jnp.array([0, 2])).tolist()
+      >>> [round(v, 4) for v in cce_jax.losses.cross_entropy(logits, jnp.array([0, 2])).tolist()]
       [0.1698, 1.0986]
     """
     z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
@@ -277,8 +279,8 @@ def complement_entropy(
       >>> import jax.numpy as jnp, cce_jax
       >>> logits = jnp.array([[5.0, 1.0, 1.0, 1.0], [5.0, 4.0, 0.0, -4.0]])
       >>> h = cce_jax.losses.complement_entropy(logits, jnp.array([0, 0]))
-      >>> h.tolist()  # uniform wrong classes reach log(3) = 1.0986
-      [1.0986, 0.0930]
+      >>> [round(v, 4) for v in h.tolist()]  # uniform wrong classes reach log(3) = 1.0986
+      [1.0986, 0.093]
     """
     z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
     _check_k(z, 2, "complement_entropy")
@@ -332,11 +334,13 @@ def complement_cross_entropy(
     Example:
       >>> import jax.numpy as jnp, cce_jax
       >>> logits = jnp.array([[3.0, 1.0, 0.0, -2.0]])
-      >>> cce_jax.losses.complement_cross_entropy(logits, jnp.array([0])).tolist()
+      >>> loss = cce_jax.losses.complement_cross_entropy(logits, jnp.array([0]))
+      >>> [round(v, 4) for v in loss.tolist()]
       [-0.0624]
-      >>> cce_jax.losses.complement_cross_entropy(  # the public code's form
-      ...     logits, jnp.array([0]), gamma=1.0, normalizer="k").tolist()
-      [0.3540]
+      >>> loss = cce_jax.losses.complement_cross_entropy(  # the public code's form
+      ...     logits, jnp.array([0]), gamma=1.0, normalizer="k")
+      >>> [round(v, 4) for v in loss.tolist()]
+      [0.354]
     """
     _check_hparams("complement_cross_entropy", gamma=gamma, normalizer=normalizer)
     z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
@@ -436,7 +440,7 @@ def focal_loss(
     Example:
       >>> import jax.numpy as jnp, cce_jax
       >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
-      >>> cce_jax.losses.focal_loss(logits, jnp.array([0, 2])).tolist()
+      >>> [round(v, 4) for v in cce_jax.losses.focal_loss(logits, jnp.array([0, 2])).tolist()]
       [0.0041, 0.4883]
     """
     _check_hparams("focal_loss", _FOCAL_RULES, gamma=gamma)
@@ -481,8 +485,9 @@ def class_balanced_weights(class_counts: ArrayLike, *, beta: float = 0.9999) -> 
 
     Example:
       >>> import cce_jax
-      >>> cce_jax.losses.class_balanced_weights([5000, 500, 50], beta=0.999).tolist()
-      [0.126, 0.317, 2.557]
+      >>> w = cce_jax.losses.class_balanced_weights([5000, 500, 50], beta=0.999)
+      >>> [round(v, 4) for v in w.tolist()]
+      [0.1256, 0.317, 2.5574]
     """
     _check_hparams("class_balanced_weights", beta=beta)
     k = _validate.counts_length(class_counts)
@@ -542,7 +547,8 @@ def ldam_loss(
     Example:
       >>> import jax.numpy as jnp, cce_jax
       >>> logits = jnp.array([[0.5, 0.2], [0.5, 0.2]])
-      >>> cce_jax.losses.ldam_loss(logits, jnp.array([0, 1]), [160, 10]).tolist()
+      >>> loss = cce_jax.losses.ldam_loss(logits, jnp.array([0, 1]), [160, 10])
+      >>> [round(v, 4) for v in loss.tolist()]
       [0.2014, 24.0]
     """
     _check_hparams("ldam_loss", max_margin=max_margin, scale=scale)
@@ -592,7 +598,8 @@ def logit_adjusted_loss(
     Example:
       >>> import jax.numpy as jnp, cce_jax
       >>> logits = jnp.array([[1.0, 1.0]])
-      >>> cce_jax.losses.logit_adjusted_loss(logits, jnp.array([1]), [90, 10]).tolist()
+      >>> loss = cce_jax.losses.logit_adjusted_loss(logits, jnp.array([1]), [90, 10])
+      >>> [round(v, 4) for v in loss.tolist()]
       [2.3026]
     """
     _check_hparams("logit_adjusted_loss", tau=tau)
@@ -633,7 +640,8 @@ def balanced_softmax_loss(
     Example:
       >>> import jax.numpy as jnp, cce_jax
       >>> logits = jnp.array([[1.0, 1.0]])
-      >>> cce_jax.losses.balanced_softmax_loss(logits, jnp.array([1]), [90, 10]).tolist()
+      >>> loss = cce_jax.losses.balanced_softmax_loss(logits, jnp.array([1]), [90, 10])
+      >>> [round(v, 4) for v in loss.tolist()]
       [2.3026]
     """
     z, labels, valid = _validate.logits_and_labels(logits, labels, axis, where)
@@ -675,7 +683,26 @@ _REGISTRY = {
     "cce": (complement_cross_entropy, False, None),
     "mse_ol": (mse_outlying_loss, True, None),
 }
-NAMES = tuple(_REGISTRY)
+# Names of the result tables that fix hyperparameters of a loss above: name -> (loss, hparams).
+PRESETS = {
+    "cce_paper": ("cce", {"gamma": -1.0, "normalizer": "k_minus_1"}),  # CE - H_c/(K-1)
+    "cce_code": ("cce", {"gamma": 1.0, "normalizer": "k"}),  # CE + H_c/K, the public code
+}
+# Names of the result tables that are training recipes, not loss functions: what to run.
+RECIPES = {
+    "ldam_drw": (
+        "LDAM-DRW is a training recipe, not a loss function: the 'ldam' loss with a cosine "
+        "classifier head and deferred re-weighting (class-balanced weights from 80% of the "
+        "epochs on); in experiments.train: --config.loss.name=ldam --config.model.cosine_head=True "
+        "--config.loss.drw_epoch=160 (for 200 epochs)"
+    ),
+    "cot": (
+        "COT is a training recipe, not a loss function: cross entropy steps alternating with "
+        "steps that maximise the complement entropy; in experiments.train: "
+        "--config.loss.name=cot"
+    ),
+}
+NAMES = tuple(_REGISTRY) + tuple(PRESETS)
 
 
 def _hparam_names(fn) -> set:
@@ -720,9 +747,14 @@ def get(name: str, *, class_counts: ArrayLike | None = None, **hparams) -> Calla
     hyperparameter.
 
     Args:
-      name: one of :data:`NAMES`: ``ce, focal, cb_ce, cb_focal, ldam, la, bs, cce, mse_ol``.
-        ``cb_*`` are cross entropy / focal with :func:`class_balanced_weights` (hyperparameter
-        ``beta``).
+      name: one of :data:`NAMES`: ``ce, focal, cb_ce, cb_focal, ldam, la, bs, cce, mse_ol,
+        cce_paper, cce_code``. ``cb_*`` are cross entropy / focal with
+        :func:`class_balanced_weights` (hyperparameter ``beta``). The names of the result
+        tables work as they are: ``cce_paper`` is ``cce`` with ``gamma=-1.0,
+        normalizer="k_minus_1"`` (the paper's sign), ``cce_code`` is ``cce`` with
+        ``gamma=1.0, normalizer="k"`` (the public code's sign) (:data:`PRESETS`);
+        ``ldam_drw`` and ``cot`` are training recipes, and the error says what to run
+        (:data:`RECIPES`).
       class_counts: [K] per-class training-sample counts; required by ``cb_ce, cb_focal, ldam,
         la, bs, mse_ol``, ignored by the others.
       **hparams: the keyword-only hyperparameters of the loss function (not ``axis`` or
@@ -734,7 +766,7 @@ def get(name: str, *, class_counts: ArrayLike | None = None, **hparams) -> Calla
     Example:
       >>> import jax.numpy as jnp, cce_jax
       >>> fn = cce_jax.losses.get("cce", gamma=-1.0)
-      >>> fn(jnp.array([[3.0, 1.0, 0.0, -2.0]]), jnp.array([0])).tolist()
+      >>> [round(v, 4) for v in fn(jnp.array([[3.0, 1.0, 0.0, -2.0]]), jnp.array([0])).tolist()]
       [-0.0624]
       >>> cce_jax.losses.get("ldam")
       Traceback (most recent call last):
@@ -749,11 +781,22 @@ def get(name: str, *, class_counts: ArrayLike | None = None, **hparams) -> Calla
       ...
       ValueError: loss 'focal': `gamma` must be a finite real number >= 0.0, got 'nan' (str).
     """
-    if not isinstance(name, str) or name not in _REGISTRY:
+    if isinstance(name, str) and name in RECIPES:
+        raise ValueError(f"loss {name!r}: {RECIPES[name]}.")
+    if not isinstance(name, str) or name not in NAMES:
         close = difflib.get_close_matches(str(name), NAMES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown loss {name!r}{hint}; known losses: {', '.join(NAMES)}.")
-    loss_fn, needs_counts, builder = _REGISTRY[name]
+    if name in PRESETS:
+        base, fixed = PRESETS[name]
+        for hp in sorted(set(hparams) & set(fixed)):
+            raise ValueError(
+                f"loss {name!r} is {base!r} with {fixed}; to choose {hp!r}, use {base!r}."
+            )
+        hparams = {**fixed, **hparams}
+    else:
+        base = name
+    loss_fn, needs_counts, builder = _REGISTRY[base]
     if needs_counts and class_counts is None:
         raise ValueError(
             f"loss {name!r} needs `class_counts` (the per-class training-sample counts)."

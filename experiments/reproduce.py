@@ -2,7 +2,7 @@
 
   python -m experiments.reproduce --suite=digits               # the first command: ~3 min, CPU
   python -m experiments.reproduce --suite=cifar10_lt [--quick] [--seeds=0,1,2] \\
-      [--workdir=runs/reproduce] [--results_dir=DIR] [--losses=ce,cce_paper] [--ratios=100] \\
+      [--workdir=DIR] [--results_dir=DIR] [--losses=ce,cce_paper] [--ratios=100] \\
       [--source=cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz] [--max_minutes=M] \\
       [--vmap_seeds=auto|true|false] [--jobs=N] [--config.KEY=VALUE ...]
 
@@ -46,14 +46,22 @@ NaN as null), ``..._per_class_r{ratio}.png``: per-class accuracy against class s
 2+ ratios, ``..._vs_ratio.png``) is rewritten after every finished run and the table is printed
 at the end.
 
-* ``--suite=digits`` and ``--suite=tiny`` (demo and smoke grids) keep everything outside the
-  checkout: ``--workdir`` defaults to ``$TMPDIR/cce_jax_digits`` (or ``.../cce_jax_tiny``) and
-  ``--results_dir`` to ``WORKDIR/results``. They take minutes to redo, so the temporary
-  directory is the right home: a fresh clone stays clean (``git status``), a read-only or
-  installed checkout works, and nothing piles up in the home directory of a shared machine.
-* ``--suite=cifar10_lt`` / ``cifar10_step`` (hours to days of compute) default to
-  ``--workdir=runs/reproduce`` and write their report into ``experiments/results/`` of the
-  checkout: those are the committed tables. Give ``--results_dir`` to write elsewhere.
+Every suite keeps its files outside the checkout by default, so a run never overwrites the
+committed tables in ``experiments/results/`` and a fresh clone stays clean (``git status``):
+``--results_dir`` defaults to ``WORKDIR/results``, and ``--workdir`` to
+
+* ``$TMPDIR/cce_jax_digits`` (or ``.../cce_jax_tiny``) for ``--suite=digits`` and
+  ``--suite=tiny`` (demo and smoke grids): minutes to redo, so the temporary directory is the
+  right home and nothing piles up in the home directory of a shared machine;
+* ``~/cce_jax_runs`` for ``--suite=cifar10_lt`` / ``cifar10_step`` (hours to days of compute,
+  resumable from checkpoints, so kept across reboots).
+
+To rewrite a committed table, give ``--results_dir=experiments/results``.
+
+**The report covers the workdir.** The table shows every finished (or failed) run of the
+suite's run folder, not only this command's grid: rerunning a subset (``--losses=ce,mse_ol``)
+keeps the other rows, and the report says how many rows come from earlier commands. The
+"runs finished: N of M" line counts the runs of the table's whole grid.
 """
 
 from __future__ import annotations
@@ -128,6 +136,8 @@ PRIORITY = (
 )
 
 _TMP = tempfile.gettempdir()
+# The CIFAR suites' runs (hours to days, resumable): a folder that survives a reboot.
+RUNS_HOME = os.path.join(os.path.expanduser("~"), "cce_jax_runs")
 SUITES = {
     # The README's first command: six losses on imbalanced 8x8 digits, 2 seeds, ~3 min on
     # 2 CPU cores (see experiments/configs/digits_lt.py for the protocol and measurements).
@@ -150,6 +160,8 @@ SUITES = {
         "profile": "exp",
         "ratios": (100, 10),
         "losses": PRIORITY,
+        "workdir": RUNS_HOME,
+        "results": "workdir",
     },
     "cifar10_step": {
         "config": "experiments/configs/cifar10_lt.py",
@@ -157,6 +169,8 @@ SUITES = {
         "profile": "step",
         "ratios": (100, 10),
         "losses": PRIORITY,
+        "workdir": RUNS_HOME,
+        "results": "workdir",
     },
     # The CCE paper's Fashion-MNIST with induced imbalance, a CPU-sized protocol (see
     # experiments/configs/fashion_mnist_lt.py); ~90 min on 2 CPU cores.
@@ -334,6 +348,31 @@ def seed_status(root, loss, ratio, seed) -> tuple[str, str | None, dict | None]:
     return "todo", None, None
 
 
+def grid_on_disk(root: str) -> tuple[list[str], list[float], list[int]]:
+    """The losses, ratios and seeds of every finished or failed run under ``root``."""
+    losses, ratios, seeds = set(), set(), set()
+    for rdir in glob.glob(os.path.join(root, "r*")):
+        try:
+            ratio = float(os.path.basename(rdir)[1:])
+        except ValueError:
+            continue
+        for loss in LOSSES:
+            found = glob.glob(os.path.join(rdir, loss, "seed*", "*.json"))
+            found += glob.glob(os.path.join(rdir, loss, "seeds_*", "seed_*", "summary.json"))
+            for path in found:
+                if os.path.basename(path) not in ("summary.json", "failure.json"):
+                    continue
+                parts = os.path.relpath(path, os.path.join(rdir, loss)).split(os.sep)
+                name = parts[-2] if parts[0].startswith("seeds_") else parts[0]
+                digits = name.removeprefix("seed_").removeprefix("seed")
+                if digits.isdigit():
+                    losses.add(loss)
+                    ratios.add(ratio)
+                    seeds.add(int(digits))
+    order = [x for x in PRIORITY if x in losses] + sorted(losses - set(PRIORITY))
+    return order, sorted(ratios), sorted(seeds)
+
+
 def _failure_reason(failure: dict) -> str:
     reason = str(failure.get("reason", "failed"))
     where = [f"{k} {failure[k]}" for k in ("epoch", "step") if failure.get(k) is not None]
@@ -409,8 +448,9 @@ def collect(root: str, losses, ratios, seeds, *, expected=None, extra_failures=N
     Args:
       root: the suite's run folder (``WORKDIR/SUITE``).
       losses, ratios, seeds: the grid.
-      expected: optional ``f(loss, ratio, seed) -> config dict``; a finished run whose stored
-        config differs (beyond run control) raises :class:`ReproduceError`.
+      expected: optional ``f(loss, ratio, seed) -> config dict or None``; a finished run whose
+        stored config differs (beyond run control) raises :class:`ReproduceError` (None: not
+        checked).
       extra_failures: ``{(loss, ratio, seed): (folder, reason)}`` of failures of this call
         that left no ``failure.json`` (crashes, bad flags).
 
@@ -425,10 +465,9 @@ def collect(root: str, losses, ratios, seeds, *, expected=None, extra_failures=N
             for seed in seeds:
                 status, folder, data = seed_status(root, loss, ratio, seed)
                 if status == "done":
-                    if expected is not None:
-                        diff = config_diff(
-                            data.get("config", {}), expected(loss, ratio, seed), ignore=("seeds",)
-                        )
+                    want = expected(loss, ratio, seed) if expected is not None else None
+                    if want is not None:
+                        diff = config_diff(data.get("config", {}), want, ignore=("seeds",))
                         if diff:
                             raise ReproduceError(_mismatch_message(folder, diff))
                     runs.append(data)
@@ -642,6 +681,7 @@ def write_report(
     grid: dict,
     out_dir: str = RESULTS,
     label: str | None = None,
+    note: str | None = None,
 ) -> str:
     """Writes ``out_dir/name.md``, its strict-JSON twin and the plots; returns the .md path."""
     os.makedirs(out_dir, exist_ok=True)
@@ -678,8 +718,9 @@ def write_report(
     lines += [
         f"- Grid: losses {list(grid['losses'])}, ratios {list(grid['ratios'])}; runs "
         f"finished: {finished} of {total}; failed: {len(failed)}.",
-        "",
     ]
+    lines += [f"- {note}"] if note else []
+    lines.append("")
     if failed:
         lines += ["**Failed runs** (not in the means):", ""]
         lines += [
@@ -839,6 +880,7 @@ class _Runner:
         )
         tail = collections.deque(maxlen=40)
         log = open(os.path.join(unit.workdir, "train.log"), "a")
+        log.write("# " + " ".join(shlex.quote(c) for c in cmd) + "\n")
 
         def pump():
             with log:
@@ -915,7 +957,8 @@ def _parser():
     p.add_argument(
         "--workdir",
         default=None,
-        help="run folders (default: the suite's; runs/reproduce for cifar10)",
+        help="run folders (default: $TMPDIR/cce_jax_SUITE for digits and tiny, "
+        "~/cce_jax_runs for the cifar10 suites)",
     )
     p.add_argument("--losses", default=None, help="comma list (default: the suite's)")
     p.add_argument("--ratios", default=None, help="comma list (default: the suite's)")
@@ -928,8 +971,8 @@ def _parser():
     p.add_argument(
         "--results_dir",
         default=None,
-        help="report folder (default: experiments/results for cifar10 suites, "
-        "WORKDIR/results for digits and tiny)",
+        help="report folder (default: WORKDIR/results; the committed tables are in "
+        "experiments/results)",
     )
     p.add_argument(
         "--max_minutes",
@@ -1006,13 +1049,10 @@ def _run(args, argv, extra, t_start) -> int:
     root = os.path.join(workdir, name)
     if args.results_dir is not None:
         results_dir = os.path.abspath(args.results_dir)
-    elif suite.get("results") == "workdir":
+    else:  # every suite: outside the checkout (the committed tables stay as they are)
         results_dir = os.path.join(workdir, "results")
-    else:
-        results_dir = RESULTS
     cmd_prefix = shlex.split(args.train_command) if args.train_command else list(TRAIN_COMMAND)
     command = "python -m experiments.reproduce " + " ".join(shlex.quote(a) for a in argv)
-    grid = {"losses": losses, "ratios": ratios, "seeds": seeds, "config": config_path}
     label = suite.get("label")
     if label == "CI smoke grid":
         label = f"CI smoke grid ({suite.get('overrides', {}).get('num_epochs', '?')} epoch(s))"
@@ -1120,7 +1160,7 @@ def _run(args, argv, extra, t_start) -> int:
     print(
         f"{name}: {n_total} runs in the grid, {already} finished or failed before, "
         f"{n_todo} to run in {len(units)} program(s) ({'vmapped seeds, ' if vmap else ''}"
-        f"{jobs} at a time); runs: {root}",
+        f"{jobs} at a time); runs: {root}; report: {results_dir}",
         flush=True,
     )
     if args.dry_run:
@@ -1135,16 +1175,45 @@ def _run(args, argv, extra, t_start) -> int:
     pending = collections.deque(units)
     done_count = 0
 
+    def in_grid(loss, ratio, seed):
+        return loss in losses and float(ratio) in ratios and int(seed) in seeds
+
     def report():
-        rows = collect(root, losses, ratios, seeds, expected=expected, extra_failures=failures)
+        # Every finished run of the workdir, not only this command's grid: a rerun of a subset
+        # (--losses=ce) keeps the other rows. Runs outside the grid are not config-checked.
+        on_disk = grid_on_disk(root)
+        shown = {
+            "losses": losses + [x for x in on_disk[0] if x not in losses],
+            "ratios": ratios + [x for x in on_disk[1] if x not in ratios],
+            "seeds": sorted(set(seeds) | set(on_disk[2])),
+            "config": config_path,
+        }
+        rows = collect(
+            root,
+            shown["losses"],
+            shown["ratios"],
+            shown["seeds"],
+            expected=lambda lo, ra, se: expected(lo, ra, se) if in_grid(lo, ra, se) else None,
+            extra_failures=failures,
+        )
+        seeds_shown = [(r, s) for r in rows for s in r["seeds"] + [f["seed"] for f in r["failed"]]]
+        outside = sum(not in_grid(r["loss"], r["ratio"], s) for r, s in seeds_shown)
+        note = None
+        if outside:
+            note = (
+                f"This command's grid: losses {losses}, ratios {ratios}, seeds {seeds}; the "
+                f"table shows every finished or failed run of {root}, {outside} of them made "
+                "by earlier commands outside this grid."
+            )
         path = write_report(
             name,
             rows,
             quick=args.quick and has_quick,
             command=command,
-            grid=grid,
+            grid=shown,
             out_dir=results_dir,
             label=label,
+            note=note,
         )
         return rows, path
 
@@ -1158,12 +1227,8 @@ def _run(args, argv, extra, t_start) -> int:
                 for s in unit.seeds:
                     failures.pop((unit.loss, unit.ratio, s), None)
                 done_count += 1
-                cmd = runner.start(unit)
-                print(
-                    f"[{done_count}/{len(units)}] {unit.label()}: "
-                    f"{' '.join(shlex.quote(c) for c in cmd)}",
-                    flush=True,
-                )
+                runner.start(unit)  # its command line is the first line of its train.log
+                print(f"[{done_count}/{len(units)}] {unit.label()}: {unit.workdir}", flush=True)
             if not runner.running:
                 break
             unit, rc, secs, tail, killed = runner.wait_any(budget_end)
@@ -1193,8 +1258,11 @@ def _run(args, argv, extra, t_start) -> int:
         raise
     rows, path = report()
     print("\n" + "\n".join(table_lines(rows)), flush=True)
-    n_done = sum(len(r["seeds"]) for r in rows)
-    failed = [(r, f) for r in rows for f in r["failed"]]
+    # This command's grid only (the table also shows earlier runs outside it).
+    n_done = sum(in_grid(r["loss"], r["ratio"], s) for r in rows for s in r["seeds"])
+    failed = [
+        (r, f) for r in rows for f in r["failed"] if in_grid(r["loss"], r["ratio"], f["seed"])
+    ]
     for r, f in failed:
         print(
             f"failed: {r['loss']} ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} "

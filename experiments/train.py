@@ -1,6 +1,6 @@
 """Trains and evaluates one config: the thin entry point (flags + config file).
 
-  python -m experiments.train --config=experiments/configs/digits.py --workdir=/tmp/digits \
+  python -m experiments.train --config=experiments/configs/digits.py --workdir=/tmp/digits \\
       [--config.KEY=VALUE ...] [--config.loss.hparams.KEY=VALUE ...] [--loss_hparam=KEY=VALUE ...]
 
 Rerunning with the same --workdir resumes from its last checkpoint. Loss hyperparameters go
@@ -96,6 +96,12 @@ def preflight(argv: list[str]) -> list[str]:
     valid = set(flatten(config_to_dict(config)))
     prefixes = {k.rsplit(".", i)[0] for k in valid for i in range(k.count(".") + 1)}
     for a in out:
+        if a.startswith("--config.loss.name="):
+            from cce_jax import losses
+
+            name = a.split("=", 1)[1]
+            if name in losses.RECIPES and name != "cot":  # cot: the trainer runs it
+                raise FlagError(f"{a}: {losses.RECIPES[name]}")
         if a.startswith("--config.") and "=" in a:
             key = a[len("--config.") :].split("=", 1)[0]
             if key not in valid and key not in prefixes:
@@ -229,4 +235,10 @@ if __name__ == "__main__":
         sys.argv = preflight(sys.argv)  # config_flags reads its overrides from sys.argv itself
     except FlagError as e:
         _fail(str(e))
-    app.run(main)
+    help_flags = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+    try:
+        app.run(main)
+    except SystemExit as e:
+        if e.code == 1 and any(a in help_flags for a in sys.argv[1:]):
+            sys.exit(0)  # absl exits 1 after printing the help: asking for help is no failure
+        raise

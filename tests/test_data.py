@@ -353,10 +353,12 @@ def test_tfds_unknown_name_and_bad_download():
 # ---------------------------------------------------------------------------------------
 
 
-def test_small_jpeg_archive(tmp_path):
+def test_small_jpeg_archive(tmp_path, capsys):
     arch = make_jpeg_archive(tmp_path / "small.tar.gz")
     cache = tmp_path / "cache"
     raw = data.load_cifar10_jpeg(arch, str(cache))
+    said = capsys.readouterr().err  # where the copy went and its size, once
+    assert f"decoded once into {cache}" in said and " MB; " in said, said
     assert raw.train_images.shape == (12, 8, 8, 3) and raw.train_images.dtype == np.uint8
     assert raw.class_names == ("a", "b", "c") and raw.train_ids[0] == "train/a/0000.jpg"
     assert np.bincount(raw.test_labels).tolist() == [2, 2, 2]
@@ -364,6 +366,7 @@ def test_small_jpeg_archive(tmp_path):
     assert sorted(os.listdir(cache / root)) == ["arrays_pillow.npz", "extracted"]
     again = data.load_cifar10_jpeg(arch, str(cache))  # from the .npz
     np.testing.assert_array_equal(raw.train_images, again.train_images)
+    assert capsys.readouterr().err == ""
 
 
 def test_stale_extraction_temporaries_are_removed(tmp_path):

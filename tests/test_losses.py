@@ -175,7 +175,7 @@ def _data(seed=0, shape=(16,), scale=3.0, k=K):
 
 
 def _registry_fn(name):
-    return losses.get(name, class_counts=COUNTS, **REGISTRY_CASES[name])
+    return losses.get(name, class_counts=COUNTS, **REGISTRY_CASES.get(name, {}))
 
 
 def _value_and_vjp(fn, z, y, **kw):
@@ -354,6 +354,8 @@ def test_registry_matches_functions():
         "bs": ref_bs(z, y, COUNTS),
         "cce": ref_cce(z, y),
         "mse_ol": ref_mse(z, y, counts=COUNTS, alpha=5.0),
+        "cce_paper": ref_cce(z, y, gamma=-1.0, normalizer="k_minus_1"),
+        "cce_code": ref_cce(z, y, gamma=1.0, normalizer="k"),
     }
     assert set(expected) == set(losses.NAMES)
     for name, want in expected.items():
@@ -649,7 +651,38 @@ def test_get_checks_counts_and_names():
         assert str(info.value).startswith(message), str(info.value)
     with pytest.raises(ValueError, match=r"unknown loss 'focl' \(did you mean 'focal'\?\)"):
         losses.get("focl")
-    assert losses.NAMES == ("ce", "focal", "cb_ce", "cb_focal", "ldam", "la", "bs", "cce", "mse_ol")
+    assert losses.NAMES == (
+        "ce",
+        "focal",
+        "cb_ce",
+        "cb_focal",
+        "ldam",
+        "la",
+        "bs",
+        "cce",
+        "mse_ol",
+        "cce_paper",
+        "cce_code",
+    )
+
+
+def test_table_names_work_as_they_are():
+    """Every loss name of the result tables is a registry name, or says what to run."""
+    z, y = _data(4)
+    np.testing.assert_array_equal(
+        losses.get("cce_paper")(z, y), losses.get("cce", gamma=-1.0, normalizer="k_minus_1")(z, y)
+    )
+    np.testing.assert_array_equal(
+        losses.get("cce_code")(z, y), losses.get("cce", gamma=1.0, normalizer="k")(z, y)
+    )
+    with pytest.raises(ValueError, match=r"loss 'cce_code' is 'cce' with .*use 'cce'"):
+        losses.get("cce_code", gamma=-1.0)
+    with pytest.raises(ValueError, match="--config.loss.name=ldam --config.model.cosine_head"):
+        losses.get("ldam_drw", class_counts=COUNTS)
+    with pytest.raises(ValueError, match="--config.loss.name=cot"):
+        losses.get("cot")
+    with pytest.raises(ValueError, match=r"did you mean 'cce_paper'"):
+        losses.get("cce_papr")
 
 
 def test_good_hyperparameters_of_every_kind_are_accepted():

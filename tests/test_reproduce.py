@@ -475,3 +475,34 @@ def test_tiny_grid_end_to_end_and_resumable(tmp_path, capsys, cifar10_jpeg_cache
         reproduce.main(argv + ["--source=digits"])
     assert e.value.code == 2
     assert "data.source: stored" in capsys.readouterr().err
+
+
+def test_a_subset_rerun_keeps_the_other_rows(fake, capsys):
+    # The report shows every finished run of the workdir, and says which came from before.
+    assert fake("--losses=ce,la,cce_paper", plan={"diverge": ["la"]}) == 1
+    capsys.readouterr()
+    # A rerun of a subset: the earlier rows stay, la's failure does not fail this command.
+    assert fake("--losses=ce", "--seeds=0,1") == 0
+    out = capsys.readouterr().out
+    assert "| ce | 10 | 2 | 0 |" in out and "| cce_paper | 10 | 1 | 0 |" in out
+    assert "| la | 10 | 0 | 1 |" in out and "time budget" not in out
+    text = (fake.results / "fake.md").read_text()
+    assert "the table shows every finished or failed run of" in text
+    assert "2 of them made by earlier commands outside this grid" in text
+    assert "runs finished: 3 of 6; failed: 1" in text  # la, cce_paper seed 1 never ran
+    # The console names each run and its folder; the full command is in its train.log.
+    lines = [x for x in out.splitlines() if x.startswith("[1/1]")]
+    assert lines == [f"[1/1] ce r10 seed 1: {fake.root / 'r10' / 'ce' / 'seed1'}"], out
+    log = (fake.root / "r10" / "ce" / "seed1" / "train.log").read_text().splitlines()
+    assert log[0].startswith("# ") and "--config.seed=1" in log[0]
+
+
+@pytest.mark.parametrize("suite", ["digits", "tiny", "cifar10_lt", "cifar10_step"])
+def test_every_suite_writes_outside_the_checkout_by_default(suite, capsys):
+    args = [f"--suite={suite}", "--dry_run", "--vmap_seeds=false", "--jobs=1", "--seeds=0"]
+    reproduce.main(args + ["--losses=ce", "--ratios=10"])
+    first = capsys.readouterr().out.splitlines()[0]
+    runs, report = first.split("; runs: ")[1].split("; report: ")
+    for path in (runs, report):
+        assert not os.path.abspath(path).startswith(REPO + os.sep), path
+    assert report == os.path.join(os.path.dirname(runs), "results")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from cce_jax import _extras
 from cce_jax.data import sources
 from cce_jax.data.split import make_split
 
@@ -19,6 +20,7 @@ def default_config():
     >>> cfg.source, cfg.name, cfg.profile, cfg.ratio, cfg.pipeline, cfg.download
     ('tfds', None, 'exp', 100.0, 'auto', 'auto')
     """
+    _extras.require("data", "cce_jax.data.default_config()", "ml_collections")
     import ml_collections
     from ml_collections.config_dict import placeholder
 
@@ -72,7 +74,7 @@ def choose_pipeline(
         if pipeline == "tf" and not (tf_available() if tf_ok is None else tf_ok):
             raise ValueError(
                 "pipeline: 'tf' needs tensorflow, which is not importable here; use "
-                "data.pipeline='device' (or 'auto')"
+                "data.pipeline='device' (or 'auto'), or install the [tfds] extra"
             )
         return pipeline
     del platform  # the measured rule is the same on every platform (docs/data.md)

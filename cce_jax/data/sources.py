@@ -2,14 +2,14 @@
 
 Source strings (``config.source``):
 
-=====================  =====================================================================
-``"tfds"``             ``tfds`` data set ``config.name`` (needs tensorflow_datasets)
-``"tfds:NAME"``        the same with the name in the source string
+=======================  ===================================================================
+``"tfds"``               ``tfds`` data set ``config.name`` (needs tensorflow_datasets)
+``"tfds:NAME"``          the same with the name in the source string
 ``"cifar10_jpeg:PATH"``  the offline CIFAR-10 JPEG archive, decoded with Pillow, cached
-``"npz:PATH"``         any array data set in one ``.npz`` (see :func:`load_npz`)
+``"npz:PATH"``           any array data set in one ``.npz`` (see :func:`load_npz`)
 ``"fashion_mnist:DIR"``  Fashion-MNIST's four standard IDX files (gzip'd or not) in ``DIR``
-``"digits"``           scikit-learn's embedded 8x8 digits
-=====================  =====================================================================
+``"digits"``             scikit-learn's embedded 8x8 digits
+=======================  ===================================================================
 
 Only ``tfds`` imports tensorflow / tensorflow_datasets, lazily.
 """
@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import struct
+import sys
 import tarfile
 import tempfile
 import threading
@@ -34,6 +35,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from cce_jax import _extras
 from cce_jax.data.imbalance import id_str
 
 __all__ = [
@@ -147,6 +149,7 @@ def load_tfds(name: str, data_dir=None, *, download="auto") -> RawDataset:
     Returns:
       :class:`RawDataset`.
     """
+    _extras.require("tfds", "source 'tfds'", "tensorflow", "tensorflow_datasets")
     import tensorflow_datasets as tfds
 
     download = {True: "always", False: "never"}.get(download, download)
@@ -214,6 +217,7 @@ def load_digits() -> RawDataset:
 
     Within each class (file order) every third example is test: 1,201 train / 596 test.
     """
+    _extras.require("data", "source 'digits'", "sklearn")
     from sklearn.datasets import load_digits as sk_load_digits
 
     d = sk_load_digits()
@@ -593,6 +597,18 @@ def _write_npz_atomically(path: str, **arrays) -> None:
             os.remove(tmp)
 
 
+def _disk_usage(folder: str) -> int:
+    """Bytes of the files under ``folder``."""
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
 def load_cifar10_jpeg(archive: str, cache_dir: str = "~/.cache/cce_jax") -> RawDataset:
     """The offline CIFAR-10 JPEG archive (``train|test/<class>/NNNN.jpg``), decoded once.
 
@@ -601,7 +617,8 @@ def load_cifar10_jpeg(archive: str, cache_dir: str = "~/.cache/cce_jax") -> RawD
     load the ``.npz``. Pillow decodes like ``tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")``;
     the tf default used before (INTEGER_FAST) differs by up to 5 levels (mean 1), hence a new
     cache file name. Temporaries left by killed runs are removed first
-    (:func:`clean_stale_temporaries`). Classes are the train/ sub-folders, sorted.
+    (:func:`clean_stale_temporaries`). Classes are the train/ sub-folders, sorted. The first
+    call says on stderr where the copy went and how large it is (about 420 MB for CIFAR-10).
     """
     archive = os.path.expanduser(archive)
     if not os.path.isfile(archive):
@@ -614,6 +631,7 @@ def load_cifar10_jpeg(archive: str, cache_dir: str = "~/.cache/cce_jax") -> RawD
     clean_stale_temporaries(root)
     npz = os.path.join(root, "arrays_pillow.npz")
     if not os.path.isfile(npz):
+        _extras.require("data", "source 'cifar10_jpeg'", "PIL")
         folder = _extract_once(archive, root)
         train_dir = os.path.join(folder, "train")
         if not os.path.isdir(train_dir) or not os.path.isdir(os.path.join(folder, "test")):
@@ -632,6 +650,13 @@ def load_cifar10_jpeg(archive: str, cache_dir: str = "~/.cache/cce_jax") -> RawD
             test_labels=te_y,
             test_ids=np.asarray(te_ids),
             class_names=np.asarray(names),
+        )
+        print(
+            f"cce_jax.data: the CIFAR-10 JPEG copy was extracted and decoded once into {root} "
+            f"({_disk_usage(root) / 1e6:.0f} MB; later runs load it from there; "
+            "data.cache_dir sets the folder; delete it to free the space)",
+            file=sys.stderr,
+            flush=True,
         )
     with np.load(npz) as z:
         return RawDataset(

@@ -10,7 +10,12 @@ One job per module, as in flax's ``examples/imagenet``:
 * :mod:`~cce_jax.training.loop`: :func:`train_and_evaluate`, the whole run.
 """
 
-from cce_jax.training.config import (
+from cce_jax._extras import require
+
+# A missing extra is one ImportError that names it (not "No module named 'flax'").
+require("train", "cce_jax.training", "flax", "orbax.checkpoint", "ml_collections", "absl")
+
+from cce_jax.training.config import (  # noqa: E402
     PIPELINES,
     RUN_CONTROL_KEYS,
     SCHEDULES,
@@ -21,15 +26,15 @@ from cce_jax.training.config import (
     loss_names,
     validate_config,
 )
-from cce_jax.training.loop import (
+from cce_jax.training.loop import (  # noqa: E402
     DeadlineReached,
     TrainingDiverged,
     build_loss_fns,
     train_and_evaluate,
 )
-from cce_jax.training.optimizer import decay_mask, make_lr_schedule, make_optimizer
-from cce_jax.training.report import format_table
-from cce_jax.training.steps import (
+from cce_jax.training.optimizer import decay_mask, make_lr_schedule, make_optimizer  # noqa: E402
+from cce_jax.training.report import format_table  # noqa: E402
+from cce_jax.training.steps import (  # noqa: E402
     POSTHOC_TAUS,
     TrainState,
     batch_sharding,

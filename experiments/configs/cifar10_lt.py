@@ -14,9 +14,8 @@ Loss: ``--config.loss.name=NAME`` and ``--config.loss.hparams.KEY=VALUE`` (the s
 ``--loss_hparam=KEY=VALUE``; checked by ``cce_jax.losses.get`` before anything is written);
 LDAM-DRW: ``loss.name=ldam``, ``model.cosine_head=True``, ``loss.drw_epoch=160``.
 
-Expected runtime: on the 2-core CPU one epoch took 213 s (67 images/s), i.e. ~11 h for
-200 epochs; GPU not yet measured. Expected result: not yet measured
-(the literature reports ~70-73% top-1 for CE and ~77% for LDAM-DRW at ratio 100).
+Measured time: docs/training.md, "Configs". Result: not yet measured (the literature
+reports ~70-73% top-1 for CE and ~77% for LDAM-DRW at ratio 100).
 """
 
 from experiments.configs import default

@@ -9,9 +9,8 @@ lr x0.01 from epoch 16, x0.0001 from 18: the LDAM schedule's shape, compressed),
 every 5 epochs. Data: the offline JPEG copy of CIFAR-10 (../shared/data), exp profile, ratio
 100 (12,406 training images), the full balanced 10,000-image test split.
 
-Runtime: about 10 minutes per run on a 2-core x86 CPU (measured: see
-experiments/results/cifar10_lt_quick.md). Expected result: CE about 55-60% top-1 at ratio
-100 (see the results file); numbers are far below the paper protocol's by design.
+Time and result: experiments/results/cifar10_lt_quick.md (per run) and docs/training.md,
+"Configs"; numbers are far below the paper protocol's by design.
 Used by ``python -m experiments.reproduce --suite=cifar10_lt --quick``.
 """
 

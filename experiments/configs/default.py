@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.conv_impl = "auto"
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.name = "ce"  # ce focal cb_ce cb_focal ldam la bs cce mse_ol | cot
+    c.loss.name = "ce"  # ce focal cb_ce cb_focal ldam la bs cce mse_ol cce_paper cce_code | cot
     c.loss.hparams = ml_collections.ConfigDict()  # passed to cce_jax.losses.get(name, ...)
     c.loss.drw_epoch = -1  # deferred re-weighting from this (0-based) epoch on; -1 = off
     c.loss.drw_beta = 0.9999  # class-balanced weights of DRW

@@ -1,4 +1,4 @@
-"""Imbalanced 8x8 digits: the losses side by side in 1-2 minutes on a 2-core CPU.
+"""Imbalanced 8x8 digits: the losses side by side in minutes on a 2-core CPU.
 
   python -m experiments.reproduce --suite=digits      # ce, cce (both signs), mse_ol, la, bs
 
@@ -14,10 +14,8 @@ Why ratio 50: measured with 2 seeds (balanced accuracy %, ce / cce_paper / cce_c
 la / bs): ratio 10: 93.8 / 93.2 / 93.6 / 95.3 / 95.0 / 95.1 (differences within the seed
 spread); ratio 20: 92.6 / 91.7 / 89.8 / 95.0 / 94.0 / 94.1; ratio 50: 85.1 / 84.3 / 80.1 /
 92.2 / 91.7 / 91.6, the rare classes make the difference (few-shot 72 for ce, 86 for mse_ol).
-Runtime of the 12 runs (``experiments.reproduce --suite=digits``, 2 runs at a time): 58 s
-wall on an idle 2-core Intel Xeon (2026-11-25), 2 min 6 s on a slower 2-core AMD EPYC
-(2026-11-30, 12-20 s per run), about 3 min on a shared machine (load 5); a run is mostly
-start-up and compilation.
+A run is mostly start-up and compilation; measured times (with date and machine):
+docs/training.md, "Configs".
 """
 
 from experiments.configs import digits

@@ -2,8 +2,8 @@
 
   python -m experiments.train --config=experiments/configs/tiny.py --workdir=/tmp/tiny
 
-About 380 training images (exp profile, n_max 100, ratio 10), 1000 test images, 3 epochs;
-well under a minute on one CPU core. ``--config.num_epochs=N`` changes its length.
+About 380 training images (exp profile, n_max 100, ratio 10), 1000 test images, 3 epochs
+(time: docs/training.md, "Configs"). ``--config.num_epochs=N`` changes its length.
 """
 
 from experiments.configs import default

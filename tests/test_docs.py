@@ -1,0 +1,201 @@
+"""The docs say what runs: README commands, flags and config lists checked against the code."""
+
+import dataclasses
+import doctest
+import glob
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read(*parts):
+    with open(os.path.join(REPO, *parts)) as f:
+        return f.read()
+
+
+def _between(text, tag):
+    match = re.search(rf"<!-- {tag}:[^>]*-->\n(.*?)<!-- /{tag} -->", text, re.S)
+    assert match, tag
+    return match.group(1)
+
+
+def test_readme_commands_are_the_ones_that_made_the_tables():
+    readme = _read("README.md")
+    quick = _between(readme, "quick-command").strip().strip("`")
+    recorded = re.search(
+        r"^- Command: `(.*)`$", _read("experiments/results/cifar10_lt_quick.md"), re.M
+    )
+    assert quick == recorded.group(1)
+    first = re.search(r"<!-- digits-table: from (.*?) -->", readme).group(1)
+    assert readme.split("---")[0].count(first) == 1  # the first command is the table's command
+
+
+def test_readme_lists_every_reproduce_flag_and_suite():
+    from experiments import reproduce
+
+    readme = _read("README.md")
+    for action in reproduce._parser()._actions:
+        flag = action.option_strings[-1] if action.option_strings else None
+        if not flag or action.help == "==SUPPRESS==" or flag in ("--help", "--jax_cache"):
+            continue
+        assert f"[{flag}" in readme or f"`{flag}" in readme, flag
+    usage = [m for m in re.findall(r"--suite=([\w|]+)", readme) if "|" in m]
+    assert usage and set(usage[0].split("|")) == set(reproduce.SUITES), usage
+
+
+def test_training_doc_lists_every_config():
+    doc = _read("docs", "training.md")
+    for name in sorted(os.listdir(os.path.join(REPO, "experiments", "configs"))):
+        if name.endswith(".py") and name != "__init__.py":
+            assert f"`{name}`" in doc, name
+
+
+# --------------------------------------------------------------------------------------
+# Every fenced code block of README.md and docs/*.md is run or checked, or says why not.
+#
+#   ```python             executed (as a doctest when it holds `>>>` examples)
+#   ```bash               executed in the repo root (quick commands only)
+#   ```bash check         every line is `python -m experiments.train|reproduce ...`: the
+#                         reproduce commands run with --dry_run (the grid and every run's
+#                         config are built), the train commands' flags are parsed into the
+#                         config the run would use, which is validated; nothing trains
+#   ```bash skip="why"    not run (installs, GPU grids, hours); listed as skipped, with why
+#   ```text               not code: signatures, synopses, layouts, output
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Block:
+    path: str
+    line: int
+    info: str
+    body: str
+
+    @property
+    def lang(self):
+        return self.info.split()[0] if self.info else ""
+
+    @property
+    def skip(self):
+        match = re.search(r'skip="([^"]+)"', self.info)
+        return match.group(1) if match else None
+
+    def __str__(self):
+        return f"{self.path}:{self.line}"
+
+
+def code_blocks() -> list[Block]:
+    out = []
+    paths = ["README.md"] + sorted(
+        os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md"))
+    )
+    for rel in paths:
+        lines = _read(rel).splitlines()
+        i = 0
+        while i < len(lines):
+            match = re.match(r"^( *)```(.*)$", lines[i])
+            if match:
+                indent, info, start, body = match.group(1), match.group(2).strip(), i + 1, []
+                i += 1
+                while not lines[i].strip().startswith("```"):
+                    body.append(lines[i][len(indent) :])
+                    i += 1
+                out.append(Block(rel, start, info, "\n".join(body) + "\n"))
+            i += 1
+    return out
+
+
+BLOCKS = code_blocks()
+
+
+def _blocks(lang):
+    return [pytest.param(b, id=str(b)) for b in BLOCKS if b.lang == lang]
+
+
+def test_every_code_block_is_run_checked_or_says_why_not():
+    assert len(BLOCKS) >= 10
+    for b in BLOCKS:
+        if b.lang.startswith("{"):  # a MyST directive of the docs site (toctree, include)
+            continue
+        assert b.lang in ("python", "bash", "text"), f"{b}: unknown block kind {b.info!r}"
+        if b.lang == "bash" and b.info not in ("bash", "bash check"):
+            assert b.skip, f'{b}: a bash block is run, `check`ed or `skip="why"`: {b.info!r}'
+    for rel in ["README.md"] + [f"docs/{n}" for n in os.listdir(os.path.join(REPO, "docs"))]:
+        if rel.endswith(".md"):  # no indented code blocks: they could not be marked
+            text = re.sub(r"```.*?```", "", _read(rel), flags=re.S)
+            assert not re.search(r"\n\n {4}\S", text), f"{rel}: an indented code block"
+
+
+@pytest.mark.parametrize("block", _blocks("python"))
+def test_python_block(block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if ">>>" in block.body:
+        parser = doctest.DocTestParser()
+        test = parser.get_doctest(block.body, {}, str(block), block.path, block.line)
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        runner.run(test)
+        assert runner.failures == 0, str(block)
+    else:
+        exec(compile(block.body, str(block), "exec"), {"__name__": "__docs__"})
+
+
+def _commands(body):
+    body = body.replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in body.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("block", _blocks("bash"))
+def test_bash_block(block, tmp_path, monkeypatch):
+    if block.skip:
+        pytest.skip(f"{block}: {block.skip}")
+    if block.info == "bash":
+        out = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block.body],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, f"{block}: {out.stdout}\n{out.stderr}"
+        return
+    from cce_jax import training
+    from experiments import reproduce, train
+
+    monkeypatch.chdir(REPO)
+    for cmd in _commands(block.body):
+        assert cmd[:2] == ["python", "-m"], f"{block}: {cmd}"
+        args = [a for a in cmd[3:] if not a.startswith("--workdir=")]
+        if cmd[2] == "experiments.reproduce":
+            try:
+                reproduce.main([*args, f"--workdir={tmp_path}", "--dry_run"])
+            except SystemExit as e:
+                assert not e.code, f"{block}: {shlex.join(cmd)}"
+        elif cmd[2] == "experiments.train":
+            training.validate_config(train.build_config(args))
+        else:
+            raise AssertionError(f"{block}: a `check` block holds train/reproduce commands only")
+
+
+def test_relative_links_point_to_files():
+    """Every relative link of README.md and docs/*.md names an existing file (the docs site
+    leaves links to files outside docs/ unchecked, so this test checks them all)."""
+    paths = ["README.md"] + [
+        os.path.join("docs", n) for n in os.listdir(os.path.join(REPO, "docs"))
+    ]
+    checked = 0
+    for rel in paths:
+        if not rel.endswith(".md"):
+            continue
+        text = re.sub(r"```.*?```", "", _read(rel), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = os.path.join(REPO, os.path.dirname(rel), target.split("#")[0])
+            assert os.path.exists(path), f"{rel}: broken link {target}"
+            checked += 1
+    assert checked >= 10

@@ -1,0 +1,127 @@
+"""What a user installs: the extras, the license, and the message of a missing extra."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import tomllib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _requirements(extra: str) -> set[str]:
+    """The distribution names an extra installs, the extras it names resolved."""
+    out = set()
+    for req in PYPROJECT["project"]["optional-dependencies"][extra]:
+        name = req.split(">")[0].split("=")[0].split("[")[0].strip().lower()
+        if name == "cce_jax":
+            for sub in req.split("[")[1].rstrip("]").split(","):
+                out |= _requirements(sub.strip())
+        else:
+            out.add(name)
+    return out
+
+
+def test_train_extra_installs_no_tensorflow():
+    for extra in ("data", "train"):
+        assert not {r for r in _requirements(extra) if r.startswith("tensorflow")}, extra
+    assert {"tensorflow-cpu", "tensorflow-datasets"} <= _requirements("tfds")
+    assert {"tensorflow-cpu", "flax", "pytest"} <= _requirements("test")
+
+
+def test_every_pinned_requirement_is_in_constraints():
+    pins = {
+        line.split("==")[0].strip().lower().replace("_", "-")
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line
+    }
+    for extra in PYPROJECT["project"]["optional-dependencies"]:
+        if extra == "bench":
+            continue
+        missing = {r.replace("_", "-") for r in _requirements(extra)} - pins
+        assert not missing, (extra, missing)
+
+
+def test_license_file_is_shipped():
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert PYPROJECT["project"]["license"] == "Apache-2.0"
+    assert "LICENSE" in PYPROJECT["project"]["license-files"]
+
+
+SITECUSTOMIZE = textwrap.dedent(
+    """
+    import sys
+
+    BLOCKED = ("flax", "orbax", "ml_collections", "sklearn")
+
+
+    class _Hide:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                return None
+            find = getattr(self._inner, "find_spec", None)
+            return None if find is None else find(name, path, target)
+
+        def __getattr__(self, attr):
+            return getattr(self._inner, attr)
+
+
+    sys.meta_path[:] = [_Hide(f) for f in sys.meta_path]
+    """
+)
+
+CHECK = textwrap.dedent(
+    """
+    import cce_jax, cce_jax.losses
+    from cce_jax import data
+
+    try:
+        import cce_jax.training
+    except ImportError as e:
+        print("training:", e)
+    try:
+        data.default_config()
+    except ImportError as e:
+        print("default_config:", e)
+    try:
+        data.load_digits()
+    except ImportError as e:
+        print("digits:", e)
+    """
+)
+
+
+def test_missing_extra_names_the_extra(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO), env.get("PYTHONPATH", "")])
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(": ", 1) for line in out.stdout.splitlines())
+    assert lines["training"].startswith("cce_jax.training needs flax, orbax.checkpoint"), lines
+    assert '-e ".[train]"' in lines["training"]
+    assert "[data] extra" in lines["default_config"], lines
+    assert "sklearn (scikit-learn)" in lines["digits"] and "[data] extra" in lines["digits"]
+
+
+def test_train_help_exits_0_and_reads_cleanly():
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr
+    usage = out.stdout.split("flags:")[0]
+    assert "python -m experiments.train --config=" in usage
+    for line in usage.splitlines():
+        assert "   " not in line.strip(), line  # no runs of spaces from a joined docstring line
