@@ -184,7 +184,7 @@ def _final_params(workdir):
 
     ckpt = Path(workdir) / "checkpoints"
     last = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
-    tree = ocp.StandardCheckpointer().restore(ckpt / str(last) / "default")
+    tree = ocp.StandardCheckpointer().restore(ckpt / str(last) / "state")
     return last, tree
 
 
@@ -213,7 +213,7 @@ def test_resume_is_exact_and_workdir_checks(tmp_path):
         assert resumed[key] == full[key], key
     la, ta = _final_params(tmp_path / "full")
     lb, tb = _final_params(part)
-    assert la == lb == 3
+    assert la == lb == 3 * data.steps_per_epoch
     jax.tree.map(np.testing.assert_array_equal, ta, tb)  # params, batch_stats, opt_state
 
     rows_a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
@@ -243,7 +243,8 @@ def test_resume_is_exact_and_workdir_checks(tmp_path):
         assert key in summary, key
     assert summary["class_counts"] == [40, 20, 10, 6]
     assert summary["test_many"] is None and summary["num_test"] == 37
-    assert sorted(os.listdir(part / "checkpoints")) == ["2", "3"]  # keep the last 2
+    spe = data.steps_per_epoch
+    assert sorted(os.listdir(part / "checkpoints"), key=int) == [str(2 * spe), str(3 * spe)]
 
     # Extending num_epochs (run control) resumes; changing the model does not.
     more = training.train_and_evaluate(small_config(num_epochs=4), str(part), data=data)
@@ -436,7 +437,9 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, damage, capsys):
     w = tmp_path / "w"
     full = training.train_and_evaluate(small_config(num_epochs=2), str(w), data=data)
     files = sorted(
-        p for p in (w / "checkpoints" / "2").rglob("*") if p.is_file() and p.stat().st_size > 0
+        p
+        for p in (w / "checkpoints" / str(2 * data.steps_per_epoch)).rglob("*")
+        if p.is_file() and p.stat().st_size > 0
     )
     victims = [p for p in files if "ocdbt" in str(p) or p.suffix == "" or "d/" in str(p)] or files
     for p in victims:
@@ -449,7 +452,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, damage, capsys):
     err = capsys.readouterr().err
     assert "checkpoint of epoch 2" in err and "falling back to epoch 1" in err
     assert len([line for line in err.splitlines() if "warning" in line]) == 1
-    assert (w / "corrupt_checkpoints" / "2").exists()
+    assert (w / "corrupt_checkpoints" / str(2 * data.steps_per_epoch)).exists()
     assert again["resumed_from_epoch"] == 1 and again["test_top1"] == full["test_top1"]
 
 
@@ -460,7 +463,9 @@ def test_deadline_checkpoints_and_resumes(tmp_path):
         training.train_and_evaluate(
             small_config(deadline=time.time() + 1e-3, checkpoint_every=5), str(w), data=data
         )
-    assert sorted(p.name for p in (w / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+    assert sorted(p.name for p in (w / "checkpoints").iterdir() if p.name.isdigit()) == [
+        str(data.steps_per_epoch)
+    ]
     assert not (w / "summary.json").exists()
     s = training.train_and_evaluate(small_config(), str(w), data=data)
     assert s["resumed_from_epoch"] == 1
@@ -564,6 +569,11 @@ def test_seeds_match_single_runs_on_digits(tmp_path):
     ]
 
 
+def _only_checkpoint(workdir):
+    (step,) = [p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    return step
+
+
 def test_seeds_parameters_close_after_a_few_steps(tmp_path):
     import orbax.checkpoint as ocp
 
@@ -572,8 +582,8 @@ def test_seeds_parameters_close_after_a_few_steps(tmp_path):
     training.train_and_evaluate(
         _digits_config(num_epochs=1, seed=5, **{"data.subset_seed": 5}), str(single_dir)
     )
-    m = ocp.StandardCheckpointer().restore(multi_dir / "checkpoints" / "1" / "default")
-    s = ocp.StandardCheckpointer().restore(single_dir / "checkpoints" / "1" / "default")
+    m = ocp.StandardCheckpointer().restore(_only_checkpoint(multi_dir) / "state")
+    s = ocp.StandardCheckpointer().restore(_only_checkpoint(single_dir) / "state")
     jax.tree.map(
         lambda u, v: np.testing.assert_allclose(u[1], v, rtol=2e-2, atol=2e-3),
         m["params"],

@@ -23,6 +23,8 @@ from cce_jax.training.config import (
 )
 from cce_jax.training.loop import (
     DeadlineReached,
+    Preempted,
+    StopSignals,
     TrainingDiverged,
     build_loss_fns,
     train_and_evaluate,
@@ -42,15 +44,21 @@ from cce_jax.training.steps import (
     shard_batch,
     to_host,
 )
+from cce_jax.training.workdir import CheckpointUnreadable
 
 # Exit codes of experiments/train.py (also used by experiments/reproduce.py).
-EXIT_CONFIG_ERROR = 2
-EXIT_DIVERGED = 3
-EXIT_DEADLINE = 75  # EX_TEMPFAIL: checkpointed, rerun to resume
+EXIT_CONFIG_ERROR = 2  # bad flags, config, data or workdir; nothing trained
+EXIT_DIVERGED = 3  # non-finite loss or gradient; failure.json, the last finite checkpoint kept
+EXIT_IO_ERROR = 74  # EX_IOERR: storage failed (disk full, unreadable checkpoint); nothing lost
+EXIT_DEADLINE = 75  # EX_TEMPFAIL: deadline, SIGTERM or SIGINT; checkpointed, rerun to resume
 
 __all__ = [
+    "CheckpointUnreadable",
     "ConfigError",
     "DeadlineReached",
+    "Preempted",
+    "StopSignals",
+    "EXIT_IO_ERROR",
     "TrainingDiverged",
     "EXIT_CONFIG_ERROR",
     "EXIT_DIVERGED",

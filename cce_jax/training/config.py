@@ -35,6 +35,8 @@ RUN_CONTROL_KEYS = frozenset(
         "stop_after_epoch",
         "eval_every",
         "checkpoint_every",
+        "checkpoint_every_steps",
+        "checkpoint_every_minutes",
         "keep_checkpoints",
         "progress",
         "distributed",
@@ -148,6 +150,11 @@ def validate_config(
     for key in ("eval_every", "checkpoint_every", "keep_checkpoints"):
         if int(config[key]) < 1:
             errs.append(f"{key}={config[key]} must be >= 1")
+    if int(config.get("checkpoint_every_steps", 0) or 0) < 0:
+        errs.append(f"checkpoint_every_steps={config.checkpoint_every_steps} must be >= 0")
+    minutes = config.get("checkpoint_every_minutes", 0.0) or 0.0
+    if not (_finite(minutes) and float(minutes) >= 0):
+        errs.append(f"checkpoint_every_minutes={minutes} must be finite and >= 0 (0 = off)")
     if int(config.get("steps_per_call", 1)) < 1:
         errs.append(f"steps_per_call={config.get('steps_per_call')} must be >= 1")
     seeds = config.get("seeds", None)
