@@ -139,7 +139,7 @@ def main(argv):
     except training.DeadlineReached as e:  # also Preempted (SIGTERM, SIGINT)
         print(str(e), flush=True)
         sys.exit(training.EXIT_DEADLINE)
-    except training.CheckpointUnreadable as e:
+    except training.StorageError as e:  # disk full, unreadable checkpoint: one line
         _fail(str(e), training.EXIT_IO_ERROR)
     import jax
 

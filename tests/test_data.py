@@ -667,3 +667,33 @@ def test_choose_pipeline():
         data.choose_pipeline("tf", tf_ok=False)
     with pytest.raises(ValueError, match="pipeline: expected one of"):
         data.choose_pipeline("fast")
+
+
+def test_disk_full_while_extracting_is_reported_as_such(tmp_path, monkeypatch):
+    import errno
+    import io
+    import tarfile
+
+    from cce_jax.data import sources
+
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("train/a/0.jpg", "test/a/0.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+    real_open = open
+
+    def full_disk(path, mode="r", *a, **k):
+        if "w" in mode and ".extract-" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(sources, "open", full_disk, raising=False)
+    cache = tmp_path / "cache"
+    with pytest.raises(OSError, match="no space left on device while extracting") as e:
+        data.load_cifar10_jpeg(str(archive), str(cache))
+    assert "corrupt" not in str(e.value) and "data.cache_dir" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+    for root, dirs, files in os.walk(cache):  # nothing half-extracted left
+        assert "extracted" not in dirs and not any(d.startswith(".extract") for d in dirs)

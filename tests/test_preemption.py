@@ -221,3 +221,49 @@ def test_sigterm_mid_epoch_on_the_device_pipeline_resumes_identically(tmp_path, 
         for key in ("test_top1", "confusion_matrix", "final_train_loss"):
             assert sa[key] == sb[key], (sub, key)
         assert [r["train_loss"] for r in _rows(a)] == [r["train_loss"] for r in _rows(b)]
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_leaves_nothing_half_written(
+    tmp_path, reference, monkeypatch
+):
+    import orbax.checkpoint as ocp
+
+    w = tmp_path / "w"
+    training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=FakeData())
+    real = ocp.CheckpointManager.save
+
+    def full(self, step, *a, **k):  # orbax got as far as its temporary folder
+        (w / "checkpoints" / f"{step}.orbax-checkpoint-tmp-77" / "state").mkdir(parents=True)
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing local file: No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    with pytest.raises(training.StorageError) as e:
+        training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and "no space left on device" in msg, msg
+    assert str(w / "checkpoints") in msg and "previous checkpoint is kept" in msg
+    assert sorted(p.name for p in (w / "checkpoints").iterdir()) == [str(SPE)]
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real)
+    resumed = training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    _assert_same_run(reference[0], w, reference[1], resumed)
+
+
+def test_disk_full_writing_metrics_keeps_the_old_file(tmp_path, monkeypatch):
+    w = tmp_path / "w"
+    w.mkdir()
+    wd.write_json(str(w / "a.json"), {"x": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(wd.StorageError, match="cannot write .*a.json.*no space left on device"):
+        wd.write_json(str(w / "a.json"), {"x": 2})
+    assert json.loads((w / "a.json").read_text()) == {"x": 1}
+    assert sorted(p.name for p in w.iterdir()) == ["a.json"]
+
+
+def test_unusable_workdir_is_one_config_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(training.ConfigError, match="cannot create the workdir .*writable"):
+        training.train_and_evaluate(small_config(), str(tmp_path / "file" / "w"), data=FakeData())

@@ -44,7 +44,7 @@ from cce_jax.training.steps import (
     shard_batch,
     to_host,
 )
-from cce_jax.training.workdir import CheckpointUnreadable
+from cce_jax.training.workdir import CheckpointUnreadable, StorageError
 
 # Exit codes of experiments/train.py (also used by experiments/reproduce.py).
 EXIT_CONFIG_ERROR = 2  # bad flags, config, data or workdir; nothing trained
@@ -58,6 +58,7 @@ __all__ = [
     "DeadlineReached",
     "Preempted",
     "StopSignals",
+    "StorageError",
     "EXIT_IO_ERROR",
     "TrainingDiverged",
     "EXIT_CONFIG_ERROR",

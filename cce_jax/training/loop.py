@@ -247,7 +247,13 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
     t_start = time.time()
     config_lib.validate_config(config)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot create the workdir {workdir!r} ({type(e).__name__}: {e.strerror or e}); "
+            "use a writable --workdir"
+        ) from None
     lock = wd.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock, StopSignals() as stop:
         run = _Run(config, workdir, data, t_start)

@@ -14,8 +14,10 @@ Files (process 0 writes them, each atomically: written to a temporary file, fsyn
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import math
@@ -39,6 +41,8 @@ __all__ = [
     "store_config",
     "Checkpoints",
     "CheckpointUnreadable",
+    "StorageError",
+    "storage_error",
     "checkpoint_digest",
 ]
 
@@ -74,8 +78,36 @@ def dumps(obj: Any, indent: int = 2) -> str:
     return enc(_strict(obj), 0) + "\n"
 
 
+class StorageError(OSError):
+    """Writing or reading the workdir failed (disk full, read-only, permission, I/O). The
+    message is one line naming the path, the cause and what to do; nothing is half-written."""
+
+    def __str__(self):
+        return self.strerror if self.strerror is not None else super().__str__()
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(e: BaseException, what: str, path: str) -> StorageError:
+    """A one-line :class:`StorageError`: ``"{what} {path}: {cause}; {what to do}"``."""
+    code, text = getattr(e, "errno", None), str(e)
+    if code in _NO_SPACE or "No space left" in text or "Disk quota" in text:
+        cause = "no space left on device"
+        todo = "free space (or use another --workdir), then rerun to resume"
+    elif code in _NOT_WRITABLE or "Read-only file system" in text or "ermission denied" in text:
+        cause = f"not writable ({_first_line(e)})"
+        todo = "make it writable or use another --workdir"
+    else:
+        cause, todo = _first_line(e), "check the storage, then rerun to resume"
+    return StorageError(code, f"{what} {path!r}: {cause}; {todo}")
+
+
 def atomic_write(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    """Writes ``text`` to ``path`` via a temporary file in the same folder and a rename.
+
+    Raises :class:`StorageError` (one line) when the write fails; the old file stays."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "w") as f:
@@ -83,9 +115,12 @@ def atomic_write(path: str, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise storage_error(e, "cannot write", path) from e
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with contextlib.suppress(OSError):
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -131,7 +166,13 @@ class WorkdirLock:
         self._fd = None
 
     def __enter__(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(
+                f"workdir {os.path.dirname(self.path)!r} is not usable ({_first_line(e)}); "
+                "use a writable --workdir"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -188,7 +229,7 @@ def store_config(workdir: str, config_dict: dict) -> None:
     write_json(os.path.join(workdir, "config.json"), config_dict)
 
 
-class CheckpointUnreadable(OSError):
+class CheckpointUnreadable(StorageError):
     """A checkpoint not proven damaged could not be read (an I/O error, a permission, a
     timeout), even after retries. Nothing was moved aside: fix the cause and rerun."""
 
@@ -390,13 +431,26 @@ class Checkpoints:
         import jax
 
         ocp = self._ocp
-        self._mngr.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress or {})
-            ),
-        )
-        self._mngr.wait_until_finished()
+        try:
+            self._mngr.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress or {})
+                ),
+            )
+            self._mngr.wait_until_finished()
+        except Exception as e:
+            if not (isinstance(e, OSError) or _is_transient(e) or "No space left" in str(e)):
+                raise
+            self._m = None  # a manager that failed mid-save is not reused
+            for tmp in glob.glob(
+                os.path.join(self.directory, f"{int(step)}.orbax-checkpoint-tmp*")
+            ):
+                shutil.rmtree(tmp, ignore_errors=True)
+            err = storage_error(
+                e, f"cannot save the checkpoint of step {int(step)} in", self.directory
+            )
+            raise StorageError(err.errno, f"{err}; the previous checkpoint is kept") from e
         if jax.process_index() == 0:
             step_dir = os.path.join(self.directory, str(int(step)))
             write_json(os.path.join(step_dir, DIGEST_FILE), {"sha256": checkpoint_digest(step_dir)})
