@@ -34,7 +34,7 @@ def default_config():
     cfg.n_max = placeholder(int)
     cfg.counts = placeholder(tuple)
     cfg.subset_seed = 0
-    # None = automatic: True for every source but digits.
+    # None = automatic: True for images of at least 32x32 pixels (split.MIN_AUGMENT_SIZE).
     cfg.augment = placeholder(bool)
     cfg.max_test = placeholder(int)
     return cfg
