@@ -270,10 +270,22 @@ def test_drw_and_cot_train(tmp_path):
     assert "train_complement_loss" in rows[0]
 
 
-def test_step_throughput_positive():
+def test_benchmark_drives_the_trainers_scanned_vmapped_step():
+    # The benchmark stacks its fixed batch as [steps, models, B, ...]: the layout the trainer's
+    # step expects with steps_per_call and num_models (a wrong order fails to trace).
     from experiments.bench_train_step import step_throughput
 
-    assert step_throughput("resnet8", batch_size=8, num_steps=2, image_shape=(8, 8, 3)) > 0
+    ips = step_throughput(
+        "resnet8",
+        batch_size=8,
+        num_steps=2,
+        image_shape=(8, 8, 3),
+        warmup_steps=1,
+        num_models=2,
+        steps_per_call=2,
+        width=4,
+    )
+    assert np.isfinite(ips) and ips > 0
 
 
 # ----------------------------------------------------------------------------- the command
@@ -346,31 +358,49 @@ def test_non_finite_hyperparameters_refused(key, value, match):
         training.validate_config(small_config(**{key: value}))
 
 
+class PoisonedFrom(FakeData):
+    """FakeData whose images turn NaN from epoch ``epoch`` (0-based) on."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.poison_epoch = epoch
+
+    def train_epoch(self, epoch):
+        for b in super().train_epoch(epoch):
+            if epoch >= self.poison_epoch:
+                b = dict(b, image=np.full_like(b["image"], np.nan))
+            yield b
+
+
 def test_divergence_stops_loudly_and_keeps_the_last_finite_checkpoint(tmp_path):
-    data = FakeData()
-    w = tmp_path / "w"
-    assert training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=data) is None
-    # Same workdir may not change lr; a fresh one with the diverging lr, resumed from a copy.
-    with pytest.raises(training.TrainingDiverged, match="diverged"):
-        training.train_and_evaluate(
-            small_config(**{"optimizer.lr": 1e6}), str(tmp_path / "d"), data=data
-        )
+    import orbax.checkpoint as ocp
+
+    # Diverging from the first step: no checkpoint at all.
     d = tmp_path / "d"
+    with pytest.raises(training.TrainingDiverged, match="no checkpoint was written"):
+        training.train_and_evaluate(small_config(**{"optimizer.lr": 1e6}), str(d), data=FakeData())
     assert not (d / "summary.json").exists()
     failure = _strict_json(d / "failure.json")
     assert failure["epoch"] == 1 and failure["step"] >= 1
+    assert failure["last_finite_checkpoint_step"] is None
     assert not (d / "checkpoints").exists() or not any(
         p.name.isdigit() for p in (d / "checkpoints").iterdir()
     )
-    for row in (d / "metrics.jsonl").read_text().splitlines():
-        json.loads(row, parse_constant=lambda c: pytest.fail(c))
-    # A diverging continuation of a finite run keeps its finite checkpoint.
-    with pytest.raises(training.TrainingDiverged):
-        training.train_and_evaluate(
-            small_config(**{"loss.name": "mse_ol", "loss.hparams": {"alpha": 1e30}}),
-            str(tmp_path / "m"),
-            data=data,
-        )
+    # Diverging in epoch 2 after a finite epoch 1: that checkpoint is kept, and it is finite.
+    m = tmp_path / "m"
+    data = PoisonedFrom(1)
+    with pytest.raises(training.TrainingDiverged, match=r"last finite checkpoint \(epoch 1\)"):
+        training.train_and_evaluate(small_config(), str(m), data=data)
+    failure = _strict_json(m / "failure.json")
+    assert failure["epoch"] == 2 and failure["step"] == data.steps_per_epoch + 1
+    assert failure["last_finite_checkpoint_step"] == data.steps_per_epoch
+    kept = [p for p in (m / "checkpoints").iterdir() if p.name.isdigit()]
+    assert [p.name for p in kept] == [str(data.steps_per_epoch)]
+    tree = ocp.StandardCheckpointer().restore(kept[0] / "state")
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(tree["params"]))
+    rows = [json.loads(r) for r in (m / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1] and np.isfinite(rows[0]["train_loss"])
+    assert not (m / "summary.json").exists()
 
 
 def test_workdir_lock_refuses_a_second_run(tmp_path):

@@ -13,8 +13,9 @@ format); ``WORKDIR/summary.json`` holds the mean and sd over seeds.
 
 Failure modes, each loud: a non-finite train loss or gradient raises :class:`TrainingDiverged`
 (``failure.json`` written, no summary, the last finite checkpoint kept); reaching
-``config.deadline`` (unix seconds) raises :class:`DeadlineReached` after a checkpoint, so
-the next call resumes.
+``config.deadline`` (unix seconds) raises :class:`DeadlineReached` after a checkpoint, and
+SIGTERM/SIGINT raise :class:`Preempted` after the step in flight and a checkpoint of the exact
+(mid-epoch) position, so the next call resumes to the same result.
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ def _progress(total, desc, enabled):
 def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
     """Trains ``config`` in ``workdir`` (resuming from its last checkpoint) and evaluates.
 
-    Writes ``config.json``, ``metrics.jsonl``, ``summary.json``, ``confusion_matrix.csv``,
+    Writes ``config.json``, ``metrics.jsonl``, ``summary.json`` (with the confusion matrix),
     ``per_class.png`` and ``checkpoints/`` (per seed under ``seed_<s>/`` with
     ``config.seeds``). Returns the summary dict (with seeds: the aggregate), or ``None`` when
     stopped early by ``stop_after_epoch``. ``data`` (a :class:`cce_jax.data` pipeline-like
@@ -243,6 +244,8 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
       ConfigError: a bad config or workdir, before anything is written.
       TrainingDiverged: a non-finite train loss or gradient.
       DeadlineReached: ``config.deadline`` reached (checkpointed; rerun to resume).
+      Preempted: SIGTERM or SIGINT (a :class:`DeadlineReached`; the exact position saved).
+      StorageError: the workdir could not be written or a checkpoint read (one line).
     """
     t_start = time.time()
     config_lib.validate_config(config)

@@ -7,9 +7,12 @@ Files (process 0 writes them, each atomically: written to a temporary file, fsyn
 * ``config.json``: the config the workdir belongs to, written before the first checkpoint and
   compared on every resume (:func:`cce_jax.training.config.config_diff`).
 * ``metrics.jsonl`` (one strict-JSON row per epoch), ``summary.json``, ``failure.json``
-  (a diverged run), ``confusion_matrix.csv``.
-* ``checkpoints/<epoch>/``: orbax checkpoints of the train state. An unreadable newest
-  checkpoint is moved to ``corrupt_checkpoints/`` and the newest intact one is used.
+  (a diverged run).
+* ``checkpoints/<step>/``: orbax checkpoints of the train state with a digest
+  (:class:`Checkpoints`). A damaged newest checkpoint is moved to ``corrupt_checkpoints/``
+  and the newest intact one is used; a read error that proves no damage stops the run.
+
+A failed write raises :class:`StorageError`, one line naming the path and the cause.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "step"  # step | cosine | constant
     c.schedule.warmup_epochs = 5.0
-    # lr * factors[i] from epoch boundaries[i] on (cumulative factors). LDAM protocol:
+    # lr * factors[i] from epoch boundaries[i] on (each factor times the base lr). LDAM protocol:
     # (160, 180), (0.01, 0.0001). CCE protocol: (100, 150), (0.1, 0.01).
     c.schedule.boundaries = (160, 180)
     c.schedule.factors = (0.01, 0.0001)
