@@ -80,7 +80,14 @@ import warnings
 
 import numpy as np
 
-from cce_jax.training.config import RUN_CONTROL_KEYS, config_diff, flatten
+from cce_jax.training.config import (
+    EXIT_CONFIG_ERROR,
+    EXIT_DEADLINE,
+    EXIT_DIVERGED,
+    RUN_CONTROL_KEYS,
+    config_diff,
+    flatten,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
@@ -88,8 +95,6 @@ OFFLINE_SOURCE = "cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz"
 
 # The train program; tests substitute a fake one (see tests/test_reproduce.py).
 TRAIN_COMMAND = (sys.executable, "-m", "experiments.train")
-# Exit codes of experiments.train (cce_jax.training.EXIT_*).
-EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_DEADLINE = 2, 3, 75
 # With --max_minutes: no run starts with less time than this before its deadline.
 MIN_START_S = 45.0
 
@@ -896,7 +901,8 @@ def _forward_signals(runner: _Runner, stopped: list):
 
     def handle(signum, frame):
         stopped.append(signal.Signals(signum).name)
-        runner.forward(signum)
+        # SIGTERM for both: a program started in the background ignores SIGINT.
+        runner.forward(signal.SIGTERM)
 
     old = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
@@ -1188,7 +1194,7 @@ def _run(args, argv, extra, t_start) -> int:
             if not runner.running:
                 break
             if stopped:  # a program started while the signal came
-                runner.forward(getattr(signal, stopped[0]), once=True)
+                runner.forward(signal.SIGTERM, once=True)
             unit, rc, secs, tail, killed = runner.wait_any(budget_end)
             # After a signal, an exit other than 0/3 (e.g. killed while starting up) is a stop.
             interrupted = bool(stopped) and rc not in (0, EXIT_DIVERGED)

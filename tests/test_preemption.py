@@ -57,19 +57,24 @@ def reference(tmp_path_factory):
     return w, training.train_and_evaluate(small_config(), str(w), data=FakeData())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_epoch_saves_the_exact_position_and_resumes_identically(
     tmp_path, reference, sig, capsys
 ):
     w = tmp_path / "w"
+    default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+    before = signal.signal(sig, default)  # as in a terminal (a background job ignores SIGINT)
     data = StopAt(1, 1, lambda: os.kill(os.getpid(), sig))  # after step 2 of epoch 2
-    with pytest.raises(training.Preempted, match=f"{sig.name} at epoch 2, step 2/{SPE}"):
-        training.train_and_evaluate(small_config(), str(w), data=data)
+    try:
+        with pytest.raises(training.Preempted, match=f"{sig.name} at epoch 2, step 2/{SPE}"):
+            training.train_and_evaluate(small_config(), str(w), data=data)
+        assert signal.getsignal(sig) == default  # restored
+    finally:
+        signal.signal(sig, before)
     steps = sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == SPE + 2  # the step in flight finished, then saved
     assert not [p for p in (w / "checkpoints").iterdir() if "tmp" in p.name]
     assert not (w / "summary.json").exists()
-    assert signal.getsignal(sig) is not None and signal.getsignal(sig) != signal.SIG_IGN
     resumed = training.train_and_evaluate(small_config(), str(w), data=FakeData())
     assert f"at epoch 2, step 2/{SPE}" in capsys.readouterr().out
     _assert_same_run(reference[0], w, reference[1], resumed)

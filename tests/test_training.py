@@ -270,6 +270,7 @@ def test_drw_and_cot_train(tmp_path):
     assert "train_complement_loss" in rows[0]
 
 
+@pytest.mark.slow
 def test_benchmark_drives_the_trainers_scanned_vmapped_step():
     # The benchmark stacks its fixed batch as [steps, models, B, ...]: the layout the trainer's
     # step expects with steps_per_call and num_models (a wrong order fails to trace).
@@ -314,6 +315,7 @@ def test_cli_bad_config_fails_before_training(tmp_path):
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_cli_tiny_end_to_end(tmp_path, cifar10_jpeg_cache):
     r = _cli(
         "--config=experiments/configs/tiny.py",
@@ -548,6 +550,7 @@ def test_posthoc_adjustment_matches_numpy():
         assert row["top1"] == pytest.approx(np.mean(pred == y))
 
 
+@pytest.mark.slow
 def test_steps_per_call_matches_single_steps(tmp_path):
     data = FakeData()
     a = training.train_and_evaluate(small_config(num_epochs=1), str(tmp_path / "a"), data=data)
@@ -574,6 +577,7 @@ def _digits_config(**kw):
     return c
 
 
+@pytest.mark.slow
 def test_seeds_match_single_runs_on_digits(tmp_path):
     seeds = (0, 1)
     multi = training.train_and_evaluate(_digits_config(seeds=seeds), str(tmp_path / "m"))
@@ -604,6 +608,7 @@ def _only_checkpoint(workdir):
     return step
 
 
+@pytest.mark.slow
 def test_seeds_parameters_close_after_a_few_steps(tmp_path):
     import orbax.checkpoint as ocp
 

@@ -48,9 +48,7 @@ def tf_available() -> bool:
         return False
 
 
-def choose_pipeline(
-    pipeline: str = "auto", *, platform: str | None = None, tf_ok: bool | None = None
-) -> str:
+def choose_pipeline(pipeline: str = "auto", *, tf_ok: bool | None = None) -> str:
     """The pipeline ``"auto"`` resolves to (``"device"`` and ``"tf"`` are returned as given).
 
     Rule (measured, see docs/data.md): ``"device"`` everywhere — on accelerators the data then
@@ -59,8 +57,6 @@ def choose_pipeline(
 
     Args:
       pipeline: ``"auto"``, ``"device"`` or ``"tf"``.
-      platform: the JAX backend (default ``jax.default_backend()``); kept for the rule's
-        documentation and future per-platform choices.
       tf_ok: whether tensorflow is importable (default: :func:`tf_available`).
 
     Returns:
@@ -75,8 +71,7 @@ def choose_pipeline(
                 "data.pipeline='device' (or 'auto')"
             )
         return pipeline
-    del platform  # the measured rule is the same on every platform (docs/data.md)
-    return "device"
+    return "device"  # the measured rule is the same on every platform (docs/data.md)
 
 
 def build(

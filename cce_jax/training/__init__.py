@@ -11,6 +11,10 @@ One job per module, as in flax's ``examples/imagenet``:
 """
 
 from cce_jax.training.config import (
+    EXIT_CONFIG_ERROR,
+    EXIT_DEADLINE,
+    EXIT_DIVERGED,
+    EXIT_IO_ERROR,
     PIPELINES,
     RUN_CONTROL_KEYS,
     SCHEDULES,
@@ -45,12 +49,6 @@ from cce_jax.training.steps import (
     to_host,
 )
 from cce_jax.training.workdir import CheckpointUnreadable, StorageError
-
-# Exit codes of experiments/train.py (also used by experiments/reproduce.py).
-EXIT_CONFIG_ERROR = 2  # bad flags, config, data or workdir; nothing trained
-EXIT_DIVERGED = 3  # non-finite loss or gradient; failure.json, the last finite checkpoint kept
-EXIT_IO_ERROR = 74  # EX_IOERR: storage failed (disk full, unreadable checkpoint); nothing lost
-EXIT_DEADLINE = 75  # EX_TEMPFAIL: deadline, SIGTERM or SIGINT; checkpointed, rerun to resume
 
 __all__ = [
     "CheckpointUnreadable",

@@ -13,6 +13,8 @@ import math
 
 import jax
 
+from cce_jax.data.builder import PIPELINES
+
 __all__ = [
     "ConfigError",
     "RUN_CONTROL_KEYS",
@@ -48,7 +50,13 @@ RUN_CONTROL_KEYS = frozenset(
 )
 
 SCHEDULES = ("step", "cosine", "constant")
-PIPELINES = ("auto", "device", "tf")
+
+
+# Exit codes of experiments.train (and experiments.reproduce): one table in docs/reliability.md.
+EXIT_CONFIG_ERROR = 2  # bad flags, config, data or workdir; nothing trained
+EXIT_DIVERGED = 3  # non-finite loss or gradient; failure.json, the last finite checkpoint kept
+EXIT_IO_ERROR = 74  # EX_IOERR: storage failed (disk full, unreadable checkpoint); nothing lost
+EXIT_DEADLINE = 75  # EX_TEMPFAIL: deadline, SIGTERM or SIGINT; checkpointed, rerun to resume
 
 
 class ConfigError(ValueError):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import itertools
 import os
 import signal
@@ -66,7 +65,8 @@ class Preempted(DeadlineReached):
 
 
 class StopSignals:
-    """While active (in the main thread), SIGTERM and SIGINT only set :attr:`signame`; the
+    """While active (in the main thread), SIGTERM and SIGINT (unless ignored, as in a
+    background job) only set :attr:`signame`; the
     loop reads it between steps, saves and stops. A second signal exits at once
     (``128 + signal``): a save it cuts short leaves a temporary folder that the next run
     removes, and the previous checkpoint stays usable."""
@@ -78,7 +78,8 @@ class StopSignals:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) != signal.SIG_IGN:  # e.g. SIGINT of a background job
+                    self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -136,16 +137,14 @@ def _build_data(config, seeds):
     """One data pipeline per model (seed s: ``seed=s``, ``subset_seed=s``)."""
     from cce_jax import data as data_lib
 
-    params = inspect.signature(data_lib.build).parameters
     kwargs = dict(
-        global_batch_size=int(config.batch_size), eval_batch_size=int(config.eval_batch_size)
+        global_batch_size=int(config.batch_size),
+        eval_batch_size=int(config.eval_batch_size),
+        mesh=steps_lib.make_mesh(),
     )
-    if "mesh" in params:
-        kwargs["mesh"] = steps_lib.make_mesh()
-    raw = data_lib.load_source(config.data) if seeds and "raw" in params else None
-    if raw is not None:
-        kwargs["raw"] = raw
-    if not seeds:
+    if seeds:  # one load, shared by the seeds' pipelines
+        kwargs["raw"] = data_lib.load_source(config.data)
+    else:
         return [data_lib.build(config.data, seed=int(config.seed), **kwargs)]
     out = []
     for s in seeds:
