@@ -4,7 +4,8 @@ One job per module, as in flax's ``examples/imagenet``:
 
 * :mod:`~cce_jax.training.config`: config checks, the run-control keys, config diffs;
 * :mod:`~cce_jax.training.optimizer`: the learning-rate schedule and SGD, from optax pieces;
-* :mod:`~cce_jax.training.steps`: the mesh, the train state, the jitted train/eval steps;
+* :mod:`~cce_jax.training.steps`: the train state, the jitted train/eval steps (the mesh and
+  shardings live in :mod:`cce_jax.parallel` and are re-exported);
 * :mod:`~cce_jax.training.workdir`: lock, atomic strict-JSON files, checkpoints;
 * :mod:`~cce_jax.training.report`: summary files, the per-class table and plot;
 * :mod:`~cce_jax.training.loop`: :func:`train_and_evaluate`, the whole run.

@@ -21,7 +21,6 @@ SIGTERM/SIGINT raise :class:`Preempted` after the step in flight and a checkpoin
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import os
 import signal
@@ -35,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cce_jax import models
+from cce_jax import models, parallel
 from cce_jax.training import config as config_lib
 from cce_jax.training import optimizer as opt_lib
 from cce_jax.training import steps as steps_lib
@@ -140,7 +139,7 @@ def _build_data(config, seeds):
     kwargs = dict(
         global_batch_size=int(config.batch_size),
         eval_batch_size=int(config.eval_batch_size),
-        mesh=steps_lib.make_mesh(),
+        mesh=parallel.make_mesh(),
     )
     if seeds:  # one load, shared by the seeds' pipelines
         kwargs["raw"] = data_lib.load_source(config.data)
@@ -155,22 +154,6 @@ def _build_data(config, seeds):
     return out
 
 
-def _stack(batches: list[dict], mesh, leading: int) -> dict:
-    """Stacks per-model (or per-step) batches on a new leading axis, sharded on ``data``."""
-    if not isinstance(batches[0]["label"], jax.Array):
-        stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-        return steps_lib.shard_batch(stacked, mesh, leading)
-    return _device_stacker(mesh, leading)(batches)
-
-
-@functools.lru_cache(maxsize=16)
-def _device_stacker(mesh, leading: int):
-    return jax.jit(
-        lambda bs: jax.tree.map(lambda *xs: jnp.stack(xs), *bs),
-        out_shardings=steps_lib.batch_sharding(mesh, leading),
-    )
-
-
 def _model_batches(datasets, mesh, epoch=None, *, stack=False, start=0):
     """Yields the batches of an epoch from step ``start`` on (or of the eval split when
     ``epoch`` is None): one model's, or with ``stack`` all models' stacked on a leading axis.
@@ -181,9 +164,9 @@ def _model_batches(datasets, mesh, epoch=None, *, stack=False, start=0):
         its = [itertools.islice(it, start, datasets[0].steps_per_epoch) for it in its]
     for group in zip(*its):
         if not stack:
-            yield group[0] if epoch is None else steps_lib.shard_batch(group[0], mesh)
+            yield group[0] if epoch is None else parallel.shard_batch(group[0], mesh)
         else:
-            yield _stack(list(group), mesh, 1)
+            yield parallel.stack_batches(group, mesh, 1)
 
 
 def _chunks(it, n):
@@ -294,7 +277,7 @@ class _Run:
                 f"workdir {workdir!r} holds a checkpoint at {self.describe(latest)}, "
                 f"beyond num_epochs={config.num_epochs}"
             )
-        self.mesh = steps_lib.make_mesh()
+        self.mesh = parallel.make_mesh()
         self.model = models.get_model(
             config.model.name,
             num_classes=self.k,
@@ -374,7 +357,7 @@ class _Run:
             self.model, self.tx, rng, tuple(self.info.image_shape), self.mesh
         )
         state, progress, found = self.ckpts.restore_latest(state, self.describe)
-        pos = int(np.ravel(steps_lib.to_host(state.step))[0]) if found else 0
+        pos = int(np.ravel(parallel.to_host(state.step))[0]) if found else 0
         if found:
             print(f"resumed from {self.ckpts.directory} at {self.describe(pos)}", flush=True)
         partial = {k: np.asarray(v, np.float32) for k, v in (progress.get("metrics") or {}).items()}
@@ -480,7 +463,8 @@ class _Run:
             if self._agree(self.stop.signame is not None):
                 break
             if len(chunk) == n and multi is not None:
-                state, m = multi(state, _stack(chunk, self.mesh, 2 if self.num_models else 1))
+                lead = 2 if self.num_models else 1
+                state, m = multi(state, parallel.stack_batches(chunk, self.mesh, lead))
                 history.extend(jax.tree.map(lambda x, i=i: x[i], m) for i in range(n))
             else:
                 for b in chunk:
@@ -500,7 +484,7 @@ class _Run:
     def host_metrics(self, partial, history, use_drw) -> dict:
         """The per-step train metrics of this epoch so far, on the host ([steps(, S)])."""
         host = (
-            {k: np.stack([steps_lib.to_host(h[k]) for h in history]) for k in history[0]}
+            {k: np.stack([parallel.to_host(h[k]) for h in history]) for k in history[0]}
             if history
             else {}
         )
@@ -512,7 +496,7 @@ class _Run:
     def check_finite(self, host, epoch, state):
         n = len(host.get("loss", ()))
         bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"])) if n else np.zeros(0)
-        if not bad.any() and bool(steps_lib.to_host(_all_finite(state.params))):
+        if not bad.any() and bool(parallel.to_host(_all_finite(state.params))):
             return
         step = int(np.argwhere(bad)[0][0]) if bad.any() else max(n - 1, 0)
         last = self.ckpts.latest()
@@ -557,7 +541,7 @@ class _Run:
         """Checkpoints ``state`` at step ``pos`` (with the metrics of its epoch so far)."""
         if pos == self.ckpts.latest():
             return
-        if not bool(steps_lib.to_host(_all_finite(state.params))):
+        if not bool(parallel.to_host(_all_finite(state.params))):
             raise TrainingDiverged(f"non-finite parameters at {self.describe(pos)}; not saved")
         metrics = (
             {}
