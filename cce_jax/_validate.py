@@ -19,6 +19,21 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _narrow_host_labels(labels, logits, axis):
+    """Host labels wider than 32 bits, with x64 off (JAX would wrap them: 2**40 -> 0): every
+    value outside ``[0, K)`` becomes -1 before the cast to int32, so it is masked as the docs
+    say, never wrapped into a class. Arrays already on device were cast when they got there."""
+    if isinstance(labels, jax.Array) or not is_concrete(labels) or jax.config.jax_enable_x64:
+        return labels
+    host = np.asarray(labels)
+    if host.dtype.kind not in "iu" or host.dtype.itemsize <= 4:
+        return labels
+    if not isinstance(axis, (int, np.integer)) or not -logits.ndim <= axis < logits.ndim:
+        return labels  # refused below
+    k = logits.shape[axis]
+    return np.where((host < 0) | (host >= k), -1, host).astype(np.int32)
+
+
 def logits_and_labels(logits, labels, axis, where):
     """Checks and canonicalises the common (logits, labels, axis, where) arguments.
 
@@ -27,7 +42,7 @@ def logits_and_labels(logits, labels, axis, where):
     that count: `where` (if given) and label in [0, K).
     """
     logits = jnp.asarray(logits)
-    labels = jnp.asarray(labels)
+    labels = jnp.asarray(_narrow_host_labels(labels, logits, axis))
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"`logits` must be a floating array, got dtype {logits.dtype}.")
     if not jnp.issubdtype(labels.dtype, jnp.integer):

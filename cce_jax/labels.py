@@ -142,6 +142,13 @@ def check_labels(labels: ArrayLike, num_classes: int, *, where: ArrayLike | None
     host = np.asarray(labels)
     if not np.issubdtype(host.dtype, np.integer):
         raise TypeError(f"`labels` must hold integer class ids, got dtype {host.dtype}.")
+    beyond = (host < np.iinfo(np.int32).min) | (host > np.iinfo(np.int32).max)
+    if beyond.any():
+        raise ValueError(
+            f"{int(beyond.sum())} of {host.size} labels are beyond the int32 range that JAX "
+            "uses (without x64 they would wrap to other classes): "
+            f"first {host[beyond][:5].tolist()}"
+        )
     bad = (host < 0) | (host >= num_classes)
     if where is not None:
         where_host = np.asarray(where, dtype=bool)

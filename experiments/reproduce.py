@@ -88,7 +88,14 @@ import warnings
 
 import numpy as np
 
-from cce_jax.training.config import RUN_CONTROL_KEYS, config_diff, flatten
+from cce_jax.training.config import (
+    EXIT_CONFIG_ERROR,
+    EXIT_DEADLINE,
+    EXIT_DIVERGED,
+    RUN_CONTROL_KEYS,
+    config_diff,
+    flatten,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
@@ -96,8 +103,6 @@ OFFLINE_SOURCE = "cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz"
 
 # The train program; tests substitute a fake one (see tests/test_reproduce.py).
 TRAIN_COMMAND = (sys.executable, "-m", "experiments.train")
-# Exit codes of experiments.train (cce_jax.training.EXIT_*).
-EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_DEADLINE = 2, 3, 75
 # With --max_minutes: no run starts with less time than this before its deadline.
 MIN_START_S = 45.0
 
@@ -864,6 +869,7 @@ class _Runner:
     def __init__(self, cmd_prefix, env, echo):
         self.cmd_prefix, self.env, self.echo = list(cmd_prefix), env, echo
         self.running = {}  # Popen -> (unit, t0, thread, tail)
+        self.signalled = set()  # programs a signal was forwarded to
 
     def start(self, unit: Unit):
         os.makedirs(unit.workdir, exist_ok=True)
@@ -928,6 +934,37 @@ class _Runner:
         for proc in list(self.running):
             self.stop(proc, grace=5.0)
         self.running.clear()
+
+    def forward(self, signum: int, *, once: bool = False) -> None:
+        """Sends ``signum`` to every running program (each saves its position and exits 75);
+        with ``once``, only to those that got no signal yet."""
+        for proc in list(self.running):
+            if once and proc in self.signalled:
+                continue
+            self.signalled.add(proc)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signum)
+
+
+def _forward_signals(runner: _Runner, stopped: list):
+    """From now on SIGTERM/SIGINT are forwarded to the running programs and recorded in
+    ``stopped`` (then no new run starts and the caller waits for the programs to save and
+    exit). Returns the function that restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handle(signum, frame):
+        stopped.append(signal.Signals(signum).name)
+        # SIGTERM for both: a program started in the background ignores SIGINT.
+        runner.forward(signal.SIGTERM)
+
+    old = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore():
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def _tri_state(text: str) -> str:
@@ -1217,9 +1254,11 @@ def _run(args, argv, extra, t_start) -> int:
         )
         return rows, path
 
+    stopped = []  # signals received: forwarded to the running programs, no new run starts
+    restore_signals = _forward_signals(runner, stopped)
     try:
         while pending or runner.running:
-            while pending and len(runner.running) < jobs and not budget_hit:
+            while pending and len(runner.running) < jobs and not budget_hit and not stopped:
                 if run_deadline is not None and run_deadline - time.time() < MIN_START_S:
                     budget_hit = True
                     break
@@ -1231,8 +1270,12 @@ def _run(args, argv, extra, t_start) -> int:
                 print(f"[{done_count}/{len(units)}] {unit.label()}: {unit.workdir}", flush=True)
             if not runner.running:
                 break
+            if stopped:  # a program started while the signal came
+                runner.forward(signal.SIGTERM, once=True)
             unit, rc, secs, tail, killed = runner.wait_any(budget_end)
-            outcome = _outcome(unit, rc, tail, killed)
+            # After a signal, an exit other than 0/3 (e.g. killed while starting up) is a stop.
+            interrupted = bool(stopped) and rc not in (0, EXIT_DIVERGED)
+            outcome = _outcome(unit, rc, tail, killed or interrupted)
             if outcome == "stopped":
                 budget_hit = budget_hit or budget_end is not None
                 print(
@@ -1256,6 +1299,8 @@ def _run(args, argv, extra, t_start) -> int:
     except KeyboardInterrupt:
         runner.stop_all()
         raise
+    finally:
+        restore_signals()
     rows, path = report()
     print("\n" + "\n".join(table_lines(rows)), flush=True)
     # This command's grid only (the table also shows earlier runs outside it).
@@ -1271,6 +1316,13 @@ def _run(args, argv, extra, t_start) -> int:
         )
     print(f"report: {path}", flush=True)
     left = n_total - n_done - len(failed)
+    if stopped:
+        print(
+            f"stopped by {stopped[0]}: {n_done} runs finished, {left} left (checkpointed); "
+            "rerun the same command to resume",
+            flush=True,
+        )
+        return EXIT_DEADLINE
     if budget_hit and left:
         print(
             f"time budget reached: {n_done} runs finished, {left} left; rerun the same "

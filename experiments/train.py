@@ -9,9 +9,10 @@ are the same; VALUE is a Python literal, ``nan``/``inf`` are floats). Multi-proc
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` on every process (or
 ``--config.distributed=True`` for the cluster auto-detection of ``jax.distributed.initialize()``).
 
-Exit codes: 0 done (or stopped by ``stop_after_epoch``), 2 bad flags/config/workdir (one
-``error:`` line), 3 training diverged (``failure.json``, no summary), 75 stopped for
-``--config.deadline`` (checkpointed; rerun to resume).
+Exit codes (``cce_jax.training.EXIT_*``): 0 done (or stopped by ``stop_after_epoch``), 2 bad
+flags/config/workdir (one ``error:`` line), 3 training diverged (``failure.json``, no
+summary), 74 storage failed (one ``error:`` line; nothing lost), 75 stopped for
+``--config.deadline`` or by SIGTERM/SIGINT after saving the exact position (rerun to resume).
 """
 
 import ast
@@ -141,9 +142,11 @@ def main(argv):
         _fail(str(e), training.EXIT_CONFIG_ERROR)
     except training.TrainingDiverged as e:
         _fail(str(e), training.EXIT_DIVERGED)
-    except training.DeadlineReached as e:
+    except training.DeadlineReached as e:  # also Preempted (SIGTERM, SIGINT)
         print(str(e), flush=True)
         sys.exit(training.EXIT_DEADLINE)
+    except training.StorageError as e:  # disk full, unreadable checkpoint: one line
+        _fail(str(e), training.EXIT_IO_ERROR)
     import jax
 
     if summary is not None and jax.process_index() == 0:

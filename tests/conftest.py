@@ -10,6 +10,11 @@
 * ``cifar10_jpeg_archive``: the offline CIFAR-10 copy's path (the test is skipped without it);
   ``cifar10_jpeg_cache``: that copy extracted and decoded once per session (about 30 s on 2
   cores), for every test that reads it (pass it as ``data.cache_dir``).
+* Two tiers: ``python -m pytest -m "not slow"`` is the everyday command (every module, a few
+  minutes on 2 cores); ``python -m pytest`` (CI) runs everything. ``slow``: the decorated
+  tests (subprocess runs on 8 simulated devices or several processes, end-to-end runs), every
+  test that reads the offline CIFAR-10 copy, and the cases listed in ``_SLOW_IDS`` (generated
+  test cases and doctests that cannot carry a decorator).
 """
 
 import os
@@ -35,6 +40,22 @@ _CIFAR10_CANDIDATES = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz",
     Path("/work/shared/data/cifar10-jpeg.tar.gz"),
 )
+
+
+# Parts of node ids of slow tests without a decorator of their own.
+_SLOW_IDS = (
+    "test_finite_over_the_stated_domain_",  # chex variants over float16/32/bfloat16 edges
+    "cce_jax/models.py::",  # the doctest builds and runs every model
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        uses_cifar = {"cifar10_jpeg_archive", "cifar10_jpeg_cache"} & set(
+            getattr(item, "fixturenames", ())
+        )
+        if uses_cifar or any(part in item.nodeid for part in _SLOW_IDS):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_unconfigure(config):

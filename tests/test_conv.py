@@ -137,6 +137,7 @@ assert rel(dx, dx0) < 2e-5 and rel(dw, dw0) < 2e-5
 """
 
 
+@pytest.mark.slow  # a subprocess each
 @pytest.mark.parametrize("devices", [1, 8])
 def test_data_parallel_mesh(devices):
     """Under jit with the batch sharded on the trainer's ``data`` mesh axis, on 1 and on 8

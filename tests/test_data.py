@@ -670,3 +670,80 @@ def test_choose_pipeline():
         data.choose_pipeline("tf", tf_ok=False)
     with pytest.raises(ValueError, match="pipeline: expected one of"):
         data.choose_pipeline("fast")
+
+
+def test_disk_full_while_extracting_is_reported_as_such(tmp_path, monkeypatch):
+    import errno
+    import io
+    import tarfile
+
+    from cce_jax.data import sources
+
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("train/a/0.jpg", "test/a/0.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+    real_open = open
+
+    def full_disk(path, mode="r", *a, **k):
+        if "w" in mode and ".extract-" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(sources, "open", full_disk, raising=False)
+    cache = tmp_path / "cache"
+    with pytest.raises(OSError, match="no space left on device while extracting") as e:
+        data.load_cifar10_jpeg(str(archive), str(cache))
+    assert "corrupt" not in str(e.value) and "data.cache_dir" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+    for root, dirs, files in os.walk(cache):  # nothing half-extracted left
+        assert "extracted" not in dirs and not any(d.startswith(".extract") for d in dirs)
+
+
+@pytest.mark.parametrize("pipeline", ["device", "tf"])
+def test_constant_channel_stays_bounded_with_augmentation(tmp_path, pipeline):
+    # An RGBA npz whose alpha channel is 255 everywhere: its std was floored at 1e-3, so the
+    # zero padding of the crops became -255/255/1e-3 = -1000 and the model stayed at chance.
+    if pipeline == "tf":
+        _tf()
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (60, 32, 32, 4), dtype=np.uint8)
+    img[..., 3] = 255
+    test = img[:9].copy()
+    path = _write_npz(tmp_path / "rgba.npz", train_images=img, test_images=test)
+    cfg = _cfg(source=f"npz:{path}", profile="none", pipeline=pipeline)
+    d = data.build(cfg, seed=0, global_batch_size=20, eval_batch_size=9)
+    assert d.augment  # 32x32: crops and flips by default
+    xs = np.concatenate([np.asarray(b["image"]) for b in d.train_epoch(0)])
+    assert np.all(np.abs(xs) <= 5.0), np.abs(xs).max()
+    alpha = xs[..., 3]
+    assert set(np.unique(alpha).round(6)) <= {0.0, -1.0}  # centred (padding: -mean = -1)
+
+
+def test_augmentation_default_follows_the_image_size(tmp_path):
+    small = _write_npz(tmp_path / "small.npz")  # 6x5 images
+    cfg = _cfg(source=f"npz:{small}", profile="none")
+    assert not data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=9).augment
+    assert not data.build(
+        _cfg(source="digits"), seed=0, global_batch_size=8, eval_batch_size=8
+    ).augment
+    cfg.augment = True  # asked for explicitly: on
+    assert data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=9).augment
+
+
+def test_one_class_and_a_class_without_training_images_are_refused(tmp_path):
+    one = _write_npz(
+        tmp_path / "one.npz",
+        train_labels=np.zeros(60, np.int64),
+        test_labels=np.zeros(9, np.int64),
+        class_names=np.array(["only"]),
+    )
+    with pytest.raises(ValueError, match="1 class.*at least 2"):
+        data.build(_cfg(source=f"npz:{one}"), seed=0, global_batch_size=8, eval_batch_size=9)
+    labels = np.repeat(np.arange(3), 20)
+    labels[labels == 1] = 0  # no "dog" in the training images
+    gap = _write_npz(tmp_path / "gap.npz", train_labels=labels)
+    with pytest.raises(ValueError, match=r"train_labels holds no image of class 1 \('dog'\)"):
+        data.build(_cfg(source=f"npz:{gap}"), seed=0, global_batch_size=8, eval_batch_size=9)

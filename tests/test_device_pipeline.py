@@ -209,6 +209,7 @@ def _worker() -> int:
     return 0
 
 
+@pytest.mark.slow
 def test_eight_devices_subprocess(tmp_path):
     env = dict(os.environ)
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"

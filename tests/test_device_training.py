@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocess runs of the digits config
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = "--config=experiments/configs/digits.py"

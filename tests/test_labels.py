@@ -107,3 +107,9 @@ def test_check_class_counts_eager_and_under_jit():
         err, _ = checked(bad)
         with pytest.raises(checkify.JaxRuntimeError, match=message):
             err.throw()
+
+
+def test_check_labels_refuses_labels_beyond_int32():
+    with pytest.raises(ValueError, match="1 of 3 labels are beyond the int32 range.*1099511627776"):
+        labels.check_labels(np.array([0, 2**40, 1], np.int64), 10)
+    labels.check_labels(np.array([0, 9], np.int64), 10)

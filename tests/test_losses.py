@@ -322,9 +322,23 @@ class LossVariantsTest(chex.TestCase):
         chex.assert_trees_all_close((out, g), (jnp.zeros(2), jnp.zeros((2, 1))), atol=0)
 
 
-def test_chex_variants_run_both_under_pytest():
-    names = [n for n in dir(LossVariantsTest) if n.startswith("test_ldam_single_class")]
-    assert any("with_jit" in n for n in names) and any("without_jit" in n for n in names), names
+@pytest.mark.parametrize("name", losses.NAMES)
+def test_int64_labels_beyond_int32_are_masked_not_wrapped(name):
+    # 2**40 wrapped to class 0 when JAX cast int64 labels to int32; out-of-range labels are
+    # masked (loss 0, gradient 0), as for -1 or 255, and check_labels refuses them.
+    fn = _registry_fn(name)
+    z, y = _data(5, shape=(6,))
+    wide = y.astype(np.int64)
+    wide[[1, 4]] = [2**40, 2**32 + 2]  # int32 casts: 0 and 2
+    out, grad = _value_and_vjp(fn, jnp.asarray(z), wide)
+    ref_y = y.copy()
+    ref_y[[1, 4]] = -1
+    ref_out, ref_grad = _value_and_vjp(fn, jnp.asarray(z), ref_y)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(grad, ref_grad)
+    assert out[1] == 0 and out[4] == 0 and not np.any(np.asarray(grad)[[1, 4]])
+    with pytest.raises(ValueError, match="beyond the int32 range"):
+        cce_jax.labels.check_labels(wide, K)
 
 
 def test_beyond_the_domain_is_not_claimed():

@@ -34,7 +34,11 @@ def test_resnet34_param_count():
 
 @pytest.mark.parametrize(
     "name,shape",
-    [("resnet8", (3, 8, 8, 1)), ("resnet8", (2, 32, 32, 3)), ("resnet32", (2, 16, 16, 3))],
+    [
+        ("resnet8", (3, 8, 8, 1)),
+        ("resnet8", (2, 32, 32, 3)),
+        pytest.param("resnet32", (2, 16, 16, 3), marks=pytest.mark.slow),
+    ],
 )
 def test_output_shapes_and_batch_stats(name, shape):
     m = models.get_model(name, num_classes=7, width=4)

@@ -79,6 +79,7 @@ def one_device(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(one_device, tmp_path):
     out = tmp_path / "eight.npz"
     _wait([_run(out, 8)])
@@ -92,6 +93,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(one_device, tmp_path):
     out = tmp_path / "two.npz"
     addr = f"127.0.0.1:{_free_port()}"

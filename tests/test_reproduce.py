@@ -43,6 +43,18 @@ def write(path, obj):
 with open(os.path.join(workdir, "calls.txt"), "a") as f:
     f.write(json.dumps(argv) + "\n")
 write(os.path.join(workdir, "config.json"), cfg)
+ckpt = os.path.join(workdir, "ckpt")
+if loss in plan.get("wait_signal", []) and not os.path.exists(ckpt):
+    import signal, time
+
+    def on_signal(signum, frame):  # the trainer's contract: save, one line, exit 75
+        open(ckpt, "w").close()
+        print("stopped by " + signal.Signals(signum).name + "; rerun to resume", flush=True)
+        sys.exit(75)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    open(os.path.join(workdir, "ready"), "w").close()
+    time.sleep(120)
 if loss in plan.get("hang", []):  # a trainer that ignores the deadline
     import time
 
@@ -54,7 +66,6 @@ if loss in plan.get("diverge", []):
     write(os.path.join(workdir, "failure.json"),
           {"reason": "non-finite train loss", "epoch": 2, "step": 7})
     sys.exit(3)
-ckpt = os.path.join(workdir, "ckpt")
 if float(cfg.get("deadline") or 0) > 0 and loss in plan.get("stop_once", []):
     if not os.path.exists(ckpt):
         open(ckpt, "w").close()
@@ -426,6 +437,34 @@ def test_a_run_past_the_budget_is_stopped(fake, capsys, monkeypatch):
     assert time.time() - t0 < 60
     out = capsys.readouterr().out
     assert "stopped" in out and "time budget reached: 0 runs finished, 1 left" in out
+
+
+def test_sigterm_is_forwarded_to_the_runs_and_a_rerun_resumes(fake, capsys):
+    import signal
+    import threading
+
+    ready = [fake.root / "r10" / loss / "seed0" / "ready" for loss in ("ce", "la")]
+
+    def preempt():  # once both programs run (--jobs=2), SIGTERM this process
+        while not all(p.exists() for p in ready):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=preempt, daemon=True).start()
+    code = fake("--losses=ce,la", "--jobs=2", plan={"wait_signal": ["ce", "la"]})
+    out = capsys.readouterr().out
+    assert code == 75, out
+    assert "stopped by SIGTERM: 0 runs finished, 2 left (checkpointed)" in out
+    for loss in ("ce", "la"):  # each program got the signal, saved and exited 75
+        d = fake.root / "r10" / loss / "seed0"
+        assert (d / "ckpt").exists()
+        assert "stopped by SIGTERM; rerun to resume" in (d / "train.log").read_text()
+    assert "FAILED" not in out
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    # The same command resumes both runs and finishes.
+    assert fake("--losses=ce,la", "--jobs=2", plan={"wait_signal": ["ce", "la"]}) == 0
+    out = capsys.readouterr().out
+    assert "| ce | 10 | 1 | 0 |" in out and "| la | 10 | 1 | 0 |" in out
 
 
 def test_vmap_seeds_layout_is_collected(fake, capsys):

@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -170,6 +171,7 @@ def test_build_without_tensorflow(tmp_path):
     assert res["jpeg/auto"] == res["jpeg/device"] == ["cifar10_jpeg", k3, 9, 9]
 
 
+@pytest.mark.slow
 def test_trainer_without_tensorflow(tmp_path):
     workdir = tmp_path / "run"
     _run(

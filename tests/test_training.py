@@ -184,7 +184,7 @@ def _final_params(workdir):
 
     ckpt = Path(workdir) / "checkpoints"
     last = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
-    tree = ocp.StandardCheckpointer().restore(ckpt / str(last) / "default")
+    tree = ocp.StandardCheckpointer().restore(ckpt / str(last) / "state")
     return last, tree
 
 
@@ -213,7 +213,7 @@ def test_resume_is_exact_and_workdir_checks(tmp_path):
         assert resumed[key] == full[key], key
     la, ta = _final_params(tmp_path / "full")
     lb, tb = _final_params(part)
-    assert la == lb == 3
+    assert la == lb == 3 * data.steps_per_epoch
     jax.tree.map(np.testing.assert_array_equal, ta, tb)  # params, batch_stats, opt_state
 
     rows_a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
@@ -243,7 +243,8 @@ def test_resume_is_exact_and_workdir_checks(tmp_path):
         assert key in summary, key
     assert summary["class_counts"] == [40, 20, 10, 6]
     assert summary["test_many"] is None and summary["num_test"] == 37
-    assert sorted(os.listdir(part / "checkpoints")) == ["2", "3"]  # keep the last 2
+    spe = data.steps_per_epoch
+    assert sorted(os.listdir(part / "checkpoints"), key=int) == [str(2 * spe), str(3 * spe)]
 
     # Extending num_epochs (run control) resumes; changing the model does not.
     more = training.train_and_evaluate(small_config(num_epochs=4), str(part), data=data)
@@ -269,10 +270,23 @@ def test_drw_and_cot_train(tmp_path):
     assert "train_complement_loss" in rows[0]
 
 
-def test_step_throughput_positive():
+@pytest.mark.slow
+def test_benchmark_drives_the_trainers_scanned_vmapped_step():
+    # The benchmark stacks its fixed batch as [steps, models, B, ...]: the layout the trainer's
+    # step expects with steps_per_call and num_models (a wrong order fails to trace).
     from experiments.bench_train_step import step_throughput
 
-    assert step_throughput("resnet8", batch_size=8, num_steps=2, image_shape=(8, 8, 3)) > 0
+    ips = step_throughput(
+        "resnet8",
+        batch_size=8,
+        num_steps=2,
+        image_shape=(8, 8, 3),
+        warmup_steps=1,
+        num_models=2,
+        steps_per_call=2,
+        width=4,
+    )
+    assert np.isfinite(ips) and ips > 0
 
 
 # ----------------------------------------------------------------------------- the command
@@ -301,6 +315,7 @@ def test_cli_bad_config_fails_before_training(tmp_path):
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_cli_tiny_end_to_end(tmp_path, cifar10_jpeg_cache):
     r = _cli(
         "--config=experiments/configs/tiny.py",
@@ -345,31 +360,49 @@ def test_non_finite_hyperparameters_refused(key, value, match):
         training.validate_config(small_config(**{key: value}))
 
 
+class PoisonedFrom(FakeData):
+    """FakeData whose images turn NaN from epoch ``epoch`` (0-based) on."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.poison_epoch = epoch
+
+    def train_epoch(self, epoch):
+        for b in super().train_epoch(epoch):
+            if epoch >= self.poison_epoch:
+                b = dict(b, image=np.full_like(b["image"], np.nan))
+            yield b
+
+
 def test_divergence_stops_loudly_and_keeps_the_last_finite_checkpoint(tmp_path):
-    data = FakeData()
-    w = tmp_path / "w"
-    assert training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=data) is None
-    # Same workdir may not change lr; a fresh one with the diverging lr, resumed from a copy.
-    with pytest.raises(training.TrainingDiverged, match="diverged"):
-        training.train_and_evaluate(
-            small_config(**{"optimizer.lr": 1e6}), str(tmp_path / "d"), data=data
-        )
+    import orbax.checkpoint as ocp
+
+    # Diverging from the first step: no checkpoint at all.
     d = tmp_path / "d"
+    with pytest.raises(training.TrainingDiverged, match="no checkpoint was written"):
+        training.train_and_evaluate(small_config(**{"optimizer.lr": 1e6}), str(d), data=FakeData())
     assert not (d / "summary.json").exists()
     failure = _strict_json(d / "failure.json")
     assert failure["epoch"] == 1 and failure["step"] >= 1
+    assert failure["last_finite_checkpoint_step"] is None
     assert not (d / "checkpoints").exists() or not any(
         p.name.isdigit() for p in (d / "checkpoints").iterdir()
     )
-    for row in (d / "metrics.jsonl").read_text().splitlines():
-        json.loads(row, parse_constant=lambda c: pytest.fail(c))
-    # A diverging continuation of a finite run keeps its finite checkpoint.
-    with pytest.raises(training.TrainingDiverged):
-        training.train_and_evaluate(
-            small_config(**{"loss.name": "mse_ol", "loss.hparams": {"alpha": 1e30}}),
-            str(tmp_path / "m"),
-            data=data,
-        )
+    # Diverging in epoch 2 after a finite epoch 1: that checkpoint is kept, and it is finite.
+    m = tmp_path / "m"
+    data = PoisonedFrom(1)
+    with pytest.raises(training.TrainingDiverged, match=r"last finite checkpoint \(epoch 1\)"):
+        training.train_and_evaluate(small_config(), str(m), data=data)
+    failure = _strict_json(m / "failure.json")
+    assert failure["epoch"] == 2 and failure["step"] == data.steps_per_epoch + 1
+    assert failure["last_finite_checkpoint_step"] == data.steps_per_epoch
+    kept = [p for p in (m / "checkpoints").iterdir() if p.name.isdigit()]
+    assert [p.name for p in kept] == [str(data.steps_per_epoch)]
+    tree = ocp.StandardCheckpointer().restore(kept[0] / "state")
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(tree["params"]))
+    rows = [json.loads(r) for r in (m / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1] and np.isfinite(rows[0]["train_loss"])
+    assert not (m / "summary.json").exists()
 
 
 def test_workdir_lock_refuses_a_second_run(tmp_path):
@@ -436,7 +469,9 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, damage, capsys):
     w = tmp_path / "w"
     full = training.train_and_evaluate(small_config(num_epochs=2), str(w), data=data)
     files = sorted(
-        p for p in (w / "checkpoints" / "2").rglob("*") if p.is_file() and p.stat().st_size > 0
+        p
+        for p in (w / "checkpoints" / str(2 * data.steps_per_epoch)).rglob("*")
+        if p.is_file() and p.stat().st_size > 0
     )
     victims = [p for p in files if "ocdbt" in str(p) or p.suffix == "" or "d/" in str(p)] or files
     for p in victims:
@@ -449,7 +484,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, damage, capsys):
     err = capsys.readouterr().err
     assert "checkpoint of epoch 2" in err and "falling back to epoch 1" in err
     assert len([line for line in err.splitlines() if "warning" in line]) == 1
-    assert (w / "corrupt_checkpoints" / "2").exists()
+    assert (w / "corrupt_checkpoints" / str(2 * data.steps_per_epoch)).exists()
     assert again["resumed_from_epoch"] == 1 and again["test_top1"] == full["test_top1"]
 
 
@@ -460,7 +495,9 @@ def test_deadline_checkpoints_and_resumes(tmp_path):
         training.train_and_evaluate(
             small_config(deadline=time.time() + 1e-3, checkpoint_every=5), str(w), data=data
         )
-    assert sorted(p.name for p in (w / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+    assert sorted(p.name for p in (w / "checkpoints").iterdir() if p.name.isdigit()) == [
+        str(data.steps_per_epoch)
+    ]
     assert not (w / "summary.json").exists()
     s = training.train_and_evaluate(small_config(), str(w), data=data)
     assert s["resumed_from_epoch"] == 1
@@ -513,6 +550,7 @@ def test_posthoc_adjustment_matches_numpy():
         assert row["top1"] == pytest.approx(np.mean(pred == y))
 
 
+@pytest.mark.slow
 def test_steps_per_call_matches_single_steps(tmp_path):
     data = FakeData()
     a = training.train_and_evaluate(small_config(num_epochs=1), str(tmp_path / "a"), data=data)
@@ -539,6 +577,7 @@ def _digits_config(**kw):
     return c
 
 
+@pytest.mark.slow
 def test_seeds_match_single_runs_on_digits(tmp_path):
     seeds = (0, 1)
     multi = training.train_and_evaluate(_digits_config(seeds=seeds), str(tmp_path / "m"))
@@ -564,6 +603,12 @@ def test_seeds_match_single_runs_on_digits(tmp_path):
     ]
 
 
+def _only_checkpoint(workdir):
+    (step,) = [p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    return step
+
+
+@pytest.mark.slow
 def test_seeds_parameters_close_after_a_few_steps(tmp_path):
     import orbax.checkpoint as ocp
 
@@ -572,8 +617,8 @@ def test_seeds_parameters_close_after_a_few_steps(tmp_path):
     training.train_and_evaluate(
         _digits_config(num_epochs=1, seed=5, **{"data.subset_seed": 5}), str(single_dir)
     )
-    m = ocp.StandardCheckpointer().restore(multi_dir / "checkpoints" / "1" / "default")
-    s = ocp.StandardCheckpointer().restore(single_dir / "checkpoints" / "1" / "default")
+    m = ocp.StandardCheckpointer().restore(_only_checkpoint(multi_dir) / "state")
+    s = ocp.StandardCheckpointer().restore(_only_checkpoint(single_dir) / "state")
     jax.tree.map(
         lambda u, v: np.testing.assert_allclose(u[1], v, rtol=2e-2, atol=2e-3),
         m["params"],

@@ -36,7 +36,7 @@ def default_config():
     cfg.n_max = placeholder(int)
     cfg.counts = placeholder(tuple)
     cfg.subset_seed = 0
-    # None = automatic: True for every source but digits.
+    # None = automatic: True for images of at least 32x32 pixels (split.MIN_AUGMENT_SIZE).
     cfg.augment = placeholder(bool)
     cfg.max_test = placeholder(int)
     return cfg
@@ -50,9 +50,7 @@ def tf_available() -> bool:
         return False
 
 
-def choose_pipeline(
-    pipeline: str = "auto", *, platform: str | None = None, tf_ok: bool | None = None
-) -> str:
+def choose_pipeline(pipeline: str = "auto", *, tf_ok: bool | None = None) -> str:
     """The pipeline ``"auto"`` resolves to (``"device"`` and ``"tf"`` are returned as given).
 
     Rule (measured, see docs/data.md): ``"device"`` everywhere — on accelerators the data then
@@ -61,8 +59,6 @@ def choose_pipeline(
 
     Args:
       pipeline: ``"auto"``, ``"device"`` or ``"tf"``.
-      platform: the JAX backend (default ``jax.default_backend()``); kept for the rule's
-        documentation and future per-platform choices.
       tf_ok: whether tensorflow is importable (default: :func:`tf_available`).
 
     Returns:
@@ -77,8 +73,7 @@ def choose_pipeline(
                 "data.pipeline='device' (or 'auto'), or install the [tfds] extra"
             )
         return pipeline
-    del platform  # the measured rule is the same on every platform (docs/data.md)
-    return "device"
+    return "device"  # the measured rule is the same on every platform (docs/data.md)
 
 
 def build(

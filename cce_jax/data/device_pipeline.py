@@ -27,11 +27,10 @@ __all__ = ["DeviceData", "default_mesh", "stack_batches"]
 
 
 def default_mesh():
-    """A 1-D ``("data",)`` mesh over all (global) devices, Auto axis type."""
-    import jax
+    """A 1-D ``("data",)`` mesh over all (global) devices (:func:`cce_jax.parallel.make_mesh`)."""
+    from cce_jax.parallel import make_mesh
 
-    n = len(jax.devices())
-    return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    return make_mesh()
 
 
 def _place(host: np.ndarray, sharding):
@@ -39,16 +38,6 @@ def _place(host: np.ndarray, sharding):
     import jax
 
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-
-def _to_host(x) -> np.ndarray:
-    import jax
-
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 def _crop_flip(x, oy, ox, flip, pad):
@@ -228,7 +217,10 @@ class DeviceData(SplitViews):
         ``positions`` index :meth:`train_split`; (oy, ox, flip) are the crop offsets into the
         image zero-padded by 4 and the mirror flags (unused when ``augment`` is False).
         """
-        pos, oy, ox, flip = (_to_host(v).astype(np.int64) for v in self._device_plan(epoch))
+        from cce_jax.parallel import gather_to_host
+
+        plan = self._device_plan(epoch)
+        pos, oy, ox, flip = (gather_to_host(v).astype(np.int64) for v in plan)
         dev = np.arange(self._global_b) // self._local_b  # device of each batch column
         positions = self._slots[dev[None, :], pos]
         return imbalance.EpochPlan(positions, oy, ox, flip)
@@ -261,45 +253,10 @@ class DeviceData(SplitViews):
             yield {"image": image, "label": label, "mask": mask}
 
 
-@functools.cache
-def _stack_fn(sharding):
-    import jax
-    import jax.numpy as jnp
-
-    return jax.jit(lambda *xs: jnp.stack(xs), out_shardings=sharding)
-
-
 def stack_batches(batches):
-    """Stacks S per-seed batches (dicts with equal keys) into one dict of [S, B, ...] arrays.
-
-    jax.Arrays sharded ``P("data")`` (device pipeline) are stacked on device into arrays
-    sharded ``P(None, "data")`` (each device stacks its own rows; no transfer). numpy arrays
-    (tf pipeline) are stacked on the host with ``np.stack``; shard them on axis 1 as above.
-
-    Args:
-      batches: a non-empty sequence of batch dicts, e.g. ``[next(it) for it in iterators]``.
-
-    Returns:
-      dict: key -> stacked array.
+    """Stacks S per-seed batches into one dict of [S, B, ...] arrays: device arrays on device,
+    sharded ``P(None, "data")``; numpy arrays on the host (:func:`cce_jax.parallel.stack_batches`).
     """
-    import jax
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
+    from cce_jax.parallel import stack_batches as stack
 
-    batches = list(batches)
-    if not batches:
-        raise ValueError("stack_batches: needs at least one batch")
-    keys = list(batches[0])
-    if any(list(b) != keys for b in batches):
-        raise ValueError("stack_batches: batches must have the same keys")
-    out = {}
-    for k in keys:
-        vals = [b[k] for b in batches]
-        if all(isinstance(v, jax.Array) for v in vals):
-            sh = vals[0].sharding
-            mesh = getattr(sh, "mesh", None)
-            target = NamedSharding(mesh, P(None, "data")) if mesh is not None else None
-            out[k] = _stack_fn(target)(*vals) if target is not None else jax.numpy.stack(vals)
-        else:
-            out[k] = np.stack([np.asarray(v) for v in vals])
-    return out
+    return stack(batches)

@@ -493,6 +493,23 @@ def clean_stale_temporaries(root: str, *, max_age_s: float = STALE_TEMP_SECONDS)
     return removed
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _cache_error(e: OSError, doing: str, root: str) -> OSError:
+    """One line for a cache that cannot be written: the path, the cause, what to do."""
+    cause = (
+        "no space left on device"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT)
+        else f"not writable ({e.strerror})"
+    )
+    return OSError(
+        e.errno,
+        f"source: {cause} while {doing} {root!r}; free space there or set data.cache_dir "
+        "to a writable folder with room (the extracted archive and its arrays: ~3x the archive)",
+    )
+
+
 def _extract_once(archive: str, root: str) -> str:
     """Extracts `archive` into root/extracted atomically; returns that directory."""
     target = os.path.join(root, "extracted")
@@ -513,7 +530,13 @@ def _extract_once(archive: str, root: str) -> str:
                     os.makedirs(os.path.dirname(dest), exist_ok=True)
                     with tar.extractfile(member) as src, open(dest, "wb") as out:
                         out.write(src.read())
-        except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
+        except OSError as e:
+            if e.errno not in _WRITE_ERRNOS:
+                raise ValueError(
+                    f"source: cannot extract {archive!r}; the archive looks corrupt ({e})"
+                ) from e
+            raise _cache_error(e, f"extracting {archive!r} into", root) from e
+        except (tarfile.TarError, EOFError, ValueError, zlib.error) as e:
             raise ValueError(
                 f"source: cannot extract {archive!r}; the archive looks corrupt ({e})"
             ) from e
@@ -592,6 +615,10 @@ def _write_npz_atomically(path: str, **arrays) -> None:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        raise _cache_error(e, "writing the decoded arrays into", root) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -24,6 +24,10 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+# A channel whose std (pixels in [0, 1]) is below this is only centred, not scaled.
+MIN_STD = 1.0 / 255
+# data.augment=None: random crops and flips only for images at least this large (H and W).
+MIN_AUGMENT_SIZE = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +92,22 @@ def make_split(config, raw: sources.RawDataset) -> Split:
     """Checks the labels of `raw` and selects the imbalanced train subset of `config`."""
     kind, _ = sources.parse_source(config.source, config.get("name"))
     num_classes = len(raw.class_names)
+    if num_classes < 2:
+        raise ValueError(
+            f"source: {raw.name!r} has {num_classes} class ({list(raw.class_names)}); "
+            "classification needs at least 2"
+        )
     _check(raw.train_labels, num_classes, "train")
     _check(raw.test_labels, num_classes, "test")
 
     available = np.bincount(raw.train_labels, minlength=num_classes)
+    empty = np.flatnonzero(available == 0)
+    if empty.size:
+        names = [f"{int(i)} ({raw.class_names[i]!r})" for i in empty[:5]]
+        raise ValueError(
+            f"source: {raw.name!r}: train_labels holds no image of class "
+            f"{', '.join(names)}; every class of class_names needs training images"
+        )
     if config.counts is not None:
         counts = imbalance.class_counts(tuple(config.counts), num_classes)
     else:
@@ -107,8 +123,8 @@ def make_split(config, raw: sources.RawDataset) -> Split:
         test_idx = imbalance.stratified_first(raw.test_labels, int(config.max_test))
 
     augment = config.augment
-    if augment is None:
-        augment = kind != "digits"
+    if augment is None:  # pad-4 crops and flips suit CIFAR-sized images, not 8x8 ones
+        augment = min(raw.train_images.shape[1:3]) >= MIN_AUGMENT_SIZE
 
     if kind == "digits":
         mean, std = [0.0], [1.0]  # images in [0, 1]
@@ -119,7 +135,10 @@ def make_split(config, raw: sources.RawDataset) -> Split:
     else:  # per-channel statistics of the imbalanced training subset
         x = raw.train_images[train_idx].astype(np.float64) / raw.scale
         mean = x.mean(axis=(0, 1, 2))
-        std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3)
+        std = x.std(axis=(0, 1, 2))
+        # A (nearly) constant channel, e.g. an alpha channel: no scaling, so the zero padding
+        # of the crops stays within [-1, 1] instead of reaching -mean / 1e-3.
+        std = np.where(std < MIN_STD, 1.0, std)
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
 

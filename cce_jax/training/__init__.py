@@ -4,7 +4,8 @@ One job per module, as in flax's ``examples/imagenet``:
 
 * :mod:`~cce_jax.training.config`: config checks, the run-control keys, config diffs;
 * :mod:`~cce_jax.training.optimizer`: the learning-rate schedule and SGD, from optax pieces;
-* :mod:`~cce_jax.training.steps`: the mesh, the train state, the jitted train/eval steps;
+* :mod:`~cce_jax.training.steps`: the train state, the jitted train/eval steps (the mesh and
+  shardings live in :mod:`cce_jax.parallel` and are re-exported);
 * :mod:`~cce_jax.training.workdir`: lock, atomic strict-JSON files, checkpoints;
 * :mod:`~cce_jax.training.report`: summary files, the per-class table and plot;
 * :mod:`~cce_jax.training.loop`: :func:`train_and_evaluate`, the whole run.
@@ -16,6 +17,10 @@ from cce_jax._extras import require
 require("train", "cce_jax.training", "flax", "orbax.checkpoint", "ml_collections", "absl")
 
 from cce_jax.training.config import (  # noqa: E402
+    EXIT_CONFIG_ERROR,
+    EXIT_DEADLINE,
+    EXIT_DIVERGED,
+    EXIT_IO_ERROR,
     PIPELINES,
     RUN_CONTROL_KEYS,
     SCHEDULES,
@@ -28,6 +33,8 @@ from cce_jax.training.config import (  # noqa: E402
 )
 from cce_jax.training.loop import (  # noqa: E402
     DeadlineReached,
+    Preempted,
+    StopSignals,
     TrainingDiverged,
     build_loss_fns,
     train_and_evaluate,
@@ -47,15 +54,16 @@ from cce_jax.training.steps import (  # noqa: E402
     shard_batch,
     to_host,
 )
-
-# Exit codes of experiments/train.py (also used by experiments/reproduce.py).
-EXIT_CONFIG_ERROR = 2
-EXIT_DIVERGED = 3
-EXIT_DEADLINE = 75  # EX_TEMPFAIL: checkpointed, rerun to resume
+from cce_jax.training.workdir import CheckpointUnreadable, StorageError
 
 __all__ = [
+    "CheckpointUnreadable",
     "ConfigError",
     "DeadlineReached",
+    "Preempted",
+    "StopSignals",
+    "StorageError",
+    "EXIT_IO_ERROR",
     "TrainingDiverged",
     "EXIT_CONFIG_ERROR",
     "EXIT_DIVERGED",

@@ -13,6 +13,8 @@ import math
 
 import jax
 
+from cce_jax.data.builder import PIPELINES
+
 __all__ = [
     "ConfigError",
     "RUN_CONTROL_KEYS",
@@ -35,6 +37,8 @@ RUN_CONTROL_KEYS = frozenset(
         "stop_after_epoch",
         "eval_every",
         "checkpoint_every",
+        "checkpoint_every_steps",
+        "checkpoint_every_minutes",
         "keep_checkpoints",
         "progress",
         "distributed",
@@ -47,7 +51,13 @@ RUN_CONTROL_KEYS = frozenset(
 )
 
 SCHEDULES = ("step", "cosine", "constant")
-PIPELINES = ("auto", "device", "tf")
+
+
+# Exit codes of experiments.train (and experiments.reproduce): one table in docs/reliability.md.
+EXIT_CONFIG_ERROR = 2  # bad flags, config, data or workdir; nothing trained
+EXIT_DIVERGED = 3  # non-finite loss or gradient; failure.json, the last finite checkpoint kept
+EXIT_IO_ERROR = 74  # EX_IOERR: storage failed (disk full, unreadable checkpoint); nothing lost
+EXIT_DEADLINE = 75  # EX_TEMPFAIL: deadline, SIGTERM or SIGINT; checkpointed, rerun to resume
 
 
 class ConfigError(ValueError):
@@ -150,6 +160,11 @@ def validate_config(
     for key in ("eval_every", "checkpoint_every", "keep_checkpoints"):
         if int(config[key]) < 1:
             errs.append(f"{key}={config[key]} must be >= 1")
+    if int(config.get("checkpoint_every_steps", 0) or 0) < 0:
+        errs.append(f"checkpoint_every_steps={config.checkpoint_every_steps} must be >= 0")
+    minutes = config.get("checkpoint_every_minutes", 0.0) or 0.0
+    if not (_finite(minutes) and float(minutes) >= 0):
+        errs.append(f"checkpoint_every_minutes={minutes} must be finite and >= 0 (0 = off)")
     if int(config.get("steps_per_call", 1)) < 1:
         errs.append(f"steps_per_call={config.get('steps_per_call')} must be >= 1")
     seeds = config.get("seeds", None)

@@ -13,18 +13,19 @@ format); ``WORKDIR/summary.json`` holds the mean and sd over seeds.
 
 Failure modes, each loud: a non-finite train loss or gradient raises :class:`TrainingDiverged`
 (``failure.json`` written, no summary, the last finite checkpoint kept); reaching
-``config.deadline`` (unix seconds) raises :class:`DeadlineReached` after a checkpoint, so
-the next call resumes.
+``config.deadline`` (unix seconds) raises :class:`DeadlineReached` after a checkpoint, and
+SIGTERM/SIGINT raise :class:`Preempted` after the step in flight and a checkpoint of the exact
+(mid-epoch) position, so the next call resumes to the same result.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import itertools
 import os
+import signal
 import sys
+import threading
 import time
 
 import flax
@@ -33,14 +34,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cce_jax import models
+from cce_jax import models, parallel
 from cce_jax.training import config as config_lib
 from cce_jax.training import optimizer as opt_lib
 from cce_jax.training import steps as steps_lib
 from cce_jax.training import workdir as wd
 from cce_jax.training.config import ConfigError
 
-__all__ = ["train_and_evaluate", "build_loss_fns", "TrainingDiverged", "DeadlineReached"]
+__all__ = [
+    "train_and_evaluate",
+    "build_loss_fns",
+    "TrainingDiverged",
+    "DeadlineReached",
+    "Preempted",
+    "StopSignals",
+]
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,6 +57,46 @@ class TrainingDiverged(RuntimeError):
 
 class DeadlineReached(RuntimeError):
     """``config.deadline`` would pass during the next epoch; the run checkpointed and stopped."""
+
+
+class Preempted(DeadlineReached):
+    """SIGTERM or SIGINT: the run finished its step, saved its exact position and stopped."""
+
+
+class StopSignals:
+    """While active (in the main thread), SIGTERM and SIGINT (unless ignored, as in a
+    background job) only set :attr:`signame`; the
+    loop reads it between steps, saves and stops. A second signal exits at once
+    (``128 + signal``): a save it cuts short leaves a temporary folder that the next run
+    removes, and the previous checkpoint stays usable."""
+
+    def __init__(self):
+        self.signame = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                if signal.getsignal(sig) != signal.SIG_IGN:  # e.g. SIGINT of a background job
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signame is None:
+            self.signame = name
+            return
+        print(
+            f"second {name}: exiting without a new checkpoint; the previous one is kept",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(128 + signum)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 def build_loss_fns(config, class_counts) -> tuple[tuple, tuple | None]:
@@ -88,16 +136,14 @@ def _build_data(config, seeds):
     """One data pipeline per model (seed s: ``seed=s``, ``subset_seed=s``)."""
     from cce_jax import data as data_lib
 
-    params = inspect.signature(data_lib.build).parameters
     kwargs = dict(
-        global_batch_size=int(config.batch_size), eval_batch_size=int(config.eval_batch_size)
+        global_batch_size=int(config.batch_size),
+        eval_batch_size=int(config.eval_batch_size),
+        mesh=parallel.make_mesh(),
     )
-    if "mesh" in params:
-        kwargs["mesh"] = steps_lib.make_mesh()
-    raw = data_lib.load_source(config.data) if seeds and "raw" in params else None
-    if raw is not None:
-        kwargs["raw"] = raw
-    if not seeds:
+    if seeds:  # one load, shared by the seeds' pipelines
+        kwargs["raw"] = data_lib.load_source(config.data)
+    else:
         return [data_lib.build(config.data, seed=int(config.seed), **kwargs)]
     out = []
     for s in seeds:
@@ -108,33 +154,19 @@ def _build_data(config, seeds):
     return out
 
 
-def _stack(batches: list[dict], mesh, leading: int) -> dict:
-    """Stacks per-model (or per-step) batches on a new leading axis, sharded on ``data``."""
-    if not isinstance(batches[0]["label"], jax.Array):
-        stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-        return steps_lib.shard_batch(stacked, mesh, leading)
-    return _device_stacker(mesh, leading)(batches)
-
-
-@functools.lru_cache(maxsize=16)
-def _device_stacker(mesh, leading: int):
-    return jax.jit(
-        lambda bs: jax.tree.map(lambda *xs: jnp.stack(xs), *bs),
-        out_shardings=steps_lib.batch_sharding(mesh, leading),
-    )
-
-
-def _model_batches(datasets, mesh, epoch=None, *, stack=False):
-    """Yields the batches of an epoch (or of the eval split when ``epoch`` is None): one
-    model's, or with ``stack`` all models' stacked on a leading axis."""
+def _model_batches(datasets, mesh, epoch=None, *, stack=False, start=0):
+    """Yields the batches of an epoch from step ``start`` on (or of the eval split when
+    ``epoch`` is None): one model's, or with ``stack`` all models' stacked on a leading axis.
+    An epoch's data order is a pure function of (seed, epoch), so skipping its first
+    ``start`` batches resumes it exactly."""
     its = [d.train_epoch(epoch) if epoch is not None else d.eval_batches() for d in datasets]
     if epoch is not None:
-        its = [itertools.islice(it, datasets[0].steps_per_epoch) for it in its]
+        its = [itertools.islice(it, start, datasets[0].steps_per_epoch) for it in its]
     for group in zip(*its):
         if not stack:
-            yield group[0] if epoch is None else steps_lib.shard_batch(group[0], mesh)
+            yield group[0] if epoch is None else parallel.shard_batch(group[0], mesh)
         else:
-            yield _stack(list(group), mesh, 1)
+            yield parallel.stack_batches(group, mesh, 1)
 
 
 def _chunks(it, n):
@@ -184,7 +216,7 @@ def _progress(total, desc, enabled):
 def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
     """Trains ``config`` in ``workdir`` (resuming from its last checkpoint) and evaluates.
 
-    Writes ``config.json``, ``metrics.jsonl``, ``summary.json``, ``confusion_matrix.csv``,
+    Writes ``config.json``, ``metrics.jsonl``, ``summary.json`` (with the confusion matrix),
     ``per_class.png`` and ``checkpoints/`` (per seed under ``seed_<s>/`` with
     ``config.seeds``). Returns the summary dict (with seeds: the aggregate), or ``None`` when
     stopped early by ``stop_after_epoch``. ``data`` (a :class:`cce_jax.data` pipeline-like
@@ -194,14 +226,24 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
       ConfigError: a bad config or workdir, before anything is written.
       TrainingDiverged: a non-finite train loss or gradient.
       DeadlineReached: ``config.deadline`` reached (checkpointed; rerun to resume).
+      Preempted: SIGTERM or SIGINT (a :class:`DeadlineReached`; the exact position saved).
+      StorageError: the workdir could not be written or a checkpoint read (one line).
     """
     t_start = time.time()
     config_lib.validate_config(config)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot create the workdir {workdir!r} ({type(e).__name__}: {e.strerror or e}); "
+            "use a writable --workdir"
+        ) from None
     lock = wd.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock:
-        return _Run(config, workdir, data, t_start).run()
+    with lock, StopSignals() as stop:
+        run = _Run(config, workdir, data, t_start)
+        run.stop = stop
+        return run.run()
 
 
 class _Run:
@@ -219,11 +261,6 @@ class _Run:
         stored = wd.check_stored_config(
             workdir, self.config_dict, has_checkpoint=latest is not None
         )
-        if latest is not None and latest > int(config.num_epochs):
-            raise ConfigError(
-                f"workdir {workdir!r} holds a checkpoint at epoch {latest}, "
-                f"beyond num_epochs={config.num_epochs}"
-            )
         self.datasets = self._data(data)
         d0 = self.datasets[0]
         self.info = d0.info
@@ -235,7 +272,12 @@ class _Run:
                 f"the train split ({self.info.num_train} images) holds no full batch "
                 f"of {config.batch_size}"
             )
-        self.mesh = steps_lib.make_mesh()
+        if latest is not None and latest > int(config.num_epochs) * self.spe:
+            raise ConfigError(
+                f"workdir {workdir!r} holds a checkpoint at {self.describe(latest)}, "
+                f"beyond num_epochs={config.num_epochs}"
+            )
+        self.mesh = parallel.make_mesh()
         self.model = models.get_model(
             config.model.name,
             num_classes=self.k,
@@ -299,52 +341,75 @@ class _Run:
 
     # ------------------------------------------------------------------------ running
 
-    def run(self):
-        config = self.config
+    def describe(self, step: int) -> str:
+        """A position in words: ``"epoch 2"`` (its end) or ``"epoch 3, step 5/12"``."""
+        e, o = divmod(int(step), self.spe)
+        return f"epoch {e}" if o == 0 else f"epoch {e + 1}, step {o}/{self.spe}"
+
+    def restore(self):
+        """(state, position in steps, host metrics of the partly trained epoch)."""
+        seeds = self.seeds
         rng = (
-            jax.random.key(int(config.seed))
-            if not self.seeds
-            else jnp.stack([jax.random.key(s) for s in self.seeds])
+            jnp.stack([jax.random.key(s) for s in seeds])
+            if seeds
+            else jax.random.key(int(self.config.seed))
         )
         state = steps_lib.create_train_state(
             self.model, self.tx, rng, tuple(self.info.image_shape), self.mesh
         )
-        state, start = self.ckpts.restore_latest(state)
-        if start:
-            print(f"resumed from {self.ckpts.directory} at epoch {start}", flush=True)
+        state, progress, found = self.ckpts.restore_latest(state, self.describe)
+        pos = int(np.ravel(parallel.to_host(state.step))[0]) if found else 0
+        if found:
+            print(f"resumed from {self.ckpts.directory} at {self.describe(pos)}", flush=True)
+        partial = {k: np.asarray(v, np.float32) for k, v in (progress.get("metrics") or {}).items()}
+        if pos % self.spe and not partial:
+            raise ConfigError(
+                f"the checkpoint at {self.describe(pos)} lacks the metrics of its epoch"
+            )
+        return state, pos, partial
+
+    def reset_files(self, done_epochs: int) -> None:
+        """Keeps the metrics rows of finished epochs; removes a stale summary/failure."""
         self.rows = []
+        unfinished = done_epochs < int(self.config.num_epochs)
         for d in self.model_dirs():
-            rows = [
-                r
-                for r in wd.read_jsonl(os.path.join(d, "metrics.jsonl"))
-                if int(r.get("epoch", 0)) <= start
-            ]
+            path = os.path.join(d, "metrics.jsonl")
+            rows = [r for r in wd.read_jsonl(path) if int(r.get("epoch", 0)) <= done_epochs]
             self.rows.append(rows)
             if self.is_main:
-                wd.write_jsonl(os.path.join(d, "metrics.jsonl"), rows)
-                if start < int(config.num_epochs):
-                    for name in ("summary.json", "failure.json"):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.remove(os.path.join(d, name))
-        if self.seeds and self.is_main and start < int(config.num_epochs):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(self.workdir, "summary.json"))
+                wd.write_jsonl(path, rows)
+        if self.is_main and unfinished:
+            for d in self.model_dirs() + ([self.workdir] if self.seeds else []):
+                for name in ("summary.json", "failure.json"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(d, name))
 
+    def run(self):
+        config = self.config
+        state, pos, partial = self.restore()
+        self.restored_from = pos // self.spe
+        self.reset_files(self.restored_from)
         num_epochs, stop_after = int(config.num_epochs), int(config.get("stop_after_epoch", -1))
         deadline = float(config.get("deadline", 0.0) or 0.0)
-        evals, saved, epoch_cost = None, start, None
-        if start == num_epochs:
-            evals = self.evaluate(state)
-        for epoch in range(start, num_epochs):
+        self.saved, self.saved_at, epoch_cost = pos, time.time(), None
+        evals = self.evaluate(state) if pos == num_epochs * self.spe else None
+        for epoch in range(pos // self.spe, num_epochs):
             if deadline > 0 and epoch_cost is not None and time.time() + epoch_cost > deadline:
-                if saved != epoch:
-                    self.save(epoch, state)
+                self.save(pos, state)
                 self.ckpts.close()
                 raise DeadlineReached(
                     f"stopped before epoch {epoch + 1} to meet the deadline; rerun to resume"
                 )
             t0 = time.time()
-            state, host = self.train_epoch(state, epoch)
+            state, host, pos = self.train_epoch(state, epoch, pos, partial)
+            partial = None
+            if pos < (epoch + 1) * self.spe:  # a stop signal: save the exact position
+                self.save(pos, state, host)
+                self.ckpts.close()
+                raise Preempted(
+                    f"stopped by {self.stop.signame} at {self.describe(pos)}; checkpointed "
+                    f"in {self.ckpts.directory}; rerun to resume"
+                )
             self.check_finite(host, epoch, state)
             done = epoch + 1 == num_epochs
             do_eval = done or (epoch + 1) % int(config.eval_every) == 0
@@ -352,11 +417,9 @@ class _Run:
             self.log_epoch(epoch, host, evals, time.time() - t0)
             stop = stop_after >= 0 and epoch + 1 >= stop_after and not done
             if done or stop or (epoch + 1) % int(config.checkpoint_every) == 0:
-                self.save(epoch + 1, state)
-                saved = epoch + 1
-            epoch_cost = (
-                max(epoch_cost or 0.0, time.time() - t0) if epoch > start else time.time() - t0
-            )
+                self.save(pos, state)
+            cost = time.time() - t0
+            epoch_cost = max(epoch_cost or 0.0, cost) if epoch_cost is not None else cost
             if stop:
                 self.ckpts.close()
                 print(
@@ -365,20 +428,44 @@ class _Run:
                 )
                 return None
         self.ckpts.close()
-        return self.summarize(evals, start)
+        return self.summarize(evals, self.restored_from)
 
-    def train_epoch(self, state, epoch):
+    def _agree(self, flag: bool) -> bool:
+        """Whether any process says ``flag`` (every process takes the same decision)."""
+        if jax.process_count() == 1:
+            return bool(flag)
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+    def _interval_due(self, pos: int) -> bool:
+        every = int(self.config.get("checkpoint_every_steps", 0) or 0)
+        minutes = float(self.config.get("checkpoint_every_minutes", 0.0) or 0.0)
+        due = every > 0 and pos - self.saved >= every
+        due = due or (minutes > 0 and time.time() - self.saved_at >= 60.0 * minutes)
+        return self._agree(due)
+
+    def train_epoch(self, state, epoch, pos, partial=None):
+        """Trains epoch ``epoch`` from step ``pos`` on. Returns (state, host metrics of the
+        epoch's steps so far, position); the position is short of the epoch's end only when
+        a stop signal came."""
         use_drw = True in self.train_steps and epoch >= int(self.config.loss.drw_epoch)
         single, multi = self.train_steps[use_drw]
         show = bool(self.config.get("progress", True)) and self.is_main and sys.stdout.isatty()
         bar = _progress(self.spe, f"epoch {epoch + 1}/{self.config.num_epochs}", show)
-        history, pending = [], None
-        batches = _model_batches(self.datasets, self.mesh, epoch, stack=self.num_models is not None)
-        n = self.steps_per_call
+        offset = pos - epoch * self.spe
+        bar.update(offset)
+        history, pending, n = [], None, self.steps_per_call
+        batches = _model_batches(
+            self.datasets, self.mesh, epoch, stack=self.num_models is not None, start=offset
+        )
+        host = lambda: self.host_metrics(partial, history, use_drw)  # noqa: E731
         for chunk in _chunks(batches, n):
+            if self._agree(self.stop.signame is not None):
+                break
             if len(chunk) == n and multi is not None:
                 lead = 2 if self.num_models else 1
-                state, m = multi(state, _stack(chunk, self.mesh, lead))
+                state, m = multi(state, parallel.stack_batches(chunk, self.mesh, lead))
                 history.extend(jax.tree.map(lambda x, i=i: x[i], m) for i in range(n))
             else:
                 for b in chunk:
@@ -387,27 +474,39 @@ class _Run:
             if pending is not None:  # keep one call in flight, never an unbounded queue
                 jax.block_until_ready(pending)
             pending = m
+            pos += len(chunk)
             bar.update(len(chunk))
+            if pos < (epoch + 1) * self.spe and self._interval_due(pos):
+                self.check_finite(host(), epoch, state)
+                self.save(pos, state, host())
         bar.close()
-        if len(history) != self.spe:
-            raise RuntimeError(
-                f"train_epoch({epoch}) yielded {len(history)} batches, expected {self.spe}"
-            )
-        host = {k: np.stack([steps_lib.to_host(h[k]) for h in history]) for k in history[0]}
+        return state, host(), pos
+
+    def host_metrics(self, partial, history, use_drw) -> dict:
+        """The per-step train metrics of this epoch so far, on the host ([steps(, S)])."""
+        host = (
+            {k: np.stack([parallel.to_host(h[k]) for h in history]) for k in history[0]}
+            if history
+            else {}
+        )
+        for k, v in (partial or {}).items():
+            host[k] = np.concatenate([v, host[k]]) if k in host else v
         host["_drw"] = use_drw
-        return state, host
+        return host
 
     def check_finite(self, host, epoch, state):
-        bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"]))
-        if not bad.any() and bool(steps_lib.to_host(_all_finite(state.params))):
+        n = len(host.get("loss", ()))
+        bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"])) if n else np.zeros(0)
+        if not bad.any() and bool(parallel.to_host(_all_finite(state.params))):
             return
-        step = int(np.argwhere(bad)[0][0]) if bad.any() else self.spe - 1
+        step = int(np.argwhere(bad)[0][0]) if bad.any() else max(n - 1, 0)
         last = self.ckpts.latest()
         failure = {
             "reason": "non-finite train loss or gradient",
             "epoch": epoch + 1,
             "step": epoch * self.spe + step + 1,
-            "last_finite_checkpoint_epoch": last,
+            "last_finite_checkpoint_epoch": None if last is None else last / self.spe,
+            "last_finite_checkpoint_step": last,
             "lr": float(self.lr_fn(epoch * self.spe + step)),
         }
         if self.is_main:
@@ -419,7 +518,7 @@ class _Run:
             f"lr {failure['lr']:.4g}): "
             "non-finite train loss or gradient; "
             + (
-                f"the last finite checkpoint (epoch {last}) is kept"
+                f"the last finite checkpoint ({self.describe(last)}) is kept"
                 if last
                 else "no checkpoint was written"
             )
@@ -439,10 +538,19 @@ class _Run:
         )
         return [out] if self.num_models is None else out
 
-    def save(self, epoch, state):
-        if not bool(steps_lib.to_host(_all_finite(state.params))):
-            raise TrainingDiverged(f"non-finite parameters at epoch {epoch}; not checkpointed")
-        self.ckpts.save(epoch, state)
+    def save(self, pos, state, host=None):
+        """Checkpoints ``state`` at step ``pos`` (with the metrics of its epoch so far)."""
+        if pos == self.ckpts.latest():
+            return
+        if not bool(parallel.to_host(_all_finite(state.params))):
+            raise TrainingDiverged(f"non-finite parameters at {self.describe(pos)}; not saved")
+        metrics = (
+            {}
+            if pos % self.spe == 0 or host is None
+            else {k: v.tolist() for k, v in host.items() if not k.startswith("_")}
+        )
+        self.ckpts.save(pos, state, {"metrics": metrics})
+        self.saved, self.saved_at = pos, time.time()
 
     def log_epoch(self, epoch, host, evals, dt):
         lr = float(self.lr_fn(epoch * self.spe))

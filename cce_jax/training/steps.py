@@ -1,4 +1,5 @@
-"""The mesh, the train state and the jitted train and eval steps.
+"""The train state and the jitted train and eval steps (the mesh, shardings and host copies:
+:mod:`cce_jax.parallel`, re-exported here).
 
 Data parallelism. Every step is one ``jax.jit`` over a 1-D device mesh with axis ``"data"``
 (``AxisType.Auto``): parameters, BatchNorm statistics and optimizer state are replicated
@@ -27,6 +28,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cce_jax import metrics as metrics_lib
+from cce_jax.parallel import batch_sharding, make_mesh, shard_batch, to_host
 
 __all__ = [
     "TrainState",
@@ -66,38 +68,6 @@ def initialize_distributed(
         coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
     jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
-
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-    """A 1-D ``("data",)`` mesh over all (global) devices, Auto axis type."""
-    devices = list(jax.devices() if devices is None else devices)
-    return jax.make_mesh(
-        (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-    )
-
-
-def batch_sharding(mesh, leading: int = 0) -> NamedSharding:
-    """Sharding of a batch whose batch axis follows ``leading`` unsharded axes."""
-    return NamedSharding(mesh, P(*([None] * leading), "data"))
-
-
-def shard_batch(batch: dict, mesh, leading: int = 0) -> dict:
-    """Process-local numpy batch -> global jax arrays sharded on ``data``.
-
-    Arrays that are already ``jax.Array`` (the device pipeline's) are passed through.
-    """
-    sharding = batch_sharding(mesh, leading)
-    return {
-        k: v
-        if isinstance(v, jax.Array)
-        else jax.make_array_from_process_local_data(sharding, np.asarray(v))
-        for k, v in batch.items()
-    }
-
-
-def to_host(x) -> np.ndarray:
-    """Host copy of a replicated (possibly multi-process) array."""
-    return np.asarray(x.addressable_shards[0].data)
 
 
 def create_train_state(model: nn.Module, tx, rng, image_shape, mesh) -> TrainState:

@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "step"  # step | cosine | constant
     c.schedule.warmup_epochs = 5.0
-    # lr * factors[i] from epoch boundaries[i] on (cumulative factors). LDAM protocol:
+    # lr * factors[i] from epoch boundaries[i] on (each factor times the base lr). LDAM protocol:
     # (160, 180), (0.01, 0.0001). CCE protocol: (100, 150), (0.1, 0.01).
     c.schedule.boundaries = (160, 180)
     c.schedule.factors = (0.01, 0.0001)
@@ -60,6 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Run control.
     c.eval_every = 10  # epochs; the last epoch is always evaluated
     c.checkpoint_every = 1  # epochs; the last (and a stop_after_epoch) epoch always saved
+    # Also checkpoint inside long epochs: every N train steps and/or every M minutes (0 = off).
+    c.checkpoint_every_steps = 0
+    c.checkpoint_every_minutes = 0.0
     c.keep_checkpoints = 2
     c.stop_after_epoch = -1  # >= 0: stop (checkpointed) after this epoch, as if killed
     c.progress = True  # tqdm bar when stdout is a terminal

@@ -1,0 +1,274 @@
+"""Preemption and checkpoint integrity: SIGTERM/SIGINT mid-epoch, the checkpoint interval,
+damaged checkpoints and storage errors on restore (fault injection), on 1 and 8 devices."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from test_training import FakeData, _final_params, small_config
+
+from cce_jax import training
+from cce_jax.training import workdir as wd
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("_preempt_worker.py")
+SPE = FakeData().steps_per_epoch  # 4 steps per epoch
+
+
+class StopAt(FakeData):
+    """FakeData that raises ``action`` after yielding batch ``step`` of epoch ``epoch``."""
+
+    def __init__(self, epoch, step, action):
+        super().__init__()
+        self.at, self.action = (epoch, step), action
+
+    def train_epoch(self, epoch):
+        for i, b in enumerate(super().train_epoch(epoch)):
+            yield b
+            if (epoch, i) == self.at:
+                self.action()
+
+
+def _rows(w):
+    return [json.loads(x) for x in (Path(w) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(a, b, sa, sb):
+    for key in ("test_top1", "per_class_accuracy", "confusion_matrix", "final_train_loss"):
+        assert sa[key] == sb[key], key
+    assert [(r["epoch"], r["train_loss"], r.get("test")) for r in _rows(a)] == [
+        (r["epoch"], r["train_loss"], r.get("test")) for r in _rows(b)
+    ]
+    (la, ta), (lb, tb) = _final_params(a), _final_params(b)
+    assert la == lb
+    jax.tree.map(np.testing.assert_array_equal, ta, tb)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    w = tmp_path_factory.mktemp("ref") / "w"
+    return w, training.train_and_evaluate(small_config(), str(w), data=FakeData())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_epoch_saves_the_exact_position_and_resumes_identically(
+    tmp_path, reference, sig, capsys
+):
+    w = tmp_path / "w"
+    default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+    before = signal.signal(sig, default)  # as in a terminal (a background job ignores SIGINT)
+    data = StopAt(1, 1, lambda: os.kill(os.getpid(), sig))  # after step 2 of epoch 2
+    try:
+        with pytest.raises(training.Preempted, match=f"{sig.name} at epoch 2, step 2/{SPE}"):
+            training.train_and_evaluate(small_config(), str(w), data=data)
+        assert signal.getsignal(sig) == default  # restored
+    finally:
+        signal.signal(sig, before)
+    steps = sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == SPE + 2  # the step in flight finished, then saved
+    assert not [p for p in (w / "checkpoints").iterdir() if "tmp" in p.name]
+    assert not (w / "summary.json").exists()
+    resumed = training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    assert f"at epoch 2, step 2/{SPE}" in capsys.readouterr().out
+    _assert_same_run(reference[0], w, reference[1], resumed)
+
+
+def test_a_second_signal_exits_at_once_and_a_cut_save_is_harmless(tmp_path, reference, monkeypatch):
+    exits = []
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    stop = training.StopSignals()
+    with stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signame == "SIGTERM" and not exits
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. during the save
+        assert exits == [128 + signal.SIGTERM]
+    # What a save cut short leaves (orbax's temporary folder) is removed; the previous
+    # checkpoint is used and the run ends as the uninterrupted one.
+    w = tmp_path / "w"
+    training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=FakeData())
+    src = w / "checkpoints" / str(SPE)
+    tmp = w / "checkpoints" / f"{SPE + 2}.orbax-checkpoint-tmp-1234"
+    subprocess.run(["cp", "-r", str(src), str(tmp)], check=True)
+    biggest = max((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[:10])
+    resumed = training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    assert not tmp.exists()
+    _assert_same_run(reference[0], w, reference[1], resumed)
+
+
+def test_checkpoint_interval_inside_epochs_resumes_exactly_after_a_crash(tmp_path, reference):
+    w = tmp_path / "w"
+
+    def crash():  # a kill -9: nothing is saved
+        raise KeyError("crash")
+
+    with pytest.raises(KeyError):
+        training.train_and_evaluate(
+            small_config(checkpoint_every_steps=3),
+            str(w),
+            data=StopAt(2, 2, crash),  # when asked for a 4th batch of epoch 3
+        )
+    steps = sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [2 * SPE, 2 * SPE + 3]  # saved at 3, 4, 7, 8 and 11; the last 2 kept
+    resumed = training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    _assert_same_run(reference[0], w, reference[1], resumed)
+
+
+def test_bad_checkpoint_interval_refused():
+    for key, value in (("checkpoint_every_steps", -1), ("checkpoint_every_minutes", float("nan"))):
+        with pytest.raises(training.ConfigError, match=key):
+            training.validate_config(small_config(**{key: value}))
+
+
+def _largest_file(step_dir):
+    return max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_flipped_bytes_are_caught_by_the_digest(tmp_path, reference, capsys):
+    w = tmp_path / "w"
+    training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    (w / "summary.json").unlink()
+    newest = w / "checkpoints" / str(3 * SPE)
+    victim = _largest_file(newest)
+    raw = bytearray(victim.read_bytes())
+    for i in (len(raw) // 3, len(raw) // 2, 2 * len(raw) // 3):  # three bytes
+        raw[i] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    again = training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "digest mismatch" in warnings[0], err
+    assert "checkpoint of epoch 3" in warnings[0] and "falling back to epoch 2" in warnings[0]
+    assert (w / "corrupt_checkpoints" / str(3 * SPE)).exists()
+    assert again["resumed_from_epoch"] == 2
+    _assert_same_run(reference[0], w, reference[1], again)
+
+
+def _eio(*a, **k):
+    raise OSError(errno.EIO, "Input/output error")
+
+
+def test_a_transient_restore_error_is_retried(tmp_path, reference, monkeypatch, capsys):
+    w = tmp_path / "w"
+    training.train_and_evaluate(small_config(stop_after_epoch=2), str(w), data=FakeData())
+    monkeypatch.setattr(wd, "RESTORE_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    real, calls = wd.checkpoint_digest, []
+
+    def flaky(step_dir):
+        calls.append(step_dir)
+        return _eio() if len(calls) <= 2 else real(step_dir)
+
+    monkeypatch.setattr(wd, "checkpoint_digest", flaky)
+    resumed = training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    assert calls[:3] == [str(w / "checkpoints" / str(2 * SPE))] * 3  # 2 failures, 1 success
+    assert resumed["resumed_from_epoch"] == 2
+    assert not (w / "corrupt_checkpoints").exists()
+    assert capsys.readouterr().err.count("retrying") == 2
+    _assert_same_run(reference[0], w, reference[1], resumed)
+
+
+@pytest.mark.parametrize("where", ["digest", "orbax"])
+def test_a_persistent_restore_error_stops_loudly_and_moves_nothing(tmp_path, monkeypatch, where):
+    w = tmp_path / "w"
+    training.train_and_evaluate(small_config(stop_after_epoch=2), str(w), data=FakeData())
+    before = sorted(p.name for p in (w / "checkpoints").iterdir())
+    monkeypatch.setattr(wd, "RESTORE_RETRY_DELAYS", (0.0, 0.0))
+    if where == "digest":
+        monkeypatch.setattr(wd, "checkpoint_digest", _eio)
+    else:
+        import orbax.checkpoint as ocp
+
+        monkeypatch.setattr(ocp.CheckpointManager, "restore", _eio)
+    with pytest.raises(training.CheckpointUnreadable, match="tried 3 times.*nothing was moved"):
+        training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    assert sorted(p.name for p in (w / "checkpoints").iterdir()) == before
+    assert not (w / "corrupt_checkpoints").exists()
+    assert len((w / "metrics.jsonl").read_text().splitlines()) == 2  # progress kept
+
+
+def _worker(workdir, *args, devices=1, expect=0):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    r = subprocess.run(
+        [sys.executable, str(WORKER), f"--devices={devices}", f"--workdir={workdir}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == expect, (r.stdout + r.stderr)[-3000:]
+    return r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "devices,extra",
+    [(1, ("--steps_per_call=2",)), (8, ("--seeds=0,1",))],
+    ids=["1-device-scan", "8-devices-2-seeds"],
+)
+def test_sigterm_mid_epoch_on_the_device_pipeline_resumes_identically(tmp_path, devices, extra):
+    _worker(tmp_path / "ref", *extra, devices=devices)
+    w = tmp_path / "w"
+    r = _worker(w, *extra, "--signal_at=1,3", devices=devices, expect=75)
+    assert "stopped by SIGTERM at epoch 2, step " in r.stdout.splitlines()[-1]
+    _worker(w, *extra, devices=devices)
+    subs = ["seed_0", "seed_1"] if "--seeds=0,1" in extra else [""]
+    for sub in subs:
+        a, b = tmp_path / "ref" / sub, w / sub
+        sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+        for key in ("test_top1", "confusion_matrix", "final_train_loss"):
+            assert sa[key] == sb[key], (sub, key)
+        assert [r["train_loss"] for r in _rows(a)] == [r["train_loss"] for r in _rows(b)]
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_leaves_nothing_half_written(
+    tmp_path, reference, monkeypatch
+):
+    import orbax.checkpoint as ocp
+
+    w = tmp_path / "w"
+    training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=FakeData())
+    real = ocp.CheckpointManager.save
+
+    def full(self, step, *a, **k):  # orbax got as far as its temporary folder
+        (w / "checkpoints" / f"{step}.orbax-checkpoint-tmp-77" / "state").mkdir(parents=True)
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing local file: No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    with pytest.raises(training.StorageError) as e:
+        training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and "no space left on device" in msg, msg
+    assert str(w / "checkpoints") in msg and "previous checkpoint is kept" in msg
+    assert sorted(p.name for p in (w / "checkpoints").iterdir()) == [str(SPE)]
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real)
+    resumed = training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    _assert_same_run(reference[0], w, reference[1], resumed)
+
+
+def test_disk_full_writing_metrics_keeps_the_old_file(tmp_path, monkeypatch):
+    w = tmp_path / "w"
+    w.mkdir()
+    wd.write_json(str(w / "a.json"), {"x": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(wd.StorageError, match="cannot write .*a.json.*no space left on device"):
+        wd.write_json(str(w / "a.json"), {"x": 2})
+    assert json.loads((w / "a.json").read_text()) == {"x": 1}
+    assert sorted(p.name for p in w.iterdir()) == ["a.json"]
+
+
+def test_unusable_workdir_is_one_config_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(training.ConfigError, match="cannot create the workdir .*writable"):
+        training.train_and_evaluate(small_config(), str(tmp_path / "file" / "w"), data=FakeData())
