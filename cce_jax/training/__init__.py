@@ -54,7 +54,7 @@ from cce_jax.training.steps import (  # noqa: E402
     shard_batch,
     to_host,
 )
-from cce_jax.training.workdir import CheckpointUnreadable, StorageError
+from cce_jax.training.workdir import CheckpointUnreadable, StorageError  # noqa: E402
 
 __all__ = [
     "CheckpointUnreadable",
