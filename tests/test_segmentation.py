@@ -167,3 +167,70 @@ def test_pixel_frequency_groups_terciles(k, sizes):
     assert not np.any(many & few) and np.all(many | medium | few)
     if many.any() and few.any():
         assert counts[many].min() > counts[medium].max() >= counts[medium].min() > counts[few].max()
+
+
+# ----------------------------------------------------------------------------------------
+# The FCN
+# ----------------------------------------------------------------------------------------
+
+
+def test_fcn8_param_count():
+    from cce_jax import models
+
+    m = models.get_model("fcn8", num_classes=10)
+    v = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    # stem 3*3*3*16 + 32; blocks 16-16: 2*9*16*16 + 64; 16-32: 9*16*32 + 9*32*32 + 128;
+    # 32-64: 9*32*64 + 9*64*64 + 256; up2 (64+32 -> 32): 9*96*32 + 64; up1 (32+16 -> 16):
+    # 9*48*16 + 32; head 16*10 + 10
+    assert models.param_count(v["params"]) == 109466
+    # the parameters do not depend on the image size
+    v2 = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 13, 7, 3))))
+    assert jax.tree.map(lambda a: a.shape, v2) == jax.tree.map(lambda a: a.shape, v)
+    assert models.model_task("fcn8") == "segmentation"
+    assert models.model_task("resnet8") == "classification"
+    assert "fcn8" in models.MODEL_NAMES and "fcn20" in models.SEGMENTATION_MODEL_NAMES
+    with pytest.raises(ValueError, match="unknown model"):
+        models.model_task("fcn9")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 9, 7, 1)])
+def test_fcn_output_shape_jit_and_batch_stats(shape):
+    from cce_jax import models
+
+    m = models.get_model("fcn8", num_classes=5, width=4, conv_impl="xla")
+    x = jax.random.normal(jax.random.key(1), shape)
+    v = fast_jit(m.init)(jax.random.key(0), x)
+    out, upd = fast_jit(lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
+    assert out.shape == shape[:3] + (5,) and out.dtype == jnp.float32
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), v["batch_stats"], upd["batch_stats"])
+    assert all(jax.tree.leaves(changed))
+    ev = fast_jit(m.apply)(v, x)
+    assert ev.shape == shape[:3] + (5,) and bool(jnp.all(jnp.isfinite(ev)))
+    # a dense prediction: the logits vary over the pixels
+    assert float(jnp.std(ev, axis=(1, 2)).min()) > 0
+
+
+def test_fcn_options_and_gradient():
+    from cce_jax import models
+
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 3))
+    m16 = models.get_model("fcn8", num_classes=3, width=4, dtype="bfloat16", conv_impl="xla")
+    v16 = jax.eval_shape(m16.init, jax.random.key(0), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v16["params"]))
+    assert jax.eval_shape(m16.apply, v16, x).dtype == jnp.float32
+    m = models.get_model("fcn8", num_classes=3, width=4, cosine_head=True, conv_impl="xla")
+    v = fast_jit(m.init)(jax.random.key(0), x)
+    out = fast_jit(m.apply)(v, x)
+    assert out.shape == (2, 6, 6, 3)
+    assert float(jnp.abs(out).max()) <= 1.0 + 1e-6  # cosine logits
+    # every parameter gets a gradient through the decoder and its skips
+    m = models.get_model("fcn8", num_classes=3, width=4, conv_impl="xla")
+    v = fast_jit(m.init)(jax.random.key(0), x)
+
+    def loss(params):
+        out, _ = m.apply({**v, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.mean(out[..., 0] ** 2)
+
+    grads = fast_jit(jax.grad(loss))(v["params"])
+    norms = {k: float(sum(jnp.sum(g**2) for g in jax.tree.leaves(t))) for k, t in grads.items()}
+    assert all(n > 0 for n in norms.values()), norms
