@@ -1,6 +1,7 @@
 """Semantic segmentation: metrics, the FCN model, the data sources and the generator."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -234,3 +235,350 @@ def test_fcn_options_and_gradient():
     grads = fast_jit(jax.grad(loss))(v["params"])
     norms = {k: float(sum(jnp.sum(g**2) for g in jax.tree.leaves(t))) for k, t in grads.items()}
     assert all(n > 0 for n in norms.values()), norms
+
+
+# ----------------------------------------------------------------------------------------
+# Sources: the folder layout and the npz format, on small files written here
+# ----------------------------------------------------------------------------------------
+
+
+def _tiny_set(n=3, m=2, h=5, w=7, c=3, k=4, seed=0):
+    from cce_jax.data import segmentation as seg
+
+    rng = np.random.default_rng(seed)
+    masks = rng.integers(0, k, (n + m, h, w)).astype(np.uint8)
+    masks[rng.random(masks.shape) < 0.2] = 255
+    images = rng.integers(0, 256, (n + m, h, w, c), dtype=np.uint8)
+    names = tuple(f"class {i}" for i in range(k))
+    ids = tuple(f"img{i:02d}" for i in range(n))
+    return seg.SegmentationDataset("tiny", images[:n], masks[:n], ids, images[n:], masks[n:], names)
+
+
+def _assert_same(a, b):
+    for key in ("train_images", "train_masks", "test_images", "test_masks"):
+        x, y = getattr(a, key), getattr(b, key)
+        assert x.dtype == y.dtype == np.uint8 and x.shape == y.shape, key
+        np.testing.assert_array_equal(x, y, err_msg=key)
+    assert tuple(a.train_ids) == tuple(b.train_ids)
+    assert tuple(a.class_names) == tuple(b.class_names)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_folder_round_trip(tmp_path, channels):
+    from cce_jax.data import segmentation as seg
+
+    ds = _tiny_set(c=channels)
+    seg.write_seg_folder(ds, str(tmp_path / "set"))
+    assert sorted(p.name for p in (tmp_path / "set" / "train" / "labels").iterdir()) == [
+        "img00.png",
+        "img01.png",
+        "img02.png",
+    ]
+    back = seg.load_seg_folder(str(tmp_path / "set"))
+    _assert_same(ds, back)
+    assert back.name == "set" and back.num_classes == 4
+    _assert_same(ds, seg.load_seg_source(f"seg_folder:{tmp_path / 'set'}"))
+    with pytest.raises(ValueError, match="not empty"):
+        seg.write_seg_folder(ds, str(tmp_path / "set"))
+
+
+def test_folder_reads_jpeg_images_and_palette_labels(tmp_path):
+    from PIL import Image
+
+    from cce_jax.data import segmentation as seg
+
+    ds = _tiny_set()
+    root = tmp_path / "set"
+    seg.write_seg_folder(ds, str(root))
+    # a JPEG image (lossy: only the shape is kept exactly) and a palette label map
+    img = root / "train" / "images" / "img01.png"
+    Image.open(img).convert("RGB").save(root / "train" / "images" / "img01.jpg", quality=95)
+    img.unlink()
+    lab = root / "train" / "labels" / "img02.png"
+    p = Image.fromarray(ds.train_masks[2], mode="L").convert("P")
+    p.putpalette([v for i in range(256) for v in (i, 255 - i, 0)])
+    p.save(lab)
+    back = seg.load_seg_folder(str(root))
+    assert back.train_images.shape == ds.train_images.shape
+    np.testing.assert_array_equal(back.train_masks, ds.train_masks)
+
+
+def _break(root, what):
+    from PIL import Image
+
+    lab = root / "train" / "labels" / "img01.png"
+    if what == "missing label":
+        lab.unlink()
+        return "img01.png", "label map train/labels/img01.png is missing"
+    if what == "label without image":
+        (root / "train" / "images" / "img01.png").unlink()
+        return "img01.png", "no image"
+    if what == "size":
+        Image.fromarray(np.zeros((5, 6), np.uint8)).save(lab)
+        return "img01.png", "6x5"
+    if what == "value":
+        Image.fromarray(np.full((5, 7), 4, np.uint8)).save(lab)
+        return "img01.png", "label value 4"
+    if what == "rgb label":
+        Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(lab)
+        return "img01.png", "mode RGB"
+    if what == "jpeg label":
+        Image.fromarray(np.zeros((5, 7), np.uint8)).save(lab, format="JPEG")
+        return "img01.png", "must be a PNG"
+    if what == "image size":
+        Image.fromarray(np.zeros((6, 7), np.uint8)).save(root / "test" / "labels" / "00001.png")
+        Image.fromarray(np.zeros((6, 7, 3), np.uint8)).save(root / "test" / "images" / "00001.png")
+        return "00001.png", "differs"
+    if what == "classes":
+        (root / "classes.txt").unlink()
+        return "classes.txt", "missing"
+    if what == "unreadable":
+        lab.write_bytes(b"not a png")
+        return "img01.png", "cannot be read"
+    raise AssertionError(what)
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        "missing label",
+        "label without image",
+        "size",
+        "value",
+        "rgb label",
+        "jpeg label",
+        "image size",
+        "classes",
+        "unreadable",
+    ],
+)
+def test_folder_errors_name_the_file(tmp_path, what):
+    from cce_jax.data import segmentation as seg
+
+    root = tmp_path / "set"
+    seg.write_seg_folder(_tiny_set(), str(root))
+    seg.load_seg_folder(str(root))  # fine before
+    filename, message = _break(root, what)
+    with pytest.raises(ValueError) as err:
+        seg.load_seg_folder(str(root))
+    assert filename in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_npz_round_trip_and_errors(tmp_path):
+    from cce_jax.data import segmentation as seg
+
+    ds = _tiny_set()
+    path = str(tmp_path / "set.npz")
+    seg.save_seg_npz(ds, path)
+    back = seg.load_seg_npz(path)
+    _assert_same(ds, back)
+    assert back.name == "set"
+    _assert_same(ds, seg.load_seg_source(f"seg_npz:{path}"))
+    # the minimal file: np.savez, [N, H, W] grayscale images, default names and ids
+    arrays = dict(
+        train_images=ds.train_images[..., 0],
+        train_masks=ds.train_masks,
+        test_images=ds.test_images[..., 0],
+        test_masks=ds.test_masks,
+    )
+    np.savez(tmp_path / "min.npz", **arrays)
+    m = seg.load_seg_npz(str(tmp_path / "min.npz"))
+    assert m.train_images.shape == (3, 5, 7, 1)
+    assert m.class_names == tuple(
+        str(i) for i in range(int(ds.train_masks[ds.train_masks < 255].max()) + 1)
+    )
+    assert m.train_ids == ("train:0", "train:1", "train:2")
+    cases = [
+        ({k: v for k, v in arrays.items() if k != "test_masks"}, "missing arrays"),
+        ({**arrays, "train_masks": ds.train_masks.astype(np.int32)}, "train_masks must be uint8"),
+        ({**arrays, "test_masks": ds.test_masks[:, :4]}, "test_masks has shape"),
+        ({**arrays, "class_names": np.array(["a", "b"])}, "label value"),
+        ({**arrays, "train_ids": np.array(["a", "a", "b"])}, "unique"),
+    ]
+    for i, (bad, message) in enumerate(cases):
+        p = tmp_path / f"bad{i}.npz"
+        np.savez(p, **bad)
+        with pytest.raises(ValueError, match=message) as err:
+            seg.load_seg_npz(str(p))
+        assert str(p) in str(err.value)
+    with pytest.raises(FileNotFoundError):
+        seg.load_seg_npz(str(tmp_path / "none.npz"))
+    with pytest.raises(ValueError, match="unknown segmentation source"):
+        seg.load_seg_source(f"npz:{path}")
+
+
+def test_training_pixel_counts():
+    from cce_jax.data import segmentation as seg
+
+    rng = np.random.default_rng(3)
+    masks = rng.integers(0, 6, (4, 9, 9)).astype(np.uint8)
+    masks[masks == 5] = 255
+    counts = seg.training_pixel_counts(masks, 5)
+    assert counts.dtype == np.int64
+    assert counts.tolist() == [int(np.sum(masks == c)) for c in range(5)]
+    with pytest.raises(ValueError, match="label value 5"):
+        seg.training_pixel_counts(np.array([[5, 0]], np.uint8), 5)
+    with pytest.raises(ValueError, match="uint8"):
+        seg.training_pixel_counts(np.array([[1, 0]], np.int64), 5)
+
+
+def test_random_crop_flip_moves_image_and_mask_together():
+    from cce_jax.data import segmentation as seg
+
+    rng = np.random.default_rng(4)
+    masks = rng.integers(0, 10, (16, 6, 8)).astype(np.uint8)
+    images = np.stack([masks.astype(np.float32) + 1, -masks.astype(np.float32)], -1)
+    aug = jax.jit(functools.partial(seg.random_crop_flip, pad=2))
+    x, m = aug(jax.random.key(0), images, masks)
+    x, m = np.asarray(x), np.asarray(m)
+    assert x.shape == images.shape and m.shape == masks.shape and m.dtype == np.uint8
+    labelled = m != 255
+    np.testing.assert_array_equal(x[..., 0][labelled], m[labelled] + 1)  # same pixel moved
+    np.testing.assert_array_equal(x[..., 0][~labelled], 0)  # padding: zeros / ignore
+    assert (~labelled).any() and labelled.mean() > 0.5
+    flipped = [bool(np.array_equal(m[i], masks[i, :, ::-1])) for i in range(16)]
+    kept = [bool(np.array_equal(m[i], masks[i])) for i in range(16)]
+    assert any(flipped) or any(kept)  # offset (2, 2) happens 1 time in 25 per example
+    x0, m0 = seg.random_crop_flip(jax.random.key(0), images, masks, pad=0)
+    for i in range(16):  # pad 0: each example is kept or mirrored, nothing else
+        assert np.array_equal(m0[i], masks[i]) or np.array_equal(m0[i], masks[i, :, ::-1])
+    assert not all(np.array_equal(m0[i], masks[i]) for i in range(16))
+
+
+# ----------------------------------------------------------------------------------------
+# The CIFAR-10 generator
+# ----------------------------------------------------------------------------------------
+
+
+class _FakeCifar:
+    """10 classes of 32x32 images whose red channel is the class index (for checks)."""
+
+    def __init__(self, n_per_class=6, seed=0):
+        rng = np.random.default_rng(seed)
+        k = 10
+        self.class_names = tuple(f"c{i}" for i in range(k))
+        for split in ("train", "test"):
+            labels = np.repeat(np.arange(k), n_per_class)
+            images = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
+            images[..., 0] = labels[:, None, None] * 20
+            setattr(self, f"{split}_images", images)
+            setattr(self, f"{split}_labels", labels)
+
+
+def _tree_digest(root):
+    import hashlib
+
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def test_generator_is_deterministic_byte_for_byte(tmp_path):
+    from cce_jax.data import segmentation as seg
+
+    cifar = _FakeCifar()
+    kw = dict(num_train=40, num_test=20, size=16, ratio=20.0)
+    seg.write_cifar_segmentation(cifar, str(tmp_path / "a"), seed=1, **kw)
+    seg.write_cifar_segmentation(cifar, str(tmp_path / "b"), seed=1, **kw)
+    seg.write_cifar_segmentation(cifar, str(tmp_path / "c"), seed=2, **kw)
+    a, b, c = (_tree_digest(tmp_path / x) for x in "abc")
+    assert len(a) == 2 * (40 + 20) + 4  # images + labels, classes.txt, npz, stats.json/.md
+    assert a == b
+    assert a.keys() == c.keys() and a["cifar10_seg.npz"] != c["cifar10_seg.npz"]
+    # what was written is what the folder and the npz sources read
+    ds = seg.make_cifar_segmentation(cifar, seed=1, **kw)
+    _assert_same(ds, seg.load_seg_folder(str(tmp_path / "a")))
+    _assert_same(ds, seg.load_seg_npz(str(tmp_path / "a" / "cifar10_seg.npz")))
+    # the test split does not depend on the training split's size
+    other = seg.make_cifar_segmentation(cifar, seed=1, **{**kw, "num_train": 7})
+    np.testing.assert_array_equal(other.test_masks, ds.test_masks)
+    with pytest.raises(ValueError, match="exists"):
+        seg.write_cifar_segmentation(cifar, str(tmp_path / "a"), seed=1, **kw)
+
+
+def test_generator_regions_boundaries_and_fill():
+    from cce_jax.data import segmentation as seg
+
+    cifar = _FakeCifar()
+    ds = seg.make_cifar_segmentation(cifar, num_train=60, num_test=30, size=20, ratio=10.0)
+    for x, m in ((ds.train_images, ds.train_masks), (ds.test_images, ds.test_masks)):
+        lab = m != 255
+        # every labelled pixel shows an image of its own class (red channel = 20 * class)
+        np.testing.assert_array_equal(x[..., 0][lab], m[lab].astype(np.int64) * 20)
+        # two 8-adjacent labelled pixels never differ in class: boundaries are ignore
+        p = np.pad(m, ((0, 0), (1, 1), (1, 1)), constant_values=255)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                nb = p[:, 1 + dy : 1 + dy + 20, 1 + dx : 1 + dx + 20]
+                both = lab & (nb != 255)
+                assert np.all(m[both] == nb[both]), (dy, dx)
+        assert 0.02 < 1 - lab.mean() < 0.5  # boundaries exist, and are thin
+    # the boundary rule itself: 1 px on both sides of a region edge, 8-neighbourhood
+    regions = np.zeros((1, 5, 6), np.int64)
+    regions[0, :, 3:] = 1
+    regions[0, 4, :] = 2
+    expected = np.array(
+        [
+            [0, 0, 1, 1, 0, 0],
+            [0, 0, 1, 1, 0, 0],
+            [0, 0, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1],
+        ],
+        bool,
+    )
+    np.testing.assert_array_equal(seg._boundaries(regions)[0], expected)
+
+
+def test_generator_settings_are_checked():
+    from cce_jax.data import segmentation as seg
+
+    cifar = _FakeCifar()
+    for bad, message in [
+        (dict(cells=(3, 2)), "cells"),
+        (dict(ratio=0.5), "ratio"),
+        (dict(size=2), "size"),
+        (dict(num_test=0), "positive"),
+        (dict(num_test=1, cells=(1, 1)), "test split has no labelled pixel"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            seg.make_cifar_segmentation(cifar, num_train=5, **{"num_test": 5, **bad})
+
+
+def test_default_cifar_set_is_long_tailed_and_documented(
+    tmp_path, cifar10_jpeg_archive, cifar10_jpeg_cache
+):
+    """The CLI with the default settings on the real CIFAR-10 copy: >= 100:1 between the
+    most and least frequent training class, every class in the test set, the counts that
+    docs/data.md lists, and the folder source reads back the npz's arrays."""
+    import json
+    import re
+
+    from cce_jax.data import segmentation as seg
+    from experiments import make_segmentation_data
+
+    out = tmp_path / "seg"
+    argv = [
+        f"--out={out}",
+        f"--archive={cifar10_jpeg_archive}",
+        f"--cache_dir={cifar10_jpeg_cache}",
+    ]
+    assert make_segmentation_data.main(argv) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    train, test = np.array(stats["train_pixels"]), np.array(stats["test_pixels"])
+    assert train.max() / train.min() >= 100
+    assert np.all(test > 0) and test.max() / test.min() < 1.1
+    ds = seg.load_seg_folder(str(out))
+    _assert_same(ds, seg.load_seg_npz(str(out / "cifar10_seg.npz")))
+    assert seg.training_pixel_counts(ds.train_masks, 10).tolist() == train.tolist()
+    assert ds.train_images.shape == (2000, 32, 32, 3) and ds.test_images.shape == (500, 32, 32, 3)
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "data.md")).read()
+    section = doc[doc.index("## Segmentation data") :]
+    rows = re.findall(r"^\| (\d+) \| (\w+) \| ([\d,]+) \| ([\d,]+) \|$", section, re.M)
+    assert [int(r[2].replace(",", "")) for r in rows] == train.tolist()
+    assert [int(r[3].replace(",", "")) for r in rows] == test.tolist()
+    assert [r[1] for r in rows] == list(ds.class_names)
