@@ -135,9 +135,9 @@ def confusion_update(conf, labels, predictions, mask=None):
 
     Args:
       conf: integer ``[K, K]`` (rows true, columns predicted); its dtype is kept. An int32
-        cell holds at most 2**31 - 1 pixels (1,000 images of 1024x2048 pixels fill about a
-        third of that in one cell); for more use int64 (``jax_enable_x64``) or move the
-        matrix to the host as int64 every few batches and start again from zeros.
+        cell holds at most ``2**31 - 1`` pixels (about the pixels of 1,000 images of
+        1024x2048); for more use int64 (``jax_enable_x64``) or move the matrix to the host
+        as int64 every few batches and start again from zeros.
       labels: integer, any shape (e.g. ``[B, H, W]``).
       predictions: integer, the shape of ``labels`` (e.g. ``argmax(logits, -1)``).
       mask: bool, the shape of ``labels`` or a prefix of it (``[B]``: whole images, e.g. an

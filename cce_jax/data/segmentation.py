@@ -89,6 +89,7 @@ class SegmentationDataset:
 
     @property
     def num_classes(self) -> int:
+        """K, the number of classes."""
         return len(self.class_names)
 
 
@@ -323,10 +324,11 @@ def load_seg_folder(folder: str) -> SegmentationDataset:
     channel count. Files are sorted by name; the training ids are the file stems.
 
     Raises:
-      ValueError, naming the file: a missing ``classes.txt`` or folder, an image without a
-      label map or a label map without an image, a label map that is not a single-channel
-      8-bit PNG, a label map whose size differs from its image's, a label value >= K other
-      than 255, images of different sizes or channel counts, an unreadable file.
+      ValueError: naming the file, for a missing ``classes.txt`` or folder, an image without
+        a label map or a label map without an image, a label map that is not a
+        single-channel 8-bit PNG, a label map whose size differs from its image's, a label
+        value >= K other than 255, images of different sizes or channel counts, an
+        unreadable file.
     """
     folder = os.path.expanduser(str(folder))
     if not os.path.isdir(folder):
@@ -401,9 +403,9 @@ def load_seg_npz(path: str) -> SegmentationDataset:
     ``train_labels`` of a classification set in the same file) are ignored.
 
     Raises:
-      FileNotFoundError for a missing file; ValueError naming the file and the array for
-      anything else (a missing array, a wrong dtype or shape, a label value >= K other
-      than 255).
+      FileNotFoundError: the file does not exist.
+      ValueError: naming the file and the array, for a missing array, a wrong dtype or
+        shape, a label value >= K other than 255, duplicate ``train_ids``.
     """
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
