@@ -582,3 +582,44 @@ def test_default_cifar_set_is_long_tailed_and_documented(
     assert [int(r[2].replace(",", "")) for r in rows] == train.tolist()
     assert [int(r[3].replace(",", "")) for r in rows] == test.tolist()
     assert [r[1] for r in rows] == list(ds.class_names)
+
+
+# ----------------------------------------------------------------------------------------
+# Every registry loss per pixel, with the ignore index and a mask, from pixel counts
+# ----------------------------------------------------------------------------------------
+
+
+def test_every_loss_per_pixel_with_ignore_and_pixel_counts():
+    from cce_jax import losses
+    from cce_jax.data import segmentation as seg
+
+    k = 5
+    rng = np.random.default_rng(5)
+    # long-tailed training masks: class c with probability ∝ 10**-c, some pixels ignored
+    p = 10.0 ** -np.arange(k)
+    train_masks = rng.choice(k, (20, 8, 8), p=p / p.sum()).astype(np.uint8)
+    train_masks[:, :, 0] = 255
+    train_masks[0, 0, 1:k] = np.arange(1, k)  # every class at least once
+    counts = seg.training_pixel_counts(train_masks, k)
+    assert counts[0] > 100 * counts[-1] > 0
+    labels = rng.integers(0, k, (2, 5, 6)).astype(np.uint8)
+    labels[:, 0, :] = 255  # ignored rows
+    where = rng.random(labels.shape) < 0.8
+    logits = jnp.asarray(rng.normal(size=labels.shape + (k,)), jnp.float32)
+    counted = (labels != 255) & where
+    for name in losses.NAMES:
+        fn = losses.get(name, class_counts=counts)
+
+        def total(z, fn=fn):
+            return jnp.sum(fn(z, jnp.asarray(labels), where=jnp.asarray(where)))
+
+        per_pixel = fn(logits, jnp.asarray(labels), where=jnp.asarray(where))
+        assert per_pixel.shape == labels.shape and per_pixel.dtype == jnp.float32, name
+        assert bool(jnp.all(jnp.isfinite(per_pixel))), name
+        np.testing.assert_array_equal(np.asarray(per_pixel)[~counted], 0.0, err_msg=name)
+        # the same as the flat [N, K] computation of the counted pixels
+        flat = fn(logits[counted], jnp.asarray(labels[counted].astype(np.int32)))
+        np.testing.assert_allclose(per_pixel[counted], flat, rtol=1e-5, atol=1e-6, err_msg=name)
+        grad = np.asarray(jax.grad(total)(logits))
+        np.testing.assert_array_equal(grad[~counted], 0.0, err_msg=name)
+        assert np.abs(grad[counted]).sum() > 0, name
