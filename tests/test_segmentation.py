@@ -623,3 +623,20 @@ def test_every_loss_per_pixel_with_ignore_and_pixel_counts():
         grad = np.asarray(jax.grad(total)(logits))
         np.testing.assert_array_equal(grad[~counted], 0.0, err_msg=name)
         assert np.abs(grad[counted]).sum() > 0, name
+
+
+def test_picture_grid():
+    from cce_jax.data import segmentation as seg
+
+    images = np.full((2, 3, 4, 1), 7, np.uint8)
+    masks = np.array([[[0, 1, 255, 1]] * 3, [[2, 2, 2, 2]] * 3], np.uint8)
+    pred = np.ones((2, 3, 4), np.int32)
+    g = seg.picture_grid(images, masks, pred, num_classes=3, gap=2)
+    assert g.shape == (2 * 5 - 2, 3 * 6 - 2, 3) and g.dtype == np.uint8
+    pal = seg.label_palette(3)
+    assert np.all(g[:3, :4] == 7)  # the image, gray to RGB
+    np.testing.assert_array_equal(g[0, 6:10], pal[[0, 1, 255, 1]])  # truth, ignore white
+    np.testing.assert_array_equal(g[0, 12:16], pal[[1, 1, 255, 1]])  # prediction
+    np.testing.assert_array_equal(g[5, 12:16], pal[[1, 1, 1, 1]])  # second example
+    assert np.all(g[3:5] == 255)  # the gap
+    assert len({tuple(c) for c in seg.label_palette(40)[:40]}) == 40

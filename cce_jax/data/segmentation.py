@@ -23,7 +23,8 @@ The folder layout (:func:`load_seg_folder`, written by :func:`write_seg_folder`)
 :func:`make_cifar_segmentation` builds a long-tailed set from CIFAR-10 (Voronoi regions, each
 filled from a CIFAR image of its class) and :func:`write_cifar_segmentation` writes it in both
 formats with its per-class pixel counts. :func:`random_crop_flip` is the jittable
-augmentation that moves an image and its label map together.
+augmentation that moves an image and its label map together; :func:`picture_grid` draws
+images, true and predicted label maps side by side.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ __all__ = [
     "load_seg_folder",
     "load_seg_npz",
     "load_seg_source",
+    "label_palette",
     "make_cifar_segmentation",
     "parse_seg_source",
+    "picture_grid",
     "pixel_count_report",
     "random_crop_flip",
     "save_seg_npz",
@@ -792,3 +795,89 @@ def random_crop_flip(key, images, masks, *, pad: int = 4):
         return jnp.where(f, x[:, ::-1], x), jnp.where(f, m[:, ::-1], m)
 
     return jax.vmap(one)(xi, xm, off, flip)
+
+
+# ----------------------------------------------------------------------------------------
+# Pictures
+# ----------------------------------------------------------------------------------------
+
+# The first 10 colours: matplotlib's "tab10"; then "tab20"'s lighter ones.
+_COLOURS = (
+    "1f77b4 ff7f0e 2ca02c d62728 9467bd 8c564b e377c2 7f7f7f bcbd22 17becf "
+    "aec7e8 ffbb78 98df8a ff9896 c5b0d5 c49c94 f7b6d2 c7c7c7 dbdb8d 9edae5"
+).split()
+
+
+def label_palette(num_classes: int) -> np.ndarray:
+    """uint8 [256, 3]: a colour per label value; 255 (ignore) is white, unused values black.
+
+    Classes 0-19 take matplotlib's tab10 then tab20-light colours; further classes hues
+    spaced by the golden ratio.
+
+    >>> pal = label_palette(3)
+    >>> pal[0].tolist(), pal[255].tolist(), pal[3].tolist()
+    ([31, 119, 180], [255, 255, 255], [0, 0, 0])
+    """
+    import colorsys
+
+    k = int(num_classes)
+    if not 1 <= k <= IGNORE_INDEX:
+        raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
+    pal = np.zeros((256, 3), np.uint8)
+    for c in range(k):
+        if c < len(_COLOURS):
+            pal[c] = [int(_COLOURS[c][i : i + 2], 16) for i in (0, 2, 4)]
+        else:
+            rgb = colorsys.hsv_to_rgb((c * 0.618033988749895) % 1.0, 0.65, 0.9)
+            pal[c] = [round(255 * v) for v in rgb]
+    pal[IGNORE_INDEX] = 255
+    return pal
+
+
+def picture_grid(images, masks, *predictions, num_classes: int, gap: int = 1) -> np.ndarray:
+    """One row per example: the image, its true label map, then each predicted label map.
+
+    Label maps are drawn with :func:`label_palette` (ignore = white); a prediction is drawn
+    white where the truth is 255, so only the pixels that count are compared. Columns and
+    rows are separated by ``gap`` white pixels.
+
+    Args:
+      images: uint8 [N, H, W, C] (C = 1 or 3).
+      masks: integer [N, H, W], the truth.
+      *predictions: integer [N, H, W] each (e.g. one per loss).
+      num_classes: K.
+      gap: pixels between the pictures.
+
+    Returns:
+      uint8 [N * (H + gap) - gap, (2 + P) * (W + gap) - gap, 3], to save with Pillow.
+
+    >>> g = picture_grid(np.zeros((2, 4, 5, 3), np.uint8), np.zeros((2, 4, 5), np.uint8),
+    ...                  np.ones((2, 4, 5), np.int32), num_classes=2)
+    >>> g.shape, g.dtype
+    ((9, 17, 3), dtype('uint8'))
+    """
+    images = np.asarray(images)
+    masks = np.asarray(masks)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images must be uint8 [N, H, W, 1 or 3], got {images.dtype} {images.shape}"
+        )
+    if masks.shape != images.shape[:3]:
+        raise ValueError(f"masks {masks.shape} must be [N, H, W] of images {images.shape}")
+    pal = label_palette(num_classes)
+    ignored = masks == IGNORE_INDEX
+    columns = [np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images]
+    columns.append(pal[np.clip(masks, 0, 255).astype(np.int64)])
+    for pred in predictions:
+        pred = np.asarray(pred)
+        if pred.shape != masks.shape:
+            raise ValueError(f"a prediction has shape {pred.shape}, expected {masks.shape}")
+        pred = np.where(ignored, IGNORE_INDEX, np.clip(pred, 0, 255)).astype(np.int64)
+        columns.append(pal[pred])
+    n, h, w = masks.shape
+    g = int(gap)
+    out = np.full((n * (h + g) - g, len(columns) * (w + g) - g, 3), 255, np.uint8)
+    for i in range(n):
+        for j, col in enumerate(columns):
+            out[i * (h + g) : i * (h + g) + h, j * (w + g) : j * (w + g) + w] = col[i]
+    return out
