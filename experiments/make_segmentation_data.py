@@ -3,7 +3,7 @@
   python -m experiments.make_segmentation_data --out=DIR \\
       [--archive=../shared/data/cifar10-jpeg.tar.gz] [--cache_dir=~/.cache/cce_jax] \\
       [--num_train=2000] [--num_test=500] [--size=32] [--cells=2,6] [--ratio=200] \\
-      [--seed=0] [--formats=folder,npz]
+      [--seed=0] [--test_seed=0] [--formats=folder,npz]
 
 ``DIR`` (which must not exist) receives the folder layout (``classes.txt``,
 ``train|test/images|labels/*.png``: source ``seg_folder:DIR``), ``cifar10_seg.npz`` (source
@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=32, help="image height and width")
     p.add_argument("--cells", default="2,6", help="fewest,most regions per image")
     p.add_argument("--ratio", type=float, default=200.0, help="most / least training pixels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the training split")
+    p.add_argument("--test_seed", type=int, default=0, help="seed of the test split")
     p.add_argument("--formats", default="folder,npz", help="folder and/or npz")
     return p
 
@@ -66,6 +67,7 @@ def main(argv=None) -> int:
             cells=cells,
             ratio=args.ratio,
             seed=args.seed,
+            test_seed=args.test_seed,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -403,6 +403,12 @@ def test_npz_round_trip_and_errors(tmp_path):
         assert str(p) in str(err.value)
     with pytest.raises(FileNotFoundError):
         seg.load_seg_npz(str(tmp_path / "none.npz"))
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.npz: cannot be read"):
+        seg.load_seg_npz(str(tmp_path / "junk.npz"))
+    np.savez(tmp_path / "obj.npz", **{**arrays, "class_names": np.array([{}], object)})
+    with pytest.raises(ValueError, match="obj.npz: cannot read its arrays"):
+        seg.load_seg_npz(str(tmp_path / "obj.npz"))
     with pytest.raises(ValueError, match="unknown segmentation source"):
         seg.load_seg_source(f"npz:{path}")
 
@@ -493,9 +499,14 @@ def test_generator_is_deterministic_byte_for_byte(tmp_path):
     ds = seg.make_cifar_segmentation(cifar, seed=1, **kw)
     _assert_same(ds, seg.load_seg_folder(str(tmp_path / "a")))
     _assert_same(ds, seg.load_seg_npz(str(tmp_path / "a" / "cifar10_seg.npz")))
-    # the test split does not depend on the training split's size
-    other = seg.make_cifar_segmentation(cifar, seed=1, **{**kw, "num_train": 7})
+    # the test split is fixed: it depends on test_seed only
+    other = seg.make_cifar_segmentation(cifar, seed=3, **{**kw, "num_train": 7})
     np.testing.assert_array_equal(other.test_masks, ds.test_masks)
+    np.testing.assert_array_equal(other.test_images, ds.test_images)
+    assert not np.array_equal(other.train_masks, ds.train_masks[:7])
+    third = seg.make_cifar_segmentation(cifar, seed=1, test_seed=1, **kw)
+    np.testing.assert_array_equal(third.train_masks, ds.train_masks)
+    assert not np.array_equal(third.test_masks, ds.test_masks)
     with pytest.raises(ValueError, match="exists"):
         seg.write_cifar_segmentation(cifar, str(tmp_path / "a"), seed=1, **kw)
 

@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -414,14 +415,21 @@ def load_seg_npz(path: str) -> SegmentationDataset:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: the npz file does not exist")
     required = ("train_images", "train_masks", "test_images", "test_masks")
+    unreadable = (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in required if k not in z.files]
-            if missing:
-                raise ValueError(f"{path}: missing arrays {missing} (has {sorted(z.files)})")
-            arrays = {k: z[k] for k in (*required, "class_names", "train_ids") if k in z.files}
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        z = np.load(path, allow_pickle=False)
+    except unreadable as e:
         raise ValueError(f"{path}: cannot be read as a .npz ({e})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: a single array (.npy), not a .npz of named arrays")
+    with z:
+        missing = [k for k in required if k not in z.files]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing} (has {sorted(z.files)})")
+        try:
+            arrays = {k: z[k] for k in (*required, "class_names", "train_ids") if k in z.files}
+        except unreadable as e:
+            raise ValueError(f"{path}: cannot read its arrays ({e})") from e
     for split in ("train", "test"):
         x = arrays[f"{split}_images"]
         if x.ndim == 3:
@@ -602,6 +610,7 @@ def make_cifar_segmentation(
     cells: tuple[int, int] = (2, 6),
     ratio: float = 200.0,
     seed: int = 0,
+    test_seed: int = 0,
 ) -> SegmentationDataset:
     """A long-tailed segmentation set made from CIFAR-10 images (deterministic, seeded).
 
@@ -628,8 +637,10 @@ def make_cifar_segmentation(
       size: height and width of the images.
       cells: the (fewest, most) regions per image.
       ratio: target most / least training pixel frequency (>= 1).
-      seed: the training and test splits come from independent streams of this seed (the
-        test split does not depend on ``num_train``).
+      seed: the seed of the training split.
+      test_seed: the seed of the test split, so the test split stays fixed when ``seed``
+        or ``num_train`` change (the two splits use independent streams even when the
+        seeds are equal).
 
     Returns:
       :class:`SegmentationDataset` named ``cifar10_seg``, training ids ``<position>``
@@ -648,9 +659,8 @@ def make_cifar_segmentation(
         raise ValueError(f"ratio must be a finite number >= 1, got {ratio}")
     if int(num_train) < 1 or int(num_test) < 1:
         raise ValueError(f"num_train and num_test must be positive, got {num_train}, {num_test}")
-    train_rng, test_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(2)
-    )
+    train_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(2)[0])
+    test_rng = np.random.default_rng(np.random.SeedSequence(int(test_seed)).spawn(2)[1])
     common = dict(size=int(size), cells=(lo, hi))
     tr_x, tr_m = _make_split(
         train_rng,
