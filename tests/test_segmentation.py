@@ -511,6 +511,40 @@ def test_generator_is_deterministic_byte_for_byte(tmp_path):
         seg.write_cifar_segmentation(cifar, str(tmp_path / "a"), seed=1, **kw)
 
 
+def test_ensure_reuses_the_same_set_and_refuses_another(tmp_path):
+    from cce_jax.data import segmentation as seg
+
+    calls = []
+
+    def cifar():
+        calls.append(1)
+        return _FakeCifar()
+
+    out = tmp_path / "set"
+    kw = dict(num_train=10, num_test=20, size=12, ratio=5)
+    stats = seg.ensure_cifar_segmentation(str(out), cifar=cifar, **kw)
+    assert calls == [1] and stats["settings"]["ratio"] == 5.0
+    assert stats["settings"]["cells"] == [2, 6] and stats["formats"] == ["folder", "npz"]
+    before = _tree_digest(out)
+    mtime = os.path.getmtime(out / "stats.json")
+    again = seg.ensure_cifar_segmentation(str(out), cifar=cifar, **{**kw, "ratio": 5.0})
+    assert calls == [1] and again == stats and _tree_digest(out) == before
+    assert os.path.getmtime(out / "stats.json") == mtime
+    assert (
+        stats["train_pixels"]
+        == seg.training_pixel_counts(seg.load_seg_folder(str(out)).train_masks, 10).tolist()
+    )
+    with pytest.raises(ValueError, match=r"other settings \(ratio, seed\)"):
+        seg.ensure_cifar_segmentation(str(out), cifar=cifar, **{**kw, "ratio": 6, "seed": 1})
+    with pytest.raises(ValueError, match="formats"):
+        seg.ensure_cifar_segmentation(str(out), cifar=cifar, formats=("npz",), **kw)
+    with pytest.raises(ValueError, match="unknown settings"):
+        seg.ensure_cifar_segmentation(str(out), cifar=cifar, colour="red")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError, match="no stats.json"):
+        seg.ensure_cifar_segmentation(str(tmp_path / "other"), cifar=cifar, **kw)
+
+
 def test_generator_regions_boundaries_and_fill():
     from cce_jax.data import segmentation as seg
 

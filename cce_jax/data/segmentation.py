@@ -48,6 +48,7 @@ __all__ = [
     "SEG_SOURCES",
     "SegmentationDataset",
     "check_masks",
+    "ensure_cifar_segmentation",
     "load_seg_folder",
     "load_seg_npz",
     "load_seg_source",
@@ -709,6 +710,69 @@ def _stats_markdown(report: dict, settings: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _full_settings(settings: dict) -> dict:
+    """Every setting of :func:`make_cifar_segmentation` (defaults filled in), JSON-ready."""
+    params = inspect.signature(make_cifar_segmentation).parameters
+    defaults = {n: p.default for n, p in params.items() if p.kind == p.KEYWORD_ONLY}
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; expected some of {sorted(defaults)}")
+    full = {**defaults, **settings}
+    full = {n: (float(v) if n == "ratio" else int(v)) for n, v in full.items() if n != "cells"}
+    full["cells"] = [int(c) for c in {**defaults, **settings}["cells"]]
+    full["generator_version"] = GENERATOR_VERSION
+    return full
+
+
+def ensure_cifar_segmentation(out_dir: str, *, cifar, formats=("folder", "npz"), **settings):
+    """:func:`write_cifar_segmentation` unless ``out_dir`` already holds that very set.
+
+    For experiment scripts that make the set once and reuse it: when ``out_dir`` exists, its
+    ``stats.json`` must record the same settings (defaults filled in), formats and
+    generator version, else ``ValueError`` names the differences. Several processes may call
+    this at once: one writes, the others find its folder.
+
+    Args:
+      out_dir: the folder.
+      cifar: the CIFAR-10 data set, or a function without arguments that returns it (called
+        only when the set must be made), e.g.
+        ``lambda: load_cifar10_jpeg(archive, cache_dir)``.
+      formats, **settings: as for :func:`write_cifar_segmentation`.
+
+    Returns:
+      The content of ``stats.json``: ``settings``, ``formats`` and
+      :func:`pixel_count_report`'s keys (``train_pixels`` are the class counts).
+    """
+    want = {**_full_settings(settings), "formats": list(formats)}
+    out_dir = os.path.abspath(os.path.expanduser(str(out_dir)))
+    stats_path = os.path.join(out_dir, "stats.json")
+
+    def existing() -> dict:
+        if not os.path.isfile(stats_path):
+            raise ValueError(
+                f"{out_dir}: exists but has no stats.json; delete it or choose another folder"
+            )
+        with open(stats_path) as f:
+            stats = json.load(f)
+        have = {**stats.get("settings", {}), "formats": stats.get("formats")}
+        diff = sorted(k for k in want if have.get(k) != want[k])
+        if diff:
+            raise ValueError(
+                f"{out_dir}: holds a set made with other settings ({', '.join(diff)}); delete it "
+                "or choose another folder"
+            )
+        return stats
+
+    if not os.path.exists(out_dir):
+        data = cifar() if callable(cifar) else cifar
+        try:
+            write_cifar_segmentation(data, out_dir, formats=want["formats"], **settings)
+        except (OSError, ValueError):
+            if not os.path.isfile(stats_path):  # not another process's finished folder
+                raise
+    return existing()
+
+
 def write_cifar_segmentation(cifar, out_dir: str, *, formats=("folder", "npz"), **settings):
     """Makes the set of :func:`make_cifar_segmentation` (``settings``) and writes it.
 
@@ -717,7 +781,8 @@ def write_cifar_segmentation(cifar, out_dir: str, *, formats=("folder", "npz"), 
     (:func:`load_seg_npz`); always ``stats.json`` (the settings and
     :func:`pixel_count_report`) and ``stats.md`` (the same as a table). Everything is
     written into a temporary folder beside ``out_dir`` and renamed, so ``out_dir`` is either
-    complete or absent. Same settings, same bytes. ``out_dir`` must not exist.
+    complete or absent. Same settings, same bytes. ``out_dir`` must not exist
+    (:func:`ensure_cifar_segmentation` reuses an existing one).
 
     Returns:
       The :class:`SegmentationDataset` written.
@@ -729,15 +794,8 @@ def write_cifar_segmentation(cifar, out_dir: str, *, formats=("folder", "npz"), 
     out_dir = os.path.abspath(os.path.expanduser(str(out_dir)))
     if os.path.exists(out_dir):
         raise ValueError(f"{out_dir}: exists; choose a new folder or delete it")
+    full = _full_settings(settings)
     ds = make_cifar_segmentation(cifar, **settings)
-    full = {
-        name: p.default
-        for name, p in inspect.signature(make_cifar_segmentation).parameters.items()
-        if p.kind == p.KEYWORD_ONLY
-    }
-    full.update(settings)
-    full["cells"] = list(full["cells"])
-    full["generator_version"] = GENERATOR_VERSION
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}-{os.getpid()}-", dir=parent)
@@ -748,7 +806,7 @@ def write_cifar_segmentation(cifar, out_dir: str, *, formats=("folder", "npz"), 
             save_seg_npz(ds, os.path.join(tmp, "cifar10_seg.npz"))
         report = pixel_count_report(ds)
         with open(os.path.join(tmp, "stats.json"), "w") as f:
-            json.dump({"settings": full, **report}, f, indent=1)
+            json.dump({"settings": full, "formats": list(formats), **report}, f, indent=1)
             f.write("\n")
         with open(os.path.join(tmp, "stats.md"), "w") as f:
             f.write(_stats_markdown(report, full))
