@@ -190,6 +190,9 @@ def test_fcn8_param_count():
     assert models.model_task("fcn8") == "segmentation"
     assert models.model_task("resnet8") == "classification"
     assert "fcn8" in models.MODEL_NAMES and "fcn20" in models.SEGMENTATION_MODEL_NAMES
+    assert models.check_model_config("fcn8", dtype="bfloat16", width=8) == jnp.bfloat16
+    with pytest.raises(ValueError, match="width"):
+        models.get_model("fcn8", num_classes=3, width=0)
     with pytest.raises(ValueError, match="unknown model"):
         models.model_task("fcn9")
 
@@ -689,3 +692,15 @@ def test_picture_grid():
     np.testing.assert_array_equal(g[5, 12:16], pal[[1, 1, 1, 1]])  # second example
     assert np.all(g[3:5] == 255)  # the gap
     assert len({tuple(c) for c in seg.label_palette(40)[:40]}) == 40
+
+
+def test_cli_refuses_bad_arguments_before_loading(tmp_path, capsys):
+    from experiments import make_segmentation_data
+
+    missing = str(tmp_path / "no-archive.tar.gz")
+    argv = [f"--out={tmp_path / 'x'}", f"--archive={missing}"]
+    assert make_segmentation_data.main([*argv, "--cells=3"]) == 2
+    assert "--cells" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no-archive"):
+        make_segmentation_data.main(argv)
+    assert not (tmp_path / "x").exists()
