@@ -323,7 +323,7 @@ def load_seg_folder(folder: str) -> SegmentationDataset:
         DIR/test/images/, DIR/test/labels/
 
     A label map is a single-channel 8-bit PNG (mode ``L``, or ``P`` whose palette indices
-    are the class ids, as CamVid and Pascal VOC store them) whose values are class indices
+    are the class ids, as Pascal VOC stores them) whose values are class indices
     in ``[0, K)`` or 255 (ignore). Images are read as RGB (palette, RGBA, CMYK: converted)
     or, when grayscale, with one channel; all images of both splits must have one size and
     channel count. Files are sorted by name; the training ids are the file stems.
