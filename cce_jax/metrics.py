@@ -1,4 +1,4 @@
-"""Classification metrics for imbalanced test sets (numpy only).
+"""Classification and segmentation metrics (numpy; the on-device accumulator in jax.numpy).
 
 Everything is derived from the confusion matrix ``C`` (rows: true class, columns:
 predicted class), so it can be accumulated on device batch by batch and turned into
@@ -7,6 +7,12 @@ metrics once on the host.
 Shot groups follow the long-tail literature (Liu et al. 2019, OLTR): "many" = classes with
 more than 100 training images, "medium" = 20 to 100, "few" = fewer than 20. A group with
 no class, or whose classes have no test example, is reported as ``None`` (never NaN).
+
+Semantic segmentation uses the same layout with pixels in place of examples:
+:func:`confusion_update` accumulates a pixel confusion matrix on device (jittable, an ignore
+mask and out-of-range labels skipped) and :func:`segmentation_metrics` turns it into per-class
+IoU, mIoU, pixel accuracy, mean class accuracy, frequency-weighted IoU and the mIoU of the
+many/medium/few classes by training pixel frequency (:func:`pixel_frequency_groups`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "from_confusion", "classification_metrics", "shot_groups"]
+__all__ = [
+    "classification_metrics",
+    "confusion_matrix",
+    "confusion_update",
+    "from_confusion",
+    "pixel_frequency_groups",
+    "segmentation_metrics",
+    "shot_groups",
+]
 
 
 def confusion_matrix(labels, predictions, num_classes: int, mask=None) -> np.ndarray:
@@ -104,3 +118,162 @@ def classification_metrics(
     (0.75, 0.8333333333333334)
     """
     return from_confusion(confusion_matrix(labels, predictions, num_classes, mask), class_counts)
+
+
+# ----------------------------------------------------------------------------------------
+# Semantic segmentation
+# ----------------------------------------------------------------------------------------
+
+
+def confusion_update(conf, labels, predictions, mask=None):
+    """Adds the pixels of one batch to a confusion matrix, on device (jittable).
+
+    ``conf[i, j] += #{pixels with true class i predicted as j that count}``. A pixel counts
+    when its ``mask`` entry is True, its label is in ``[0, K)`` and its prediction is in
+    ``[0, K)``; everything else (an ignore index such as 255, padding) adds nothing.
+    ``K = conf.shape[0]``.
+
+    Args:
+      conf: integer ``[K, K]`` (rows true, columns predicted); its dtype is kept. An int32
+        cell holds at most ``2**31 - 1`` pixels (about the pixels of 1,000 images of
+        1024x2048); for more use int64 (``jax_enable_x64``) or move the matrix to the host
+        as int64 every few batches and start again from zeros.
+      labels: integer, any shape (e.g. ``[B, H, W]``).
+      predictions: integer, the shape of ``labels`` (e.g. ``argmax(logits, -1)``).
+      mask: bool, the shape of ``labels`` or a prefix of it (``[B]``: whole images, e.g. an
+        evaluation batch's padding), or None (all count).
+
+    Returns:
+      ``conf`` plus this batch's counts, same dtype.
+
+    >>> import jax.numpy as jnp
+    >>> c = confusion_update(jnp.zeros((2, 2), jnp.int32), jnp.array([[0, 1], [1, 255]]),
+    ...                      jnp.array([[0, 0], [1, 1]]))
+    >>> c.tolist()
+    [[1, 0], [1, 1]]
+    """
+    import jax.numpy as jnp
+
+    conf = jnp.asarray(conf)
+    if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
+        raise ValueError(f"conf must be a square [K, K] matrix, got shape {conf.shape}")
+    if not jnp.issubdtype(conf.dtype, jnp.integer):
+        raise ValueError(f"conf must be an integer matrix, got {conf.dtype}")
+    labels = jnp.asarray(labels)
+    predictions = jnp.asarray(predictions)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"labels {labels.shape} and predictions {predictions.shape} differ")
+    for what, a in (("labels", labels), ("predictions", predictions)):
+        if not jnp.issubdtype(a.dtype, jnp.integer):
+            raise ValueError(f"{what} must be integers, got {a.dtype}")
+    k = conf.shape[0]
+    # int32 is enough for K * K indices; compare in int32 so uint8 labels (255) stay 255.
+    y = labels.astype(jnp.int32)
+    p = predictions.astype(jnp.int32)
+    valid = (y >= 0) & (y < k) & (p >= 0) & (p < k)
+    if mask is not None:
+        m = jnp.asarray(mask, bool)
+        if m.shape != labels.shape[: m.ndim]:
+            raise ValueError(
+                f"mask {m.shape} must have the shape of labels {labels.shape} or a prefix of it"
+            )
+        valid = valid & m.reshape(m.shape + (1,) * (labels.ndim - m.ndim))
+    index = jnp.where(valid, y * k + p, 0).reshape(-1)
+    counts = jnp.zeros(k * k, conf.dtype).at[index].add(valid.reshape(-1).astype(conf.dtype))
+    return conf + counts.reshape(k, k)
+
+
+def pixel_frequency_groups(pixel_counts):
+    """Boolean masks (many, medium, few) over K classes by their training pixel counts.
+
+    The rule (terciles of classes by rank): the classes are sorted by training pixel count,
+    most frequent first (ties: the lower class index first); the first ``K // 3`` are
+    "many", the last ``K // 3`` are "few", the ``K - 2 * (K // 3)`` in between "medium". So
+    K = 10 gives 3 / 4 / 3, K = 11 gives 3 / 5 / 3, K = 19 gives 6 / 7 / 6; with K < 3 every
+    class is "medium".
+
+    >>> [g.tolist() for g in pixel_frequency_groups([10, 500, 3, 90])]
+    [[False, True, False, False], [True, False, False, True], [False, False, True, False]]
+    """
+    n = np.asarray(pixel_counts)
+    if n.ndim != 1 or n.size == 0:
+        raise ValueError(f"pixel_counts must be a non-empty 1-D array, got shape {n.shape}")
+    k = n.size
+    order = np.lexsort((np.arange(k), -n.astype(np.float64)))  # count desc, index asc
+    rank = np.empty(k, np.int64)
+    rank[order] = np.arange(k)
+    third = k // 3
+    many = rank < third
+    few = rank >= k - third
+    return many, ~(many | few), few
+
+
+def segmentation_metrics(confusion, pixel_counts=None) -> dict[str, Any]:
+    """Segmentation metrics from a pixel confusion matrix ``C`` (rows true, columns predicted).
+
+    With ``TP_k = C[k, k]``, ``T_k = sum_j C[k, j]`` (true pixels of class k),
+    ``P_k = sum_i C[i, k]`` (pixels predicted k) and ``N = sum C``:
+
+    * ``per_class_iou``: ``IoU_k = TP_k / (T_k + P_k - TP_k)``; ``None`` for a class that is
+      neither in the truth nor in the predictions (``T_k + P_k = 0``);
+    * ``miou``: the mean of the defined ``IoU_k``;
+    * ``pixel_accuracy``: ``sum_k TP_k / N``;
+    * ``per_class_accuracy``: ``TP_k / T_k`` (``None`` where ``T_k = 0``);
+      ``mean_class_accuracy``: their mean over the classes with ``T_k > 0``;
+    * ``fw_iou`` (frequency-weighted IoU): ``sum_k (T_k / N) IoU_k`` over the classes with
+      ``T_k > 0``;
+    * with ``pixel_counts`` (the TRAINING set's pixels per class): ``many_miou``,
+      ``medium_miou``, ``few_miou``: the mean defined IoU within each group of
+      :func:`pixel_frequency_groups` (``None`` for a group without a defined IoU), and
+      ``groups``: the class indices of each group;
+    * ``num_pixels`` (N), ``test_pixel_counts`` (``T_k``), ``confusion_matrix``.
+
+    Every undefined value is ``None``, never NaN; a matrix of zeros gives ``None`` for all.
+
+    >>> m = segmentation_metrics([[3, 1], [0, 4]])
+    >>> m["per_class_iou"], m["miou"], m["pixel_accuracy"]
+    ([0.75, 0.8], 0.775, 0.875)
+    """
+    cm = np.asarray(confusion)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
+    if cm.size and (not np.issubdtype(cm.dtype, np.integer) or cm.min() < 0):
+        raise ValueError("confusion matrix must hold non-negative integer counts")
+    cm = cm.astype(np.int64)
+    k = cm.shape[0]
+    tp = np.diag(cm).astype(np.float64)
+    truth = cm.sum(axis=1)
+    pred = cm.sum(axis=0)
+    total = int(cm.sum())
+    union = truth + pred - np.diag(cm)
+    defined = union > 0
+    present = truth > 0
+    iou = np.where(defined, tp / np.maximum(union, 1), np.nan)
+    acc = np.where(present, tp / np.maximum(truth, 1), np.nan)
+
+    def mean(values, sel):
+        return _none_if_nan(values[sel].mean()) if sel.any() else None
+
+    out: dict[str, Any] = {
+        "miou": mean(iou, defined),
+        "per_class_iou": [_none_if_nan(v) for v in iou],
+        "pixel_accuracy": _none_if_nan(tp.sum() / total) if total else None,
+        "mean_class_accuracy": mean(acc, present),
+        "per_class_accuracy": [_none_if_nan(v) for v in acc],
+        "fw_iou": (_none_if_nan(float((truth[present] / total * iou[present]).sum())))
+        if total
+        else None,
+        "num_pixels": total,
+        "test_pixel_counts": truth.tolist(),
+        "confusion_matrix": cm.tolist(),
+    }
+    if pixel_counts is not None:
+        counts = np.asarray(pixel_counts)
+        if counts.shape != (k,):
+            raise ValueError(f"pixel_counts has shape {counts.shape}, expected ({k},)")
+        groups = pixel_frequency_groups(counts)
+        out["groups"] = {}
+        for name, group in zip(("many", "medium", "few"), groups):
+            out[f"{name}_miou"] = mean(iou, group & defined)
+            out["groups"][name] = np.nonzero(group)[0].tolist()
+    return out

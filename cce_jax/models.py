@@ -1,4 +1,4 @@
-"""CIFAR-style ResNets in flax.linen (NHWC).
+"""CIFAR-style ResNets and a small segmentation FCN in flax.linen (NHWC).
 
 * ``resnet32``: He et al. (2016), section 4.2: a 3x3 conv stem with 16 channels, three
   stages of five basic blocks with 16/32/64 channels (stride 2 at stages 2 and 3), global
@@ -19,6 +19,16 @@ one (``normalize(features) @ normalize(W)``, each logit in [-1, 1]; LDAM's scale
 multiplies it inside the loss). ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``);
 parameters and BatchNorm statistics stay float32 and the logits are returned as float32.
 
+**Segmentation** (``FCN``, :data:`SEGMENTATION_MODEL_NAMES`): ``fcn8`` is a small fully
+convolutional network for dense prediction: the ResNet-8 encoder (stem and one basic block per
+stage, 16/32/64 channels, stride 2 at stages 2 and 3) and a light decoder that upsamples
+(bilinear) to the resolution of the stage before, concatenates that stage's features (a skip
+connection) and mixes them with a 3x3 conv + BatchNorm + ReLU, twice, back to the input
+resolution; a 1x1 head gives float32 logits ``[B, H, W, K]`` for any H, W (odd sizes
+included). ``fcn20`` has three blocks per stage. ``width``, ``dtype``, ``conv_impl``,
+``bn_axis_name`` and ``cosine_head`` (a per-pixel cosine head) mean what they mean for the
+ResNets.
+
 ``conv_impl`` chooses how the convolutions' weight gradients are computed
 (:mod:`cce_jax.conv`): ``"auto"`` (default) is XLA's own on GPU and TPU and, on the CPU,
 per layer whichever of XLA's and ``"shifted_matmul"`` was measured faster on this machine;
@@ -36,7 +46,18 @@ import jax.numpy as jnp
 
 from cce_jax import conv as _conv
 
-__all__ = ["ResNet", "BasicBlock", "CosineDense", "get_model", "check_model_config", "MODEL_NAMES"]
+__all__ = [
+    "BasicBlock",
+    "CLASSIFIER_NAMES",
+    "CosineDense",
+    "FCN",
+    "MODEL_NAMES",
+    "ResNet",
+    "SEGMENTATION_MODEL_NAMES",
+    "check_model_config",
+    "get_model",
+    "model_task",
+]
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -143,6 +164,80 @@ class ResNet(nn.Module):
         return x.astype(jnp.float32)
 
 
+class FCN(nn.Module):
+    """A small fully convolutional network; ``__call__(x, train)`` returns float32 logits
+    ``[B, H, W, num_classes]`` for NHWC input ``[B, H, W, C]``.
+
+    Encoder: the :class:`ResNet` stem and stages (basic blocks, stride 2 at every stage but
+    the first). Decoder: from the deepest stage up, ``resize`` (bilinear) to the spatial size
+    of the stage before, concatenate that stage's output, 3x3 conv (the earlier stage's
+    width) + BatchNorm + ReLU; then a 1x1 head (dense, or cosine with ``cosine_head``). The
+    sizes of the skip features are taken as they are, so any H, W works (a stride-2 stage
+    of an odd size n gives ceil(n / 2)).
+    """
+
+    stage_sizes: Sequence[int]
+    widths: Sequence[int]
+    stem_width: int
+    num_classes: int
+    shortcut: str = "A"
+    cosine_head: bool = False
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_axis_name: str | None = None
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = functools.partial(
+            nn.Conv,
+            conv_general_dilated=_conv.conv_fn(self.conv_impl),
+            use_bias=False,
+            padding="SAME",
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=_conv_init,
+        )
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=1e-5,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            axis_name=self.bn_axis_name,
+        )
+        x = jnp.asarray(x, self.dtype)
+        x = conv(self.stem_width, (3, 3), name="stem_conv")(x)
+        x = norm(name="stem_bn")(x)
+        x = nn.relu(x)
+        skips = []
+        for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+            for j in range(n_blocks):
+                strides = 2 if (i > 0 and j == 0) else 1
+                x = BasicBlock(
+                    width,
+                    strides,
+                    self.shortcut,
+                    conv=conv,
+                    norm=norm,
+                    name=f"stage{i + 1}_block{j + 1}",
+                )(x)
+            skips.append(x)
+        for i in range(len(skips) - 2, -1, -1):
+            skip = skips[i]
+            b, h, w, _ = skip.shape
+            x = jax.image.resize(x, (b, h, w, x.shape[-1]), "bilinear").astype(self.dtype)
+            x = jnp.concatenate([x, skip], axis=-1)
+            x = conv(skip.shape[-1], (3, 3), name=f"up{i + 1}_conv")(x)
+            x = norm(name=f"up{i + 1}_bn")(x)
+            x = nn.relu(x)
+        if self.cosine_head:
+            return CosineDense(self.num_classes, name="head")(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
+        return x.astype(jnp.float32)
+
+
 # name -> (stage_sizes, first-stage width, shortcut, stem width = first-stage width)
 _SPECS = {
     "resnet8": ((1, 1, 1), 16, "A"),
@@ -150,7 +245,27 @@ _SPECS = {
     "resnet32": ((5, 5, 5), 16, "A"),
     "resnet34": ((3, 4, 6, 3), 64, "B"),
 }
-MODEL_NAMES = tuple(_SPECS)
+# Segmentation models: the same spec, an FCN (logits [B, H, W, K]) instead of a classifier.
+_SEGMENTATION_SPECS = {
+    "fcn8": ((1, 1, 1), 16, "A"),
+    "fcn20": ((3, 3, 3), 16, "A"),
+}
+CLASSIFIER_NAMES = tuple(_SPECS)
+SEGMENTATION_MODEL_NAMES = tuple(_SEGMENTATION_SPECS)
+MODEL_NAMES = CLASSIFIER_NAMES + SEGMENTATION_MODEL_NAMES
+
+
+def model_task(name: str) -> str:
+    """``"classification"`` (logits ``[B, K]``) or ``"segmentation"`` (``[B, H, W, K]``).
+
+    >>> model_task("resnet32"), model_task("fcn8")
+    ('classification', 'segmentation')
+    """
+    if name in _SPECS:
+        return "classification"
+    if name in _SEGMENTATION_SPECS:
+        return "segmentation"
+    raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODEL_NAMES)}")
 
 
 def get_model(
@@ -166,21 +281,27 @@ def get_model(
     """Returns the flax module ``name`` (one of :data:`MODEL_NAMES`).
 
     ``width`` replaces the first stage's channel count (later stages double it).
-    ``dtype`` may be a dtype or a string ("float32", "bfloat16").
+    ``dtype`` may be a dtype or a string ("float32", "bfloat16"). A classifier
+    (:data:`CLASSIFIER_NAMES`) is a :class:`ResNet` (logits ``[B, K]``); a segmentation
+    model (:data:`SEGMENTATION_MODEL_NAMES`) is an :class:`FCN` (logits ``[B, H, W, K]``).
 
     >>> m = get_model("resnet8", num_classes=3, width=4)
     >>> x = jnp.zeros((2, 8, 8, 1))
     >>> variables = jax.jit(m.init)(jax.random.key(0), x)
     >>> jax.jit(m.apply)(variables, x).shape
     (2, 3)
+    >>> jax.eval_shape(get_model("fcn8", num_classes=3, width=4).init, jax.random.key(0),
+    ...                jnp.zeros((2, 9, 9, 3)))["params"]["head"]["kernel"].shape
+    (4, 3)
     """
     dtype = check_model_config(name, dtype=dtype, width=width, conv_impl=conv_impl)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    stages, w0, shortcut = _SPECS[name]
+    stages, w0, shortcut = {**_SPECS, **_SEGMENTATION_SPECS}[name]
     w0 = int(width) if width else w0
     widths = tuple(w0 * 2**i for i in range(len(stages)))
-    return ResNet(
+    module = FCN if name in _SEGMENTATION_SPECS else ResNet
+    return module(
         stage_sizes=stages,
         widths=widths,
         stem_width=w0,
@@ -203,8 +324,8 @@ def check_model_config(
     >>> check_model_config("resnet32", dtype="bfloat16")
     dtype(bfloat16)
     """
-    if name not in _SPECS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(_SPECS)}")
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODEL_NAMES)}")
     _conv.resolve_conv_impl(conv_impl, backend="cpu")  # raises for an unknown name
     if width is not None and (isinstance(width, bool) or int(width) != width or int(width) < 1):
         raise ValueError(f"width must be a positive integer or None, got {width!r}")
