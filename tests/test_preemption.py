@@ -272,3 +272,17 @@ def test_unusable_workdir_is_one_config_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(training.ConfigError, match="cannot create the workdir .*writable"):
         training.train_and_evaluate(small_config(), str(tmp_path / "file" / "w"), data=FakeData())
+
+
+def test_an_ignored_sigint_stays_ignored():
+    # A job started in the background ignores SIGINT; the trainer must not turn it back on.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with training.StopSignals() as stop:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.signame is None
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
