@@ -286,3 +286,21 @@ def test_an_ignored_sigint_stays_ignored():
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_checkpoint_of_the_earlier_layout_resumes(tmp_path, reference):
+    # Before digests and mid-epoch positions: checkpoints/<epoch>/default/ (the state only).
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    w = tmp_path / "w"
+    training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=FakeData())
+    new = w / "checkpoints" / str(SPE)
+    state = ocp.StandardCheckpointer().restore(new / "state")
+    shutil.rmtree(w / "checkpoints")
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(w / "checkpoints" / "1" / "default", state)
+    resumed = training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    assert resumed["resumed_from_epoch"] == 1
+    _assert_same_run(reference[0], w, reference[1], resumed)
