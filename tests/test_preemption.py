@@ -272,3 +272,35 @@ def test_unusable_workdir_is_one_config_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(training.ConfigError, match="cannot create the workdir .*writable"):
         training.train_and_evaluate(small_config(), str(tmp_path / "file" / "w"), data=FakeData())
+
+
+def test_an_ignored_sigint_stays_ignored():
+    # A job started in the background ignores SIGINT; the trainer must not turn it back on.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with training.StopSignals() as stop:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.signame is None
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_checkpoint_of_the_earlier_layout_resumes(tmp_path, reference):
+    # Before digests and mid-epoch positions: checkpoints/<epoch>/default/ (the state only).
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    w = tmp_path / "w"
+    training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=FakeData())
+    new = w / "checkpoints" / str(SPE)
+    state = ocp.StandardCheckpointer().restore(new / "state")
+    shutil.rmtree(w / "checkpoints")
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(w / "checkpoints" / "1" / "default", state)
+    resumed = training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    assert resumed["resumed_from_epoch"] == 1
+    _assert_same_run(reference[0], w, reference[1], resumed)
