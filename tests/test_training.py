@@ -147,6 +147,8 @@ def test_weight_decay_only_on_kernels():
     [
         ("loss.name", "nope", "loss.name"),
         ("model.name", "vgg", "model.name"),
+        ("model.name", "fcn8", "segmentation model"),
+        ("model.conv_impl", "fast", "unknown conv_impl"),
         ("model.dtype", "float64", "model.dtype"),
         ("batch_size", 12, "batch_size=12"),
         ("schedule.name", "linear", "schedule.name"),

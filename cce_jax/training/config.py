@@ -148,6 +148,11 @@ def validate_config(
             models.check_model_config(**kwargs)
         except (ValueError, TypeError) as e:
             errs.append(f"model.{key}={m.get(key)!r}: {e}")
+    if m.name in models.SEGMENTATION_MODEL_NAMES:
+        errs.append(
+            f"model.name={m.name!r} is a segmentation model (logits [B, H, W, K]); this trainer "
+            f"trains classifiers: one of {list(models.CLASSIFIER_NAMES)}"
+        )
     for key in ("batch_size", "eval_batch_size"):
         b = int(config[key])
         if b < 1 or b % num_devices or b % num_processes:
