@@ -108,6 +108,45 @@ class CosineDense(nn.Module):
         return xn @ wn
 
 
+def _conv_and_norm(m, train: bool):
+    """The convolution and BatchNorm layers of model ``m`` (its dtype, conv_impl, BN axis)."""
+    conv = functools.partial(
+        nn.Conv,
+        conv_general_dilated=_conv.conv_fn(m.conv_impl),
+        use_bias=False,
+        padding="SAME",
+        dtype=m.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_conv_init,
+    )
+    norm = functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=m.bn_momentum,
+        epsilon=1e-5,
+        dtype=m.dtype,
+        param_dtype=jnp.float32,
+        axis_name=m.bn_axis_name,
+    )
+    return conv, norm
+
+
+def _encoder(m, x, conv, norm) -> list:
+    """The stem and the stages of basic blocks of model ``m`` (called inside its compact
+    ``__call__``); returns every stage's output, the deepest last."""
+    x = jnp.asarray(x, m.dtype)
+    x = nn.relu(norm(name="stem_bn")(conv(m.stem_width, (3, 3), name="stem_conv")(x)))
+    outputs = []
+    for i, (n_blocks, width) in enumerate(zip(m.stage_sizes, m.widths)):
+        for j in range(n_blocks):
+            strides = 2 if (i > 0 and j == 0) else 1
+            x = BasicBlock(
+                width, strides, m.shortcut, conv=conv, norm=norm, name=f"stage{i + 1}_block{j + 1}"
+            )(x)
+        outputs.append(x)
+    return outputs
+
+
 class ResNet(nn.Module):
     """A CIFAR-style ResNet of basic blocks; ``__call__(x, train)`` returns float32 logits."""
 
@@ -124,39 +163,8 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = functools.partial(
-            nn.Conv,
-            conv_general_dilated=_conv.conv_fn(self.conv_impl),
-            use_bias=False,
-            padding="SAME",
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=_conv_init,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            axis_name=self.bn_axis_name,
-        )
-        x = jnp.asarray(x, self.dtype)
-        x = conv(self.stem_width, (3, 3), name="stem_conv")(x)
-        x = norm(name="stem_bn")(x)
-        x = nn.relu(x)
-        for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
-            for j in range(n_blocks):
-                strides = 2 if (i > 0 and j == 0) else 1
-                x = BasicBlock(
-                    width,
-                    strides,
-                    self.shortcut,
-                    conv=conv,
-                    norm=norm,
-                    name=f"stage{i + 1}_block{j + 1}",
-                )(x)
+        conv, norm = _conv_and_norm(self, train)
+        x = _encoder(self, x, conv, norm)[-1]
         x = jnp.mean(x, axis=(1, 2))
         if self.cosine_head:
             return CosineDense(self.num_classes, name="head")(x)
@@ -189,41 +197,9 @@ class FCN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = functools.partial(
-            nn.Conv,
-            conv_general_dilated=_conv.conv_fn(self.conv_impl),
-            use_bias=False,
-            padding="SAME",
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=_conv_init,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            axis_name=self.bn_axis_name,
-        )
-        x = jnp.asarray(x, self.dtype)
-        x = conv(self.stem_width, (3, 3), name="stem_conv")(x)
-        x = norm(name="stem_bn")(x)
-        x = nn.relu(x)
-        skips = []
-        for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
-            for j in range(n_blocks):
-                strides = 2 if (i > 0 and j == 0) else 1
-                x = BasicBlock(
-                    width,
-                    strides,
-                    self.shortcut,
-                    conv=conv,
-                    norm=norm,
-                    name=f"stage{i + 1}_block{j + 1}",
-                )(x)
-            skips.append(x)
+        conv, norm = _conv_and_norm(self, train)
+        skips = _encoder(self, x, conv, norm)
+        x = skips[-1]
         for i in range(len(skips) - 2, -1, -1):
             skip = skips[i]
             b, h, w, _ = skip.shape
