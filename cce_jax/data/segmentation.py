@@ -737,7 +737,8 @@ def ensure_cifar_segmentation(out_dir: str, *, cifar, formats=("folder", "npz"),
       cifar: the CIFAR-10 data set, or a function without arguments that returns it (called
         only when the set must be made), e.g.
         ``lambda: load_cifar10_jpeg(archive, cache_dir)``.
-      formats, **settings: as for :func:`write_cifar_segmentation`.
+      formats: as for :func:`write_cifar_segmentation`.
+      **settings: as for :func:`write_cifar_segmentation`.
 
     Returns:
       The content of ``stats.json``: ``settings``, ``formats`` and
