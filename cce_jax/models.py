@@ -147,8 +147,8 @@ def _encoder(m, x, conv, norm) -> list:
     return outputs
 
 
-class ResNet(nn.Module):
-    """A CIFAR-style ResNet of basic blocks; ``__call__(x, train)`` returns float32 logits."""
+class _Backbone(nn.Module):
+    """The fields of the ResNet stem and stages that the classifier and the FCN share."""
 
     stage_sizes: Sequence[int]
     widths: Sequence[int]
@@ -160,6 +160,10 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_axis_name: str | None = None
     conv_impl: str = "auto"
+
+
+class ResNet(_Backbone):
+    """A CIFAR-style ResNet of basic blocks; ``__call__(x, train)`` returns float32 logits."""
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -172,7 +176,7 @@ class ResNet(nn.Module):
         return x.astype(jnp.float32)
 
 
-class FCN(nn.Module):
+class FCN(_Backbone):
     """A small fully convolutional network; ``__call__(x, train)`` returns float32 logits
     ``[B, H, W, num_classes]`` for NHWC input ``[B, H, W, C]``.
 
@@ -183,17 +187,6 @@ class FCN(nn.Module):
     sizes of the skip features are taken as they are, so any H, W works (a stride-2 stage
     of an odd size n gives ceil(n / 2)).
     """
-
-    stage_sizes: Sequence[int]
-    widths: Sequence[int]
-    stem_width: int
-    num_classes: int
-    shortcut: str = "A"
-    cosine_head: bool = False
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
-    bn_axis_name: str | None = None
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
