@@ -7,6 +7,8 @@ import sys
 import textwrap
 import tomllib
 
+from _hide_modules import write_sitecustomize  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
@@ -51,31 +53,6 @@ def test_license_file_is_shipped():
     assert "LICENSE" in PYPROJECT["project"]["license-files"]
 
 
-SITECUSTOMIZE = textwrap.dedent(
-    """
-    import sys
-
-    BLOCKED = ("flax", "orbax", "ml_collections", "sklearn")
-
-
-    class _Hide:
-        def __init__(self, inner):
-            self._inner = inner
-
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                return None
-            find = getattr(self._inner, "find_spec", None)
-            return None if find is None else find(name, path, target)
-
-        def __getattr__(self, attr):
-            return getattr(self._inner, attr)
-
-
-    sys.meta_path[:] = [_Hide(f) for f in sys.meta_path]
-    """
-)
-
 CHECK = textwrap.dedent(
     """
     import cce_jax, cce_jax.losses
@@ -98,7 +75,7 @@ CHECK = textwrap.dedent(
 
 
 def test_missing_extra_names_the_extra(tmp_path):
-    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    write_sitecustomize(tmp_path, ("flax", "orbax", "ml_collections", "sklearn"))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO), env.get("PYTHONPATH", "")])
     env["JAX_PLATFORMS"] = "cpu"

@@ -15,44 +15,15 @@ import textwrap
 
 import numpy as np
 import pytest
+from _hide_modules import write_sitecustomize  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-SITECUSTOMIZE = textwrap.dedent(
-    """
-    import sys
-
-    BLOCKED = ("tensorflow", "tensorflow_datasets")
-
-
-    class _HideTensorFlow:
-        # Wraps a meta-path finder: blocked names are not found, as if not installed
-        # (import raises ModuleNotFoundError, importlib.util.find_spec returns None).
-
-        def __init__(self, inner):
-            self._inner = inner
-
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                return None
-            find = getattr(self._inner, "find_spec", None)
-            return None if find is None else find(name, path, target)
-
-        def __getattr__(self, attr):
-            return getattr(self._inner, attr)
-
-
-    for _m in [m for m in sys.modules if m.split(".")[0] in BLOCKED]:
-        del sys.modules[_m]
-    sys.meta_path[:] = [_HideTensorFlow(f) for f in sys.meta_path]
-    """
-)
 
 
 def _env(tmp_path):
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    write_sitecustomize(site, ("tensorflow", "tensorflow_datasets"))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO), env.get("PYTHONPATH", "")])
     env["JAX_PLATFORMS"] = "cpu"
