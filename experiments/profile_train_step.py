@@ -1,0 +1,138 @@
+"""Where the train step's time goes: XLA op times of a profiled step, grouped by kind.
+
+  python -m experiments.profile_train_step [--model=resnet32] [--width=0] [--batch_size=128]
+      [--conv_impl=xla] [--steps=4] [--trace_dir=/tmp/cce_jax_profile]
+
+Builds the trainer's jitted SGD step (as experiments.bench_train_step does) on one fixed
+random batch, runs it under ``jax.profiler`` (a Perfetto trace), and sums each XLA op's own
+time over the traced steps and over the CPU threads, grouped by what its fused computation
+does: ``conv DIMS`` (a convolution, by dimension labels), ``dot``, ``transpose`` (layout
+copies, slices and relayouts), ``reduce``, ``elementwise``. Prints ms per step and the share
+of each group. The shares, not the absolute times, are the result: the op times of two
+threads overlap, so their sum exceeds the step's wall time.
+"""
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import shutil
+
+
+def classify(hlo_text: str) -> dict:
+    """HLO instruction name -> kind, from the compiled module's text."""
+    comps, cur = {}, None
+    for line in hlo_text.splitlines():
+        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line) if line[:1] not in (" ", "") else None
+        if m:
+            cur = comps.setdefault(m.group(1), [])
+        elif cur is not None:
+            cur.append(line)
+
+    def kind_of(comp, depth=0):
+        body = "\n".join(comps.get(comp, []))
+        if "convolution(" in body:
+            labels = re.search(r"dim_labels=(\S+?)[,} ]", body)
+            return "conv " + (labels.group(1) if labels else "")
+        if re.search(r" dot\(", body):
+            return "dot"
+        if "transpose(" in body or "slice(" in body:
+            return "transpose"
+        if "reduce(" in body or "reduce-window" in body:
+            return "reduce"
+        for called in re.findall(r"calls=%?([\w.\-]+)", body) if depth < 3 else ():
+            k = kind_of(called, depth + 1)
+            if k != "elementwise":
+                return k
+        return "elementwise"
+
+    kinds = {}
+    for lines in comps.values():
+        for line in lines:
+            m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ (\w[\w\-]*)\(", line)
+            if not m:
+                continue
+            name, op = m.groups()
+            if op == "fusion":
+                kinds[name] = kind_of(re.search(r"calls=%?([\w.\-]+)", line).group(1))
+            elif op == "convolution":
+                labels = re.search(r"dim_labels=(\S+?)[,} ]", line)
+                kinds[name] = "conv " + (labels.group(1) if labels else "")
+            elif op in ("transpose", "copy", "slice"):
+                kinds[name] = "transpose"
+            else:
+                kinds[name] = op
+    return kinds
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet32")
+    p.add_argument("--width", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--image_size", type=int, default=32)
+    p.add_argument("--conv_impl", default="xla")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--trace_dir", default="/tmp/cce_jax_profile")
+    args = p.parse_args()
+
+    import jax
+    import numpy as np
+    import optax
+
+    from cce_jax import models, training
+
+    mesh = training.make_mesh()
+    model = models.get_model(
+        args.model, num_classes=10, width=args.width or None, conv_impl=args.conv_impl
+    )
+    tx = optax.chain(
+        optax.add_decayed_weights(2e-4, mask=training.decay_mask), optax.sgd(0.1, momentum=0.9)
+    )
+    shape = (args.image_size, args.image_size, 3)
+    state = training.create_train_state(model, tx, jax.random.key(0), shape, mesh)
+    ce = lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    step = training.make_train_step(model, tx, mesh, (ce,))
+    rng = np.random.default_rng(0)
+    batch = training.shard_batch(
+        {
+            "image": rng.standard_normal((args.batch_size, *shape), np.float32),
+            "label": rng.integers(0, 10, args.batch_size).astype(np.int32),
+        },
+        mesh,
+    )
+    for _ in range(3):
+        state, m = step(state, batch)
+    jax.block_until_ready(m)
+    kinds = classify(step.lower(state, batch).compile().as_text())
+
+    shutil.rmtree(args.trace_dir, ignore_errors=True)
+    jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
+    for _ in range(args.steps):
+        state, m = step(state, batch)
+        jax.block_until_ready(m)
+    jax.profiler.stop_trace()
+    (trace,) = glob.glob(f"{args.trace_dir}/**/*perfetto_trace.json.gz", recursive=True)
+    events = json.load(gzip.open(trace))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    total, count = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and "dur" in e and e["name"] in kinds:
+            total[kinds[e["name"]]] += e["dur"]
+            count[kinds[e["name"]]] += 1
+    all_us = sum(total.values())
+    print(
+        f"{args.model} conv_impl={args.conv_impl} batch {args.batch_size}: XLA op time "
+        f"{all_us / args.steps / 1e3:.1f} ms per step (summed over threads)"
+    )
+    for kind, us in total.most_common():
+        print(
+            f"{us / args.steps / 1e3:9.1f} ms/step {100 * us / max(all_us, 1):5.1f}%  "
+            f"x{count[kind] // args.steps:4d}  {kind}"
+        )
+
+
+if __name__ == "__main__":
+    main()
