@@ -230,14 +230,9 @@ def conv_general_dilated(
     >>> bool(jnp.allclose(jax.grad(f)(w), jax.grad(g)(w), rtol=1e-6))
     True
     """
-    if _explicitly_sharded(lhs):
-        raise NotImplementedError(
-            "shifted_matmul convolution: operands on a mesh with Explicit axes; use "
-            "lax.conv_general_dilated (conv_impl='xla')"
-        )
     strides, pads = _supported(
-        jnp.shape(lhs),
-        jnp.shape(rhs),
+        lhs,
+        rhs,
         window_strides,
         padding,
         lhs_dilation,
@@ -263,43 +258,41 @@ def autotuned_conv_general_dilated(
     precision=None,
     preferred_element_type=None,
 ):
-    """``lax.conv_general_dilated`` or :func:`conv_general_dilated`, whichever is faster here.
+    """``lax.conv_general_dilated`` whose weight gradient is XLA's or the matmuls, whichever
+    was measured faster here.
 
-    The choice is made once per operand shape, dtype, strides and padding, by timing both
-    weight gradients on this machine (:func:`choose`); unsupported cases, single
-    convolutions under ~1e7 FLOPs and multi-process runs (every process must trace the same
-    program) use XLA's.
+    The forward pass and the input gradient are XLA's. The weight gradient is chosen by
+    :func:`choose` when the backward pass is traced (a forward-only use never measures).
+    Cases :func:`conv_general_dilated` does not support are ``lax.conv_general_dilated``.
     """
-    args = (lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
     try:
         strides, pads = _supported(
-            jnp.shape(lhs),
-            jnp.shape(rhs),
+            lhs,
+            rhs,
             window_strides,
             padding,
-            *args,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
             batch_group_count,
             preferred_element_type,
         )
     except NotImplementedError:
-        strides = None
-    if _explicitly_sharded(lhs):
-        strides = None
-    if strides is not None:
-        return _conv(strides, pads, precision, True)(lhs, rhs)
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        batch_group_count,
-        precision,
-        preferred_element_type,
-    )
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            precision,
+            preferred_element_type,
+        )
+    return _conv(strides, pads, precision, True)(lhs, rhs)
 
 
 def _explicitly_sharded(x) -> bool:
@@ -312,8 +305,8 @@ def _explicitly_sharded(x) -> bool:
 
 
 def _supported(
-    lhs_shape,
-    rhs_shape,
+    lhs,
+    rhs,
     window_strides,
     padding,
     lhs_dilation,
@@ -324,6 +317,12 @@ def _supported(
     preferred_element_type,
 ):
     """(strides, explicit pads) of a supported call; ``NotImplementedError`` otherwise."""
+    if _explicitly_sharded(lhs):
+        raise NotImplementedError(
+            "shifted_matmul convolution: operands on a mesh with Explicit axes; use "
+            "lax.conv_general_dilated (conv_impl='xla')"
+        )
+    lhs_shape, rhs_shape = jnp.shape(lhs), jnp.shape(rhs)
     _dimension_numbers(dimension_numbers, lhs_shape, rhs_shape)
     for name, dil in (("lhs_dilation", lhs_dilation), ("rhs_dilation", rhs_dilation)):
         if dil is not None and tuple(dil) != (1, 1):
