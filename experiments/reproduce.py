@@ -189,6 +189,22 @@ SUITES = {
         "jobs": "cpu_cores",
         "label": "Fashion-MNIST-LT, ResNet-8 width 8, 8 epochs (a CPU protocol, not the paper's)",
     },
+    # Imbalanced semantic segmentation on long-tailed CIFAR-10 mosaics (the data set is made
+    # first when missing; see experiments/configs/segmentation.py); ~60 min on 2 CPU cores.
+    # The ratio is the generated set's most / least training pixels (data.ratio is unused).
+    "segmentation": {
+        "config": "experiments/configs/segmentation.py",
+        "quick_config": "experiments/configs/segmentation.py",
+        "profile": "exp",
+        "ratios": (200,),
+        "losses": ("ce", "cce_paper", "cce_code", "mse_ol", "focal", "la", "bs", "ldam_drw"),
+        "loss_hparams": {"mse_ol": {"alpha": 6.0}},  # the MSE-OL paper's segmentation value
+        "seeds": (0, 1, 2),
+        "jobs": "cpu_cores",
+        "task": "segmentation",
+        "label": "imbalanced segmentation of CIFAR-10 mosaics, FCN-8, 12 epochs (a CPU "
+        "protocol, not the paper's)",
+    },
     # Two losses, two ratios, one epoch of the tiny config: the CI test of this script.
     "tiny": {
         "config": "experiments/configs/tiny.py",
@@ -210,6 +226,18 @@ METRICS = (
     ("few", "few %"),
     ("macro_f1", "macro-F1 %"),
 )
+# The columns of a segmentation suite (the summaries' names; many/medium/few are mIoU).
+SEG_METRICS = (
+    ("miou", "mIoU %"),
+    ("pixel_accuracy", "pixel acc %"),
+    ("balanced_accuracy", "mean class acc %"),
+    ("fw_iou", "fwIoU %"),
+    ("many", "many mIoU %"),
+    ("medium", "medium mIoU %"),
+    ("few", "few mIoU %"),
+)
+# Test images in the segmentation picture grid.
+GRID_IMAGES = 6
 
 
 class ReproduceError(Exception):
@@ -293,7 +321,8 @@ def run_args(
     if spec.get("drw"):
         args.append(f"--config.loss.drw_epoch={int(round(spec['drw'] * num_epochs))}")
     args += list(extra)
-    for key, value in spec.get("hparams", {}).items():
+    hparams = {**spec.get("hparams", {}), **suite.get("loss_hparams", {}).get(loss, {})}
+    for key, value in hparams.items():
         args.append(f"--loss_hparam={key}={value}")
     return args
 
@@ -405,7 +434,7 @@ def _row_metrics(summary: dict) -> dict:
         return None if x is None else 100.0 * x
 
     top1 = summary.get("test_top1")
-    return {
+    out = {
         "top1_error": None if top1 is None else pct(1.0 - top1),
         "balanced_accuracy": pct(summary.get("test_balanced_accuracy")),
         "many": pct(summary.get("test_many")),
@@ -413,6 +442,18 @@ def _row_metrics(summary: dict) -> dict:
         "few": pct(summary.get("test_few")),
         "macro_f1": pct(summary.get("test_macro_f1")),
     }
+    if summary.get("task") == "segmentation":
+        out.update(
+            miou=pct(summary.get("test_miou")),
+            pixel_accuracy=pct(top1),
+            fw_iou=pct(summary.get("test_fw_iou")),
+        )
+    return out
+
+
+def metrics_of(rows) -> tuple:
+    """The table's columns: :data:`SEG_METRICS` for segmentation rows, else :data:`METRICS`."""
+    return SEG_METRICS if any(r.get("task") == "segmentation" for r in rows) else METRICS
 
 
 def posthoc_best(summaries: list[dict]) -> dict | None:
@@ -466,7 +507,7 @@ def collect(root: str, losses, ratios, seeds, *, expected=None, extra_failures=N
     rows = []
     for ratio in ratios:
         for loss in losses:
-            runs, run_seeds, failed = [], [], []
+            runs, run_seeds, run_dirs, failed = [], [], [], []
             for seed in seeds:
                 status, folder, data = seed_status(root, loss, ratio, seed)
                 if status == "done":
@@ -477,6 +518,7 @@ def collect(root: str, losses, ratios, seeds, *, expected=None, extra_failures=N
                             raise ReproduceError(_mismatch_message(folder, diff))
                     runs.append(data)
                     run_seeds.append(int(seed))
+                    run_dirs.append(folder)
                 elif status == "failed":
                     failed.append(
                         {"seed": int(seed), "workdir": folder, "reason": _failure_reason(data)}
@@ -487,13 +529,16 @@ def collect(root: str, losses, ratios, seeds, *, expected=None, extra_failures=N
             if not runs and not failed:
                 continue
             per_seed = [_row_metrics(s) for s in runs]
-            stats = {name: _mean_sd([m[name] for m in per_seed]) for name, _ in METRICS}
+            names = per_seed[0] if per_seed else dict(METRICS)
+            stats = {name: _mean_sd([m.get(name) for m in per_seed]) for name in names}
             first = runs[0] if runs else {}
+            seg = first.get("task") == "segmentation"
             rows.append(
                 {
                     "loss": loss,
                     "ratio": float(ratio),
                     "seeds": run_seeds,
+                    "run_dirs": run_dirs,
                     "failed": failed,
                     "stats": {k: {"mean": v[0], "sd": v[1]} for k, v in stats.items()},
                     "posthoc": posthoc_best(runs),
@@ -504,8 +549,16 @@ def collect(root: str, losses, ratios, seeds, *, expected=None, extra_failures=N
                     "per_class_accuracy": (
                         _nanmean([s["per_class_accuracy"] for s in runs]) if runs else None
                     ),
+                    "task": first.get("task", "classification"),
+                    "per_class_iou": _nanmean([s["per_class_iou"] for s in runs]) if seg else None,
+                    "num_test_pixels": first.get("num_test_pixels"),
+                    "class_names": first.get("class_names"),
                     "wall_time_s": float(np.sum([s.get("wall_time_s") or 0.0 for s in runs])),
-                    "num_train": int(np.sum(first["class_counts"])) if runs else None,
+                    "num_train": (
+                        (first["num_train"] if seg else int(np.sum(first["class_counts"])))
+                        if runs
+                        else None
+                    ),
                     "config": first.get("config"),
                     "versions": first.get("versions"),
                     "device": {
@@ -558,14 +611,16 @@ def _fmt_posthoc(p):
 
 def table_lines(rows: list[dict]) -> list[str]:
     """The markdown table: one line per (loss, ratio)."""
+    metrics = metrics_of(rows)
+    bal = "mean class acc" if metrics is SEG_METRICS else "bal acc"
     header = (
         "| loss | ratio | n | failed | "
-        + " | ".join(label for _, label in METRICS)
-        + " | post-hoc LA bal acc % (best τ) | min/run |"
+        + " | ".join(label for _, label in metrics)
+        + f" | post-hoc LA {bal} % (best τ) | min/run |"
     )
-    lines = [header, "|" + "---|" * (len(METRICS) + 6)]
+    lines = [header, "|" + "---|" * (len(metrics) + 6)]
     for r in rows:
-        cells = [_fmt(r["stats"][k]) for k, _ in METRICS]
+        cells = [_fmt(r["stats"].get(k, {"mean": None})) for k, _ in metrics]
         n = len(r["seeds"])
         per_run = f"{r['wall_time_s'] / 60 / n:.1f}" if n else "n/a"
         lines.append(
@@ -631,17 +686,32 @@ def protocol_lines(rows: list[dict]) -> list[str]:
     ]
     source = data["source"]
     name = f" ({data['name']})" if source == "tfds" and data.get("name") else ""
-    train = "; ".join(
-        f"ratio {r['ratio']:g}: {r['num_train']} images ({min(r['class_counts'])}-"
-        f"{max(r['class_counts'])} per class)"
-        for r in {r["ratio"]: r for r in done}.values()
-    )
     pipeline = f", {data['pipeline']} pipeline" if data.get("pipeline") else ""
-    lines.append(
-        f"- Data: `{source}`{name}{pipeline}, {data['profile']} profile; training split {train}."
-    )
+    seg = done[0].get("task") == "segmentation"
+    if seg:
+        c = done[0]["class_counts"]
+        lines.append(
+            f"- Data: `{source}`{pipeline}, a segmentation set used whole: "
+            f"{done[0]['num_train']} training images, {min(c)}-{max(c)} training pixels per "
+            f"class ({max(c) / max(min(c), 1):.0f}:1; data.profile and data.ratio do not "
+            "apply)."
+        )
+    else:
+        train = "; ".join(
+            f"ratio {r['ratio']:g}: {r['num_train']} images ({min(r['class_counts'])}-"
+            f"{max(r['class_counts'])} per class)"
+            for r in {r["ratio"]: r for r in done}.values()
+        )
+        lines.append(
+            f"- Data: `{source}`{name}{pipeline}, {data['profile']} profile; training split "
+            f"{train}."
+        )
     num_test = done[0].get("num_test")
     test_counts = _counts_text(done[0].get("test_class_counts"))
+    if seg:
+        test_counts = f"{done[0].get('num_test_pixels')} labelled pixels, " + (
+            _counts_text(done[0].get("test_class_counts")).replace("per class", "pixels per class")
+        )
     if data.get("max_test") is None:
         size = f" ({num_test} images, {test_counts})" if num_test else ""
         lines.append(f"- Evaluation: the full test split{size}.")
@@ -734,16 +804,25 @@ def write_report(
         ]
         lines.append("")
     lines += table_lines(rows)
+    groups = (
+        "Many/medium/few: the mean IoU of the most, middle and least frequent thirds of the "
+        "classes by training pixels (3/4/3 of 10). mIoU: mean over classes of "
+        "TP / (TP + FP + FN) on the test pixels; fwIoU weights the IoUs by test pixels."
+        if metrics_of(rows) is SEG_METRICS
+        else "Many/medium/few: classes with >100, 20-100, <20 training images (n/a when a "
+        "group is empty)."
+    )
     lines += [
         "",
-        "mean ± sd over seeds (sd only with 2+ seeds). Many/medium/few: classes with "
-        ">100, 20-100, <20 training images (n/a when a group is empty). Post-hoc LA: "
+        f"mean ± sd over seeds (sd only with 2+ seeds). {groups} Post-hoc LA: "
         "balanced accuracy of `logits - τ log(prior)` from the same models, at the τ in "
         "(0, 0.5, 1, 1.5, 2) with the best mean over seeds; τ is picked on the test split "
         "(an oracle choice, optimistic); n/a when the summaries do not have it.",
         "",
     ]
     plots = _plots(base, rows)
+    if metrics_of(rows) is SEG_METRICS:
+        plots += _picture_grid(base, rows)
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     with open(base + ".md.tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -772,19 +851,21 @@ def _plots(base: str, rows: list[dict]) -> list[str]:
     paths = []
     for ratio in sorted({r["ratio"] for r in rows}):
         fig, ax = plt.subplots(figsize=(6, 4))
+        seg = metrics_of(rows) is SEG_METRICS
         for r in rows:
             if r["ratio"] != ratio:
                 continue
             counts = np.asarray(r["class_counts"])
             order = np.argsort(-counts, kind="stable")
-            acc = np.asarray(r["per_class_accuracy"], dtype=float)[order]
+            acc = np.asarray(r["per_class_iou" if seg else "per_class_accuracy"], float)[order]
             ax.plot(
                 counts[order], 100 * acc, marker="o", label=f"{r['loss']} (n={len(r['seeds'])})"
             )
         ax.set_xscale("log")
-        ax.set_xlabel("training images of the class")
-        ax.set_ylabel("test accuracy of the class %")
-        ax.set_title(f"per-class accuracy, ratio {ratio:g} (mean over seeds)")
+        what = "IoU" if seg else "accuracy"
+        ax.set_xlabel(f"training {'pixels' if seg else 'images'} of the class")
+        ax.set_ylabel(f"test {what} of the class %")
+        ax.set_title(f"per-class {what}, ratio {ratio:g} (mean over seeds)")
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = f"{base}_per_class_r{ratio:g}.png"
@@ -820,7 +901,86 @@ def _plots(base: str, rows: list[dict]) -> list[str]:
     return paths
 
 
+def _picture_grid(base: str, rows: list[dict]) -> list[str]:
+    """Input, truth and each loss's prediction (its first finished seed) on the same test
+    images, with a class legend: ``base_pictures.png``."""
+    from cce_jax.data import segmentation
+    from cce_jax.training import report
+
+    preds, names, first = [], [], None
+    for r in rows:
+        folder = next(
+            (
+                d
+                for d in r.get("run_dirs", ())
+                if os.path.isfile(os.path.join(d, "predictions.npz"))
+            ),
+            None,
+        )
+        if folder is None:
+            continue
+        arrays = report.read_predictions(folder)
+        first = first or arrays
+        preds.append(arrays["predictions"][:GRID_IMAGES])
+        names.append(r["loss"])
+    if first is None:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    k = len(rows[0]["class_counts"])
+    grid = segmentation.picture_grid(
+        first["images"][:GRID_IMAGES], first["labels"][:GRID_IMAGES], *preds, num_classes=k
+    )
+    columns = ["input", "truth", *names]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(columns), 1.2 + 0.9 * GRID_IMAGES), dpi=100)
+    ax.imshow(grid, interpolation="nearest")
+    step = grid.shape[1] / len(columns)
+    ax.set_xticks([step * (i + 0.5) for i in range(len(columns))], columns, rotation=45, fontsize=7)
+    ax.set_yticks([])
+    palette = segmentation.label_palette(k)
+    class_names = rows[0].get("class_names") or [str(i) for i in range(k)]
+    handles = [Patch(color=palette[i] / 255.0, label=class_names[i]) for i in range(k)]
+    handles.append(Patch(facecolor="white", edgecolor="black", label="ignore"))
+    ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("test images: input, truth, each loss (seed of its first run)", fontsize=8)
+    fig.tight_layout()
+    path = f"{base}_pictures.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
+
+
 # --------------------------------------------------------------------------- running
+
+
+def prepare_segmentation_data(run_source: str, cifar_source: str | None) -> str | None:
+    """Makes the CIFAR-10 segmentation set of ``experiments/configs/segmentation.py`` when
+    ``run_source`` (the runs' ``data.source``) is its file and the file is missing. The
+    mosaics are drawn from ``cifar_source`` (default: the offline archive where it exists,
+    else ``tfds:cifar10``). Returns the folder made or found, or None for another source."""
+    from cce_jax import data as data_lib
+    from cce_jax.data import segmentation
+    from experiments.configs import segmentation as seg_config
+
+    folder = os.path.abspath(os.path.expanduser(seg_config.data_dir()))
+    kind, path = segmentation.parse_seg_source(run_source)
+    if os.path.dirname(os.path.abspath(path)) != folder:
+        return None
+    if cifar_source is None:
+        offline = OFFLINE_SOURCE.partition(":")[2]
+        cifar_source = OFFLINE_SOURCE if os.path.isfile(os.path.join(REPO, offline)) else None
+    cfg = data_lib.default_config()
+    cfg.source = cifar_source or "tfds:cifar10"
+    if cfg.source.startswith("cifar10_jpeg:"):
+        cfg.source = "cifar10_jpeg:" + os.path.join(REPO, cfg.source.partition(":")[2])
+    if not os.path.isdir(folder):
+        print(f"making the segmentation set {folder} from {cfg.source} ...", flush=True)
+    segmentation.ensure_cifar_segmentation(folder, cifar=lambda: data_lib.load_source(cfg))
+    return folder
 
 
 def _mismatch_message(folder: str, diff: list[str]) -> str:
@@ -1105,7 +1265,13 @@ def _run(args, argv, extra, t_start) -> int:
     base_flags = [f"--config={os.path.join(REPO, config_path)}", *extra]
     for key, value in suite.get("overrides", {}).items():
         base_flags.append(f"--config.{key}={value}")
-    num_epochs = int(build_config(base_flags)["num_epochs"])
+    base_config = build_config(base_flags)
+    num_epochs = int(base_config["num_epochs"])
+    run_source = args.source
+    if suite.get("task") == "segmentation":  # --source names the CIFAR-10 copy to draw from
+        run_source = None
+        if not args.dry_run:
+            prepare_segmentation_data(base_config["data"]["source"], args.source)
 
     def flags_for(loss, ratio, seed=None, vmap_seeds=None):
         return run_args(
@@ -1115,7 +1281,7 @@ def _run(args, argv, extra, t_start) -> int:
             ratio,
             seed,
             num_epochs,
-            args.source,
+            run_source,
             seeds=vmap_seeds,
             extra=[*extra, *deadline_flags],
         )

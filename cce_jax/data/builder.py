@@ -25,7 +25,9 @@ def default_config():
     from ml_collections.config_dict import placeholder
 
     cfg = ml_collections.ConfigDict()
-    cfg.source = "tfds"  # "tfds" | "tfds:NAME" | "cifar10_jpeg:PATH" | "npz:PATH" | "digits"
+    # "tfds" | "tfds:NAME" | "cifar10_jpeg:PATH" | "npz:PATH" | "fashion_mnist:DIR" | "digits"
+    # | "seg_folder:DIR" | "seg_npz:PATH" (segmentation sets)
+    cfg.source = "tfds"
     cfg.name = placeholder(str)  # the tfds name, used only by source == "tfds"
     cfg.data_dir = placeholder(str)
     cfg.download = "auto"  # tfds only: "auto" | "always" | "never"
@@ -107,6 +109,11 @@ def build(
     if raw is None:
         raw = sources.load_source(config)
     split = make_split(config, raw)
+    if pipeline == "tf" and split.info.task != "classification":
+        raise ValueError(
+            f"pipeline: 'tf' serves classification sets only; {split.info.name!r} is a "
+            f"{split.info.task} set: use data.pipeline='device' (or 'auto')"
+        )
     if pipeline == "tf":
         from cce_jax.data.tf_pipeline import TFData
 

@@ -23,6 +23,8 @@ import numpy as np
 from cce_jax.data import imbalance
 from cce_jax.data.split import Split, SplitViews
 
+IGNORE = 255  # the label of padded pixels (cce_jax.data.segmentation.IGNORE_INDEX)
+
 __all__ = ["DeviceData", "default_mesh", "stack_batches"]
 
 
@@ -40,13 +42,13 @@ def _place(host: np.ndarray, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
-def _crop_flip(x, oy, ox, flip, pad):
-    """Zero-pad [b, H, W, C] by `pad`, crop H x W at (oy, ox), mirror where flip (jax)."""
+def _crop_flip(x, oy, ox, flip, pad, fill=0):
+    """Pad [b, H, W, C] by `pad` with `fill`, crop H x W at (oy, ox), mirror where flip (jax)."""
     import jax
     import jax.numpy as jnp
 
     _, h, w, c = x.shape
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=fill)
 
     def one(img, y0, x0, f):
         crop = jax.lax.dynamic_slice(img, (y0, x0, 0), (h, w, c))
@@ -56,10 +58,11 @@ def _crop_flip(x, oy, ox, flip, pad):
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool):
+def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool):
     """(plan, batch, eval) jitted shard_map functions, shared by every pipeline of one shape.
 
-    Several seeds (same counts, same batch) therefore compile once.
+    Several seeds (same counts, same batch) therefore compile once. ``dense``: the labels
+    are label maps [H, W], cropped and flipped with their images (padding: the ignore index).
     """
     import jax
     import jax.numpy as jnp
@@ -90,10 +93,13 @@ def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool):
 
     def batch_local(x, y, pos, oy, ox, flip, step, a, b):
         p = pos[step]
-        img = x[p]
+        img, lab = x[p], y[p]
         if augment:
             img = _crop_flip(img, oy[step], ox[step], flip[step], pad)
-        return img.astype(jnp.float32) * a + b, y[p]
+            if dense:
+                lab = _crop_flip(lab[..., None], oy[step], ox[step], flip[step], pad, IGNORE)
+                lab = lab[..., 0]
+        return img.astype(jnp.float32) * a + b, lab
 
     batch_fn = jax.jit(
         jax.shard_map(
@@ -120,9 +126,10 @@ def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool):
 class DeviceData(SplitViews):
     """Device-resident input pipelines of one imbalanced data set; see the module docstring.
 
-    Train batches: ``{"image": float32 [B, H, W, C], "label": int32 [B]}``; eval batches add
-    ``"mask"`` bool [B] (False on the padding of the last batch). Every value is a global
-    ``jax.Array`` with sharding ``NamedSharding(mesh, P("data"))``.
+    Train batches: ``{"image": float32 [B, H, W, C], "label": int32 [B]}`` (segmentation:
+    ``"label"`` int32 [B, H, W], 255 = ignore, cropped and flipped with the image); eval
+    batches add ``"mask"`` bool [B] (False on the padding of the last batch). Every value is
+    a global ``jax.Array`` with sharding ``NamedSharding(mesh, P("data"))``.
     """
 
     pipeline = "device"
@@ -177,7 +184,8 @@ class DeviceData(SplitViews):
         valid = flat >= 0
         h, w, c = split.info.image_shape
         images = np.zeros((d * n_pad, h, w, c), np.uint8)
-        labels = np.zeros((d * n_pad,), np.int32)
+        label_shape = split.train_labels.shape[1:]  # () or a label map's (H, W)
+        labels = np.full((d * n_pad, *label_shape), IGNORE if label_shape else 0, np.int32)
         images[valid] = split.train_images[flat[valid]]
         labels[valid] = split.train_labels[flat[valid]]
         self._train_x = _place(images, self._data_sharding)
@@ -189,7 +197,7 @@ class DeviceData(SplitViews):
         m = split.info.num_test
         nb = -(-m // self._eval_b)
         tx = np.zeros((nb * self._eval_b, h, w, c), np.uint8)
-        ty = np.zeros((nb * self._eval_b,), np.int32)
+        ty = np.full((nb * self._eval_b, *label_shape), IGNORE if label_shape else 0, np.int32)
         tm = np.zeros((nb * self._eval_b,), bool)
         tx[:m], ty[:m], tm[:m] = split.test_images, split.test_labels, True
         shape2 = (nb, self._eval_b)
@@ -201,7 +209,7 @@ class DeviceData(SplitViews):
         self._a = jnp.asarray(split.a)
         self._b = jnp.asarray(split.b)
         self._plan_fn, self._batch_fn, self._eval_fn = _compiled(
-            mesh, self.steps_per_epoch, self._local_b, n_pad, self.augment
+            mesh, self.steps_per_epoch, self._local_b, n_pad, self.augment, bool(label_shape)
         )
 
     # -- public views (tests, references): train_split, test_split, normalize (SplitViews)

@@ -1,4 +1,5 @@
-"""Data sources: one loader per source, all returning a :class:`RawDataset` (uint8 in memory).
+"""Data sources: one loader per source, returning a :class:`RawDataset` (uint8 in memory), or
+for the segmentation sources a :class:`~cce_jax.data.segmentation.SegmentationDataset`.
 
 Source strings (``config.source``):
 
@@ -9,6 +10,8 @@ Source strings (``config.source``):
 ``"npz:PATH"``           any array data set in one ``.npz`` (see :func:`load_npz`)
 ``"fashion_mnist:DIR"``  Fashion-MNIST's four standard IDX files (gzip'd or not) in ``DIR``
 ``"digits"``             scikit-learn's embedded 8x8 digits
+``"seg_folder:DIR"``     a segmentation set as image and label-map files (docs/data.md)
+``"seg_npz:PATH"``       a segmentation set in one ``.npz`` with ``train_masks``/``test_masks``
 =======================  ===================================================================
 
 Only ``tfds`` imports tensorflow / tensorflow_datasets, lazily.
@@ -92,7 +95,8 @@ def parse_source(source: str, name=None) -> tuple[str, str | None]:
     if kind not in LOADERS:
         raise ValueError(
             f"source: unknown data source {source!r}; expected 'tfds', 'tfds:NAME', "
-            "'cifar10_jpeg:PATH', 'npz:PATH', 'fashion_mnist:DIR' or 'digits'"
+            "'cifar10_jpeg:PATH', 'npz:PATH', 'fashion_mnist:DIR', 'digits', "
+            "'seg_folder:DIR' or 'seg_npz:PATH'"
         )
     if kind == "digits":
         if sep:
@@ -714,21 +718,33 @@ LOADERS: dict[str, Callable] = {
     "npz": lambda arg, config: load_npz(arg),
     "fashion_mnist": lambda arg, config: load_fashion_mnist(arg),
     "digits": lambda arg, config: load_digits(),
+    "seg_folder": lambda arg, config: _segmentation().load_seg_folder(arg),
+    "seg_npz": lambda arg, config: _segmentation().load_seg_npz(arg),
 }
+
+
+def _segmentation():
+    from cce_jax.data import segmentation
+
+    return segmentation
+
 
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _freeze(raw: RawDataset) -> RawDataset:
-    for a in (raw.train_images, raw.train_labels, raw.test_images, raw.test_labels):
-        a.setflags(write=False)
+def _freeze(raw):
+    for field in dataclasses.fields(raw):
+        a = getattr(raw, field.name)
+        if isinstance(a, np.ndarray):
+            a.setflags(write=False)
     raw.train_ids = tuple(raw.train_ids)
     return raw
 
 
-def load_source(config) -> RawDataset:
-    """The :class:`RawDataset` of ``config.source``, loaded once per process.
+def load_source(config):
+    """The :class:`RawDataset` of ``config.source`` (a segmentation source: its
+    :class:`~cce_jax.data.segmentation.SegmentationDataset`), loaded once per process.
 
     Cached by (source, name, data_dir, cache_dir); the cached arrays are read-only. Pass it as
     ``build(..., raw=...)`` to build several pipelines (e.g. one per seed) from one load.
@@ -737,13 +753,13 @@ def load_source(config) -> RawDataset:
       config: the ``data`` config (:func:`cce_jax.data.default_config` fields).
 
     Returns:
-      :class:`RawDataset`.
+      :class:`RawDataset`, or ``SegmentationDataset`` for ``seg_folder``/``seg_npz``.
     """
     kind, arg = parse_source(config.source, config.get("name"))
-    if kind in ("cifar10_jpeg", "npz", "fashion_mnist"):
+    if kind in ("cifar10_jpeg", "npz", "fashion_mnist", "seg_folder", "seg_npz"):
         arg = os.path.abspath(os.path.expanduser(arg))
     stamp = None
-    if kind in ("cifar10_jpeg", "npz") and os.path.isfile(arg):
+    if kind in ("cifar10_jpeg", "npz", "seg_npz") and os.path.isfile(arg):
         st = os.stat(arg)
         stamp = (st.st_mtime_ns, st.st_size)  # a rewritten file is loaded again
     key = (kind, arg, stamp, config.get("data_dir"), config.get("cache_dir"))

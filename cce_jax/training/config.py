@@ -121,6 +121,15 @@ def seeds_of(config) -> tuple[int, ...] | None:
     return tuple(int(s) for s in seeds)
 
 
+def data_task(data_config) -> str:
+    """``"segmentation"`` for the segmentation sources (``seg_folder:``, ``seg_npz:``), else
+    ``"classification"``."""
+    from cce_jax.data.segmentation import SEG_SOURCES
+
+    kind = str(data_config.get("source", "")).partition(":")[0]
+    return "segmentation" if kind in SEG_SOURCES else "classification"
+
+
 def _finite(x) -> bool:
     try:
         return math.isfinite(float(x))
@@ -148,11 +157,18 @@ def validate_config(
             models.check_model_config(**kwargs)
         except (ValueError, TypeError) as e:
             errs.append(f"model.{key}={m.get(key)!r}: {e}")
-    if m.name in models.SEGMENTATION_MODEL_NAMES:
-        errs.append(
-            f"model.name={m.name!r} is a segmentation model (logits [B, H, W, K]); this trainer "
-            f"trains classifiers: one of {list(models.CLASSIFIER_NAMES)}"
-        )
+    if m.name in models.MODEL_NAMES:
+        task = data_task(config.data)
+        if models.model_task(m.name) != task:
+            fits = (
+                models.CLASSIFIER_NAMES
+                if task == "classification"
+                else (models.SEGMENTATION_MODEL_NAMES)
+            )
+            errs.append(
+                f"model.name={m.name!r} is a {models.model_task(m.name)} model but "
+                f"data.source={config.data.source!r} is a {task} set: use one of {list(fits)}"
+            )
     for key in ("batch_size", "eval_batch_size"):
         b = int(config[key])
         if b < 1 or b % num_devices or b % num_processes:

@@ -37,6 +37,7 @@ import optax
 from cce_jax import models, parallel
 from cce_jax.training import config as config_lib
 from cce_jax.training import optimizer as opt_lib
+from cce_jax.training import report
 from cce_jax.training import steps as steps_lib
 from cce_jax.training import workdir as wd
 from cce_jax.training.config import ConfigError
@@ -265,6 +266,7 @@ class _Run:
         d0 = self.datasets[0]
         self.info = d0.info
         self.k = int(self.info.num_classes)
+        self.task = getattr(self.info, "task", "classification")
         self.counts = np.asarray(self.info.class_counts, np.int64)
         self.spe = int(d0.steps_per_epoch)
         if self.spe < 1:
@@ -428,7 +430,7 @@ class _Run:
                 )
                 return None
         self.ckpts.close()
-        return self.summarize(evals, self.restored_from)
+        return self.summarize(evals, self.restored_from, state)
 
     def _agree(self, flag: bool) -> bool:
         """Whether any process says ``flag`` (every process takes the same decision)."""
@@ -535,6 +537,7 @@ class _Run:
             self.k,
             self.counts,
             num_models=self.num_models,
+            task=self.task,
         )
         return [out] if self.num_models is None else out
 
@@ -579,16 +582,36 @@ class _Run:
                     f"loss {row['train_loss']:.4f} "
                     f"acc {row['train_accuracy']:.4f} lr {lr:.4g} {row['images_per_s']:.0f} img/s"
                 )
-                if evals is not None:
+                if evals is not None and self.task == "segmentation":
+                    t = evals[i]
+                    msg += f" | test mIoU {t['miou'] or 0:.4f} pixel acc {t['top1'] or 0:.4f}"
+                elif evals is not None:
                     t = evals[i]
                     msg += f" | test top1 {t['top1']:.4f} bal {t['balanced_accuracy']:.4f}"
                 print(msg, flush=True)
 
     # ------------------------------------------------------------------------ summary
 
-    def summarize(self, evals, start):
-        from cce_jax.training import report
+    def predict(self, state, i: int, n: int = report.NUM_PREDICTIONS) -> dict:
+        """Model ``i``'s label maps for the first ``n`` test images (segmentation), with the
+        images and true maps: the arrays of ``predictions.npz``."""
+        data = self.datasets[i]
+        images, truth = (a[:n] for a in data.test_split())
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        if self.num_models is not None:
+            variables = jax.tree.map(lambda x: x[i], variables)
+        variables = jax.tree.map(parallel.to_host, variables)
+        logits = jax.jit(lambda v, x: self.model.apply(v, x, train=False))(
+            variables, jnp.asarray(data.normalize(images))
+        )
+        pred = np.asarray(jnp.argmax(logits, -1), np.uint8)
+        return {
+            "images": np.asarray(images),
+            "labels": np.asarray(truth, np.uint8),
+            "predictions": pred,
+        }
 
+    def summarize(self, evals, start, state):
         summaries = []
         for i, (d, rows) in enumerate(zip(self.model_dirs(), self.rows)):
             ev = evals[i]
@@ -623,8 +646,22 @@ class _Run:
             }
             if self.seeds:
                 summary["trained_with_seeds"] = list(self.seeds)
+            if self.task == "segmentation":
+                summary.update(
+                    task="segmentation",
+                    num_test=int(self.info.num_test),
+                    num_test_pixels=int(ev["num_pixels"]),
+                    test_miou=ev["miou"],
+                    test_pixel_accuracy=ev["pixel_accuracy"],
+                    test_mean_class_accuracy=ev["mean_class_accuracy"],
+                    test_fw_iou=ev["fw_iou"],
+                    per_class_iou=ev["per_class_iou"],
+                    frequency_groups=ev["groups"],
+                )
             if self.is_main:
                 report.write_run_files(d, summary)
+                if self.task == "segmentation":
+                    report.write_predictions(d, self.predict(state, i))
             summaries.append(summary)
         if not self.seeds:
             return summaries[0]

@@ -8,7 +8,15 @@ import numpy as np
 
 from cce_jax.training import workdir as wd
 
-__all__ = ["write_run_files", "format_table", "aggregate", "SCALAR_METRICS"]
+__all__ = [
+    "write_run_files",
+    "write_predictions",
+    "read_predictions",
+    "format_table",
+    "aggregate",
+    "SCALAR_METRICS",
+    "NUM_PREDICTIONS",
+]
 
 SCALAR_METRICS = (
     "test_top1",
@@ -19,6 +27,11 @@ SCALAR_METRICS = (
     "test_macro_f1",
     "final_train_loss",
 )
+# Segmentation runs add these (test_top1 is then the pixel accuracy, test_balanced_accuracy
+# the mean class accuracy, test_many/medium/few the mIoU of the pixel-frequency groups).
+SEGMENTATION_METRICS = ("test_miou", "test_fw_iou")
+# A segmentation run stores its predicted label maps of this many test images.
+NUM_PREDICTIONS = 16
 
 
 def write_run_files(workdir: str, summary: dict) -> None:
@@ -30,28 +43,58 @@ def write_run_files(workdir: str, summary: dict) -> None:
         pass
 
 
+def write_predictions(workdir: str, arrays: dict) -> None:
+    """``predictions.npz``: a segmentation run's ``images``, true ``labels`` and predicted
+    ``predictions`` (uint8 label maps) of the first test images, for picture grids."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    path = os.path.join(workdir, "predictions.npz")
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise wd.storage_error(e, "cannot write", path) from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_predictions(workdir: str) -> dict:
+    """The arrays :func:`write_predictions` wrote in ``workdir``."""
+    with np.load(os.path.join(workdir, "predictions.npz")) as z:
+        return {k: z[k] for k in z.files}
+
+
 def plot_per_class(summary: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    seg = summary.get("task") == "segmentation"
     counts = np.asarray(summary["class_counts"])
-    acc = np.asarray([np.nan if a is None else a for a in summary["per_class_accuracy"]], float)
+    values = summary["per_class_iou" if seg else "per_class_accuracy"]
+    acc = np.asarray([np.nan if a is None else a for a in values], float)
     names = summary.get("class_names") or [str(i) for i in range(len(counts))]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(counts)), 3.2), dpi=100)
     x = np.arange(len(counts))
     ax.bar(x, 100 * acc, color="tab:blue")
     ax.set_xticks(x, [f"{n}\n{c}" for n, c in zip(names, counts)], fontsize=7)
-    ax.set_ylabel("test accuracy %")
-    ax.set_xlabel("class / training images")
+    ax.set_ylabel("test IoU %" if seg else "test accuracy %")
+    ax.set_xlabel("class / training pixels" if seg else "class / training images")
     ax.set_ylim(0, 100)
     cfg = summary.get("config", {})
-    ax.set_title(
-        f"{cfg.get('loss', {}).get('name', '')}: top-1 {100 * (summary['test_top1'] or 0):.1f}%, "
-        f"balanced {100 * (summary['test_balanced_accuracy'] or 0):.1f}%",
-        fontsize=9,
+    head = (
+        f"mIoU {100 * (summary['test_miou'] or 0):.1f}%, pixel acc"
+        if seg
+        else f"top-1 {100 * (summary['test_top1'] or 0):.1f}%, balanced"
     )
+    tail = summary["test_top1" if seg else "test_balanced_accuracy"] or 0
+    ax.set_title(f"{cfg.get('loss', {}).get('name', '')}: {head} {100 * tail:.1f}%", fontsize=9)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp)
@@ -63,8 +106,32 @@ def _pct(x):
     return "  n/a" if x is None else f"{100 * x:5.1f}"
 
 
+def _format_segmentation(summary: dict) -> str:
+    names = summary.get("class_names") or [str(i) for i in range(len(summary["class_counts"]))]
+    width = max(5, max(len(str(n)) for n in names))
+    lines = [f"{'class':<{width}}  train px  test px  IoU %  acc %"]
+    for n, c, t, iou, a in zip(
+        names,
+        summary["class_counts"],
+        summary["test_class_counts"],
+        summary["per_class_iou"],
+        summary["per_class_accuracy"],
+    ):
+        lines.append(f"{str(n):<{width}}  {c:8d}  {t:7d}  {_pct(iou)}  {_pct(a)}")
+    lines.append(
+        f"mIoU {_pct(summary['test_miou'])}  pixel acc {_pct(summary['test_top1'])}  "
+        f"mean class acc {_pct(summary['test_balanced_accuracy'])}  fwIoU "
+        f"{_pct(summary['test_fw_iou'])}  many/medium/few mIoU {_pct(summary['test_many'])}/"
+        f"{_pct(summary['test_medium'])}/{_pct(summary['test_few'])}"
+    )
+    return "\n".join(lines)
+
+
 def format_table(summary: dict) -> str:
-    """Per-class accuracy against the training count, then the headline numbers."""
+    """Per-class accuracy against the training count, then the headline numbers
+    (segmentation: per-class IoU and accuracy against the training pixels, then mIoU)."""
+    if summary.get("task") == "segmentation":
+        return _format_segmentation(summary)
     names = summary.get("class_names") or [str(i) for i in range(len(summary["class_counts"]))]
     width = max(5, max(len(str(n)) for n in names))
     lines = [f"{'class':<{width}}  train  test  acc %"]
@@ -91,7 +158,8 @@ def format_table(summary: dict) -> str:
 def aggregate(summaries: list[dict], seeds) -> dict:
     """Mean and sd (ddof 1) over seeds of the scalar metrics, plus the per-seed values."""
     out = {"seeds": [int(s) for s in seeds], "num_seeds": len(summaries)}
-    for key in SCALAR_METRICS + ("train_time_s_total",):
+    seg = summaries[0].get("task") == "segmentation"
+    for key in SCALAR_METRICS + SEGMENTATION_METRICS * seg + ("train_time_s_total",):
         values = [s.get(key) for s in summaries]
         vals = [v for v in values if v is not None]
         out[key] = {
@@ -102,6 +170,11 @@ def aggregate(summaries: list[dict], seeds) -> dict:
     out["per_class_accuracy_mean"] = np.mean(
         [[np.nan if a is None else a for a in s["per_class_accuracy"]] for s in summaries], 0
     ).tolist()
+    if seg:
+        out["task"] = "segmentation"
+        out["per_class_iou_mean"] = np.mean(
+            [[np.nan if a is None else a for a in s["per_class_iou"]] for s in summaries], 0
+        ).tolist()
     out["class_counts"] = summaries[0]["class_counts"]
     out["wall_time_s"] = summaries[0]["wall_time_s"]
     return out

@@ -42,6 +42,7 @@ __all__ = [
     "make_train_step",
     "make_eval_step",
     "evaluate",
+    "split_metrics",
 ]
 
 # Post-hoc logit adjustment (Menon et al. 2021): argmax of logits - tau * log(prior).
@@ -92,6 +93,16 @@ def create_train_state(model: nn.Module, tx, rng, image_shape, mesh) -> TrainSta
     return jax.jit(fn, out_shardings=replicated)(rng)
 
 
+def _valid_mean(values, labels, num_classes: int):
+    """The batch mean of per-example values; for label maps (``labels`` [B, H, W]) the mean
+    over the pixels whose label is a class (ignore pixels, e.g. 255, excluded; 0 when none)."""
+    if labels.ndim <= 1:
+        return jnp.mean(values)
+    valid = (labels >= 0) & (labels < num_classes)
+    total = jnp.sum(jnp.where(valid, values, 0.0))
+    return total / jnp.maximum(jnp.sum(valid), 1).astype(total.dtype)
+
+
 def make_train_step(
     model: nn.Module,
     tx,
@@ -106,7 +117,9 @@ def make_train_step(
 
     ``loss_fns`` is a sequence of per-example losses ``fn(logits, labels)``; each gets one
     SGD step on the same batch, in order (one for plain training; COT: CE then
-    ``-H_c / K``). ``metrics``: ``loss`` and ``accuracy`` of the first loss's forward pass,
+    ``-H_c / K``). The objective is the batch mean; with label maps (segmentation, labels
+    ``[B, H, W]``) the mean over the pixels that have a class (ignore pixels excluded).
+    ``metrics``: ``loss`` and ``accuracy`` of the first loss's forward pass,
     ``loss_{i}`` for the later ones and ``grad_norm`` (global norm of the first update's
     gradient; non-finite means the step diverged).
 
@@ -126,7 +139,8 @@ def make_train_step(
                 train=True,
                 mutable=["batch_stats"],
             )
-            return jnp.mean(loss_fn(logits, batch["label"])), (logits, new_vars["batch_stats"])
+            loss = _valid_mean(loss_fn(logits, batch["label"]), batch["label"], logits.shape[-1])
+            return loss, (logits, new_vars["batch_stats"])
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params
@@ -143,9 +157,8 @@ def make_train_step(
             if i == 0:
                 out["loss"] = loss
                 out["grad_norm"] = gnorm
-                out["accuracy"] = jnp.mean(
-                    (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-                )
+                hit = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+                out["accuracy"] = _valid_mean(hit, batch["label"], logits.shape[-1])
             else:
                 out[f"loss_{i}"] = loss
         return state.replace(step=state.step + 1), out
@@ -175,12 +188,14 @@ def make_eval_step(
     taus: Sequence[float] = POSTHOC_TAUS,
     num_models: int | None = None,
 ) -> Callable:
-    """``eval_step(state, batch) -> confusion matrices`` (float32 ``[T, K, K]``, masked), jitted.
+    """``eval_step(state, batch) -> confusion matrices`` (int32 ``[T, K, K]``, masked), jitted.
 
     Matrix t counts the predictions ``argmax(logits - taus[t] * log(prior))`` (post-hoc logit
     adjustment, Menon et al. 2021; prior = ``class_counts`` normalised). Without
-    ``class_counts`` only tau 0 (plain argmax of the logits) is computed. ``num_models=S``:
-    state and batch carry a leading model axis; the result is ``[S, T, K, K]``.
+    ``class_counts`` only tau 0 (plain argmax of the logits) is computed. Label maps
+    (segmentation, labels ``[B, H, W]``, logits ``[B, H, W, K]``) count pixels; pixels whose
+    label is not a class (the ignore index) and images with ``mask`` False count nothing.
+    ``num_models=S``: state and batch carry a leading model axis; the result is ``[S, T, K, K]``.
     """
     k = int(num_classes)
     if class_counts is None:
@@ -195,11 +210,11 @@ def make_eval_step(
         logits = model.apply(
             {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
         ).astype(jnp.float32)
-        adjusted = logits[None] - tau_arr[:, None, None] * log_prior  # [T, B, K]
-        pred = jnp.argmax(adjusted, -1)
-        mask = batch["mask"].astype(jnp.float32)
-        true_oh = jax.nn.one_hot(batch["label"], k, dtype=jnp.float32) * mask[:, None]
-        return jnp.einsum("bi,tbj->tij", true_oh, jax.nn.one_hot(pred, k, dtype=jnp.float32))
+        labels, mask = batch["label"], batch["mask"]
+        adjusted = logits[None] - tau_arr.reshape((-1,) + (1,) * logits.ndim) * log_prior
+        pred = jnp.argmax(adjusted, -1)  # [T, B(, H, W)]
+        zeros = jnp.zeros((k, k), jnp.int32)
+        return jax.vmap(lambda p: metrics_lib.confusion_update(zeros, labels, p, mask))(pred)
 
     fn = eval_step if num_models is None else jax.vmap(eval_step)
     return jax.jit(
@@ -219,10 +234,12 @@ def evaluate(
     *,
     taus: Sequence[float] = POSTHOC_TAUS,
     num_models: int | None = None,
+    task: str = "classification",
 ):
-    """Full-split metrics (:func:`cce_jax.metrics.from_confusion`) of the plain argmax, plus
-    ``posthoc_logit_adjustment``: ``[{"tau", "top1", "balanced_accuracy"}, ...]`` when
-    ``class_counts`` is given. With ``num_models=S``, a list of S such dicts."""
+    """Full-split metrics (:func:`split_metrics`) of the plain argmax, plus
+    ``posthoc_logit_adjustment``: ``[{"tau", "top1", "balanced_accuracy"}, ...]`` (and
+    ``"miou"`` for segmentation) when ``class_counts`` is given. With ``num_models=S``, a
+    list of S such dicts."""
     if class_counts is None:
         taus = (0.0,)
     leading = num_models is not None
@@ -238,11 +255,35 @@ def evaluate(
     per_model = [total] if num_models is None else list(total)
     results = []
     for cms in per_model:
-        out = metrics_lib.from_confusion(cms[0], class_counts)
+        out = split_metrics(cms[0], class_counts, task)
         if class_counts is not None:
+            keys = ("top1", "balanced_accuracy") + (("miou",) if task == "segmentation" else ())
             out["posthoc_logit_adjustment"] = [
-                {"tau": float(t), **{key: m[key] for key in ("top1", "balanced_accuracy")}}
-                for t, m in zip(taus, (metrics_lib.from_confusion(c) for c in cms))
+                {"tau": float(t), **{key: m[key] for key in keys}}
+                for t, m in zip(taus, (split_metrics(c, None, task) for c in cms))
             ]
         results.append(out)
     return results[0] if num_models is None else results
+
+
+def split_metrics(cm, class_counts=None, task: str = "classification") -> dict:
+    """The metrics of a confusion matrix: :func:`cce_jax.metrics.from_confusion`; for
+    ``task="segmentation"`` (a pixel matrix, ``class_counts`` = training pixels)
+    :func:`cce_jax.metrics.segmentation_metrics` plus the classification names of the same
+    numbers: ``top1`` = pixel accuracy, ``balanced_accuracy`` = mean class accuracy,
+    ``many``/``medium``/``few`` = the groups' mIoU, ``test_class_counts`` = test pixels."""
+    if task == "classification":
+        return metrics_lib.from_confusion(cm, class_counts)
+    if task != "segmentation":
+        raise ValueError(f"task: expected 'classification' or 'segmentation', got {task!r}")
+    out = metrics_lib.segmentation_metrics(cm, class_counts)
+    out.update(
+        top1=out["pixel_accuracy"],
+        balanced_accuracy=out["mean_class_accuracy"],
+        macro_f1=metrics_lib.from_confusion(cm)["macro_f1"],
+        test_class_counts=out["test_pixel_counts"],
+        num_examples=out["num_pixels"],
+    )
+    if class_counts is not None:
+        out.update({g: out[f"{g}_miou"] for g in ("many", "medium", "few")})
+    return out
