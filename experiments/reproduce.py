@@ -1,6 +1,8 @@
 """Runs a grid of experiments.train runs and writes a table (mean ± sd over seeds) and plots.
 
   python -m experiments.reproduce --suite=digits               # the first command: ~3 min, CPU
+  python -m experiments.reproduce --suite=fashion_mnist_lt     # ~90 min on 2 CPU cores
+  python -m experiments.reproduce --suite=segmentation         # ~60 min on 2 CPU cores
   python -m experiments.reproduce --suite=cifar10_lt [--quick] [--seeds=0,1,2] \\
       [--workdir=DIR] [--results_dir=DIR] [--losses=ce,cce_paper] [--ratios=100] \\
       [--source=cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz] [--max_minutes=M] \\
@@ -53,8 +55,15 @@ committed tables in ``experiments/results/`` and a fresh clone stays clean (``gi
 * ``$TMPDIR/cce_jax_digits`` (or ``.../cce_jax_tiny``) for ``--suite=digits`` and
   ``--suite=tiny`` (demo and smoke grids): minutes to redo, so the temporary directory is the
   right home and nothing piles up in the home directory of a shared machine;
-* ``~/cce_jax_runs`` for ``--suite=cifar10_lt`` / ``cifar10_step`` (hours to days of compute,
-  resumable from checkpoints, so kept across reboots).
+* ``~/cce_jax_runs`` for ``--suite=cifar10_lt`` / ``cifar10_step`` / ``fashion_mnist_lt`` /
+  ``segmentation`` (an hour to days of compute, resumable from checkpoints, so kept across
+  reboots).
+
+A segmentation suite (``--suite=segmentation``) first makes its data set when it is missing
+(:func:`prepare_segmentation_data`; ``--source`` names the CIFAR-10 copy it is drawn from),
+reports mIoU, pixel and mean class accuracy, fwIoU and the many/medium/few mIoU, plots the
+per-class IoU and draws ``SUITE_pictures.png``: input, truth and each loss's prediction on
+the same test images.
 
 To rewrite a committed table, give ``--results_dir=experiments/results``.
 
@@ -187,6 +196,7 @@ SUITES = {
         "losses": ("ce", "cce_paper", "cce_code", "mse_ol", "ldam_drw", "la", "bs"),
         "seeds": (0, 1, 2),
         "jobs": "cpu_cores",
+        "workdir": RUNS_HOME,
         "label": "Fashion-MNIST-LT, ResNet-8 width 8, 8 epochs (a CPU protocol, not the paper's)",
     },
     # Imbalanced semantic segmentation on long-tailed CIFAR-10 mosaics (the data set is made
@@ -201,6 +211,7 @@ SUITES = {
         "loss_hparams": {"mse_ol": {"alpha": 6.0}},  # the MSE-OL paper's segmentation value
         "seeds": (0, 1, 2),
         "jobs": "cpu_cores",
+        "workdir": RUNS_HOME,
         "task": "segmentation",
         "label": "imbalanced segmentation of CIFAR-10 mosaics, FCN-8, 12 epochs (a CPU "
         "protocol, not the paper's)",

@@ -536,7 +536,7 @@ def test_a_subset_rerun_keeps_the_other_rows(fake, capsys):
     assert log[0].startswith("# ") and "--config.seed=1" in log[0]
 
 
-@pytest.mark.parametrize("suite", ["digits", "tiny", "cifar10_lt", "cifar10_step"])
+@pytest.mark.parametrize("suite", sorted(reproduce.SUITES))
 def test_every_suite_writes_outside_the_checkout_by_default(suite, capsys):
     args = [f"--suite={suite}", "--dry_run", "--vmap_seeds=false", "--jobs=1", "--seeds=0"]
     reproduce.main(args + ["--losses=ce", "--ratios=10"])
@@ -545,3 +545,54 @@ def test_every_suite_writes_outside_the_checkout_by_default(suite, capsys):
     for path in (runs, report):
         assert not os.path.abspath(path).startswith(REPO + os.sep), path
     assert report == os.path.join(os.path.dirname(runs), "results")
+
+
+@pytest.mark.slow
+def test_segmentation_suite_end_to_end(tmp_path, capsys):
+    """The segmentation suite on a tiny set: real runs, the mIoU table, the per-class IoU plot
+    and the picture grid; prepare_segmentation_data leaves a source of the user's alone."""
+    from cce_jax.data import segmentation as seg
+
+    rng = np.random.default_rng(0)
+    masks = rng.integers(0, 3, (20, 16, 16)).astype(np.uint8)
+    masks[:, 8, :] = 255
+    images = rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    ds = seg.SegmentationDataset(
+        "t",
+        images[:12],
+        masks[:12],
+        [str(i) for i in range(12)],
+        images[12:],
+        masks[12:],
+        ("a", "b", "c"),
+    )
+    npz = tmp_path / "t.npz"
+    seg.save_seg_npz(ds, str(npz))
+    assert reproduce.prepare_segmentation_data(f"seg_npz:{npz}", None) is None
+    argv = [
+        "--suite=segmentation",
+        "--losses=ce,mse_ol",
+        "--seeds=0",
+        "--jobs=2",
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.data.source=seg_npz:{npz}",
+        "--config.model.width=4",
+        "--config.num_epochs=1",
+        "--config.batch_size=4",
+        "--config.eval_batch_size=4",
+        "--config.eval_every=1",
+    ]
+    reproduce.main(argv)
+    out = capsys.readouterr().out
+    assert "| mIoU % | pixel acc % |" in out
+    results = tmp_path / "w" / "results"
+    md = (results / "segmentation.md").read_text()
+    assert "a segmentation set used whole: 12 training images" in md
+    assert "| mse_ol | 200 | 1 | 0 |" in md
+    assert (results / "segmentation_pictures.png").is_file()
+    assert (results / "segmentation_per_class_r200.png").is_file()
+    rows = json.loads((results / "segmentation.json").read_text())["rows"]
+    summary = json.loads(
+        (tmp_path / "w" / "segmentation" / "r200" / "ce" / "seed0" / "summary.json").read_text()
+    )
+    assert rows[0]["stats"]["miou"]["mean"] == pytest.approx(100 * summary["test_miou"])
