@@ -644,6 +644,11 @@ class Checkpoints:
     reported in one line, moved to ``corrupt_checkpoints/`` (kept, not deleted) and the next
     older checkpoint is used. Any other error (I/O, permission, timeout) is retried after
     :data:`RESTORE_RETRY_DELAYS`, then raises :class:`CheckpointUnreadable`, nothing moved.
+
+    In a bucket orbax writes the checkpoint itself (its own atomicity: a commit marker instead
+    of a folder rename); the digest, the listing and the move to ``corrupt_checkpoints/`` (a
+    copy and a delete of each object) go through ``etils.epath``. Before each save, process 0
+    checks the workdir's lease (:func:`check_lease`).
     """
 
     def __init__(self, workdir: str, *, keep: int):
