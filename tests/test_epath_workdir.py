@@ -3,11 +3,13 @@
 ``gs://`` is mapped onto a temporary folder with ``etils.epath.testing.mock_epath`` (every
 epath call of the project, and orbax's, sees ``gs://...`` names and lands in the folder).
 Orbax writes its arrays with tensorstore, which talks to GCS itself and ignores the mock:
-``orbax.checkpoint.CheckpointManager`` is handed the mapped local folder instead, so the
-project's own checkpoint files (the listing of steps, ``digest.json``, its verification,
-``corrupt_checkpoints/``) go through ``gs://`` names while orbax's bytes are written locally.
+``orbax.checkpoint.CheckpointManager`` is handed the mapped local folder instead (with the
+commit-file atomicity orbax uses in GCS), so the project's own checkpoint files (the listing
+of steps, ``digest.json``, its verification, ``corrupt_checkpoints/``) go through ``gs://``
+names while orbax's bytes are written locally.
 """
 
+import dataclasses
 import errno
 import json
 import os
@@ -97,9 +99,12 @@ def bucket(tmp_path, monkeypatch):
     real_manager = ocp.CheckpointManager
     managers = []
 
-    def manager(directory, *a, **k):  # tensorstore does not see the mock: orbax writes locally
+    def manager(directory, *a, options, **k):  # tensorstore does not see the mock
         managers.append(os.fspath(directory))
-        return real_manager(b.local(directory), *a, **k)
+        # Orbax writes the mapped folder as it writes GCS: in place, with commit_success.txt.
+        commit = ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE)
+        options = dataclasses.replace(options, atomicity_options=commit)
+        return real_manager(b.local(directory), *a, options=options, **k)
 
     monkeypatch.setattr(ocp, "CheckpointManager", manager)
     b.managers = managers
@@ -170,6 +175,17 @@ def test_a_damaged_checkpoint_in_a_bucket_is_moved_aside(bucket, capsys):
     assert "damaged (digest mismatch" in err and "moved to corrupt_checkpoints/" in err
     assert os.listdir(f"{out}/corrupt_checkpoints") == [str(2 * spe)]
     assert sorted(os.listdir(f"{out}/checkpoints"), key=int) == [str(spe), str(2 * spe)]
+
+
+def test_a_save_cut_short_in_gcs_is_not_a_checkpoint(bucket):
+    # In GCS orbax writes checkpoints/<step>/ in place and marks a finished save with
+    # commit_success.txt (no folder rename); a folder without it is not a checkpoint.
+    ckpts = wd.Checkpoints(RUN, keep=2)
+    out = bucket.local(f"{RUN}/checkpoints")
+    for step in (4, 8):
+        os.makedirs(f"{out}/{step}/state")
+    open(f"{out}/4/commit_success.txt", "w").close()
+    assert ckpts.steps() == [4] and ckpts.latest() == 4
 
 
 @pytest.mark.slow  # a vmapped step's compile: ~30 s

@@ -588,6 +588,7 @@ class _Damaged(Exception):
 # (a network file system's transient EIO, a timeout).
 RESTORE_RETRY_DELAYS = (1.0, 4.0, 15.0)
 DIGEST_FILE = "digest.json"
+_GCS_COMMIT_FILE = "commit_success.txt"  # orbax's mark of a finished save in GCS
 # Errors that say nothing about a checkpoint's bytes (orbax/tensorstore wrap them in
 # ValueError/RuntimeError carrying an absl status name).
 _TRANSIENT_MARKERS = (
@@ -645,10 +646,12 @@ class Checkpoints:
     older checkpoint is used. Any other error (I/O, permission, timeout) is retried after
     :data:`RESTORE_RETRY_DELAYS`, then raises :class:`CheckpointUnreadable`, nothing moved.
 
-    In a bucket orbax writes the checkpoint itself (its own atomicity: a commit marker instead
-    of a folder rename); the digest, the listing and the move to ``corrupt_checkpoints/`` (a
-    copy and a delete of each object) go through ``etils.epath``. Before each save, process 0
-    checks the workdir's lease (:func:`check_lease`).
+    In a bucket orbax writes the checkpoint itself (its own atomicity: in GCS a commit marker,
+    ``commit_success.txt``, instead of a folder rename; a step folder without it is a save cut
+    short, not listed by :meth:`steps`, and orbax removes it); the digest, the listing and the
+    move to ``corrupt_checkpoints/`` (a copy and a delete of each object) go through
+    ``etils.epath``. Before each save, process 0 checks the workdir's lease
+    (:func:`check_lease`).
     """
 
     def __init__(self, workdir: str, *, keep: int):
@@ -679,7 +682,11 @@ class Checkpoints:
     def steps(self) -> list[int]:
         if not isdir(self.directory):
             return []
-        return sorted(int(n) for n in listdir(self.directory) if n.isdigit())
+        steps = sorted(int(n) for n in listdir(self.directory) if n.isdigit())
+        if self.directory.startswith("gs://"):  # orbax's GCS commit marker: a finished save
+            done = os.path.join(self.directory, "{}", _GCS_COMMIT_FILE)
+            steps = [s for s in steps if exists(done.format(s))]
+        return steps
 
     def latest(self) -> int | None:
         steps = self.steps()
