@@ -1251,6 +1251,12 @@ def _run(args, argv, extra, t_start) -> int:
     unknown = sorted(set(losses) - set(LOSSES))
     if unknown:
         _parser().error(f"unknown loss variant(s) {unknown}; known: {', '.join(LOSSES)}")
+    for flag, value in (("--workdir", args.workdir), ("--results_dir", args.results_dir)):
+        if value and "://" in value:  # os.path.abspath would make it a local 'gs:' folder
+            _parser().error(
+                f"{flag}={value}: the grid runner needs a local folder; for a bucket, run "
+                "each run with python -m experiments.train --workdir=gs://BUCKET/RUN"
+            )
     workdir = os.path.abspath(
         os.path.expanduser(args.workdir or suite.get("workdir", "runs/reproduce"))
     )

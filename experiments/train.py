@@ -209,10 +209,9 @@ def config_seeds(config):
 
 
 def _load(path):
-    import json
+    from cce_jax.training import workdir
 
-    with open(path) as f:
-        return json.load(f)
+    return workdir.read_json(path)  # a local file or a gs:// object
 
 
 def resolve_data_paths(config):

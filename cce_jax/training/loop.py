@@ -232,9 +232,9 @@ def train_and_evaluate(config, workdir: str, *, data=None) -> dict | None:
     """
     t_start = time.time()
     config_lib.validate_config(config)
-    workdir = os.path.abspath(workdir)
+    workdir = wd.resolve_workdir(workdir)  # a gs:// URL stays as it is
     try:
-        os.makedirs(workdir, exist_ok=True)
+        wd.makedirs(workdir)
     except OSError as e:
         raise ConfigError(
             f"cannot create the workdir {workdir!r} ({type(e).__name__}: {e.strerror or e}); "
@@ -309,7 +309,7 @@ class _Run:
             wd.store_config(workdir, self.config_dict)  # before the first checkpoint
         if self.seeds and self.is_main:
             for s, sub in zip(self.seeds, self.model_dirs()):
-                os.makedirs(sub, exist_ok=True)
+                wd.makedirs(sub)
                 wd.store_config(sub, self.single_config_dict(s))
 
     def _data(self, data):
@@ -383,8 +383,7 @@ class _Run:
         if self.is_main and unfinished:
             for d in self.model_dirs() + ([self.workdir] if self.seeds else []):
                 for name in ("summary.json", "failure.json"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(os.path.join(d, name))
+                    wd.remove(os.path.join(d, name))
 
     def run(self):
         config = self.config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -96,10 +97,10 @@ def plot_per_class(summary: dict, path: str) -> None:
     tail = summary["test_top1" if seg else "test_balanced_accuracy"] or 0
     ax.set_title(f"{cfg.get('loss', {}).get('name', '')}: {head} {100 * tail:.1f}%", fontsize=9)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    wd.atomic_write(path, buf.getvalue())  # a local file or a bucket object
 
 
 def _pct(x):

@@ -1,9 +1,14 @@
-"""A run's workdir: lock, config contract, atomic strict-JSON files and checkpoints.
+"""A run's workdir: lock, config contract, strict-JSON files and checkpoints.
 
-Files (process 0 writes them, each atomically: written to a temporary file, fsynced, renamed):
+The workdir is a local folder or a bucket (``gs://BUCKET/run``; also ``s3://``, ``az://``):
+every file of the project goes through ``etils.epath``, the path layer orbax uses for the
+checkpoints, and through the helpers of this module.
 
-* ``.lock``: an exclusive ``fcntl`` lock held while a run uses the workdir (the kernel drops it
-  when the process dies, so a killed run leaves no stale lock); it holds the owner's pid.
+Files (process 0 writes them, each atomically):
+
+* ``.lock`` (local): an exclusive ``fcntl`` lock held while a run uses the workdir (the kernel
+  drops it when the process dies, so a killed run leaves no stale lock); it holds the owner's
+  pid. ``lock.json`` (bucket): a lease, see :class:`WorkdirLock`.
 * ``config.json``: the config the workdir belongs to, written before the first checkpoint and
   compared on every resume (:func:`cce_jax.training.config.config_diff`).
 * ``metrics.jsonl`` (one strict-JSON row per epoch), ``summary.json``, ``failure.json``
@@ -12,7 +17,14 @@ Files (process 0 writes them, each atomically: written to a temporary file, fsyn
   (:class:`Checkpoints`). A damaged newest checkpoint is moved to ``corrupt_checkpoints/``
   and the newest intact one is used; a read error that proves no damage stops the run.
 
-A failed write raises :class:`StorageError`, one line naming the path and the cause.
+Atomic writes: in a local folder a file is written to a temporary file in the same folder,
+fsynced and renamed over the old one (``os.replace``). In a bucket a file is one object,
+uploaded whole when it is closed: a reader sees the old object or the new one, never a part,
+and a failed upload leaves the old object (no temporary object and no rename: an object
+store's rename is a copy and a delete, no more atomic than the upload itself).
+
+A failed write raises :class:`StorageError`, one line naming the path and the cause; in a
+bucket, so does a failed read or listing (a missing file stays ``FileNotFoundError``).
 """
 
 from __future__ import annotations
@@ -20,20 +32,34 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import glob
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import sys
+import threading
 import time
+import uuid
 from typing import Any
+
+from etils import epath
 
 from cce_jax.training.config import ConfigError, config_diff
 
 __all__ = [
+    "is_remote",
+    "resolve_workdir",
+    "exists",
+    "isdir",
+    "listdir",
+    "makedirs",
+    "remove",
+    "read_text",
     "WorkdirLock",
+    "check_lease",
     "atomic_write",
     "dumps",
     "write_json",
@@ -91,15 +117,23 @@ class StorageError(OSError):
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+# What a bucket's client says for a refused request (tf.io.gfile, gcsfs/fsspec, tensorstore).
+_REFUSED_MARKERS = ("PermissionDenied", "PERMISSION_DENIED", "Forbidden", " 403", "AccessDenied")
 
 
 def storage_error(e: BaseException, what: str, path: str) -> StorageError:
     """A one-line :class:`StorageError`: ``"{what} {path}: {cause}; {what to do}"``."""
     code, text = getattr(e, "errno", None), str(e)
+    code = code if isinstance(code, int) else None
     if code in _NO_SPACE or "No space left" in text or "Disk quota" in text:
         cause = "no space left on device"
         todo = "free space (or use another --workdir), then rerun to resume"
-    elif code in _NOT_WRITABLE or "Read-only file system" in text or "ermission denied" in text:
+    elif (
+        code in _NOT_WRITABLE
+        or "Read-only file system" in text
+        or "ermission denied" in text
+        or any(m in f"{type(e).__name__} {text}" for m in _REFUSED_MARKERS)
+    ):
         cause = f"not writable ({_first_line(e)})"
         todo = "make it writable or use another --workdir"
     else:
@@ -107,14 +141,103 @@ def storage_error(e: BaseException, what: str, path: str) -> StorageError:
     return StorageError(code, f"{what} {path!r}: {cause}; {todo}")
 
 
-def atomic_write(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file in the same folder and a rename.
+# ------------------------------------------------------------------------------ paths
+# A path is a string: a local path or a bucket URL (os.path.join works on both). Local paths
+# keep the os semantics they always had; a bucket path goes through etils.epath, whose
+# failures (a tf.errors.OpError, a gcsfs HttpError, ...) become one StorageError line.
+
+_BUCKET_SCHEMES = ("gs://", "s3://", "az://")
+_ANY_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_remote(path) -> bool:
+    """True for a bucket URL (``gs://``, ``s3://``, ``az://``), False for a local path."""
+    return os.fspath(path).startswith(_BUCKET_SCHEMES)
+
+
+def resolve_workdir(workdir) -> str:
+    """An absolute local path, or the bucket URL unchanged (``os.path.abspath`` would turn
+    ``gs://b/run`` into ``$PWD/gs:/b/run``). Another URL scheme is a :class:`ConfigError`."""
+    text = os.fspath(workdir)
+    if is_remote(text):
+        return text.rstrip("/")
+    if _ANY_SCHEME.match(text):
+        raise ConfigError(
+            f"workdir {text!r}: unsupported URL scheme; use a local folder or a bucket "
+            f"({', '.join(s + 'BUCKET/PATH' for s in _BUCKET_SCHEMES)})"
+        )
+    return os.path.abspath(text)
+
+
+@contextlib.contextmanager
+def _bucket_errors(what: str, path):
+    """In a bucket, any failure but a missing file (and a StorageError) becomes a one-line
+    :class:`StorageError`; a local path's errors pass as they are."""
+    try:
+        yield
+    except (FileNotFoundError, StorageError):
+        raise
+    except Exception as e:
+        if not is_remote(path):
+            raise
+        raise storage_error(e, what, os.fspath(path)) from e
+
+
+def exists(path) -> bool:
+    with _bucket_errors("cannot read", path):
+        return epath.Path(path).exists()
+
+
+def isdir(path) -> bool:
+    with _bucket_errors("cannot read", path):
+        return epath.Path(path).is_dir()
+
+
+def listdir(path) -> list[str]:
+    """The names in a folder (a bucket "folder": the names under the prefix)."""
+    with _bucket_errors("cannot list", path):
+        return sorted(p.name for p in epath.Path(path).iterdir())
+
+
+def makedirs(path) -> None:
+    """``mkdir -p`` (in a bucket: a folder marker, harmless where folders do not exist)."""
+    if not is_remote(path):
+        os.makedirs(path, exist_ok=True)
+        return
+    try:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+    except Exception as e:
+        raise OSError(getattr(e, "errno", None), _first_line(e)) from e
+
+
+def remove(path) -> None:
+    """Removes a file; a missing one is no error."""
+    with _bucket_errors("cannot remove", path):
+        epath.Path(path).unlink(missing_ok=True)
+
+
+def read_text(path) -> str:
+    with _bucket_errors("cannot read", path):
+        return epath.Path(path).read_text()
+
+
+def atomic_write(path: str, data: str | bytes) -> None:
+    """Writes ``data`` to ``path`` atomically: locally via a temporary file in the same folder
+    and a rename; in a bucket as one object upload (see the module docstring).
 
     Raises :class:`StorageError` (one line) when the write fails; the old file stays."""
+    mode = "wb" if isinstance(data, bytes) else "w"
+    if is_remote(path):
+        try:
+            with epath.Path(path).open(mode) as f:
+                f.write(data)
+        except Exception as e:
+            raise storage_error(e, "cannot write", path) from e
+        return
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, mode) as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -131,23 +254,21 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(read_text(path))
 
 
 def read_jsonl(path: str) -> list[dict]:
     """The rows of a JSON-lines file; a torn last line (a killed writer) is skipped."""
-    if not os.path.exists(path):
+    if not exists(path):
         return []
     rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
+    for line in read_text(path).splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
     return rows
 
 
@@ -158,17 +279,48 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
 
 
 class WorkdirLock:
-    """An exclusive lock on ``workdir/.lock`` (``fcntl.flock``), held for a run's lifetime.
+    """The workdir's lock, held for a run's lifetime; a second run gets a :class:`ConfigError`.
 
-    A second run in the same workdir gets a :class:`ConfigError` naming the owner's pid. The
+    Local folder: an exclusive ``fcntl.flock`` on ``workdir/.lock`` naming the owner's pid. The
     lock dies with its process, so a workdir of a killed run is free again at once.
+
+    Bucket (``gs://...``): a lease, ``workdir/lock.json`` (host, pid, a unique token, the time
+    of its last refresh), since an object store has no lock that dies with its process:
+
+    * taking it: refused while the lease is fresh (refreshed less than :data:`LEASE_SECONDS`
+      ago); a stale lease (or one whose process provably died: the same machine, the same pid
+      namespace, no such pid) is taken over with one warning line. The new lease is written,
+      read back after :data:`LEASE_SETTLE_SECONDS`, and the start is refused if another start's
+      token replaced it meanwhile;
+    * holding it: a thread rewrites it every :data:`LEASE_REFRESH_SECONDS`, and every
+      checkpoint save first checks and refreshes it (:func:`check_lease`); a run whose lease
+      was taken over (it stalled beyond :data:`LEASE_SECONDS`) stops with a
+      :class:`StorageError` before its next checkpoint;
+    * leaving (normal end, an error, SIGTERM): ``lock.json`` is deleted, so the next run
+      starts at once. After a ``kill -9`` or a lost VM the lease stays until it is stale
+      (or delete ``lock.json`` by hand when that run is known to be gone).
+
+    Not protected: there is no atomic create-if-absent through ``etils.epath``, so two starts
+    whose check and write interleave (both read no fresh lease, then both write; in practice
+    starts within the same second, with one taking longer than the settle time between its
+    read and its write) can both win; so can two runs whose clocks differ by more than the
+    lease time (the lease's age is measured against the reader's clock). Only process 0 takes
+    the lease: the lease keeps a second *run* out, not a process of the same run.
     """
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, ".lock")
+        self.workdir = workdir
+        self.remote = is_remote(workdir)
+        self.path = os.path.join(workdir, LEASE_FILE if self.remote else ".lock")
         self._fd = None
+        self._lease = None
 
     def __enter__(self):
+        if self.remote:
+            lease = _Lease(self.workdir, self.path)
+            lease.acquire()
+            self._lease = _LEASES[self.workdir] = lease
+            return self
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -194,10 +346,199 @@ class WorkdirLock:
         return self
 
     def __exit__(self, *exc):
+        if self._lease is not None:
+            if _LEASES.get(self.workdir) is self._lease:
+                del _LEASES[self.workdir]
+            self._lease.release()
+            self._lease = None
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+LEASE_FILE = "lock.json"
+# A bucket workdir's lease is stale (another run may take it over) this long after its last
+# refresh; the holder refreshes it every LEASE_REFRESH_SECONDS and before every checkpoint.
+LEASE_SECONDS = 120.0
+LEASE_REFRESH_SECONDS = 30.0
+# How long a start waits between writing its lease and reading it back (a concurrent start
+# that wrote meanwhile wins; this one is refused).
+LEASE_SETTLE_SECONDS = 1.0
+_LEASES: dict[str, _Lease] = {}  # workdir -> the lease this process holds on it
+
+
+def _read_first(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _machine() -> dict:
+    """What tells whether a lease's process is provably dead: this boot of this machine and
+    this pid namespace (a container's pids are not the host's)."""
+    try:
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        pidns = None
+    return {"boot_id": _read_first("/proc/sys/kernel/random/boot_id"), "pid_namespace": pidns}
+
+
+def _pid_alive(pid: int, token) -> bool:
+    if pid == os.getpid():  # this process, or an earlier one with the same pid
+        return any(lease.token == token for lease in _LEASES.values())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+class _Lease:
+    """The lease of a bucket workdir (see :class:`WorkdirLock`)."""
+
+    def __init__(self, workdir: str, path: str):
+        self.workdir, self.path = workdir, path
+        self.token = uuid.uuid4().hex
+        self.lost: dict | None = None  # the lease that replaced this one
+        self._mu = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._warned = False
+
+    def _record(self) -> dict:
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": self.token,
+            "time": time.time(),
+            "lease_seconds": LEASE_SECONDS,
+            **_machine(),
+        }
+
+    def _read(self) -> dict | None:
+        """The lease now in the bucket, or None (none, or not a lease: replaced)."""
+        try:
+            held = json.loads(read_text(self.path))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return held if isinstance(held, dict) else None
+
+    def _write(self) -> None:
+        atomic_write(self.path, dumps(self._record()))
+
+    def _who(self, held: dict) -> str:
+        who = f"host {held.get('host', '?')}, pid {held.get('pid', '?')}"
+        try:
+            return f"{who}, lease refreshed {time.time() - float(held['time']):.0f} s ago"
+        except (KeyError, TypeError, ValueError):
+            return who
+
+    def _stale(self, held: dict) -> bool:
+        try:
+            age = time.time() - float(held["time"])
+            limit = float(held.get("lease_seconds", LEASE_SECONDS))
+        except (KeyError, TypeError, ValueError):
+            return True  # not a lease this code wrote
+        if not age < limit:
+            return True
+        here = _machine()
+        same = here["boot_id"] and all(held.get(k) == v for k, v in here.items())
+        return bool(same) and not _pid_alive(int(held.get("pid", -1)), held.get("token"))
+
+    def acquire(self) -> None:
+        try:
+            held = self._read()
+            if held is not None and not self._stale(held):
+                limit = float(held.get("lease_seconds", LEASE_SECONDS))
+                raise ConfigError(
+                    f"workdir {self.workdir!r} is in use by another run ({self._who(held)}; "
+                    f"its {LEASE_FILE} goes stale {limit:g} s after its last refresh); "
+                    "wait for it or use another --workdir"
+                )
+            if held is not None:
+                print(
+                    f"warning: taking over the stale lease of workdir {self.workdir!r} "
+                    f"({self._who(held)})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            self._write()
+            time.sleep(LEASE_SETTLE_SECONDS)
+            now = self._read()
+        except StorageError as e:
+            raise ConfigError(f"workdir {self.workdir!r} is not usable ({e})") from None
+        if now is None or now.get("token") != self.token:
+            other = f" ({self._who(now)})" if now else ""
+            raise ConfigError(
+                f"workdir {self.workdir!r} is in use by another run that started at the same "
+                f"time{other}; wait for it or use another --workdir"
+            )
+        self._thread = threading.Thread(target=self._keep, name="workdir-lease", daemon=True)
+        self._thread.start()
+
+    def refresh(self) -> None:
+        """Rewrites the lease's time, unless another run's token replaced it (then
+        :attr:`lost` holds that lease and nothing is written)."""
+        with self._mu:
+            if self.lost is not None:
+                return
+            held = self._read()
+            if held is not None and held.get("token") != self.token:
+                self.lost = held
+                return
+            self._write()
+
+    def _keep(self) -> None:
+        while not self._stop.wait(LEASE_REFRESH_SECONDS):
+            try:
+                self.refresh()
+            except Exception as e:  # a transient failure: the next refresh may work
+                if not self._warned:
+                    self._warned = True
+                    print(
+                        f"warning: cannot refresh the lease {self.path} ({_first_line(e)}); "
+                        "retrying",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            if self.lost is not None:
+                return
+
+    def check(self, doing: str) -> None:
+        """Refreshes the lease; a :class:`StorageError` when another run took it over."""
+        try:
+            self.refresh()
+        except StorageError:
+            pass  # the bucket failed: the write that follows reports it
+        if self.lost is not None:
+            raise StorageError(
+                None,
+                f"workdir {self.workdir!r}: another run took its lease over "
+                f"({self._who(self.lost)}) after this run's lease went stale; stopped before "
+                f"{doing}: stop one of the two runs, then rerun to resume",
+            )
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        with self._mu, contextlib.suppress(Exception):
+            held = self._read()
+            if self.lost is None and (held is None or held.get("token") == self.token):
+                remove(self.path)
+
+
+def check_lease(workdir: str, doing: str) -> None:
+    """For a bucket workdir whose lease this process holds: refreshes it, or raises a
+    :class:`StorageError` when another run has taken it over. A no-op otherwise."""
+    lease = _LEASES.get(workdir)
+    if lease is not None:
+        lease.check(doing)
 
 
 def check_stored_config(workdir: str, config_dict: dict, *, has_checkpoint: bool) -> bool:
@@ -208,7 +549,7 @@ def check_stored_config(workdir: str, config_dict: dict, *, has_checkpoint: bool
     checked, so they are never resumed under a guessed config).
     """
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not exists(path):
         if has_checkpoint:
             raise ConfigError(
                 f"workdir {workdir!r} holds checkpoints but no config.json, so the config they "
@@ -217,6 +558,8 @@ def check_stored_config(workdir: str, config_dict: dict, *, has_checkpoint: bool
         return False
     try:
         stored = read_json(path)
+    except StorageError:
+        raise  # a bucket that failed: a storage error, not a config problem
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"workdir {workdir!r}: config.json is unreadable ({e})") from e
     diff = config_diff(stored, config_dict)
@@ -245,6 +588,7 @@ class _Damaged(Exception):
 # (a network file system's transient EIO, a timeout).
 RESTORE_RETRY_DELAYS = (1.0, 4.0, 15.0)
 DIGEST_FILE = "digest.json"
+_GCS_COMMIT_FILE = "commit_success.txt"  # orbax's mark of a finished save in GCS
 # Errors that say nothing about a checkpoint's bytes (orbax/tensorstore wrap them in
 # ValueError/RuntimeError carrying an absl status name).
 _TRANSIENT_MARKERS = (
@@ -274,18 +618,20 @@ def _first_line(e: BaseException) -> str:
 def checkpoint_digest(step_dir: str) -> dict[str, str]:
     """``{relative path: sha256}`` of every file of a checkpoint but the digest itself."""
     out = {}
-    for root, dirs, files in os.walk(step_dir):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, step_dir)
-            if rel == DIGEST_FILE:
-                continue
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 20), b""):
-                    h.update(block)
-            out[rel] = h.hexdigest()
+    top = epath.Path(step_dir)
+    with _bucket_errors("cannot read", step_dir):
+        for root, dirs, files in top.walk():
+            dirs.sort()
+            for name in sorted(files):
+                path = root / name
+                rel = path.relative_to(top).as_posix()
+                if rel == DIGEST_FILE:
+                    continue
+                h = hashlib.sha256()
+                with path.open("rb") as f:
+                    for block in iter(lambda f=f: f.read(1 << 20), b""):
+                        h.update(block)
+                out[rel] = h.hexdigest()
     return out
 
 
@@ -299,6 +645,13 @@ class Checkpoints:
     reported in one line, moved to ``corrupt_checkpoints/`` (kept, not deleted) and the next
     older checkpoint is used. Any other error (I/O, permission, timeout) is retried after
     :data:`RESTORE_RETRY_DELAYS`, then raises :class:`CheckpointUnreadable`, nothing moved.
+
+    In a bucket orbax writes the checkpoint itself (its own atomicity: in GCS a commit marker,
+    ``commit_success.txt``, instead of a folder rename; a step folder without it is a save cut
+    short, not listed by :meth:`steps`, and orbax removes it); the digest, the listing and the
+    move to ``corrupt_checkpoints/`` (a copy and a delete of each object) go through
+    ``etils.epath``. Before each save, process 0 checks the workdir's lease
+    (:func:`check_lease`).
     """
 
     def __init__(self, workdir: str, *, keep: int):
@@ -327,9 +680,13 @@ class Checkpoints:
         return self._m
 
     def steps(self) -> list[int]:
-        if not os.path.isdir(self.directory):
+        if not isdir(self.directory):
             return []
-        return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+        steps = sorted(int(n) for n in listdir(self.directory) if n.isdigit())
+        if self.directory.startswith("gs://"):  # orbax's GCS commit marker: a finished save
+            done = os.path.join(self.directory, "{}", _GCS_COMMIT_FILE)
+            steps = [s for s in steps if exists(done.format(s))]
+        return steps
 
     def latest(self) -> int | None:
         steps = self.steps()
@@ -386,7 +743,7 @@ class Checkpoints:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         verified = False
         digest_path = os.path.join(step_dir, DIGEST_FILE)
-        if os.path.exists(digest_path):
+        if exists(digest_path):
             try:
                 expected = read_json(digest_path)["sha256"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -398,7 +755,7 @@ class Checkpoints:
                 )
                 raise _Damaged(f"digest mismatch in {', '.join(bad[:3])}")
             verified = True
-        legacy = os.path.isdir(os.path.join(step_dir, "default"))
+        legacy = isdir(os.path.join(step_dir, "default"))
         try:
             if legacy:  # written before checkpoints had a progress item
                 state = ocp.StandardCheckpointer().restore(
@@ -423,17 +780,24 @@ class Checkpoints:
         self.close()
         if jax.process_index() == 0:
             dest_root = os.path.join(self.workdir, "corrupt_checkpoints")
-            os.makedirs(dest_root, exist_ok=True)
-            dest, i = os.path.join(dest_root, str(step)), 1
-            while os.path.exists(dest):
-                dest, i = os.path.join(dest_root, f"{step}.{i}"), i + 1
-            shutil.move(os.path.join(self.directory, str(step)), dest)
+            src = os.path.join(self.directory, str(step))
+            with _bucket_errors("cannot move aside", src):
+                makedirs(dest_root)
+                dest, i = os.path.join(dest_root, str(step)), 1
+                while exists(dest):
+                    dest, i = os.path.join(dest_root, f"{step}.{i}"), i + 1
+                if is_remote(src):  # a bucket's rename: a copy and a delete of every object
+                    epath.Path(src).rename(dest)
+                else:
+                    shutil.move(src, dest)
 
     def save(self, step: int, state, progress: dict | None = None) -> None:
         """Saves ``state`` (and the JSON ``progress``) as checkpoint ``step``, then its digest."""
         import jax
 
         ocp = self._ocp
+        if jax.process_index() == 0:
+            check_lease(self.workdir, f"saving the checkpoint of step {int(step)}")
         try:
             self._mngr.save(
                 int(step),
@@ -446,10 +810,13 @@ class Checkpoints:
             if not (isinstance(e, OSError) or _is_transient(e) or "No space left" in str(e)):
                 raise
             self._m = None  # a manager that failed mid-save is not reused
-            for tmp in glob.glob(
-                os.path.join(self.directory, f"{int(step)}.orbax-checkpoint-tmp*")
-            ):
-                shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(Exception):
+                for tmp in epath.Path(self.directory).glob(f"{int(step)}.orbax-checkpoint-tmp*"):
+                    if is_remote(self.directory):
+                        with contextlib.suppress(Exception):
+                            tmp.rmtree()
+                    else:
+                        shutil.rmtree(tmp, ignore_errors=True)
             err = storage_error(
                 e, f"cannot save the checkpoint of step {int(step)} in", self.directory
             )
