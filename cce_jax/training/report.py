@@ -51,22 +51,17 @@ def write_predictions(workdir: str, arrays: dict) -> None:
 
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    path = os.path.join(workdir, "predictions.npz")
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise wd.storage_error(e, "cannot write", path) from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    wd.atomic_write(os.path.join(workdir, "predictions.npz"), buf.getvalue())
 
 
 def read_predictions(workdir: str) -> dict:
-    """The arrays :func:`write_predictions` wrote in ``workdir``."""
-    with np.load(os.path.join(workdir, "predictions.npz")) as z:
+    """The arrays :func:`write_predictions` wrote in ``workdir`` (a folder or a bucket URL)."""
+    import io
+
+    from etils import epath
+
+    data = epath.Path(os.path.join(workdir, "predictions.npz")).read_bytes()
+    with np.load(io.BytesIO(data)) as z:
         return {k: z[k] for k in z.files}
 
 
