@@ -265,3 +265,61 @@ def test_model_and_data_task_must_match(model, source, fits):
     cfg.model.name, cfg.data.source = model, source
     with pytest.raises(training.ConfigError, match=f"use one of .*'{fits}'"):
         training.validate_config(cfg)
+
+
+_EIGHT_DEVICES = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, numpy as np
+sys.path.insert(0, sys.argv[3])
+assert jax.device_count() == 8
+from cce_jax import training
+from tests.test_segmentation_training import seg_config, _reference_confusion, K
+cfg = seg_config(sys.argv[1], batch_size=8, eval_batch_size=8, num_epochs=1)
+summary = training.train_and_evaluate(cfg, sys.argv[2])
+pred = training.report.read_predictions(sys.argv[2])
+cm = _reference_confusion(pred["labels"], pred["predictions"], K)
+assert np.array_equal(np.asarray(summary["confusion_matrix"]), cm), cm
+print("OK", summary["device_count"], summary["test_miou"])
+"""
+
+
+@pytest.mark.slow
+def test_segmentation_on_eight_devices(npz_path, tmp_path):
+    """The sharded pipeline and the sharded pixel confusion: on 8 simulated devices the
+    summary's matrix equals the one counted from the stored predictions."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _EIGHT_DEVICES, npz_path, str(tmp_path / "w"), str(ROOT)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "OK 8" in out.stdout
+
+
+@pytest.mark.parametrize("name", sorted(__import__("cce_jax.losses").losses.NAMES))
+def test_every_loss_per_pixel_ignores_the_ignore_pixels(name):
+    """Each registry loss with training pixel counts: finite per-pixel values, and the
+    ignore pixels have zero loss and zero gradient (so the batch mean over valid pixels is
+    the loss of the valid pixels alone)."""
+    from cce_jax import losses
+
+    counts = np.array([760179, 40077, 3781])
+    logits = 3.0 * jax.random.normal(jax.random.key(1), (2, 5, 6, K))
+    labels = jnp.asarray(np.random.default_rng(2).choice([0, 1, 2, 255], (2, 5, 6)))
+    fn = losses.get(name, class_counts=counts)
+    values = fn(logits, labels)
+    assert values.shape == labels.shape
+    grads = jax.grad(lambda z: steps_lib._valid_mean(fn(z, labels), labels, K))(logits)
+    ignore = np.asarray(labels) == 255
+    assert np.all(np.isfinite(values)) and np.all(np.isfinite(grads))
+    assert np.all(np.asarray(values)[ignore] == 0) and np.all(np.asarray(grads)[ignore] == 0)
+    assert np.any(np.asarray(grads)[~ignore] != 0)
