@@ -407,8 +407,9 @@ class _Run:
             if pos < (epoch + 1) * self.spe:  # a stop signal: save the exact position
                 self.save(pos, state, host)
                 self.ckpts.close()
+                by = self.stop.signame or "a signal to another process"  # all stop together
                 raise Preempted(
-                    f"stopped by {self.stop.signame} at {self.describe(pos)}; checkpointed "
+                    f"stopped by {by} at {self.describe(pos)}; checkpointed "
                     f"in {self.ckpts.directory}; rerun to resume"
                 )
             self.check_finite(host, epoch, state)

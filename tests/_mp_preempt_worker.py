@@ -1,0 +1,91 @@
+"""Subprocess worker of tests/test_multiprocess_preemption.py: one process of a short
+multi-process digits run (jax.distributed, gloo CPU collectives, one shared workdir),
+optionally stopped by a SIGTERM that THIS process sends itself at a fixed batch.
+
+  python tests/_mp_preempt_worker.py --workdir DIR --coordinator HOST:PORT
+      --num_processes P --process_id I [--devices N] [--signal_at EPOCH,STEP]
+
+Exit codes as experiments.train: 0 done, 75 stopped and checkpointed. Prints
+``stop: <message>`` when stopped and ``done: checkpoint <step>`` when finished.
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--coordinator", required=True)
+    p.add_argument("--num_processes", type=int, required=True)
+    p.add_argument("--process_id", type=int, required=True)
+    p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--signal_at", default="")
+    args = p.parse_args()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={args.devices}"
+        + " --xla_backend_optimization_level=0"
+    )
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    from cce_jax import training
+
+    training.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+
+    import jax
+
+    from cce_jax import data as data_lib
+    from experiments.configs import digits
+
+    assert jax.process_count() == args.num_processes, jax.process_count()
+    assert jax.device_count() == args.devices * args.num_processes, jax.devices()
+
+    c = digits.get_config()
+    c.num_epochs, c.eval_every, c.progress = 3, 1, False
+    c.model.width = 8
+    c.batch_size = 64
+    c.schedule.boundaries, c.schedule.factors, c.schedule.warmup_epochs = (2,), (0.1,), 1.0
+    c.data.pipeline = "device"
+
+    class Stopping:
+        """A pipeline that sends its process a SIGTERM after yielding one given batch."""
+
+        def __init__(self, inner, at):
+            self._inner, self._at = inner, at
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def train_epoch(self, epoch):
+            for i, b in enumerate(self._inner.train_epoch(epoch)):
+                yield b
+                if (epoch, i) == self._at:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+    mesh = training.make_mesh()
+    pipe = data_lib.build(
+        c.data,
+        seed=int(c.seed),
+        global_batch_size=c.batch_size,
+        eval_batch_size=c.eval_batch_size,
+        mesh=mesh,
+    )
+    print(f"steps_per_epoch: {pipe.steps_per_epoch}", flush=True)
+    if args.signal_at:
+        pipe = Stopping(pipe, tuple(int(x) for x in args.signal_at.split(",")))
+    try:
+        training.train_and_evaluate(c, args.workdir, data=pipe)
+    except training.DeadlineReached as e:  # Preempted
+        print(f"stop: {e}", flush=True)
+        sys.exit(training.EXIT_DEADLINE)
+    ckpts = os.path.join(args.workdir, "checkpoints")
+    last = max(int(n) for n in os.listdir(ckpts) if n.isdigit())
+    print(f"done: checkpoint {last}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
