@@ -140,11 +140,30 @@ def _finite(x) -> bool:
 def validate_config(
     config, *, num_devices: int | None = None, num_processes: int | None = None
 ) -> None:
-    """Raises :class:`ConfigError` listing every problem of ``config`` (cheap checks only)."""
-    from cce_jax import losses, models
+    """Raises :class:`ConfigError` listing every problem of ``config`` (cheap checks only).
 
+    ``num_devices`` and ``num_processes`` (default: JAX's) are what the batch sizes must be
+    multiples of.
+    """
     num_devices = jax.device_count() if num_devices is None else num_devices
     num_processes = jax.process_count() if num_processes is None else num_processes
+    errs = [
+        *_model_errors(config),
+        *_run_control_errors(config, num_devices, num_processes),
+        *_data_errors(config),
+        *_schedule_errors(config.schedule),
+        *_optimizer_errors(config.optimizer),
+        *_loss_errors(config),
+    ]
+    if errs:
+        raise ConfigError("bad config:\n  " + "\n  ".join(errs))
+
+
+def _model_errors(config) -> list[str]:
+    """``model.*``, and whether the model's task (classification, segmentation) is the
+    data's."""
+    from cce_jax import models
+
     errs = []
     m = config.model
     for key, kwargs in (
@@ -163,12 +182,18 @@ def validate_config(
             fits = (
                 models.CLASSIFIER_NAMES
                 if task == "classification"
-                else (models.SEGMENTATION_MODEL_NAMES)
+                else models.SEGMENTATION_MODEL_NAMES
             )
             errs.append(
                 f"model.name={m.name!r} is a {models.model_task(m.name)} model but "
                 f"data.source={config.data.source!r} is a {task} set: use one of {list(fits)}"
             )
+    return errs
+
+
+def _run_control_errors(config, num_devices: int, num_processes: int) -> list[str]:
+    """Batch sizes, epochs, eval/checkpoint intervals, steps per call, seeds, deadline."""
+    errs = []
     for key in ("batch_size", "eval_batch_size"):
         b = int(config[key])
         if b < 1 or b % num_devices or b % num_processes:
@@ -198,11 +223,20 @@ def validate_config(
             errs.append(f"seeds={tuple(seeds)!r} must be distinct integers")
     if not _finite(config.get("deadline", 0.0) or 0.0):
         errs.append(f"deadline={config.get('deadline')} must be a finite unix time (0 = none)")
+    return errs
+
+
+def _data_errors(config) -> list[str]:
+    """``data.pipeline`` (the data source itself is checked when it is loaded)."""
     pipeline = config.data.get("pipeline", "auto")
     if pipeline not in PIPELINES:
-        errs.append(f"data.pipeline={pipeline!r} is not one of {list(PIPELINES)}")
+        return [f"data.pipeline={pipeline!r} is not one of {list(PIPELINES)}"]
+    return []
 
-    sch = config.schedule
+
+def _schedule_errors(sch) -> list[str]:
+    """``schedule.*``: the name, the step boundaries and factors, the warm-up."""
+    errs = []
     if sch.name not in SCHEDULES:
         errs.append(f"schedule.name={sch.name!r} is not one of {list(SCHEDULES)}")
     if len(sch.boundaries) != len(sch.factors):
@@ -218,14 +252,26 @@ def validate_config(
         errs.append(f"schedule.factors {tuple(sch.factors)} must be finite and >= 0")
     if not (_finite(sch.warmup_epochs) and float(sch.warmup_epochs) >= 0):
         errs.append(f"schedule.warmup_epochs={sch.warmup_epochs} must be finite and >= 0")
-    opt = config.optimizer
+    return errs
+
+
+def _optimizer_errors(opt) -> list[str]:
+    """``optimizer.*``: lr, momentum, weight decay."""
+    errs = []
     if not (_finite(opt.lr) and float(opt.lr) > 0):
         errs.append(f"optimizer.lr={opt.lr} must be finite and > 0")
     if not (_finite(opt.momentum) and 0 <= float(opt.momentum) < 1):
         errs.append(f"optimizer.momentum={opt.momentum} must be finite and in [0, 1)")
     if not (_finite(opt.weight_decay) and float(opt.weight_decay) >= 0):
         errs.append(f"optimizer.weight_decay={opt.weight_decay} must be finite and >= 0")
+    return errs
 
+
+def _loss_errors(config) -> list[str]:
+    """``loss.*``: the name, its hyperparameters (via :func:`cce_jax.losses.get`), DRW."""
+    from cce_jax import losses
+
+    errs = []
     name = config.loss.name
     if name not in loss_names():
         close = difflib.get_close_matches(str(name), loss_names(), n=1)
@@ -244,5 +290,4 @@ def validate_config(
         errs.append(f"loss.drw_beta={config.loss.drw_beta} must be in [0, 1)")
     if int(config.loss.drw_epoch) >= 0 and is_cot(config):
         errs.append("loss.drw_epoch (deferred re-weighting) cannot be combined with COT")
-    if errs:
-        raise ConfigError("bad config:\n  " + "\n  ".join(errs))
+    return errs
