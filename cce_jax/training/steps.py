@@ -16,6 +16,7 @@ Several steps per call (``steps_per_call=N``): ``lax.scan`` over ``[N, ...]`` st
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, Iterable, Sequence
 
 import flax
@@ -127,56 +128,64 @@ def make_train_step(
     =N``: the batch carries a further leading axis of N batches, trained on in order by a
     ``lax.scan``; the metrics then have that leading axis too.
     """
-    loss_fns = tuple(loss_fns)
-    replicated = NamedSharding(mesh, P())
-    leading = (num_models is not None) + (steps_per_call > 1)
-
-    def one_update(state, batch, loss_fn):
-        def objective(params):
-            logits, new_vars = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                batch["image"],
-                train=True,
-                mutable=["batch_stats"],
-            )
-            loss = _valid_mean(loss_fn(logits, batch["label"]), batch["label"], logits.shape[-1])
-            return loss, (logits, new_vars["batch_stats"])
-
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params
-        )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
-        return new, loss, logits, optax.tree.norm(grads)
-
-    def step(state, batch):
-        out = {}
-        for i, fn in enumerate(loss_fns):
-            state, loss, logits, gnorm = one_update(state, batch, fn)
-            if i == 0:
-                out["loss"] = loss
-                out["grad_norm"] = gnorm
-                hit = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-                out["accuracy"] = _valid_mean(hit, batch["label"], logits.shape[-1])
-            else:
-                out[f"loss_{i}"] = loss
-        return state.replace(step=state.step + 1), out
-
+    step = functools.partial(_train_step, model, tx, tuple(loss_fns))
     if num_models is not None:
         step = jax.vmap(step)
     if steps_per_call > 1:
         single = step
 
-        def step(state, batches):
+        def step(state, batches):  # [N, ...]: N batches, in order
             return jax.lax.scan(single, state, batches)
 
+    replicated = NamedSharding(mesh, P())
+    leading = (num_models is not None) + (steps_per_call > 1)
     return jax.jit(
         step,
         in_shardings=(replicated, batch_sharding(mesh, leading)),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,) if donate else (),
     )
+
+
+def _train_step(model, tx, loss_fns, state, batch):
+    """One batch: an update per loss fn, in order, then the step count; the metrics of
+    :func:`make_train_step`."""
+    metrics = {}
+    for i, loss_fn in enumerate(loss_fns):
+        state, loss, logits, grad_norm = _sgd_update(model, tx, loss_fn, state, batch)
+        if i == 0:
+            accuracy = _accuracy(logits, batch["label"])
+            metrics.update(loss=loss, grad_norm=grad_norm, accuracy=accuracy)
+        else:
+            metrics[f"loss_{i}"] = loss
+    return state.replace(step=state.step + 1), metrics
+
+
+def _sgd_update(model, tx, loss_fn, state, batch):
+    """One optimizer update of ``state`` on ``batch``: (new state, loss, logits of the
+    forward pass, global norm of the gradient)."""
+
+    def objective(params):
+        logits, new_vars = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss = _valid_mean(loss_fn(logits, batch["label"]), batch["label"], logits.shape[-1])
+        return loss, (logits, new_vars["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+    return new, loss, logits, optax.tree.norm(grads)
+
+
+def _accuracy(logits, labels):
+    """The fraction of examples (label maps: of class pixels) whose argmax is the label."""
+    hit = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return _valid_mean(hit, labels, logits.shape[-1])
 
 
 def make_eval_step(
