@@ -1,15 +1,19 @@
-"""What a finished run leaves for a person: summary.json, a per-class table and plot."""
+"""What a finished run leaves for a person: summary.json, a per-class table and plot, and a
+segmentation run's predicted label maps (predictions.npz)."""
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 
 import numpy as np
 
 from cce_jax.training import workdir as wd
 
 __all__ = [
+    "run_summary",
+    "predictions",
     "write_run_files",
     "write_predictions",
     "read_predictions",
@@ -35,6 +39,111 @@ SEGMENTATION_METRICS = ("test_miou", "test_fw_iou")
 NUM_PREDICTIONS = 16
 
 
+def run_summary(
+    ev: dict,
+    rows: list[dict],
+    *,
+    info,
+    class_counts,
+    config: dict,
+    resumed_from_epoch: int,
+    wall_time_s: float,
+    seeds=None,
+) -> dict:
+    """One model's ``summary.json``: its final test metrics ``ev`` (:func:`steps.evaluate
+    <cce_jax.training.steps.evaluate>`), its metrics rows, the data ``info``, the machine and
+    versions, its ``config``; ``trained_with_seeds`` when it is one of several ``seeds``;
+    a segmentation run adds its pixel metrics (:func:`_segmentation_fields`)."""
+    summary = {
+        "test_top1": ev["top1"],
+        "test_balanced_accuracy": ev["balanced_accuracy"],
+        "test_many": ev.get("many"),
+        "test_medium": ev.get("medium"),
+        "test_few": ev.get("few"),
+        "test_macro_f1": ev["macro_f1"],
+        "per_class_accuracy": ev["per_class_accuracy"],
+        "posthoc_logit_adjustment": ev.get("posthoc_logit_adjustment"),
+        "class_counts": np.asarray(class_counts).tolist(),
+        "test_class_counts": ev["test_class_counts"],
+        "class_names": list(getattr(info, "class_names", []) or []),
+        "confusion_matrix": ev["confusion_matrix"],
+        "num_train": int(info.num_train),
+        "num_test": int(ev["num_examples"]),
+        "epochs": int(config["num_epochs"]),
+        "final_train_loss": rows[-1]["train_loss"] if rows else None,
+        "final_train_accuracy": rows[-1]["train_accuracy"] if rows else None,
+        "train_time_s_total": float(sum(r.get("epoch_time_s", 0.0) for r in rows)),
+        "wall_time_s": wall_time_s,
+        "resumed_from_epoch": resumed_from_epoch,
+        **_environment(),
+        "config": config,
+    }
+    if seeds:
+        summary["trained_with_seeds"] = list(seeds)
+    if getattr(info, "task", "classification") == "segmentation":
+        summary.update(_segmentation_fields(ev, info))
+    return summary
+
+
+def _segmentation_fields(ev: dict, info) -> dict:
+    """A segmentation run's additions to its summary (``num_test`` becomes the image count)."""
+    return dict(
+        task="segmentation",
+        num_test=int(info.num_test),
+        num_test_pixels=int(ev["num_pixels"]),
+        test_miou=ev["miou"],
+        test_pixel_accuracy=ev["pixel_accuracy"],
+        test_mean_class_accuracy=ev["mean_class_accuracy"],
+        test_fw_iou=ev["fw_iou"],
+        per_class_iou=ev["per_class_iou"],
+        frequency_groups=ev["groups"],
+    )
+
+
+def _environment() -> dict:
+    """The devices and processes the run used and the library versions."""
+    import flax
+    import jax
+    import optax
+    import orbax.checkpoint as ocp
+
+    return {
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+        "platform": jax.devices()[0].platform,
+        "device_kind": jax.devices()[0].device_kind,
+        "versions": {
+            "jax": jax.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "orbax_checkpoint": getattr(ocp, "__version__", None),
+            "numpy": np.__version__,
+            "python": sys.version.split()[0],
+        },
+    }
+
+
+def predictions(model, data, variables, n: int = NUM_PREDICTIONS) -> dict:
+    """A segmentation ``model``'s label maps (with ``variables``, one model's) for the first
+    ``n`` test images of ``data``, with the images and true maps: the arrays of
+    ``predictions.npz`` (:func:`write_predictions`)."""
+    import jax
+    import jax.numpy as jnp
+
+    from cce_jax import parallel
+
+    images, truth = (a[:n] for a in data.test_split())
+    variables = jax.tree.map(parallel.to_host, variables)
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+        variables, jnp.asarray(data.normalize(images))
+    )
+    return {
+        "images": np.asarray(images),
+        "labels": np.asarray(truth, np.uint8),
+        "predictions": np.asarray(jnp.argmax(logits, -1), np.uint8),
+    }
+
+
 def write_run_files(workdir: str, summary: dict) -> None:
     """``summary.json`` (strict JSON, a matrix row per line) and ``per_class.png``."""
     wd.write_json(os.path.join(workdir, "summary.json"), summary)
@@ -47,8 +156,6 @@ def write_run_files(workdir: str, summary: dict) -> None:
 def write_predictions(workdir: str, arrays: dict) -> None:
     """``predictions.npz``: a segmentation run's ``images``, true ``labels`` and predicted
     ``predictions`` (uint8 label maps) of the first test images, for picture grids."""
-    import io
-
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     wd.atomic_write(os.path.join(workdir, "predictions.npz"), buf.getvalue())
@@ -56,8 +163,6 @@ def write_predictions(workdir: str, arrays: dict) -> None:
 
 def read_predictions(workdir: str) -> dict:
     """The arrays :func:`write_predictions` wrote in ``workdir`` (a folder or a bucket URL)."""
-    import io
-
     from etils import epath
 
     data = epath.Path(os.path.join(workdir, "predictions.npz")).read_bytes()
