@@ -53,7 +53,7 @@ def run_summary(
     """One model's ``summary.json``: its final test metrics ``ev`` (:func:`steps.evaluate
     <cce_jax.training.steps.evaluate>`), its metrics rows, the data ``info``, the machine and
     versions, its ``config``; ``trained_with_seeds`` when it is one of several ``seeds``;
-    a segmentation run adds its pixel metrics (:func:`_segmentation_fields`)."""
+    a segmentation run adds ``task`` and its pixel metrics (mIoU, fwIoU, per-class IoU)."""
     summary = {
         "test_top1": ev["top1"],
         "test_balanced_accuracy": ev["balanced_accuracy"],
