@@ -10,6 +10,8 @@
 * ``cifar10_jpeg_archive``: the offline CIFAR-10 copy's path (the test is skipped without it);
   ``cifar10_jpeg_cache``: that copy extracted and decoded once per session (about 30 s on 2
   cores), for every test that reads it (pass it as ``data.cache_dir``).
+* XLA compiles at backend optimization level 0 (``XLA_FLAGS``; subprocesses inherit it unless
+  a test drops XLA_FLAGS): the suite is bound by compile time of tiny programs.
 * ``small_run``: test_training's small config trained on its FakeData once per session for
   each set of config overrides (a finished run, or one stopped after an epoch), for the
   training and preemption tests that read such a run or start from a copy of it.
