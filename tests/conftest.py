@@ -10,6 +10,11 @@
 * ``cifar10_jpeg_archive``: the offline CIFAR-10 copy's path (the test is skipped without it);
   ``cifar10_jpeg_cache``: that copy extracted and decoded once per session (about 30 s on 2
   cores), for every test that reads it (pass it as ``data.cache_dir``).
+* XLA compiles at backend optimization level 0 (``XLA_FLAGS``; subprocesses inherit it unless
+  a test drops XLA_FLAGS): the suite is bound by compile time of tiny programs.
+* ``small_run``: test_training's small config trained on its FakeData once per session for
+  each set of config overrides (a finished run, or one stopped after an epoch), for the
+  training and preemption tests that read such a run or start from a copy of it.
 * Two tiers: ``python -m pytest -m "not slow"`` is the everyday command (every module, a few
   minutes on 2 cores); ``python -m pytest`` (CI) runs everything. ``slow``: the decorated
   tests (subprocess runs on 8 simulated devices or several processes, end-to-end runs), every
@@ -28,6 +33,15 @@ _OWN_CACHE = None
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     _OWN_CACHE = tempfile.mkdtemp(prefix="cce_jax_tests_jax_cache_")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+# XLA's CPU backend spends most of a small program's compile time in LLVM optimization (the
+# ResNet init: ~10 s at the default level, ~1.5 s at 0), and the tests' programs are tiny: the
+# session compiles at level 0, as test_conv/test_models/test_segmentation's ``fast_jit`` and
+# the subprocess workers already did. Subprocesses inherit it, except those that drop
+# XLA_FLAGS (the CLI, tf_free and multidevice tests), which compile at the default level.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
 # cce_jax.conv's measured per-layer choices go to the same temporary folder, not to the
 # user's ~/.cache (subprocesses inherit the variable).
 os.environ.setdefault(
@@ -80,3 +94,35 @@ def cifar10_jpeg_cache(tmp_path_factory, cifar10_jpeg_archive):
     cache = tmp_path_factory.mktemp("cifar10_jpeg_cache")
     data.load_cifar10_jpeg(cifar10_jpeg_archive, str(cache))
     return str(cache)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """``small_run(copy_to=None, **overrides) -> (workdir, summary)``.
+
+    test_training's ``small_config(**overrides)`` trained on its ``FakeData()``, once per
+    session for each set of overrides; ``summary`` is what ``train_and_evaluate`` returned
+    (None for a run stopped by ``stop_after_epoch``). The shared workdir is read-only: pass
+    ``copy_to`` to get a copy there (the returned workdir) to resume, damage or extend.
+    """
+    from test_training import FakeData, small_config
+
+    from cce_jax import training
+
+    made = {}
+
+    def get(copy_to=None, **overrides):
+        key = tuple(sorted(overrides.items()))
+        if key not in made:
+            w = tmp_path_factory.mktemp("small_run") / "w"
+            summary = training.train_and_evaluate(
+                small_config(**overrides), str(w), data=FakeData()
+            )
+            made[key] = (w, summary)
+        w, summary = made[key]
+        if copy_to is not None:
+            shutil.copytree(w, copy_to)
+            w = Path(copy_to)
+        return w, summary
+
+    return get

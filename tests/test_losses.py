@@ -501,6 +501,9 @@ _REDUCTIONS = {
 }
 
 
+# slow: 30 examples x 5 shapes x 7 compiled losses; every loss also has a fast numpy-reference
+# test (LossVariantsTest.test_matches_numpy_reference, with and without jit).
+@pytest.mark.slow
 @hypothesis.settings(max_examples=30, deadline=None)
 @hypothesis.given(z=logit_arrays, seed=st.integers(0, 2**16), count=st.integers(1, 10**6))
 def test_reductions_to_cross_entropy(z, seed, count):

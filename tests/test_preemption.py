@@ -51,10 +51,10 @@ def _assert_same_run(a, b, sa, sb):
     jax.tree.map(np.testing.assert_array_equal, ta, tb)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    w = tmp_path_factory.mktemp("ref") / "w"
-    return w, training.train_and_evaluate(small_config(), str(w), data=FakeData())
+@pytest.fixture
+def reference(small_run):
+    """The uninterrupted run: small_config() on FakeData() (made once per session)."""
+    return small_run()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -80,7 +80,9 @@ def test_signal_mid_epoch_saves_the_exact_position_and_resumes_identically(
     _assert_same_run(reference[0], w, reference[1], resumed)
 
 
-def test_a_second_signal_exits_at_once_and_a_cut_save_is_harmless(tmp_path, reference, monkeypatch):
+def test_a_second_signal_exits_at_once_and_a_cut_save_is_harmless(
+    tmp_path, reference, monkeypatch, small_run
+):
     exits = []
     monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
     stop = training.StopSignals()
@@ -91,8 +93,7 @@ def test_a_second_signal_exits_at_once_and_a_cut_save_is_harmless(tmp_path, refe
         assert exits == [128 + signal.SIGTERM]
     # What a save cut short leaves (orbax's temporary folder) is removed; the previous
     # checkpoint is used and the run ends as the uninterrupted one.
-    w = tmp_path / "w"
-    training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=FakeData())
+    w, _ = small_run(copy_to=tmp_path / "w", stop_after_epoch=1)
     src = w / "checkpoints" / str(SPE)
     tmp = w / "checkpoints" / f"{SPE + 2}.orbax-checkpoint-tmp-1234"
     subprocess.run(["cp", "-r", str(src), str(tmp)], check=True)
@@ -131,9 +132,9 @@ def _largest_file(step_dir):
     return max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
-def test_flipped_bytes_are_caught_by_the_digest(tmp_path, reference, capsys):
-    w = tmp_path / "w"
-    training.train_and_evaluate(small_config(), str(w), data=FakeData())
+def test_flipped_bytes_are_caught_by_the_digest(tmp_path, reference, capsys, small_run):
+    w, _ = small_run(copy_to=tmp_path / "w")  # a copy of the finished reference run
+    capsys.readouterr()  # only what the resume below writes counts
     (w / "summary.json").unlink()
     newest = w / "checkpoints" / str(3 * SPE)
     victim = _largest_file(newest)
@@ -155,9 +156,9 @@ def _eio(*a, **k):
     raise OSError(errno.EIO, "Input/output error")
 
 
-def test_a_transient_restore_error_is_retried(tmp_path, reference, monkeypatch, capsys):
-    w = tmp_path / "w"
-    training.train_and_evaluate(small_config(stop_after_epoch=2), str(w), data=FakeData())
+def test_a_transient_restore_error_is_retried(tmp_path, reference, monkeypatch, capsys, small_run):
+    w, _ = small_run(copy_to=tmp_path / "w", stop_after_epoch=2)
+    capsys.readouterr()  # only what the resume below writes counts
     monkeypatch.setattr(wd, "RESTORE_RETRY_DELAYS", (0.0, 0.0, 0.0))
     real, calls = wd.checkpoint_digest, []
 
@@ -175,9 +176,10 @@ def test_a_transient_restore_error_is_retried(tmp_path, reference, monkeypatch, 
 
 
 @pytest.mark.parametrize("where", ["digest", "orbax"])
-def test_a_persistent_restore_error_stops_loudly_and_moves_nothing(tmp_path, monkeypatch, where):
-    w = tmp_path / "w"
-    training.train_and_evaluate(small_config(stop_after_epoch=2), str(w), data=FakeData())
+def test_a_persistent_restore_error_stops_loudly_and_moves_nothing(
+    tmp_path, monkeypatch, where, small_run
+):
+    w, _ = small_run(copy_to=tmp_path / "w", stop_after_epoch=2)
     before = sorted(p.name for p in (w / "checkpoints").iterdir())
     monkeypatch.setattr(wd, "RESTORE_RETRY_DELAYS", (0.0, 0.0))
     if where == "digest":
@@ -229,12 +231,11 @@ def test_sigterm_mid_epoch_on_the_device_pipeline_resumes_identically(tmp_path, 
 
 
 def test_disk_full_while_checkpointing_is_one_line_and_leaves_nothing_half_written(
-    tmp_path, reference, monkeypatch
+    tmp_path, reference, monkeypatch, small_run
 ):
     import orbax.checkpoint as ocp
 
-    w = tmp_path / "w"
-    training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=FakeData())
+    w, _ = small_run(copy_to=tmp_path / "w", stop_after_epoch=1)
     real = ocp.CheckpointManager.save
 
     def full(self, step, *a, **k):  # orbax got as far as its temporary folder
@@ -288,14 +289,13 @@ def test_an_ignored_sigint_stays_ignored():
         signal.signal(signal.SIGINT, before)
 
 
-def test_a_checkpoint_of_the_earlier_layout_resumes(tmp_path, reference):
+def test_a_checkpoint_of_the_earlier_layout_resumes(tmp_path, reference, small_run):
     # Before digests and mid-epoch positions: checkpoints/<epoch>/default/ (the state only).
     import shutil
 
     import orbax.checkpoint as ocp
 
-    w = tmp_path / "w"
-    training.train_and_evaluate(small_config(stop_after_epoch=1), str(w), data=FakeData())
+    w, _ = small_run(copy_to=tmp_path / "w", stop_after_epoch=1)
     new = w / "checkpoints" / str(SPE)
     state = ocp.StandardCheckpointer().restore(new / "state")
     shutil.rmtree(w / "checkpoints")

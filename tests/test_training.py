@@ -190,15 +190,13 @@ def _final_params(workdir):
     return last, tree
 
 
-def test_resume_is_exact_and_workdir_checks(tmp_path):
+def test_resume_is_exact_and_workdir_checks(tmp_path, small_run):
     data = FakeData()
-    full = training.train_and_evaluate(small_config(), str(tmp_path / "full"), data=data)
+    full_w, full = small_run()  # small_config() on FakeData(), uninterrupted
     assert full is not None and full["epochs"] == 3
 
-    part = tmp_path / "part"
-    assert (
-        training.train_and_evaluate(small_config(stop_after_epoch=1), str(part), data=data) is None
-    )
+    part, stopped = small_run(copy_to=tmp_path / "part", stop_after_epoch=1)
+    assert stopped is None
     assert not (part / "summary.json").exists()
     assert len((part / "metrics.jsonl").read_text().splitlines()) == 1
     resumed = training.train_and_evaluate(small_config(), str(part), data=data)
@@ -213,12 +211,12 @@ def test_resume_is_exact_and_workdir_checks(tmp_path):
         "final_train_accuracy",
     ):
         assert resumed[key] == full[key], key
-    la, ta = _final_params(tmp_path / "full")
+    la, ta = _final_params(full_w)
     lb, tb = _final_params(part)
     assert la == lb == 3 * data.steps_per_epoch
     jax.tree.map(np.testing.assert_array_equal, ta, tb)  # params, batch_stats, opt_state
 
-    rows_a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rows_a = [json.loads(x) for x in (full_w / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows_b] == [1, 2, 3]
     for ra, rb in zip(rows_a, rows_b):
@@ -449,10 +447,9 @@ def test_lock_is_exclusive_across_processes(tmp_path):
         pass
 
 
-def test_checkpoint_without_config_and_refused_resume_leave_the_workdir_alone(tmp_path):
+def test_checkpoint_without_config_and_refused_resume_leave_the_workdir_alone(tmp_path, small_run):
     data = FakeData()
-    w = tmp_path / "w"
-    training.train_and_evaluate(small_config(num_epochs=2), str(w), data=data)
+    w, _ = small_run(copy_to=tmp_path / "w", num_epochs=2)
     stored = (w / "config.json").read_text()
     with pytest.raises(training.ConfigError, match="beyond"):
         training.train_and_evaluate(small_config(num_epochs=1), str(w), data=data)
@@ -466,10 +463,10 @@ def test_checkpoint_without_config_and_refused_resume_leave_the_workdir_alone(tm
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate"])
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, damage, capsys):
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, damage, capsys, small_run):
     data = FakeData()
-    w = tmp_path / "w"
-    full = training.train_and_evaluate(small_config(num_epochs=2), str(w), data=data)
+    w, full = small_run(copy_to=tmp_path / "w", num_epochs=2)
+    capsys.readouterr()  # only what the resume below writes counts
     files = sorted(
         p
         for p in (w / "checkpoints" / str(2 * data.steps_per_epoch)).rglob("*")
@@ -490,7 +487,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, damage, capsys):
     assert again["resumed_from_epoch"] == 1 and again["test_top1"] == full["test_top1"]
 
 
-def test_deadline_checkpoints_and_resumes(tmp_path):
+def test_deadline_checkpoints_and_resumes(tmp_path, small_run):
     data = FakeData()
     w = tmp_path / "w"
     with pytest.raises(training.DeadlineReached):
@@ -503,17 +500,11 @@ def test_deadline_checkpoints_and_resumes(tmp_path):
     assert not (w / "summary.json").exists()
     s = training.train_and_evaluate(small_config(), str(w), data=data)
     assert s["resumed_from_epoch"] == 1
-    assert (
-        s["test_top1"]
-        == training.train_and_evaluate(small_config(), str(tmp_path / "ref"), data=data)[
-            "test_top1"
-        ]
-    )
+    assert s["test_top1"] == small_run()[1]["test_top1"]  # as the uninterrupted run
 
 
-def test_summary_posthoc_and_strict_json(tmp_path):
-    w = tmp_path / "w"
-    s = training.train_and_evaluate(small_config(num_epochs=1), str(w), data=FakeData())
+def test_summary_posthoc_and_strict_json(small_run):
+    w, s = small_run(num_epochs=1)
     on_disk = _strict_json(w / "summary.json")
     taus = [r["tau"] for r in on_disk["posthoc_logit_adjustment"]]
     assert taus == list(training.POSTHOC_TAUS)
