@@ -399,9 +399,12 @@ def _header_lines(name, rows, quick, command, grid, label, note) -> list[str]:
     total = len(grid["losses"]) * len(grid["ratios"]) * len(grid["seeds"])
     lines.append(f"- Command: `{command}`")
     lines += protocol_lines(rows)
-    lines.append(
-        f"- Seeds: {grid['seeds']} (each seed sets the init, the data order and the subset)."
+    sets = (
+        "the data order and the crops"
+        if metrics_of(rows) is SEG_METRICS
+        else ("the data order and the subset")
     )
+    lines.append(f"- Seeds: {grid['seeds']} (each seed sets the init, {sets}).")
     if done:
         wall = sum(r["wall_time_s"] for r in rows)
         lines += [
