@@ -268,16 +268,33 @@ def test_two_starts_at_the_same_time_the_later_write_wins(bucket, monkeypatch):
     assert json.load(open(f"{out}/lock.json"))["token"] == "other"  # not deleted
 
 
+def _lease_time(path):
+    """The lease's time; retried while the refresh thread is rewriting the file (a bucket
+    object is replaced whole, the test bucket's local file is not)."""
+    for _ in range(100):
+        try:
+            with open(path) as f:
+                return json.load(f)["time"]
+        except json.JSONDecodeError:
+            time.sleep(0.01)
+    raise AssertionError(f"{path} stayed unreadable")
+
+
 def test_the_lease_is_refreshed_and_a_lost_lease_stops_the_next_checkpoint(bucket, monkeypatch):
     monkeypatch.setattr(wd, "LEASE_REFRESH_SECONDS", 0.05)
     out = bucket.local(RUN)
     with wd.WorkdirLock(RUN):
-        t0 = json.load(open(f"{out}/lock.json"))["time"]
+        t0 = _lease_time(f"{out}/lock.json")
         deadline = time.time() + 10
-        while json.load(open(f"{out}/lock.json"))["time"] == t0 and time.time() < deadline:
+        while _lease_time(f"{out}/lock.json") == t0 and time.time() < deadline:
             time.sleep(0.05)
-        assert json.load(open(f"{out}/lock.json"))["time"] > t0
+        assert _lease_time(f"{out}/lock.json") > t0
         wd.check_lease(RUN, "saving")  # still ours: refreshed, no error
+        # Quiet the refresh thread first: a refresh that read the lease just before the
+        # takeover below would rewrite it (the taker's read-back then refuses the taker,
+        # a case of its own: test_two_starts_at_the_same_time_the_later_write_wins).
+        monkeypatch.setattr(wd, "LEASE_REFRESH_SECONDS", 3600.0)
+        time.sleep(0.3)
         _lease(f"{out}/lock.json", token="taker")  # another run took it over
         with pytest.raises(training.StorageError, match="another run took its lease over"):
             wd.check_lease(RUN, "saving the checkpoint of step 8")
