@@ -15,11 +15,14 @@
 * ``small_run``: test_training's small config trained on its FakeData once per session for
   each set of config overrides (a finished run, or one stopped after an epoch), for the
   training and preemption tests that read such a run or start from a copy of it.
-* Two tiers: ``python -m pytest -m "not slow"`` is the everyday command (every module, a few
-  minutes on 2 cores); ``python -m pytest`` (CI) runs everything. ``slow``: the decorated
-  tests (subprocess runs on 8 simulated devices or several processes, end-to-end runs), every
-  test that reads the offline CIFAR-10 copy, and the cases listed in ``_SLOW_IDS`` (generated
-  test cases and doctests that cannot carry a decorator).
+* Two tiers: ``python -m pytest -m "not slow"`` is the everyday command (every module,
+  2.5 min on 2 cores); ``python -m pytest`` (CI) runs everything (7 min). Both run on
+  pytest-xdist workers (pyproject's addopts: one per core, at most 4; ``-n0``: one process);
+  the session fixtures below are made once per worker. ``slow``: the decorated tests
+  (subprocess runs on 8 simulated devices or several processes, end-to-end runs), every test
+  that reads the offline CIFAR-10 copy, the cases listed in ``_SLOW_IDS`` (generated test
+  cases and doctests that cannot carry a decorator) and, of the tests parametrized over every
+  loss or shape in ``_FAST_CASES``, the cases not named there.
 """
 
 import os
@@ -63,12 +66,29 @@ _SLOW_IDS = (
 )
 
 
+# Tests parametrized over every loss (or every shape): the fast tier runs the cases named here,
+# CI runs them all. Each kept set holds the project's own losses (CCE, MSE-OL) and a cheap
+# baseline; every loss keeps fast numpy-reference tests of its own elsewhere.
+_FAST_CASES = {
+    "test_gradients_match_finite_differences": {"ce", "cce_paper", "mse_ol", "focal", "la"},
+    "test_axis_equals_moveaxis_and_leading_axes": {"ce_weighted", "cce_paper", "mse_ol", "la"},
+    "test_jit_vmap_and_grad": {"ce", "cce", "mse_ol", "focal", "la"},
+    "test_matches_xla_float32": {
+        "x_shape4-w_shape4-strides4-SAME",
+        "x_shape7-w_shape7-strides7-VALID",
+    },
+    "test_signal_mid_epoch_saves_the_exact_position_and_resumes_identically": {"SIGTERM"},
+}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         uses_cifar = {"cifar10_jpeg_archive", "cifar10_jpeg_cache"} & set(
             getattr(item, "fixturenames", ())
         )
-        if uses_cifar or any(part in item.nodeid for part in _SLOW_IDS):
+        name, _, case = item.name.partition("[")
+        not_kept = name in _FAST_CASES and case.rstrip("]") not in _FAST_CASES[name]
+        if uses_cifar or not_kept or any(part in item.nodeid for part in _SLOW_IDS):
             item.add_marker(pytest.mark.slow)
 
 
