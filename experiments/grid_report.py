@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import platform
 import warnings
@@ -20,6 +19,7 @@ import numpy as np
 
 from cce_jax.training import workdir as wd
 from cce_jax.training.config import RUN_CONTROL_KEYS, config_diff, flatten
+from cce_jax.training.report import mean_sd
 from experiments.run_folders import ReproduceError, failure_reason, mismatch_message, seed_status
 from experiments.suites import METRICS, RESULTS, SEG_METRICS
 
@@ -36,14 +36,6 @@ def _nanmean(rows):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
         return np.nanmean(arr, 0).tolist()
-
-
-def _mean_sd(values):
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None, None
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
-    return float(np.mean(values)), sd
 
 
 def _row_metrics(summary: dict) -> dict:
@@ -95,12 +87,12 @@ def posthoc_best(summaries: list[dict]) -> dict | None:
     best = None
     for tau in taus:
         vals = [100.0 * t[tau] for t in tables if t[tau] is not None]
-        mean, sd = _mean_sd(vals)
+        mean, sd = mean_sd(vals)
         if mean is not None and (best is None or mean > best["mean"] + 1e-12):
             best = {"tau": tau, "mean": mean, "sd": sd, "per_seed": vals}
     if best is None:
         return None
-    best["tau0_mean"] = _mean_sd([100.0 * t[0.0] for t in tables if t.get(0.0) is not None])[0]
+    best["tau0_mean"] = mean_sd([100.0 * t[0.0] for t in tables if t.get(0.0) is not None])[0]
     best["num_seeds"] = len(tables)
     return best
 
@@ -155,7 +147,7 @@ def _seed_results(root, loss, ratio, seeds, expected, extra_failures):
 def _row(loss, ratio, runs, run_seeds, run_dirs, failed) -> dict:
     per_seed = [_row_metrics(s) for s in runs]
     names = per_seed[0] if per_seed else dict(METRICS)
-    stats = {name: _mean_sd([m.get(name) for m in per_seed]) for name in names}
+    stats = {name: mean_sd([m.get(name) for m in per_seed]) for name in names}
     first = runs[0] if runs else {}
     seg = first.get("task") == "segmentation"
     return {

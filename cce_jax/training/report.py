@@ -20,6 +20,7 @@ __all__ = [
     "format_table",
     "aggregate",
     "SCALAR_METRICS",
+    "mean_sd",
     "NUM_PREDICTIONS",
 ]
 
@@ -256,18 +257,27 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def mean_sd(values) -> tuple[float | None, float | None]:
+    """(mean, sd with ddof 1) of the finite values, skipping None and NaN; the mean is None
+    without a value, the sd None with fewer than two.
+
+    >>> mean_sd([1.0, None, 3.0, float("nan")])
+    (2.0, 1.4142135623730951)
+    """
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+
+
 def aggregate(summaries: list[dict], seeds) -> dict:
     """Mean and sd (ddof 1) over seeds of the scalar metrics, plus the per-seed values."""
     out = {"seeds": [int(s) for s in seeds], "num_seeds": len(summaries)}
     seg = summaries[0].get("task") == "segmentation"
     for key in SCALAR_METRICS + SEGMENTATION_METRICS * seg + ("train_time_s_total",):
         values = [s.get(key) for s in summaries]
-        vals = [v for v in values if v is not None]
-        out[key] = {
-            "mean": float(np.mean(vals)) if vals else None,
-            "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
-            "per_seed": values,
-        }
+        mean, sd = mean_sd(values)
+        out[key] = {"mean": mean, "sd": sd, "per_seed": values}
     out["per_class_accuracy_mean"] = np.mean(
         [[np.nan if a is None else a for a in s["per_class_accuracy"]] for s in summaries], 0
     ).tolist()
