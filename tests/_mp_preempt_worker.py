@@ -11,7 +11,6 @@ Exit codes as experiments.train: 0 done, 75 stopped and checkpointed. Prints
 
 import argparse
 import os
-import signal
 import sys
 
 
@@ -31,6 +30,7 @@ def main():
     )
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from _preempt_worker import Stopping, worker_config  # this folder: sys.path[0]
 
     from cce_jax import training
 
@@ -39,32 +39,12 @@ def main():
     import jax
 
     from cce_jax import data as data_lib
-    from experiments.configs import digits
 
     assert jax.process_count() == args.num_processes, jax.process_count()
     assert jax.device_count() == args.devices * args.num_processes, jax.devices()
 
-    c = digits.get_config()
-    c.num_epochs, c.eval_every, c.progress = 3, 1, False
-    c.model.width = 8
-    c.batch_size = 64
-    c.schedule.boundaries, c.schedule.factors, c.schedule.warmup_epochs = (2,), (0.1,), 1.0
+    c = worker_config()
     c.data.pipeline = "device"
-
-    class Stopping:
-        """A pipeline that sends its process a SIGTERM after yielding one given batch."""
-
-        def __init__(self, inner, at):
-            self._inner, self._at = inner, at
-
-        def __getattr__(self, name):
-            return getattr(self._inner, name)
-
-        def train_epoch(self, epoch):
-            for i, b in enumerate(self._inner.train_epoch(epoch)):
-                yield b
-                if (epoch, i) == self._at:
-                    os.kill(os.getpid(), signal.SIGTERM)
 
     mesh = training.make_mesh()
     pipe = data_lib.build(

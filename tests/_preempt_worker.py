@@ -13,6 +13,35 @@ import signal
 import sys
 
 
+def worker_config():
+    """The short digits run of the preemption workers (3 epochs of 7 batches of 64)."""
+    from experiments.configs import digits
+
+    c = digits.get_config()
+    c.num_epochs, c.eval_every, c.progress = 3, 1, False
+    c.model.width = 8
+    c.batch_size = 64
+    c.schedule.boundaries, c.schedule.factors, c.schedule.warmup_epochs = (2,), (0.1,), 1.0
+    return c
+
+
+class Stopping:
+    """A pipeline that sends its process ``signum`` after yielding batch ``at`` =
+    (epoch, index), so a stop lands mid-epoch at a fixed place."""
+
+    def __init__(self, inner, at, signum=signal.SIGTERM):
+        self._inner, self._at, self._signum = inner, at, signum
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def train_epoch(self, epoch):
+        for i, b in enumerate(self._inner.train_epoch(epoch)):
+            yield b
+            if (epoch, i) == self._at:
+                os.kill(os.getpid(), self._signum)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--devices", type=int, default=1)
@@ -32,31 +61,11 @@ def main():
 
     from cce_jax import data as data_lib
     from cce_jax import training
-    from experiments.configs import digits
 
-    c = digits.get_config()
-    c.num_epochs, c.eval_every, c.progress = 3, 1, False
-    c.model.width = 8
-    c.batch_size = 64
-    c.schedule.boundaries, c.schedule.factors, c.schedule.warmup_epochs = (2,), (0.1,), 1.0
+    c = worker_config()
     c.steps_per_call = args.steps_per_call
     seeds = tuple(int(s) for s in args.seeds.split(",") if s)
     c.seeds = seeds
-
-    class Stopping:
-        """A pipeline that sends itself a signal after yielding one given batch."""
-
-        def __init__(self, inner, at):
-            self._inner, self._at = inner, at
-
-        def __getattr__(self, name):
-            return getattr(self._inner, name)
-
-        def train_epoch(self, epoch):
-            for i, b in enumerate(self._inner.train_epoch(epoch)):
-                yield b
-                if (epoch, i) == self._at:
-                    os.kill(os.getpid(), getattr(signal, args.signal))
 
     mesh = training.make_mesh()
     kw = dict(global_batch_size=c.batch_size, eval_batch_size=c.eval_batch_size, mesh=mesh)
@@ -68,7 +77,7 @@ def main():
         pipes.append(data_lib.build(dcfg, seed=s, **kw))
     if args.signal_at:
         at = tuple(int(x) for x in args.signal_at.split(","))
-        pipes[0] = Stopping(pipes[0], at)
+        pipes[0] = Stopping(pipes[0], at, getattr(signal, args.signal))
     try:
         training.train_and_evaluate(c, args.workdir, data=pipes if seeds else pipes[0])
     except training.DeadlineReached as e:

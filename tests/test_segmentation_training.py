@@ -83,12 +83,7 @@ def seg_config(npz_path, **overrides):
     c.progress = False
     c.optimizer.lr = 0.05
     c.schedule.warmup_epochs = 0.0
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    c.update_from_flattened_dict(overrides)  # keys like "loss.name"
     return c
 
 

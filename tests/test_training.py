@@ -76,12 +76,7 @@ def small_config(**overrides):
     c.schedule.warmup_epochs = 1.0
     c.schedule.boundaries = (2,)
     c.schedule.factors = (0.1,)
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    c.update_from_flattened_dict(overrides)  # keys like "loss.name"
     return c
 
 
