@@ -2,7 +2,7 @@
 
   python -m experiments.reproduce --suite=digits               # the first command: ~3 min, CPU
   python -m experiments.reproduce --suite=fashion_mnist_lt     # ~90 min on 2 CPU cores
-  python -m experiments.reproduce --suite=segmentation         # ~60 min on 2 CPU cores
+  python -m experiments.reproduce --suite=segmentation         # ~25 min on 2 idle CPU cores
   python -m experiments.reproduce --suite=cifar10_lt [--quick] [--seeds=0,1,2] \\
       [--workdir=DIR] [--results_dir=DIR] [--losses=ce,cce_paper] [--ratios=100] \\
       [--source=cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz] [--max_minutes=M] \\
