@@ -19,9 +19,9 @@ decoder with skip connections, 109k parameters), batch 32, SGD momentum 0.9, wei
 epochs (chosen over batch 64 / lr 0.05, which reached a lower mIoU in the same 12 epochs for
 CE and BS). Losses are per pixel, averaged over the pixels that are not ignore; class
 counts, priors and MSE-OL ranks come from the training pixel counts. A CPU protocol (the
-MSE-OL paper used CamVid): it ranks the losses against each other. Two runs side by side take
-about 2 min on 2 idle CPU cores (the 24-run suite ~24 min); expected: mIoU ~7 % for CE, ~12.7 % for LA and
-BS. Runtimes and results: experiments/results/segmentation.md.
+MSE-OL paper used CamVid): it ranks the losses against each other. Two runs side by side
+take about 2 min on 2 idle CPU cores (the 24-run suite ~24 min); expected: mIoU ~7 % for CE,
+~12.7 % for LA and BS. Runtimes and results: experiments/results/segmentation.md.
 """
 
 import os
