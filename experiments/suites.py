@@ -120,8 +120,8 @@ SUITES = {
     # Imbalanced semantic segmentation on long-tailed CIFAR-10 mosaics (the data set is made
     # first when missing; see experiments/configs/segmentation.py).
     #   python -m experiments.reproduce --suite=segmentation
-    # ~25 min on 2 idle CPU cores (43 min under load 5-7); runs in ~/cce_jax_runs, report (mIoU table, per-class IoU plot,
-    # picture grid) in ~/cce_jax_runs/results.
+    # ~25 min on 2 idle CPU cores (43 min under load 5-7); runs in ~/cce_jax_runs, report
+    # (mIoU table, per-class IoU plot, picture grid) in ~/cce_jax_runs/results.
     # The ratio is the generated set's most / least training pixels (data.ratio is unused).
     "segmentation": {
         "config": "experiments/configs/segmentation.py",
