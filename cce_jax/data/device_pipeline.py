@@ -99,7 +99,7 @@ def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool)
             if dense:
                 lab = _crop_flip(lab[..., None], oy[step], ox[step], flip[step], pad, IGNORE)
                 lab = lab[..., 0]
-        return img.astype(jnp.float32) * a + b, lab
+        return img.astype(jnp.float32) * a + b, lab.astype(jnp.int32)
 
     batch_fn = jax.jit(
         jax.shard_map(
@@ -112,7 +112,7 @@ def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool)
     )
 
     def eval_local(x, y, mask, i, a, b):
-        return x[i].astype(jnp.float32) * a + b, y[i], mask[i]
+        return x[i].astype(jnp.float32) * a + b, y[i].astype(jnp.int32), mask[i]
 
     eval_fn = jax.jit(
         jax.shard_map(
@@ -185,7 +185,9 @@ class DeviceData(SplitViews):
         h, w, c = split.info.image_shape
         images = np.zeros((d * n_pad, h, w, c), np.uint8)
         label_shape = split.train_labels.shape[1:]  # () or a label map's (H, W)
-        labels = np.full((d * n_pad, *label_shape), IGNORE if label_shape else 0, np.int32)
+        # Label maps stay uint8 on the devices (a quarter of int32's memory); batches are int32.
+        label_dtype, fill = (np.uint8, IGNORE) if label_shape else (np.int32, 0)
+        labels = np.full((d * n_pad, *label_shape), fill, label_dtype)
         images[valid] = split.train_images[flat[valid]]
         labels[valid] = split.train_labels[flat[valid]]
         self._train_x = _place(images, self._data_sharding)
@@ -197,7 +199,7 @@ class DeviceData(SplitViews):
         m = split.info.num_test
         nb = -(-m // self._eval_b)
         tx = np.zeros((nb * self._eval_b, h, w, c), np.uint8)
-        ty = np.full((nb * self._eval_b, *label_shape), IGNORE if label_shape else 0, np.int32)
+        ty = np.full((nb * self._eval_b, *label_shape), fill, label_dtype)
         tm = np.zeros((nb * self._eval_b,), bool)
         tx[:m], ty[:m], tm[:m] = split.test_images, split.test_labels, True
         shape2 = (nb, self._eval_b)
