@@ -482,9 +482,13 @@ def _per_class_plot(plt, base, rows, ratio) -> str:
     ax.set_ylabel(f"test {what} of the class %")
     ax.set_title(f"per-class {what}, ratio {ratio:g} (mean over seeds)")
     ax.legend(fontsize=7)
+    return _save(plt, fig, f"{base}_per_class_r{ratio:g}.png", dpi=90)
+
+
+def _save(plt, fig, path: str, dpi=None) -> str:
+    """Lays out, writes and closes ``fig``; returns ``path``."""
     fig.tight_layout()
-    path = f"{base}_per_class_r{ratio:g}.png"
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -509,11 +513,7 @@ def _vs_ratio_plot(plt, base, rows) -> str:
     ax.set_xlabel("imbalance ratio n_max / n_min")
     ax.set_ylabel("balanced test accuracy %")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = f"{base}_vs_ratio.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, f"{base}_vs_ratio.png", dpi=90)
 
 
 def _predictions(rows: list[dict]):
@@ -567,8 +567,4 @@ def _picture_grid(base: str, rows: list[dict]) -> list[str]:
     handles.append(Patch(facecolor="white", edgecolor="black", label="ignore"))
     ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("test images: input, truth, each loss (seed of its first run)", fontsize=8)
-    fig.tight_layout()
-    path = f"{base}_pictures.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return [path]
+    return [_save(plt, fig, f"{base}_pictures.png")]

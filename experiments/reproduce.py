@@ -309,7 +309,7 @@ def prepare_segmentation_data(run_source: str, cifar_source: str | None) -> str 
     from experiments.configs import segmentation as seg_config
 
     folder = os.path.abspath(os.path.expanduser(seg_config.data_dir()))
-    kind, path = segmentation.parse_seg_source(run_source)
+    _, path = segmentation.parse_seg_source(run_source)
     if os.path.dirname(os.path.abspath(path)) != folder:
         return None
     if cifar_source is None:

@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from _worker_env import cpu_devices  # tests/: sys.path[0] of a worker
+
 
 def main():
     p = argparse.ArgumentParser()
@@ -23,13 +25,7 @@ def main():
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--signal_at", default="")
     args = p.parse_args()
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + f" --xla_force_host_platform_device_count={args.devices}"
-        + " --xla_backend_optimization_level=0"
-    )
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cpu_devices(args.devices)  # before JAX is imported
     from _preempt_worker import Stopping, worker_config  # this folder: sys.path[0]
 
     from cce_jax import training

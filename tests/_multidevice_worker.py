@@ -10,8 +10,9 @@ metrics and the confusion matrix to FILE.npz (process 0 only).
 """
 
 import argparse
-import os
 import sys
+
+from _worker_env import cpu_devices  # tests/: sys.path[0] of a worker
 
 
 def main():
@@ -25,15 +26,7 @@ def main():
     p.add_argument("--process_id", type=int, default=0)
     args = p.parse_args()
 
-    # Without LLVM's optimisations (XLA:CPU): what is compared, how the sharded program
-    # partitions and reduces, is decided before code generation, and every configuration
-    # compiles with the same flag; it compiles the ResNet steps 3-5x faster.
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + f" --xla_force_host_platform_device_count={args.devices}"
-        + " --xla_backend_optimization_level=0"
-    )
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    cpu_devices(args.devices)  # before JAX is imported
 
     import jax  # noqa: E402
 

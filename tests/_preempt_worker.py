@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 
+from _worker_env import cpu_devices  # tests/: sys.path[0] of a worker
+
 
 def worker_config():
     """The short digits run of the preemption workers (3 epochs of 7 batches of 64)."""
@@ -51,13 +53,7 @@ def main():
     p.add_argument("--signal", default="SIGTERM")
     p.add_argument("--steps_per_call", type=int, default=1)
     args = p.parse_args()
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + f" --xla_force_host_platform_device_count={args.devices}"
-        + " --xla_backend_optimization_level=0"
-    )
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cpu_devices(args.devices)  # before JAX is imported
 
     from cce_jax import data as data_lib
     from cce_jax import training

@@ -164,9 +164,7 @@ def write_predictions(workdir: str, arrays: dict) -> None:
 
 def read_predictions(workdir: str) -> dict:
     """The arrays :func:`write_predictions` wrote in ``workdir`` (a folder or a bucket URL)."""
-    from etils import epath
-
-    data = epath.Path(os.path.join(workdir, "predictions.npz")).read_bytes()
+    data = wd.read_bytes(os.path.join(workdir, "predictions.npz"))
     with np.load(io.BytesIO(data)) as z:
         return {k: z[k] for k in z.files}
 

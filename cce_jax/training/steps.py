@@ -257,7 +257,7 @@ def evaluate(
         batch = dict(batch)
         if "mask" not in batch:
             batch["mask"] = np.ones(np.shape(batch["label"]), bool)
-        cm = np.rint(to_host(eval_step(state, shard_batch(batch, mesh, leading)))).astype(np.int64)
+        cm = to_host(eval_step(state, shard_batch(batch, mesh, leading))).astype(np.int64)
         total = cm if total is None else total + cm
     if total is None:
         raise ValueError("evaluate: no eval batches")

@@ -221,6 +221,11 @@ def read_text(path) -> str:
         return epath.Path(path).read_text()
 
 
+def read_bytes(path) -> bytes:
+    with _bucket_errors("cannot read", path):
+        return epath.Path(path).read_bytes()
+
+
 def atomic_write(path: str, data: str | bytes) -> None:
     """Writes ``data`` to ``path`` atomically: locally via a temporary file in the same folder
     and a rename; in a bucket as one object upload (see the module docstring).
