@@ -84,7 +84,7 @@ def test_missing_folder_file_and_mismatch(tmp_path):
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(
         gzip.compress(_idx(np.zeros(39, np.uint8)))
     )
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="train_labels has 39 entries but train_images 40"):
         sources.load_fashion_mnist(str(tmp_path))
 
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cce_jax import metrics
+from cce_jax import data, metrics
+from experiments import make_segmentation_data as seg
 
 # Shapes and values, not speed: XLA:CPU without LLVM's optimisations compiles several times
 # faster (see tests/test_models.py).
@@ -246,19 +247,17 @@ def test_fcn_options_and_gradient():
 
 
 def _tiny_set(n=3, m=2, h=5, w=7, c=3, k=4, seed=0):
-    from cce_jax.data import segmentation as seg
-
     rng = np.random.default_rng(seed)
     masks = rng.integers(0, k, (n + m, h, w)).astype(np.uint8)
     masks[rng.random(masks.shape) < 0.2] = 255
     images = rng.integers(0, 256, (n + m, h, w, c), dtype=np.uint8)
     names = tuple(f"class {i}" for i in range(k))
     ids = tuple(f"img{i:02d}" for i in range(n))
-    return seg.SegmentationDataset("tiny", images[:n], masks[:n], ids, images[n:], masks[n:], names)
+    return data.Dataset("tiny", images[:n], masks[:n], ids, images[n:], masks[n:], names)
 
 
 def _assert_same(a, b):
-    for key in ("train_images", "train_masks", "test_images", "test_masks"):
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
         x, y = getattr(a, key), getattr(b, key)
         assert x.dtype == y.dtype == np.uint8 and x.shape == y.shape, key
         np.testing.assert_array_equal(x, y, err_msg=key)
@@ -266,10 +265,14 @@ def _assert_same(a, b):
     assert tuple(a.class_names) == tuple(b.class_names)
 
 
+def _load(source):
+    cfg = data.default_config()
+    cfg.source = source
+    return data.load_source(cfg)
+
+
 @pytest.mark.parametrize("channels", [3, 1])
 def test_folder_round_trip(tmp_path, channels):
-    from cce_jax.data import segmentation as seg
-
     ds = _tiny_set(c=channels)
     seg.write_seg_folder(ds, str(tmp_path / "set"))
     assert sorted(p.name for p in (tmp_path / "set" / "train" / "labels").iterdir()) == [
@@ -277,18 +280,16 @@ def test_folder_round_trip(tmp_path, channels):
         "img01.png",
         "img02.png",
     ]
-    back = seg.load_seg_folder(str(tmp_path / "set"))
+    back = data.load_seg_folder(str(tmp_path / "set"))
     _assert_same(ds, back)
-    assert back.name == "set" and back.num_classes == 4
-    _assert_same(ds, seg.load_seg_source(f"seg_folder:{tmp_path / 'set'}"))
+    assert back.name == "set" and len(back.class_names) == 4
+    _assert_same(ds, _load(f"seg_folder:{tmp_path / 'set'}"))
     with pytest.raises(ValueError, match="not empty"):
         seg.write_seg_folder(ds, str(tmp_path / "set"))
 
 
 def test_folder_reads_jpeg_images_and_palette_labels(tmp_path):
     from PIL import Image
-
-    from cce_jax.data import segmentation as seg
 
     ds = _tiny_set()
     root = tmp_path / "set"
@@ -298,12 +299,12 @@ def test_folder_reads_jpeg_images_and_palette_labels(tmp_path):
     Image.open(img).convert("RGB").save(root / "train" / "images" / "img01.jpg", quality=95)
     img.unlink()
     lab = root / "train" / "labels" / "img02.png"
-    p = Image.fromarray(ds.train_masks[2], mode="L").convert("P")
+    p = Image.fromarray(ds.train_labels[2], mode="L").convert("P")
     p.putpalette([v for i in range(256) for v in (i, 255 - i, 0)])
     p.save(lab)
-    back = seg.load_seg_folder(str(root))
+    back = data.load_seg_folder(str(root))
     assert back.train_images.shape == ds.train_images.shape
-    np.testing.assert_array_equal(back.train_masks, ds.train_masks)
+    np.testing.assert_array_equal(back.train_labels, ds.train_labels)
 
 
 def _break(root, what):
@@ -321,7 +322,7 @@ def _break(root, what):
         return "img01.png", "6x5"
     if what == "value":
         Image.fromarray(np.full((5, 7), 4, np.uint8)).save(lab)
-        return "img01.png", "label value 4"
+        return "img01.png", "label values [4]"
     if what == "rgb label":
         Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(lab)
         return "img01.png", "mode RGB"
@@ -356,102 +357,70 @@ def _break(root, what):
     ],
 )
 def test_folder_errors_name_the_file(tmp_path, what):
-    from cce_jax.data import segmentation as seg
-
     root = tmp_path / "set"
     seg.write_seg_folder(_tiny_set(), str(root))
-    seg.load_seg_folder(str(root))  # fine before
+    data.load_seg_folder(str(root))  # fine before
     filename, message = _break(root, what)
     with pytest.raises(ValueError) as err:
-        seg.load_seg_folder(str(root))
+        data.load_seg_folder(str(root))
     assert filename in str(err.value) and message in str(err.value), str(err.value)
 
 
 def test_npz_round_trip_and_errors(tmp_path):
-    from cce_jax.data import segmentation as seg
-
     ds = _tiny_set()
     path = str(tmp_path / "set.npz")
     seg.save_seg_npz(ds, path)
-    back = seg.load_seg_npz(path)
+    back = data.load_npz(path, "masks")
     _assert_same(ds, back)
     assert back.name == "set"
-    _assert_same(ds, seg.load_seg_source(f"seg_npz:{path}"))
+    _assert_same(ds, _load(f"seg_npz:{path}"))
     # the minimal file: np.savez, [N, H, W] grayscale images, default names and ids
     arrays = dict(
         train_images=ds.train_images[..., 0],
-        train_masks=ds.train_masks,
+        train_masks=ds.train_labels,
         test_images=ds.test_images[..., 0],
-        test_masks=ds.test_masks,
+        test_masks=ds.test_labels,
     )
     np.savez(tmp_path / "min.npz", **arrays)
-    m = seg.load_seg_npz(str(tmp_path / "min.npz"))
+    m = data.load_npz(str(tmp_path / "min.npz"), "masks")
     assert m.train_images.shape == (3, 5, 7, 1)
     assert m.class_names == tuple(
-        str(i) for i in range(int(ds.train_masks[ds.train_masks < 255].max()) + 1)
+        str(i) for i in range(int(ds.train_labels[ds.train_labels < 255].max()) + 1)
     )
-    assert m.train_ids == ("train:0", "train:1", "train:2")
+    assert tuple(m.train_ids) == ("train:0", "train:1", "train:2")
     cases = [
         ({k: v for k, v in arrays.items() if k != "test_masks"}, "missing arrays"),
-        ({**arrays, "train_masks": ds.train_masks.astype(np.int32)}, "train_masks must be uint8"),
-        ({**arrays, "test_masks": ds.test_masks[:, :4]}, "test_masks has shape"),
-        ({**arrays, "class_names": np.array(["a", "b"])}, "label value"),
+        (
+            {**arrays, "train_masks": ds.train_labels.astype(np.int32)},
+            "train_masks has shape .*label maps must be uint8",
+        ),
+        ({**arrays, "test_masks": ds.test_labels[:, :4]}, "test_masks has shape"),
+        ({**arrays, "class_names": np.array(["a", "b"])}, "label values"),
         ({**arrays, "train_ids": np.array(["a", "a", "b"])}, "unique"),
     ]
     for i, (bad, message) in enumerate(cases):
         p = tmp_path / f"bad{i}.npz"
         np.savez(p, **bad)
         with pytest.raises(ValueError, match=message) as err:
-            seg.load_seg_npz(str(p))
+            data.load_npz(str(p), "masks")
         assert str(p) in str(err.value)
     with pytest.raises(FileNotFoundError):
-        seg.load_seg_npz(str(tmp_path / "none.npz"))
+        data.load_npz(str(tmp_path / "none.npz"), "masks")
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.npz: cannot be read"):
-        seg.load_seg_npz(str(tmp_path / "junk.npz"))
+        data.load_npz(str(tmp_path / "junk.npz"), "masks")
     np.savez(tmp_path / "obj.npz", **{**arrays, "class_names": np.array([{}], object)})
     with pytest.raises(ValueError, match="obj.npz: cannot read its arrays"):
-        seg.load_seg_npz(str(tmp_path / "obj.npz"))
-    with pytest.raises(ValueError, match="unknown segmentation source"):
-        seg.load_seg_source(f"npz:{path}")
+        data.load_npz(str(tmp_path / "obj.npz"), "masks")
 
 
 def test_training_pixel_counts():
-    from cce_jax.data import segmentation as seg
-
     rng = np.random.default_rng(3)
     masks = rng.integers(0, 6, (4, 9, 9)).astype(np.uint8)
     masks[masks == 5] = 255
-    counts = seg.training_pixel_counts(masks, 5)
+    counts = seg.pixel_counts(masks, 5)
     assert counts.dtype == np.int64
     assert counts.tolist() == [int(np.sum(masks == c)) for c in range(5)]
-    with pytest.raises(ValueError, match="label value 5"):
-        seg.training_pixel_counts(np.array([[5, 0]], np.uint8), 5)
-    with pytest.raises(ValueError, match="uint8"):
-        seg.training_pixel_counts(np.array([[1, 0]], np.int64), 5)
-
-
-def test_random_crop_flip_moves_image_and_mask_together():
-    from cce_jax.data import segmentation as seg
-
-    rng = np.random.default_rng(4)
-    masks = rng.integers(0, 10, (16, 6, 8)).astype(np.uint8)
-    images = np.stack([masks.astype(np.float32) + 1, -masks.astype(np.float32)], -1)
-    aug = jax.jit(functools.partial(seg.random_crop_flip, pad=2))
-    x, m = aug(jax.random.key(0), images, masks)
-    x, m = np.asarray(x), np.asarray(m)
-    assert x.shape == images.shape and m.shape == masks.shape and m.dtype == np.uint8
-    labelled = m != 255
-    np.testing.assert_array_equal(x[..., 0][labelled], m[labelled] + 1)  # same pixel moved
-    np.testing.assert_array_equal(x[..., 0][~labelled], 0)  # padding: zeros / ignore
-    assert (~labelled).any() and labelled.mean() > 0.5
-    flipped = [bool(np.array_equal(m[i], masks[i, :, ::-1])) for i in range(16)]
-    kept = [bool(np.array_equal(m[i], masks[i])) for i in range(16)]
-    assert any(flipped) or any(kept)  # offset (2, 2) happens 1 time in 25 per example
-    x0, m0 = seg.random_crop_flip(jax.random.key(0), images, masks, pad=0)
-    for i in range(16):  # pad 0: each example is kept or mirrored, nothing else
-        assert np.array_equal(m0[i], masks[i]) or np.array_equal(m0[i], masks[i, :, ::-1])
-    assert not all(np.array_equal(m0[i], masks[i]) for i in range(16))
 
 
 # ----------------------------------------------------------------------------------------
@@ -487,8 +456,6 @@ def _tree_digest(root):
 
 
 def test_generator_is_deterministic_byte_for_byte(tmp_path):
-    from cce_jax.data import segmentation as seg
-
     cifar = _FakeCifar()
     kw = dict(num_train=40, num_test=20, size=16, ratio=20.0)
     seg.write_cifar_segmentation(cifar, str(tmp_path / "a"), seed=1, **kw)
@@ -500,23 +467,21 @@ def test_generator_is_deterministic_byte_for_byte(tmp_path):
     assert a.keys() == c.keys() and a["cifar10_seg.npz"] != c["cifar10_seg.npz"]
     # what was written is what the folder and the npz sources read
     ds = seg.make_cifar_segmentation(cifar, seed=1, **kw)
-    _assert_same(ds, seg.load_seg_folder(str(tmp_path / "a")))
-    _assert_same(ds, seg.load_seg_npz(str(tmp_path / "a" / "cifar10_seg.npz")))
+    _assert_same(ds, data.load_seg_folder(str(tmp_path / "a")))
+    _assert_same(ds, data.load_npz(str(tmp_path / "a" / "cifar10_seg.npz"), "masks"))
     # the test split is fixed: it depends on test_seed only
     other = seg.make_cifar_segmentation(cifar, seed=3, **{**kw, "num_train": 7})
-    np.testing.assert_array_equal(other.test_masks, ds.test_masks)
+    np.testing.assert_array_equal(other.test_labels, ds.test_labels)
     np.testing.assert_array_equal(other.test_images, ds.test_images)
-    assert not np.array_equal(other.train_masks, ds.train_masks[:7])
+    assert not np.array_equal(other.train_labels, ds.train_labels[:7])
     third = seg.make_cifar_segmentation(cifar, seed=1, test_seed=1, **kw)
-    np.testing.assert_array_equal(third.train_masks, ds.train_masks)
-    assert not np.array_equal(third.test_masks, ds.test_masks)
+    np.testing.assert_array_equal(third.train_labels, ds.train_labels)
+    assert not np.array_equal(third.test_labels, ds.test_labels)
     with pytest.raises(ValueError, match="exists"):
         seg.write_cifar_segmentation(cifar, str(tmp_path / "a"), seed=1, **kw)
 
 
 def test_ensure_reuses_the_same_set_and_refuses_another(tmp_path):
-    from cce_jax.data import segmentation as seg
-
     calls = []
 
     def cifar():
@@ -535,7 +500,7 @@ def test_ensure_reuses_the_same_set_and_refuses_another(tmp_path):
     assert os.path.getmtime(out / "stats.json") == mtime
     assert (
         stats["train_pixels"]
-        == seg.training_pixel_counts(seg.load_seg_folder(str(out)).train_masks, 10).tolist()
+        == seg.pixel_counts(data.load_seg_folder(str(out)).train_labels, 10).tolist()
     )
     with pytest.raises(ValueError, match=r"other settings \(ratio, seed\)"):
         seg.ensure_cifar_segmentation(str(out), cifar=cifar, **{**kw, "ratio": 6, "seed": 1})
@@ -549,11 +514,9 @@ def test_ensure_reuses_the_same_set_and_refuses_another(tmp_path):
 
 
 def test_generator_regions_boundaries_and_fill():
-    from cce_jax.data import segmentation as seg
-
     cifar = _FakeCifar()
     ds = seg.make_cifar_segmentation(cifar, num_train=60, num_test=30, size=20, ratio=10.0)
-    for x, m in ((ds.train_images, ds.train_masks), (ds.test_images, ds.test_masks)):
+    for x, m in ((ds.train_images, ds.train_labels), (ds.test_images, ds.test_labels)):
         lab = m != 255
         # every labelled pixel shows an image of its own class (red channel = 20 * class)
         np.testing.assert_array_equal(x[..., 0][lab], m[lab].astype(np.int64) * 20)
@@ -583,8 +546,6 @@ def test_generator_regions_boundaries_and_fill():
 
 
 def test_generator_settings_are_checked():
-    from cce_jax.data import segmentation as seg
-
     cifar = _FakeCifar()
     for bad, message in [
         (dict(cells=(3, 2)), "cells"),
@@ -606,7 +567,6 @@ def test_default_cifar_set_is_long_tailed_and_documented(
     import json
     import re
 
-    from cce_jax.data import segmentation as seg
     from experiments import make_segmentation_data
 
     out = tmp_path / "seg"
@@ -620,9 +580,9 @@ def test_default_cifar_set_is_long_tailed_and_documented(
     train, test = np.array(stats["train_pixels"]), np.array(stats["test_pixels"])
     assert train.max() / train.min() >= 100
     assert np.all(test > 0) and test.max() / test.min() < 1.1
-    ds = seg.load_seg_folder(str(out))
-    _assert_same(ds, seg.load_seg_npz(str(out / "cifar10_seg.npz")))
-    assert seg.training_pixel_counts(ds.train_masks, 10).tolist() == train.tolist()
+    ds = data.load_seg_folder(str(out))
+    _assert_same(ds, data.load_npz(str(out / "cifar10_seg.npz"), "masks"))
+    assert seg.pixel_counts(ds.train_labels, 10).tolist() == train.tolist()
     assert ds.train_images.shape == (2000, 32, 32, 3) and ds.test_images.shape == (500, 32, 32, 3)
     doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "data.md")).read()
     section = doc[doc.index("## Segmentation data") :]
@@ -639,7 +599,6 @@ def test_default_cifar_set_is_long_tailed_and_documented(
 
 def test_every_loss_per_pixel_with_ignore_and_pixel_counts():
     from cce_jax import losses
-    from cce_jax.data import segmentation as seg
 
     k = 5
     rng = np.random.default_rng(5)
@@ -648,7 +607,7 @@ def test_every_loss_per_pixel_with_ignore_and_pixel_counts():
     train_masks = rng.choice(k, (20, 8, 8), p=p / p.sum()).astype(np.uint8)
     train_masks[:, :, 0] = 255
     train_masks[0, 0, 1:k] = np.arange(1, k)  # every class at least once
-    counts = seg.training_pixel_counts(train_masks, k)
+    counts = seg.pixel_counts(train_masks, k)
     assert counts[0] > 100 * counts[-1] > 0
     labels = rng.integers(0, k, (2, 5, 6)).astype(np.uint8)
     labels[:, 0, :] = 255  # ignored rows
@@ -675,23 +634,6 @@ def test_every_loss_per_pixel_with_ignore_and_pixel_counts():
         np.testing.assert_allclose(per_pixel[counted], flat, rtol=1e-5, atol=1e-6, err_msg=name)
         np.testing.assert_array_equal(grad[~counted], 0.0, err_msg=name)
         assert np.abs(grad[counted]).sum() > 0, name
-
-
-def test_picture_grid():
-    from cce_jax.data import segmentation as seg
-
-    images = np.full((2, 3, 4, 1), 7, np.uint8)
-    masks = np.array([[[0, 1, 255, 1]] * 3, [[2, 2, 2, 2]] * 3], np.uint8)
-    pred = np.ones((2, 3, 4), np.int32)
-    g = seg.picture_grid(images, masks, pred, num_classes=3, gap=2)
-    assert g.shape == (2 * 5 - 2, 3 * 6 - 2, 3) and g.dtype == np.uint8
-    pal = seg.label_palette(3)
-    assert np.all(g[:3, :4] == 7)  # the image, gray to RGB
-    np.testing.assert_array_equal(g[0, 6:10], pal[[0, 1, 255, 1]])  # truth, ignore white
-    np.testing.assert_array_equal(g[0, 12:16], pal[[1, 1, 255, 1]])  # prediction
-    np.testing.assert_array_equal(g[5, 12:16], pal[[1, 1, 1, 1]])  # second example
-    assert np.all(g[3:5] == 255)  # the gap
-    assert len({tuple(c) for c in seg.label_palette(40)[:40]}) == 40
 
 
 def test_cli_refuses_bad_arguments_before_loading(tmp_path, capsys):

@@ -14,8 +14,8 @@ if str(ROOT) not in sys.path:
 
 from cce_jax import data as data_lib  # noqa: E402
 from cce_jax import training  # noqa: E402
-from cce_jax.data import segmentation as seg  # noqa: E402
 from cce_jax.training import steps as steps_lib  # noqa: E402
+from experiments import make_segmentation_data as seg  # noqa: E402
 from experiments.configs import default as default_config  # noqa: E402
 
 K = 3
@@ -44,13 +44,13 @@ def _tiny_set(n_train=24, n_test=10, size=16, seed=0):
     for c in range(K):  # every class in both splits
         tr_m[c, :, 1], te_m[c, :, 1] = c, c
         tr_x[c, :, 1, 0], te_x[c, :, 1, 0] = 40 + 60 * c, 40 + 60 * c
-    return seg.SegmentationDataset(
+    return data_lib.Dataset(
         name="bands",
         train_images=tr_x,
-        train_masks=tr_m,
+        train_labels=tr_m,
         train_ids=[f"train:{i}" for i in range(n_train)],
         test_images=te_x,
-        test_masks=te_m,
+        test_labels=te_m,
         class_names=("a", "b", "c"),
     )
 
@@ -99,14 +99,14 @@ def test_split_counts_pixels_and_keeps_every_image(npz_path):
     )
     assert split.info.task == "segmentation"
     assert split.info.num_train == 24 and split.info.num_test == 10
-    want = np.bincount(ds.train_masks[ds.train_masks != 255].ravel(), minlength=K)
+    want = np.bincount(ds.train_labels[ds.train_labels != 255].ravel(), minlength=K)
     np.testing.assert_array_equal(split.info.class_counts, want)
-    np.testing.assert_array_equal(split.train_labels, ds.train_masks.astype(np.int32))
+    np.testing.assert_array_equal(split.train_labels, ds.train_labels.astype(np.int32))
     assert split.train_labels.shape == (24, 16, 16) and split.augment is False  # 16 < 32
     limited = data_lib.make_split(
         _data_config(npz_path, max_test=3), data_lib.load_source(_data_config(npz_path))
     )
-    np.testing.assert_array_equal(limited.test_labels, ds.test_masks[:3])
+    np.testing.assert_array_equal(limited.test_labels, ds.test_labels[:3])
 
 
 @pytest.mark.parametrize("key,value", [("n_max", 5), ("counts", (5, 5, 5))])
@@ -118,7 +118,7 @@ def test_split_refuses_image_selection(npz_path, key, value):
 
 def test_split_names_a_class_without_training_pixels(tmp_path):
     ds = _tiny_set()
-    ds.train_masks[ds.train_masks == 2] = 1
+    ds.train_labels[ds.train_labels == 2] = 1
     path = tmp_path / "no_c.npz"
     seg.save_seg_npz(ds, str(path))
     cfg = _data_config(str(path))
@@ -210,17 +210,17 @@ def test_train_and_evaluate_segmentation(npz_path, tmp_path, loss):
     assert summary["num_test"] == 10
     pred = training.report.read_predictions(str(tmp_path))
     ds = _tiny_set()
-    np.testing.assert_array_equal(pred["labels"], ds.test_masks)
+    np.testing.assert_array_equal(pred["labels"], ds.test_labels)
     np.testing.assert_array_equal(pred["images"], ds.test_images)
     assert pred["predictions"].shape == (10, 16, 16)
     # the on-device confusion matrix equals the one counted from the stored predictions
-    cm = _reference_confusion(ds.test_masks, pred["predictions"], K)
+    cm = _reference_confusion(ds.test_labels, pred["predictions"], K)
     np.testing.assert_array_equal(summary["confusion_matrix"], cm)
     iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
     assert summary["test_miou"] == pytest.approx(np.nanmean(iou))
-    assert summary["num_test_pixels"] == int((ds.test_masks != 255).sum())
+    assert summary["num_test_pixels"] == int((ds.test_labels != 255).sum())
     assert summary["test_top1"] == pytest.approx(np.trace(cm) / cm.sum())
-    want_counts = np.bincount(ds.train_masks[ds.train_masks != 255], minlength=K)
+    want_counts = np.bincount(ds.train_labels[ds.train_labels != 255], minlength=K)
     assert summary["class_counts"] == want_counts.tolist()
     assert sorted(sum(summary["frequency_groups"].values(), [])) == [0, 1, 2]
     text = training.format_table(summary)

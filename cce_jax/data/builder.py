@@ -1,16 +1,22 @@
-"""The ``data`` config, the pipeline choice and :func:`build`."""
+"""The ``data`` config, the kept train subset and test split (:func:`make_split`), and
+:func:`build` (numpy up to the pipelines)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import sys
+
+import numpy as np
 
 from cce_jax import _extras
-from cce_jax.data import sources
-from cce_jax.data.split import make_split
+from cce_jax.data import imbalance, sources
 
-__all__ = ["PIPELINES", "build", "choose_pipeline", "default_config", "tf_available"]
+__all__ = ["PIPELINES", "DataInfo", "Split", "build", "choose_pipeline", "default_config"]
 
 PIPELINES = ("auto", "device", "tf")
+MIN_STD = 1.0 / 255  # a channel whose std (pixels in [0, 1]) is below this is only centred
+MIN_AUGMENT_SIZE = 32  # data.augment=None: crops and flips for images at least this large
 
 
 def default_config():
@@ -25,23 +31,197 @@ def default_config():
     from ml_collections.config_dict import placeholder
 
     cfg = ml_collections.ConfigDict()
-    # "tfds" | "tfds:NAME" | "cifar10_jpeg:PATH" | "npz:PATH" | "fashion_mnist:DIR" | "digits"
-    # | "seg_folder:DIR" | "seg_npz:PATH" (segmentation sets)
-    cfg.source = "tfds"
+    cfg.source = "tfds"  # a source string: cce_jax.data.sources.SOURCES, docs/data.md
     cfg.name = placeholder(str)  # the tfds name, used only by source == "tfds"
     cfg.data_dir = placeholder(str)
     cfg.download = "auto"  # tfds only: "auto" | "always" | "never"
     cfg.cache_dir = "~/.cache/cce_jax"
     cfg.pipeline = "auto"  # "auto" | "device" | "tf"
-    cfg.profile = "exp"  # "exp" | "step" | "none"
+    cfg.profile = "exp"  # "exp" | "step" | "none" (with n_max None: every image)
     cfg.ratio = 100.0
-    cfg.n_max = placeholder(int)
+    cfg.n_max = placeholder(int)  # None: the smallest class of the source
     cfg.counts = placeholder(tuple)
     cfg.subset_seed = 0
-    # None = automatic: True for images of at least 32x32 pixels (split.MIN_AUGMENT_SIZE).
-    cfg.augment = placeholder(bool)
+    cfg.augment = placeholder(bool)  # None: True for images of at least 32x32 pixels
     cfg.max_test = placeholder(int)
     return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What the trainer needs to know about a built data set."""
+
+    name: str  # e.g. "cifar10", "cifar10_jpeg", "digits", an npz file's stem
+    num_classes: int
+    image_shape: tuple  # (H, W, C) as fed to the model
+    class_names: tuple
+    # int64 [K]: images per class of the TRAIN subset built (segmentation: training PIXELS)
+    class_counts: np.ndarray
+    num_train: int  # training images
+    num_test: int  # size of the (full, or max_test-limited) test split
+    task: str = "classification"  # or "segmentation" (label maps [H, W]): the labels' ndim
+    source: str = ""  # the source string, e.g. "npz:/data/own.npz"
+    source_counts: np.ndarray | None = None  # int64 [K]: class_counts before the cut
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The kept train subset and the test split, uint8, with the normalisation x * a + b."""
+
+    info: DataInfo
+    train_images: np.ndarray  # uint8 [N, H, W, C], kept subset in increasing source order
+    train_labels: np.ndarray  # int32 [N] (segmentation: label maps [N, H, W], 255 = ignore)
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    a: np.ndarray  # float32 [C]: normalised = x * a + b = (x / scale - mean) / std
+    b: np.ndarray
+    augment: bool
+
+    def normalize(self, images) -> np.ndarray:
+        """uint8 [..., C] -> float32 normalised images (numpy)."""
+        return np.asarray(images).astype(np.float32) * self.a + self.b
+
+
+class SplitViews:
+    """The host-side views both pipelines give of their :class:`Split` (``self._split``)."""
+
+    _split: Split
+
+    def train_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images, int32 labels) of the kept train subset (host)."""
+        return self._split.train_images, self._split.train_labels
+
+    def test_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images, int32 labels) of the test split evaluated (host)."""
+        return self._split.test_images, self._split.test_labels
+
+    def normalize(self, images) -> np.ndarray:
+        """uint8 images -> the float32 values the batches hold (numpy)."""
+        return self._split.normalize(images)
+
+
+def _train_counts(config, raw: sources.Dataset):
+    """(kept, available) per class: images (classification) or pixels (segmentation)."""
+    k, y = len(raw.class_names), np.asarray(raw.train_labels)
+    what = "pixel" if raw.task == "segmentation" else "image"
+    available = np.bincount(y[y != sources.IGNORE_INDEX] if y.ndim > 1 else y, minlength=k)
+    empty = np.flatnonzero(available == 0)
+    if empty.size:
+        names = [f"{int(i)} ({raw.class_names[i]!r})" for i in empty[:5]]
+        raise ValueError(
+            f"source: {raw.name!r}: train_labels holds no {what} of class {', '.join(names)}; "
+            f"every class of class_names needs training {what}s"
+        )
+    if raw.task == "segmentation":
+        for key in ("counts", "n_max"):
+            if config.get(key) is not None:
+                raise ValueError(
+                    f"{key}: a segmentation set is used whole (its imbalance is in the pixels); "
+                    f"data.{key} selects images of a classification set and must be None"
+                )
+        return available.astype(np.int64), available
+    if config.counts is not None:
+        return imbalance.class_counts(tuple(config.counts), k), available
+    if config.profile == "none" and config.n_max is None:  # every image, as the source has it
+        return available.astype(np.int64), available
+    n_max = config.n_max if config.n_max is not None else int(available.min())
+    return imbalance.class_counts(str(config.profile), k, n_max, config.ratio), available
+
+
+def _say_cut(config, raw, counts, available) -> None:
+    """One line on stderr when the profile, n_max or counts kept fewer images than given."""
+    if np.array_equal(counts, available):
+        return
+    how = (
+        f"counts={tuple(config.counts)}"
+        if config.counts is not None
+        else f"profile={config.profile}, ratio={config.ratio}, n_max={config.n_max}"
+    )
+    kept = ", ".join(f"{c}/{a}" for c, a in zip(counts.tolist(), available.tolist()))
+    print(
+        f"cce_jax.data: {raw.name}: kept {int(counts.sum())} of {int(available.sum())} training "
+        f"images, per class {kept} ({how}; data.profile=none with n_max=None keeps every image)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _channel_stats(images, scale):
+    """Per-channel (mean, std) of uint8 images as pixels in [0, 1] (float64)."""
+    x = images.astype(np.float64) / scale
+    std = x.std(axis=(0, 1, 2))
+    # A (nearly) constant channel, e.g. alpha: no scaling, so the crops' zero padding stays
+    # within [-1, 1] instead of reaching -mean / 1e-3.
+    return x.mean(axis=(0, 1, 2)), np.where(std < MIN_STD, 1.0, std)
+
+
+def _test_indices(config, labels):
+    if config.max_test is None:
+        return np.arange(len(labels), dtype=np.int64)
+    if int(config.max_test) < 1:
+        raise ValueError(f"max_test must be >= 1 or None, got {config.max_test}")
+    if np.ndim(labels) > 1:  # label maps: the first max_test images
+        return np.arange(min(len(labels), int(config.max_test)), dtype=np.int64)
+    return imbalance.stratified_first(labels, int(config.max_test))
+
+
+def make_split(config, raw: sources.Dataset) -> Split:
+    """Checks the labels of `raw` and selects the train subset of `config`.
+
+    Classification: ``counts``, or ``profile``/``ratio``/``n_max`` (None: the smallest class;
+    ``profile="none"`` with ``n_max=None``: every image), the survivors chosen by
+    ``subset_seed``. Segmentation (label maps): every training image, ``class_counts`` = the
+    training pixels per class; ``counts``/``n_max`` must be None.
+    """
+    k = len(raw.class_names)
+    if k < 2:
+        raise ValueError(
+            f"source: {raw.name!r} has {k} class ({list(raw.class_names)}); "
+            f"{raw.task} needs at least 2"
+        )
+    for split in ("train", "test"):
+        sources.check_labels(getattr(raw, f"{split}_labels"), k, f"{raw.name}: {split}_labels")
+    counts, available = _train_counts(config, raw)
+    dense = raw.task == "segmentation"
+    if dense:
+        train_idx = np.arange(len(raw.train_images), dtype=np.int64)
+    else:
+        train_idx = imbalance.select_indices(
+            raw.train_labels, raw.train_ids, counts, seed=config.subset_seed
+        )
+        _say_cut(config, raw, counts, available)
+    test_idx = _test_indices(config, raw.test_labels)
+    train_x = np.ascontiguousarray(raw.train_images[train_idx])
+    if raw.mean is not None:
+        mean, std = raw.mean, raw.std
+    else:
+        mean, std = _channel_stats(train_x, raw.scale)
+    if not dense:  # classification rounds the statistics to float32 first (as ever)
+        mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    info = DataInfo(
+        name=raw.name,
+        num_classes=k,
+        image_shape=tuple(int(s) for s in raw.train_images.shape[1:]),
+        class_names=tuple(raw.class_names),
+        class_counts=counts,
+        num_train=len(train_idx),
+        num_test=len(test_idx),
+        task=raw.task,
+        source=str(config.get("source", "")),
+        source_counts=available.astype(np.int64),
+    )
+    augment = config.augment
+    augment = min(train_x.shape[1:3]) >= MIN_AUGMENT_SIZE if augment is None else bool(augment)
+    return Split(
+        info=info,
+        train_images=train_x,
+        train_labels=raw.train_labels[train_idx].astype(np.int32),
+        test_images=np.ascontiguousarray(raw.test_images[test_idx]),
+        test_labels=raw.test_labels[test_idx].astype(np.int32),
+        a=(1.0 / (raw.scale * np.asarray(std))).astype(np.float32),
+        b=(-np.asarray(mean) / np.asarray(std)).astype(np.float32),
+        augment=augment,
+    )
 
 
 def tf_available() -> bool:
@@ -53,82 +233,49 @@ def tf_available() -> bool:
 
 
 def choose_pipeline(pipeline: str = "auto", *, tf_ok: bool | None = None) -> str:
-    """The pipeline ``"auto"`` resolves to (``"device"`` and ``"tf"`` are returned as given).
-
-    Rule (measured, see docs/data.md): ``"device"`` everywhere — on accelerators the data then
-    never crosses the host, and on CPU it measured at least as fast as tf.data in the trainer —
-    and always when tensorflow is not importable. ``"tf"`` must be asked for explicitly.
-
-    Args:
-      pipeline: ``"auto"``, ``"device"`` or ``"tf"``.
-      tf_ok: whether tensorflow is importable (default: :func:`tf_available`).
-
-    Returns:
-      ``"device"`` or ``"tf"``.
-    """
+    """The pipeline ``"auto"`` resolves to: ``"device"`` everywhere (measured at least as fast
+    as tf.data in the trainer, docs/data.md); ``"device"`` and ``"tf"`` are returned as given
+    (``"tf"`` needs tensorflow, ``tf_ok`` default :func:`tf_available`)."""
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline: expected one of {PIPELINES}, got {pipeline!r}")
-    if pipeline != "auto":
-        if pipeline == "tf" and not (tf_available() if tf_ok is None else tf_ok):
-            raise ValueError(
-                "pipeline: 'tf' needs tensorflow, which is not importable here; use "
-                "data.pipeline='device' (or 'auto'), or install the [tfds] extra"
-            )
-        return pipeline
-    return "device"  # the measured rule is the same on every platform (docs/data.md)
+    if pipeline == "tf" and not (tf_available() if tf_ok is None else tf_ok):
+        raise ValueError(
+            "pipeline: 'tf' needs tensorflow, which is not importable here; use "
+            "data.pipeline='device' (or 'auto'), or install the [tfds] extra"
+        )
+    return "device" if pipeline == "auto" else pipeline
 
 
-def build(
-    config,
-    *,
-    seed: int,
-    global_batch_size: int,
-    eval_batch_size: int,
-    mesh=None,
-    raw: sources.RawDataset | None = None,
-):
-    """Loads the data set of `config` and builds its imbalanced train and test pipelines.
+def build(config, *, seed, global_batch_size, eval_batch_size, mesh=None, raw=None):
+    """Loads the data set of `config` and builds its train and test pipelines.
 
     Args:
       config: the fields of :func:`default_config`.
       seed: drives the per-epoch shuffle and augmentation (``config.subset_seed`` drives
         which training examples survive).
-      global_batch_size: train batch size over all processes / devices.
-      eval_batch_size: eval batch size over all processes / devices.
+      global_batch_size, eval_batch_size: batch sizes over all processes / devices.
       mesh: device pipeline only: a mesh with a ``"data"`` axis (default: all devices).
-      raw: a :class:`RawDataset` already loaded (:func:`load_source`), e.g. shared by the
-        pipelines of several seeds; default ``load_source(config)``.
+      raw: a :class:`~cce_jax.data.sources.Dataset` already loaded (:func:`load_source`),
+        e.g. shared by the pipelines of several seeds.
 
     Returns:
       :class:`~cce_jax.data.tf_pipeline.TFData` (``pipeline="tf"``) or
-      :class:`~cce_jax.data.device_pipeline.DeviceData` (``"device"``), both with ``info``,
+      :class:`~cce_jax.data.device_pipeline.DeviceData`, both with ``info``,
       ``steps_per_epoch``, ``train_epoch(epoch)``, ``eval_batches()``,
       ``num_eval_batches()`` and ``pipeline``.
     """
     pipeline = choose_pipeline(str(config.get("pipeline", "auto")))
-    if raw is None:
-        raw = sources.load_source(config)
-    split = make_split(config, raw)
-    if pipeline == "tf" and split.info.task != "classification":
-        raise ValueError(
-            f"pipeline: 'tf' serves classification sets only; {split.info.name!r} is a "
-            f"{split.info.task} set: use data.pipeline='device' (or 'auto')"
-        )
+    split = make_split(config, sources.load_source(config) if raw is None else raw)
+    sizes = dict(global_batch_size=int(global_batch_size), eval_batch_size=int(eval_batch_size))
     if pipeline == "tf":
+        if split.info.task != "classification":
+            raise ValueError(
+                f"pipeline: 'tf' serves classification sets only; {split.info.name!r} is a "
+                f"{split.info.task} set: use data.pipeline='device' (or 'auto')"
+            )
         from cce_jax.data.tf_pipeline import TFData
 
-        return TFData(
-            split,
-            seed=seed,
-            global_batch_size=int(global_batch_size),
-            eval_batch_size=int(eval_batch_size),
-        )
+        return TFData(split, seed=seed, **sizes)
     from cce_jax.data.device_pipeline import DeviceData
 
-    return DeviceData(
-        split,
-        seed=seed,
-        global_batch_size=int(global_batch_size),
-        eval_batch_size=int(eval_batch_size),
-        mesh=mesh,
-    )
+    return DeviceData(split, seed=seed, mesh=mesh, **sizes)

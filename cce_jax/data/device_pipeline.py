@@ -21,9 +21,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from cce_jax.data import imbalance
-from cce_jax.data.split import Split, SplitViews
-
-IGNORE = 255  # the label of padded pixels (cce_jax.data.segmentation.IGNORE_INDEX)
+from cce_jax.data.builder import Split, SplitViews
+from cce_jax.data.sources import IGNORE_INDEX as IGNORE
 
 __all__ = ["DeviceData", "default_mesh", "stack_batches"]
 

@@ -1,40 +1,26 @@
-"""Data sources: one loader per source, returning a :class:`RawDataset` (uint8 in memory), or
-for the segmentation sources a :class:`~cce_jax.data.segmentation.SegmentationDataset`.
+"""Data sources: ONE registry, :data:`SOURCES` (name -> loader), each returning a :class:`Dataset`.
 
-Source strings (``config.source``):
-
-=======================  ===================================================================
-``"tfds"``               ``tfds`` data set ``config.name`` (needs tensorflow_datasets)
-``"tfds:NAME"``          the same with the name in the source string
-``"cifar10_jpeg:PATH"``  the offline CIFAR-10 JPEG archive, decoded with Pillow, cached
-``"npz:PATH"``           any array data set in one ``.npz`` (see :func:`load_npz`)
-``"fashion_mnist:DIR"``  Fashion-MNIST's four standard IDX files (gzip'd or not) in ``DIR``
-``"digits"``             scikit-learn's embedded 8x8 digits
-``"seg_folder:DIR"``     a segmentation set as image and label-map files (docs/data.md)
-``"seg_npz:PATH"``       a segmentation set in one ``.npz`` with ``train_masks``/``test_masks``
-=======================  ===================================================================
-
-Only ``tfds`` imports tensorflow / tensorflow_datasets, lazily.
+A source string is ``NAME`` or ``NAME:ARGUMENT``; see :data:`SOURCES` and docs/data.md ("Add a
+source"). Labels are ``[N]`` class ids (classification) or ``[N, H, W]`` uint8 label maps
+(segmentation, :data:`IGNORE_INDEX` = pixels that count for nothing): the task is the labels'
+``ndim``. Only ``tfds`` imports tensorflow / tensorflow_datasets, lazily.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import errno
+import functools
 import gzip
 import hashlib
 import io
 import os
-import shutil
-import socket
 import struct
 import sys
 import tarfile
 import tempfile
-import threading
-import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -42,36 +28,38 @@ from cce_jax import _extras
 from cce_jax.data.imbalance import id_str
 
 __all__ = [
-    "LOADERS",
-    "RawDataset",
-    "clear_cache",
+    "IGNORE_INDEX",
+    "SOURCES",
+    "Dataset",
+    "check_labels",
     "load_cifar10_jpeg",
     "load_digits",
     "load_fashion_mnist",
     "load_npz",
+    "load_seg_folder",
     "load_source",
     "load_tfds",
-    "network_reachable",
     "parse_source",
     "read_idx",
 ]
 
-STALE_TEMP_SECONDS = 600  # temporaries of a live-looking writer older than this are removed
+IGNORE_INDEX = 255  # label-map pixels that count for nothing (void, boundaries, padding)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # of the full balanced training sets, pixels in [0, 1]
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclasses.dataclass
-class RawDataset:
-    """A data set loaded into memory. Images are uint8 [N, H, W, C]; pixel = value / scale.
+class Dataset:
+    """A data set in memory: uint8 images ``[N, H, W, C]`` (pixel = value / ``scale``).
 
-    Attributes:
-      name: e.g. ``"cifar10"``, ``"cifar10_jpeg"``, ``"digits"``, or the npz file's stem.
-      train_images: uint8 [N, H, W, C].
-      train_labels: int64 [N].
-      train_ids: N stable example ids (str), used by :func:`select_indices`.
-      test_images: uint8 [M, H, W, C].
-      test_labels: int64 [M].
-      class_names: K names; K is the number of classes.
-      scale: pixel value of white (255 for 8-bit images, 16 for digits).
+    ``train_labels``/``test_labels``: int64 ``[N]`` class ids, or uint8 label maps
+    ``[N, H, W]`` (values in ``[0, K)`` or 255). ``train_ids``: N stable ids for the seeded
+    subset choice. ``mean``/``std``: the per-channel normalisation (pixels in [0, 1]); None:
+    the statistics of the kept training images.
     """
 
     name: str
@@ -82,53 +70,81 @@ class RawDataset:
     test_labels: np.ndarray
     class_names: tuple
     scale: float = 255.0
+    mean: tuple | None = None
+    std: tuple | None = None
+
+    @property
+    def task(self) -> str:
+        """``"segmentation"`` for label maps, else ``"classification"``."""
+        return "segmentation" if np.ndim(self.train_labels) > 1 else "classification"
 
 
-def parse_source(source: str, name=None) -> tuple[str, str | None]:
-    """(kind, argument) of a source string; see the module docstring.
+def check_labels(labels, num_classes: int, what: str) -> None:
+    """Raises ``ValueError`` naming ``what`` and the bad values unless every label is in
+    ``[0, K)`` (label maps: or :data:`IGNORE_INDEX`).
 
-    >>> parse_source("npz:/data/x.npz"), parse_source("tfds", "cifar10"), parse_source("digits")
-    (('npz', '/data/x.npz'), ('tfds', 'cifar10'), ('digits', None))
+    >>> check_labels(np.array([0, 3, -1]), 3, "train_labels")
+    Traceback (most recent call last):
+    ...
+    ValueError: train_labels: label values [-1, 3] are not class indices in [0, 3)
     """
-    source = str(source)
-    kind, sep, arg = source.partition(":")
-    if kind not in LOADERS:
+    y = np.asarray(labels)
+    bad = (y < 0) | (y >= int(num_classes))
+    if y.ndim > 1:
+        bad &= y != IGNORE_INDEX
+    if bad.any():
+        values = np.unique(y[bad]).tolist()
+        shown = f"{values[:8]}{' ...' if len(values) > 8 else ''}"
+        extra = f" nor the ignore index {IGNORE_INDEX}" if y.ndim > 1 else ""
         raise ValueError(
-            f"source: unknown data source {source!r}; expected 'tfds', 'tfds:NAME', "
-            "'cifar10_jpeg:PATH', 'npz:PATH', 'fashion_mnist:DIR', 'digits', "
-            "'seg_folder:DIR' or 'seg_npz:PATH'"
+            f"{what}: label values {shown} are not class indices in [0, {num_classes}){extra}"
         )
-    if kind == "digits":
-        if sep:
-            raise ValueError(f"source: 'digits' takes no argument, got {source!r}")
-        return kind, None
-    if kind == "tfds":
-        arg = arg if sep else name
-        if not arg:
-            raise ValueError(
-                "name: source 'tfds' needs a data set name: set data.name (e.g. 'cifar10') or "
-                "use data.source='tfds:NAME'"
-            )
-        return kind, str(arg)
-    if not arg:
-        raise ValueError(f"source: {kind!r} needs a path, e.g. '{kind}:/data/file'")
-    return kind, arg
 
 
-# ----------------------------------------------------------------------------------------
-# tfds
-# ----------------------------------------------------------------------------------------
+def _checked(ds: Dataset, where: str, key: str = "labels") -> Dataset:
+    """Shapes, dtypes, ids and label values of ``ds``; errors name ``where`` and the array."""
+    for split in ("train", "test"):
+        x, y = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
+        lab = f"{split}_{key}"
+        problems = [
+            (x.dtype != np.uint8, f"{split}_images must be uint8, got {x.dtype}"),
+            (
+                x.ndim != 4 or 0 in x.shape[1:],
+                f"{split}_images must have shape [N, H, W, C], got {x.shape}",
+            ),
+            (len(x) == 0, f"{split}_images is empty"),
+            (
+                y.ndim > 1 and (y.dtype != np.uint8 or y.shape != x.shape[:3]),
+                f"{lab} has shape {y.shape} {y.dtype}; label maps must be uint8 [N, H, W]",
+            ),
+            (
+                y.ndim < 2 and (y.ndim != 1 or y.dtype.kind not in "iu"),
+                f"{lab} must be a 1-D integer array, got {y.dtype} {y.shape}",
+            ),
+            (len(y) != len(x), f"{lab} has {len(y)} entries but {split}_images {len(x)}"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise ValueError(f"{where}: {message}")
+        check_labels(y, len(ds.class_names), f"{where}: {lab}")
+    if ds.train_images.shape[1:] != ds.test_images.shape[1:]:
+        shapes = ds.train_images.shape[1:], ds.test_images.shape[1:]
+        raise ValueError(f"{where}: train images are {shapes[0]} but test images {shapes[1]}")
+    if len(ds.train_ids) != len(ds.train_images):
+        raise ValueError(f"{where}: train_ids must have shape [{len(ds.train_images)}]")
+    if len(set(ds.train_ids)) != len(ds.train_ids):
+        raise ValueError(f"{where}: train_ids must be unique")
+    return ds
 
 
-def network_reachable(
-    host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0
-) -> bool:
-    """Whether a TCP connection to host:port opens within `timeout` seconds."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def _default_names(labels) -> tuple:
+    """ "0".."K-1", K = 1 + the largest training label (label maps: other than 255)."""
+    y = np.asarray(labels).reshape(-1)
+    y = y[y != IGNORE_INDEX] if np.ndim(labels) > 1 else y
+    return tuple(str(i) for i in range(int(y.max(initial=0)) + 1))
+
+
+# -- tfds, digits, Fashion-MNIST ------------------------------------------------------------
 
 
 def _tfds_error(name, data_dir, why) -> RuntimeError:
@@ -139,19 +155,16 @@ def _tfds_error(name, data_dir, why) -> RuntimeError:
     )
 
 
-def load_tfds(name: str, data_dir=None, *, download="auto") -> RawDataset:
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def load_tfds(name: str, data_dir=None, *, download="auto") -> Dataset:
     """A tfds data set with ``image``/``label`` features and train/test splits.
 
-    Args:
-      name: the tfds name (cifar10, cifar100, svhn_cropped, fashion_mnist, ...).
-      data_dir: the tfds data_dir (None: tfds' default).
-      download: ``"never"`` (or False): never download (not prepared in data_dir -> error
-        at once); ``"auto"`` (default): download only if the network answers within 3 s,
-        else the same error at once; ``"always"`` (or True): ``download_and_prepare``
-        (tfds retries for minutes without a network).
-
-    Returns:
-      :class:`RawDataset`.
+    ``download``: ``"never"`` (or False): a data set not prepared in ``data_dir`` is an error
+    at once; ``"auto"``/``"always"`` (or True): ``download_and_prepare`` (tfds reports a
+    failed download).
     """
     _extras.require("tfds", "source 'tfds'", "tensorflow", "tensorflow_datasets")
     import tensorflow_datasets as tfds
@@ -161,121 +174,65 @@ def load_tfds(name: str, data_dir=None, *, download="auto") -> RawDataset:
         raise ValueError(f"download: expected 'auto', 'always' or 'never', got {download!r}")
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # unknown name
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise _tfds_error(name, data_dir, first) from e
-    if download != "always" and not builder.is_prepared():
-        if download == "never":
-            raise _tfds_error(name, data_dir, "not prepared there and data.download='never'.")
-        if not network_reachable():
-            raise _tfds_error(
-                name, data_dir, "not prepared there and no network (data.download='auto')."
-            )
-    try:
+        if download == "never" and not builder.is_prepared():
+            raise RuntimeError("not prepared there and data.download='never'.")
         builder.download_and_prepare()
-    except Exception as e:  # not prepared and the download failed
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise _tfds_error(name, data_dir, first) from e
+    except Exception as e:  # an unknown name, not prepared, a failed download
+        raise _tfds_error(name, data_dir, _first_line(e)) from e
     features = builder.info.features
     for key in ("image", "label"):
         if key not in features:
             raise ValueError(f"name: tfds data set {name!r} has no {key!r} feature")
-    num_classes = features["label"].num_classes
-    if features["label"].names:
-        names = tuple(features["label"].names)
-    else:
-        names = tuple(str(i) for i in range(num_classes))
+    k = features["label"].num_classes
+    names = tuple(features["label"].names or (str(i) for i in range(k)))
 
     def read(split):
-        ds = builder.as_dataset(
-            split=split, shuffle_files=False, read_config=tfds.ReadConfig(add_tfds_id=True)
-        )
-        images, labels, ids = [], [], []
-        for ex in tfds.as_numpy(ds.batch(4096)):
-            images.append(ex["image"])
-            labels.append(ex["label"])
-            if "tfds_id" in ex:
-                ids.extend(id_str(s) for s in ex["tfds_id"])
-            elif "id" in ex:
-                ids.extend(id_str(s) for s in ex["id"])
-        imgs = np.concatenate(images).astype(np.uint8)
-        labs = np.concatenate(labels).astype(np.int64)
-        if len(ids) != len(labs):  # no stable id feature: the position in the split
-            ids = [f"{split}:{i}" for i in range(len(labs))]
-        return imgs, labs, ids
+        config = tfds.ReadConfig(add_tfds_id=True)
+        ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False, read_config=config)
+        ex = tfds.as_numpy(ds)
+        x, y = ex["image"].astype(np.uint8), ex["label"].astype(np.int64)
+        ids = [id_str(s) for s in ex.get("tfds_id", ex.get("id", []))]
+        if len(ids) != len(y):  # no stable id feature: the position in the split
+            ids = [f"{split}:{i}" for i in range(len(y))]
+        return (x[..., None] if x.ndim == 3 else x), y, ids
 
-    tr_x, tr_y, tr_ids = read("train")
-    te_x, te_y, _ = read("test")
-    if tr_x.ndim == 3:
-        tr_x, te_x = tr_x[..., None], te_x[..., None]
-    return RawDataset(name, tr_x, tr_y, tr_ids, te_x, te_y, names)
+    (tr_x, tr_y, tr_ids), (te_x, te_y, _) = read("train"), read("test")
+    stats = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
+    mean, std = stats.get(name, (None, None))
+    return Dataset(name, tr_x, tr_y, tr_ids, te_x, te_y, names, mean=mean, std=std)
 
 
-# ----------------------------------------------------------------------------------------
-# digits
-# ----------------------------------------------------------------------------------------
-
-
-def load_digits() -> RawDataset:
-    """scikit-learn's 1,797 8x8 digits (values 0..16), split 2/3 train, 1/3 test per class.
-
-    Within each class (file order) every third example is test: 1,201 train / 596 test.
-    """
+def load_digits() -> Dataset:
+    """scikit-learn's 1,797 8x8 digits (values 0..16): within each class (file order) every
+    third example is test, 1,201 train / 596 test. Pixels in [0, 1], not normalised."""
     _extras.require("data", "source 'digits'", "sklearn")
     from sklearn.datasets import load_digits as sk_load_digits
 
     d = sk_load_digits()
-    images = d.images.astype(np.uint8)[..., None]  # values 0..16
-    labels = d.target.astype(np.int64)
+    images, labels = d.images.astype(np.uint8)[..., None], d.target.astype(np.int64)
     rank = np.zeros(len(labels), np.int64)
     for c in np.unique(labels):
         pos = np.nonzero(labels == c)[0]
         rank[pos] = np.arange(len(pos))
-    test = rank % 3 == 2
-    tr = np.nonzero(~test)[0]
-    te = np.nonzero(test)[0]
-    return RawDataset(
-        "digits",
-        images[tr],
-        labels[tr],
-        [f"digits:{i}" for i in tr],
-        images[te],
-        labels[te],
-        tuple(str(i) for i in range(10)),
-        scale=16.0,
+    tr, te = np.nonzero(rank % 3 != 2)[0], np.nonzero(rank % 3 == 2)[0]
+    ids = [f"digits:{i}" for i in tr]
+    names = tuple(str(i) for i in range(10))
+    return Dataset(
+        "digits", images[tr], labels[tr], ids, images[te], labels[te], names, 16.0, (0.0,), (1.0,)
     )
 
 
-# ----------------------------------------------------------------------------------------
-# Fashion-MNIST (IDX files)
-# ----------------------------------------------------------------------------------------
-
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
+FASHION_MNIST_CLASSES = tuple(
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker"]
+    + ["Bag", "Ankle boot"]
 )
-_FASHION_MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 
 
 def read_idx(path: str) -> np.ndarray:
     """An IDX file of unsigned bytes (the MNIST format; ``.gz`` is decompressed) as uint8.
 
-    Header: two zero bytes, the element type (0x08: unsigned byte), the number of dimensions,
-    then each dimension as a big-endian uint32; the data must have exactly that many bytes.
-    Anything else raises ``ValueError`` naming the file.
+    Anything but a header of two zero bytes, type 0x08, the rank and the big-endian uint32
+    dimensions, followed by exactly that many bytes, raises ``ValueError`` naming the file.
     """
     opener = gzip.open if path.endswith(".gz") else open
     try:
@@ -300,356 +257,169 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(body, np.uint8).reshape(dims)
 
 
-def load_fashion_mnist(folder: str) -> RawDataset:
-    """Fashion-MNIST from its four standard IDX files in ``folder`` (28x28x1, 10 classes).
-
-    The files (as the data set's own site and tfds serve them, ``.gz`` or decompressed):
-    ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-    ``t10k-labels-idx1-ubyte``: 60,000 training and 10,000 test images. The training ids are
-    ``train:<index>`` in file order, as the tfds source gives them for ``fashion_mnist``, so
-    a seed selects the same imbalanced subset from either copy.
-    """
+def load_fashion_mnist(folder: str) -> Dataset:
+    """Fashion-MNIST from its four IDX files in ``folder`` (``.gz`` or not): 60,000 training
+    and 10,000 test images of 28x28x1. Training ids ``train:<index>`` as tfds gives them."""
     folder = os.path.expanduser(folder)
     if not os.path.isdir(folder):
         raise ValueError(f"source: fashion_mnist:{folder}: no such folder")
-    arrays = {}
-    for key, stem in _FASHION_MNIST_FILES.items():
-        found = [os.path.join(folder, stem + ext) for ext in (".gz", "")]
-        found = [f for f in found if os.path.isfile(f)]
+    arrays = []
+    for stem in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
+        found = [
+            f"{folder}/{stem}-ubyte{ext}"
+            for ext in (".gz", "")
+            if os.path.isfile(f"{folder}/{stem}-ubyte{ext}")
+        ]
         if not found:
-            raise ValueError(f"source: {folder} has no {stem}.gz (nor {stem})")
-        arrays[key] = read_idx(found[0])
-    for split in ("train", "test"):
-        x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise ValueError(
-                f"source: {folder}: {split} images {x.shape} and labels {y.shape} do not "
-                "match (expected [N, H, W] and [N])"
-            )
-        if y.size and int(y.max()) >= len(FASHION_MNIST_CLASSES):
-            raise ValueError(f"source: {folder}: {split} label {int(y.max())} is not in 0..9")
-    n = len(arrays["train_labels"])
-    return RawDataset(
+            raise ValueError(f"source: {folder} has no {stem}-ubyte.gz (nor {stem}-ubyte)")
+        arrays.append(read_idx(found[0]))
+    (tr_x, tr_y, te_x, te_y), ids = arrays, [f"train:{i}" for i in range(len(arrays[1]))]
+    names = FASHION_MNIST_CLASSES
+    ds = Dataset(
         "fashion_mnist",
-        arrays["train_images"][..., None],
-        arrays["train_labels"].astype(np.int64),
-        [f"train:{i}" for i in range(n)],
-        arrays["test_images"][..., None],
-        arrays["test_labels"].astype(np.int64),
-        FASHION_MNIST_CLASSES,
+        tr_x[..., None],
+        tr_y.astype(np.int64),
+        ids,
+        te_x[..., None],
+        te_y.astype(np.int64),
+        names,
     )
+    return _checked(ds, f"source: {folder}")
 
 
-# ----------------------------------------------------------------------------------------
-# npz
-# ----------------------------------------------------------------------------------------
+# -- npz ------------------------------------------------------------------------------------
 
 
-def _npz_error(path, msg) -> ValueError:
-    return ValueError(f"source: npz file {path!r}: {msg}")
+def load_npz(path: str, key: str | None = None) -> Dataset:
+    """A data set in one ``.npz`` (``np.savez``; no pickled objects).
 
-
-def load_npz(path: str) -> RawDataset:
-    """Any array data set stored in one ``.npz`` (``np.savez``; no pickled objects).
-
-    Arrays:
-      ``train_images``: uint8 [N, H, W, C] (or [N, H, W], read as C = 1);
-      ``train_labels``: integer [N]; ``test_images``: uint8 [M, H, W, C] (same H, W, C);
-      ``test_labels``: integer [M]; optional ``class_names``: K strings (default: "0".."K-1"
-      with K = 1 + the largest label); optional ``train_ids``: N unique strings or integers
-      (stable ids for the subset selection; default ``"train:<position>"``).
-
-    Returns:
-      :class:`RawDataset` named after the file stem, scale 255.
+    Arrays: ``train_images``/``test_images`` uint8 ``[N, H, W, C]`` (or ``[N, H, W]``, read as
+    C = 1); ``train_labels``/``test_labels``: integer ``[N]`` class ids, or uint8 label maps
+    ``[N, H, W]`` (also accepted as ``train_masks``/``test_masks``; ``key="masks"`` reads
+    those first); optional ``class_names`` (K strings; default "0".."K-1", K = 1 + the largest
+    training label) and ``train_ids`` (N unique ids; default ``train:<position>``).
     """
-    path = os.path.expanduser(path)
+    path = os.path.expanduser(str(path))
+    where = f"source: {path}"
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"source: the npz file {path!r} does not exist")
+        raise FileNotFoundError(f"{where}: the npz file does not exist")
+    unreadable = (OSError, ValueError, EOFError, zlib.error)
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zlib.error) as e:
-        raise _npz_error(path, f"cannot be read as a .npz ({e})") from e
+    except unreadable as e:
+        raise ValueError(f"{where}: cannot be read as a .npz ({e})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{where}: a single array (.npy), not a .npz of named arrays")
     with z:
-        keys = set(z.files)
-        missing = [
-            k
-            for k in ("train_images", "train_labels", "test_images", "test_labels")
-            if k not in keys
-        ]
+        keys = ("labels", "masks") if key != "masks" else ("masks", "labels")
+        key = next((k for k in keys if f"train_{k}" in z.files), keys[0])
+        need = [f"{s}_{k}" for k in ("images", key) for s in ("train", "test")]
+        missing = [k for k in sorted(need) if k not in z.files]
         if missing:
-            raise _npz_error(path, f"missing arrays {missing} (has {sorted(keys)})")
+            raise ValueError(f"{where}: missing arrays {missing} (has {sorted(z.files)})")
         try:
-            arrays = {k: z[k] for k in keys}
-        except (ValueError, zlib.error, OSError) as e:
-            raise _npz_error(path, f"cannot read its arrays ({e})") from e
-    images = {}
-    for split in ("train", "test"):
-        x = arrays[f"{split}_images"]
-        if x.dtype != np.uint8:
-            raise _npz_error(path, f"{split}_images must be uint8, got {x.dtype}")
-        if x.ndim == 3:
-            x = x[..., None]
-        if x.ndim != 4 or 0 in x.shape[1:]:
-            raise _npz_error(
-                path,
-                f"{split}_images must have shape [N, H, W, C], "
-                f"got {arrays[f'{split}_images'].shape}",
-            )
-        y = arrays[f"{split}_labels"]
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise _npz_error(
-                path, f"{split}_labels must be a 1-D integer array, got {y.dtype} {y.shape}"
-            )
-        if len(y) != len(x):
-            raise _npz_error(
-                path, f"{split}_labels has {len(y)} entries but {split}_images {len(x)}"
-            )
-        if len(x) == 0:
-            raise _npz_error(path, f"{split}_images is empty")
-        images[split] = (x, y.astype(np.int64))
-    (tr_x, tr_y), (te_x, te_y) = images["train"], images["test"]
-    if tr_x.shape[1:] != te_x.shape[1:]:
-        raise _npz_error(
-            path, f"train images are {tr_x.shape[1:]} but test images {te_x.shape[1:]}"
-        )
-    if "class_names" in arrays:
-        cn = arrays["class_names"]
-        if cn.ndim != 1 or len(cn) == 0:
-            raise _npz_error(path, f"class_names must be a 1-D array of K names, got {cn.shape}")
-        names = tuple(id_str(n) for n in cn.tolist())
+            a = {k: z[k] for k in (*need, "class_names", "train_ids") if k in z.files}
+        except unreadable as e:
+            raise ValueError(f"{where}: cannot read its arrays ({e})") from e
+    x = {s: a[f"{s}_images"][..., None] if a[f"{s}_images"].ndim == 3 else a[f"{s}_images"]
+         for s in ("train", "test")}  # fmt: skip
+    y = {s: a[f"{s}_{key}"] for s in ("train", "test")}
+    y = {s: v.astype(np.int64) if v.ndim == 1 and v.dtype.kind in "iu" else v for s, v in y.items()}
+    if "class_names" in a:
+        if a["class_names"].ndim != 1 or len(a["class_names"]) == 0:
+            raise ValueError(f"{where}: class_names must be a 1-D array of K names")
+        names = tuple(id_str(n) for n in a["class_names"].tolist())
     else:
-        k = int(max(tr_y.max(), te_y.max(), 0)) + 1
-        names = tuple(str(i) for i in range(k))
-    if "train_ids" in arrays:
-        ids_arr = arrays["train_ids"]
-        if ids_arr.ndim != 1 or len(ids_arr) != len(tr_y):
-            raise _npz_error(path, f"train_ids must have shape [{len(tr_y)}], got {ids_arr.shape}")
-        ids = [id_str(i) for i in ids_arr.tolist()]
-        if len(set(ids)) != len(ids):
-            raise _npz_error(path, "train_ids must be unique")
-    else:
-        ids = [f"train:{i}" for i in range(len(tr_y))]
+        names = _default_names(y["train"]) if y["train"].dtype.kind in "iu" else ("0",)
+    if "train_ids" in a and a["train_ids"].ndim != 1:
+        raise ValueError(f"{where}: train_ids must have shape [{len(x['train'])}]")
+    n = len(x["train"])
+    ids = [id_str(i) for i in a["train_ids"].tolist()] if "train_ids" in a else None
+    ids = ids if ids is not None else [f"train:{i}" for i in range(n)]
     name = os.path.splitext(os.path.basename(path))[0]
-    return RawDataset(name, tr_x, tr_y, ids, te_x, te_y, names)
+    ds = Dataset(name, x["train"], y["train"], ids, x["test"], y["test"], names)
+    return _checked(ds, where, key)
 
 
-# ----------------------------------------------------------------------------------------
-# cifar10_jpeg
-# ----------------------------------------------------------------------------------------
+# -- image folders: the CIFAR-10 JPEG archive, segmentation folders ---------------------------
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError as e:
-        return e.errno != errno.ESRCH
-    return True
-
-
-def clean_stale_temporaries(root: str, *, max_age_s: float = STALE_TEMP_SECONDS) -> list:
-    """Removes ``.extract-*`` folders and ``.arrays-*`` files left by killed runs in `root`.
-
-    A temporary is named ``.extract-<pid>-...`` / ``.arrays-<pid>-...``; it is stale when
-    that process no longer exists, or when it is older than `max_age_s` seconds and carries no
-    pid (older releases). Returns the removed paths.
-    """
-    removed = []
-    try:
-        entries = os.listdir(root)
-    except FileNotFoundError:
-        return removed
-    now = time.time()
-    for entry in entries:
-        if not entry.startswith((".extract-", ".arrays-")):
-            continue
-        path = os.path.join(root, entry)
-        parts = entry.split("-")
-        pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
-        try:
-            age = now - os.path.getmtime(path)
-        except OSError:
-            continue
-        stale = (not _pid_alive(pid)) if pid is not None else age > max_age_s
-        if pid == os.getpid():
-            stale = False
-        if stale:
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
-                    os.remove(path)
-                except OSError:
-                    pass
-            if not os.path.exists(path):
-                removed.append(path)
-    return removed
-
-
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-def _cache_error(e: OSError, doing: str, root: str) -> OSError:
-    """One line for a cache that cannot be written: the path, the cause, what to do."""
-    cause = (
-        "no space left on device"
-        if e.errno in (errno.ENOSPC, errno.EDQUOT)
-        else f"not writable ({e.strerror})"
-    )
-    return OSError(
-        e.errno,
-        f"source: {cause} while {doing} {root!r}; free space there or set data.cache_dir "
-        "to a writable folder with room (the extracted archive and its arrays: ~3x the archive)",
-    )
-
-
-def _extract_once(archive: str, root: str) -> str:
-    """Extracts `archive` into root/extracted atomically; returns that directory."""
-    target = os.path.join(root, "extracted")
-    if os.path.isdir(target):
-        return target
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".extract-{os.getpid()}-", dir=root)
-    try:
-        try:
-            with tarfile.open(archive, "r:*") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue  # folders are made as needed; links are not followed
-                    rel = os.path.normpath(member.name)
-                    if os.path.isabs(rel) or rel.split(os.sep)[0] == "..":
-                        raise ValueError(f"unsafe member path {member.name!r}")
-                    dest = os.path.join(tmp, rel)
-                    os.makedirs(os.path.dirname(dest), exist_ok=True)
-                    with tar.extractfile(member) as src, open(dest, "wb") as out:
-                        out.write(src.read())
-        except OSError as e:
-            if e.errno not in _WRITE_ERRNOS:
-                raise ValueError(
-                    f"source: cannot extract {archive!r}; the archive looks corrupt ({e})"
-                ) from e
-            raise _cache_error(e, f"extracting {archive!r} into", root) from e
-        except (tarfile.TarError, EOFError, ValueError, zlib.error) as e:
-            raise ValueError(
-                f"source: cannot extract {archive!r}; the archive looks corrupt ({e})"
-            ) from e
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not os.path.isdir(target):  # another process won the race otherwise
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _decode_one(path: str) -> np.ndarray:
+def _decode(blob: bytes) -> np.ndarray:
     from PIL import Image
 
-    with open(path, "rb") as f:
-        blob = f.read()
     with Image.open(io.BytesIO(blob)) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def _decode_folder(folder: str, split: str, class_names):
-    """Decodes folder/split/<class>/*.jpg|png with Pillow into uint8 [N, H, W, 3]."""
-    paths, labels = [], []
-    for c, cname in enumerate(class_names):
-        d = os.path.join(folder, split, cname)
-        if not os.path.isdir(d):
-            raise ValueError(f"source: {split}/{cname}/ is missing from the extracted archive")
-        files = sorted(f for f in os.listdir(d) if f.lower().endswith((".jpg", ".jpeg", ".png")))
-        paths.extend(f"{split}/{cname}/{f}" for f in files)
-        labels.extend([c] * len(files))
-    if not paths:
-        raise ValueError(f"source: no images under {split}/ of the extracted archive")
-    images = [None] * len(paths)
-    errors = []
+def _read_archive(archive: str):
+    """{(split, class): [(file name, bytes)]} of the archive's ``split/class/file`` images."""
+    members: dict = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for m in tar:
+                parts = os.path.normpath(m.name).split(os.sep)
+                if m.isfile() and len(parts) == 3 and parts[0] in ("train", "test"):
+                    if parts[2].lower().endswith(IMAGE_EXTENSIONS):
+                        blob = tar.extractfile(m).read()
+                        members.setdefault(tuple(parts[:2]), []).append((parts[2], blob))
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
+        raise ValueError(f"source: cannot read {archive!r}; the archive looks corrupt ({e})") from e
+    return members
 
-    def work(lo, hi):
-        for i in range(lo, hi):
+
+def _decode_archive(archive: str) -> dict:
+    """The arrays of the ``train|test/<class>/*.jpg`` archive, decoded with Pillow in threads."""
+    members = _read_archive(archive)
+    names = sorted({c for s, c in members if s == "train"})
+    if not names or not any(s == "test" for s, _ in members):
+        raise ValueError(f"source: {archive!r} has no train/<class>/ and test/<class>/ images")
+    out = {"class_names": np.asarray(names)}
+    for split in ("train", "test"):
+        files = [
+            (f"{split}/{c}/{f}", blob, label)
+            for label, c in enumerate(names)
+            for f, blob in sorted(members.get((split, c), []))
+        ]
+        with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
             try:
-                images[i] = _decode_one(os.path.join(folder, paths[i]))
-            except (
-                OSError,
-                ValueError,
-                SyntaxError,
-            ) as e:  # PIL: UnidentifiedImageError is an OSError
-                errors.append(f"{paths[i]}: {e}")
-                return
-
-    n_threads = max(1, min(8, os.cpu_count() or 1))
-    chunk = -(-len(paths) // n_threads)
-    threads = [
-        threading.Thread(target=work, args=(i * chunk, min(len(paths), (i + 1) * chunk)))
-        for i in range(n_threads)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise ValueError(f"source: cannot decode the images of {split}/ ({errors[0]})")
-    shapes = {im.shape for im in images}
-    if len(shapes) != 1:
-        raise ValueError(
-            f"source: cannot decode the images of {split}/ as one uint8 array of equal shapes "
-            f"(found shapes {sorted(shapes)[:3]})"
-        )
-    return np.stack(images), np.asarray(labels, np.int64), paths
+                images = list(pool.map(_decode, [blob for _, blob, _ in files]))
+            except (OSError, ValueError, SyntaxError) as e:  # PIL's errors are OSErrors
+                raise ValueError(f"source: cannot decode the images of {split}/ ({e})") from e
+        if len({im.shape for im in images}) != 1:
+            raise ValueError(f"source: the images of {split}/ differ in shape")
+        out[f"{split}_images"] = np.stack(images)
+        out[f"{split}_labels"] = np.asarray([label for *_, label in files], np.int64)
+        out[f"{split}_ids"] = np.asarray([rel for rel, *_ in files])
+    return out
 
 
-def _write_npz_atomically(path: str, **arrays) -> None:
+def save_npz_atomically(path: str, **arrays) -> None:
+    """``np.savez`` into a temporary file beside ``path``, then renamed: never half-written."""
     root = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".arrays-{os.getpid()}-", suffix=".npz", dir=root)
+    os.makedirs(root, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=root)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
     except OSError as e:
-        if e.errno not in _WRITE_ERRNOS:
-            raise
-        raise _cache_error(e, "writing the decoded arrays into", root) from e
+        raise OSError(
+            e.errno,
+            f"source: cannot write {path!r} ({e.strerror}); free space there or set "
+            "data.cache_dir to a writable folder with room",
+        ) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _disk_usage(folder: str) -> int:
-    """Bytes of the files under ``folder``."""
-    total = 0
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
+def load_cifar10_jpeg(archive: str, cache_dir: str = "~/.cache/cce_jax") -> Dataset:
+    """The CIFAR-10 JPEG archive (``train|test/<class>/NNNN.jpg``), decoded once from the tar.
 
-
-def load_cifar10_jpeg(archive: str, cache_dir: str = "~/.cache/cce_jax") -> RawDataset:
-    """The offline CIFAR-10 JPEG archive (``train|test/<class>/NNNN.jpg``), decoded once.
-
-    Extracted into ``cache_dir/cifar10_jpeg-<sha256 prefix>/extracted`` and decoded with
-    Pillow into ``arrays_pillow.npz`` (both written to temporaries, then renamed); later calls
-    load the ``.npz``. Pillow decodes like ``tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")``;
-    the tf default used before (INTEGER_FAST) differs by up to 5 levels (mean 1), hence a new
-    cache file name. Temporaries left by killed runs are removed first
-    (:func:`clean_stale_temporaries`). Classes are the train/ sub-folders, sorted. The first
-    call says on stderr where the copy went and how large it is (about 420 MB for CIFAR-10).
+    The arrays go to ``cache_dir/cifar10_jpeg-<sha256 prefix>/arrays_pillow.npz`` (written
+    atomically); later calls load that file. Classes are the train/ folders, sorted; the
+    training ids are the member paths. Pillow decodes like ``tf.io.decode_jpeg(dct_method=
+    "INTEGER_ACCURATE")``.
     """
     archive = os.path.expanduser(archive)
     if not os.path.isfile(archive):
@@ -657,122 +427,209 @@ def load_cifar10_jpeg(archive: str, cache_dir: str = "~/.cache/cce_jax") -> RawD
             f"source: the CIFAR-10 JPEG archive {archive!r} does not exist (expected a .tar.gz "
             "with train/<class>/*.jpg and test/<class>/*.jpg)"
         )
-    key = _sha256(archive)[:16]
+    with open(archive, "rb") as f:
+        key = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     root = os.path.join(os.path.expanduser(cache_dir), f"cifar10_jpeg-{key}")
-    clean_stale_temporaries(root)
     npz = os.path.join(root, "arrays_pillow.npz")
     if not os.path.isfile(npz):
         _extras.require("data", "source 'cifar10_jpeg'", "PIL")
-        folder = _extract_once(archive, root)
-        train_dir = os.path.join(folder, "train")
-        if not os.path.isdir(train_dir) or not os.path.isdir(os.path.join(folder, "test")):
-            raise ValueError(f"source: {archive!r} has no train/ and test/ folders")
-        names = sorted(
-            n for n in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, n))
-        )
-        tr_x, tr_y, tr_ids = _decode_folder(folder, "train", names)
-        te_x, te_y, te_ids = _decode_folder(folder, "test", names)
-        _write_npz_atomically(
-            npz,
-            train_images=tr_x,
-            train_labels=tr_y,
-            train_ids=np.asarray(tr_ids),
-            test_images=te_x,
-            test_labels=te_y,
-            test_ids=np.asarray(te_ids),
-            class_names=np.asarray(names),
-        )
+        save_npz_atomically(npz, **_decode_archive(archive))
         print(
-            f"cce_jax.data: the CIFAR-10 JPEG copy was extracted and decoded once into {root} "
-            f"({_disk_usage(root) / 1e6:.0f} MB; later runs load it from there; "
-            "data.cache_dir sets the folder; delete it to free the space)",
+            f"cce_jax.data: the CIFAR-10 JPEG copy was decoded once into {root} "
+            f"({os.path.getsize(npz) / 1e6:.0f} MB; later runs load it from there; "
+            "data.cache_dir sets the folder)",
             file=sys.stderr,
             flush=True,
         )
     with np.load(npz) as z:
-        return RawDataset(
-            "cifar10_jpeg",
-            z["train_images"],
-            z["train_labels"].astype(np.int64),
-            z["train_ids"].tolist(),
-            z["test_images"],
-            z["test_labels"].astype(np.int64),
-            tuple(str(n) for n in z["class_names"].tolist()),
-        )
+        a = {k: z[k] for k in z.files}
+    return Dataset(
+        "cifar10_jpeg",
+        *(a["train_images"], a["train_labels"].astype(np.int64), a["train_ids"].tolist()),
+        *(a["test_images"], a["test_labels"].astype(np.int64)),
+        tuple(str(n) for n in a["class_names"].tolist()),
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+    )
 
 
-# ----------------------------------------------------------------------------------------
-# The table and the in-process cache
-# ----------------------------------------------------------------------------------------
+def _read_image(path: str, label: bool) -> np.ndarray:
+    from PIL import Image
+
+    what = "a PNG label map" if label else "an image"
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if label and im.format != "PNG":
+                raise ValueError(f"{path}: a label map must be a PNG file, got {im.format}")
+            if label and im.mode not in ("L", "P"):
+                raise ValueError(
+                    f"{path}: a label map must be a single-channel 8-bit PNG (mode L or P) of "
+                    f"class indices, got mode {im.mode}"
+                )
+            if label:
+                return np.array(im, np.uint8)  # P: the palette indices are the class ids
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                raise ValueError(f"{path}: {im.mode} images are not supported (8-bit L or RGB)")
+            if im.mode in ("1", "L", "LA"):
+                return np.asarray(im.convert("L"), np.uint8)[..., None]
+            return np.asarray(im.convert("RGB"), np.uint8)
+    except (OSError, SyntaxError) as e:  # PIL: UnidentifiedImageError is an OSError
+        raise ValueError(f"{path}: cannot be read as {what} ({e})") from e
 
 
-def _tfds_loader(arg, config):
-    return load_tfds(arg, config.get("data_dir"), download=config.get("download", "auto"))
+def _read_classes(folder: str) -> tuple:
+    path = os.path.join(folder, "classes.txt")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing (one class name per line, class 0 first)")
+    with open(path, encoding="utf-8") as f:
+        names = tuple(line.strip() for line in f.read().rstrip().splitlines())
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"{path}: one unique, non-empty class name per line, class 0 first")
+    if len(names) >= IGNORE_INDEX:
+        raise ValueError(f"{path}: at most 254 classes (255 is the ignore index)")
+    return names
 
 
-LOADERS: dict[str, Callable] = {
-    "tfds": _tfds_loader,
-    "cifar10_jpeg": lambda arg, config: load_cifar10_jpeg(
-        arg, config.get("cache_dir") or "~/.cache/cce_jax"
+def _pair_files(img_dir: str, lab_dir: str, split: str) -> list:
+    """The stems of ``img_dir``'s images, each with a label map ``lab_dir/<stem>.png``."""
+    for d in (img_dir, lab_dir):
+        if not os.path.isdir(d):
+            raise ValueError(f"{d}: missing (expected {split}/images/ and {split}/labels/)")
+    images = sorted(f for f in os.listdir(img_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not images:
+        raise ValueError(f"{img_dir}: no .png/.jpg/.jpeg images")
+    stems = {}
+    for f in images:
+        if os.path.splitext(f)[0] in stems:
+            raise ValueError(f"{os.path.join(img_dir, f)}: a second image of that stem")
+        stems[os.path.splitext(f)[0]] = f
+    for f in sorted(f for f in os.listdir(lab_dir) if not f.startswith(".")):
+        stem, ext = os.path.splitext(f)
+        if ext.lower() != ".png" or stem not in stems:
+            raise ValueError(
+                f"{os.path.join(lab_dir, f)}: no image {split}/images/{stem}.png|.jpg|.jpeg "
+                "for this label map (label maps are <stem>.png beside an image <stem>)"
+            )
+    for stem, f in stems.items():
+        if not os.path.isfile(os.path.join(lab_dir, stem + ".png")):
+            raise ValueError(
+                f"{os.path.join(img_dir, f)}: its label map {split}/labels/{stem}.png is missing"
+            )
+    return list(stems.items())
+
+
+def _read_split(folder: str, split: str, num_classes: int):
+    img_dir, lab_dir = (os.path.join(folder, split, sub) for sub in ("images", "labels"))
+
+    def read(item):
+        stem, f = item
+        ipath, lpath = os.path.join(img_dir, f), os.path.join(lab_dir, stem + ".png")
+        x, m = _read_image(ipath, False), _read_image(lpath, True)
+        if m.shape != x.shape[:2]:
+            raise ValueError(
+                f"{lpath}: label map is {m.shape[1]}x{m.shape[0]} (WxH) but its image "
+                f"{ipath} is {x.shape[1]}x{x.shape[0]}"
+            )
+        check_labels(m, num_classes, lpath)
+        return x, m
+
+    files = _pair_files(img_dir, lab_dir, split)
+    with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
+        pairs = list(pool.map(read, files))
+    for (_, f), (x, _) in zip(files, pairs):
+        if x.shape != pairs[0][0].shape:
+            raise ValueError(
+                f"{os.path.join(img_dir, f)}: shape {x.shape} (H, W, C) differs from the "
+                f"first image's {pairs[0][0].shape}; all images must have one size and channels"
+            )
+    return np.stack([x for x, _ in pairs]), np.stack([m for _, m in pairs]), [s for s, _ in files]
+
+
+def load_seg_folder(folder: str) -> Dataset:
+    """A segmentation set as files (docs/data.md): ``classes.txt`` (one name per line),
+    ``train|test/images/<stem>.png|.jpg|.jpeg`` and ``train|test/labels/<stem>.png``
+    (single-channel 8-bit PNG, mode L or P, of class ids or 255). Training ids: the stems.
+    Every error names the file."""
+    folder = os.path.expanduser(str(folder))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: no such folder")
+    names = _read_classes(folder)
+    tr_x, tr_m, tr_ids = _read_split(folder, "train", len(names))
+    te_x, te_m, _ = _read_split(folder, "test", len(names))
+    name = os.path.basename(os.path.normpath(folder))
+    return _checked(Dataset(name, tr_x, tr_m, tr_ids, te_x, te_m, names), folder)
+
+
+# -- the registry ---------------------------------------------------------------------------
+
+# name -> (argument: "path" | "name" | None, loader(argument, data config) -> Dataset)
+SOURCES = {
+    "tfds": (
+        "name",
+        lambda name, c: load_tfds(name, c.get("data_dir"), download=c.get("download", "auto")),
     ),
-    "npz": lambda arg, config: load_npz(arg),
-    "fashion_mnist": lambda arg, config: load_fashion_mnist(arg),
-    "digits": lambda arg, config: load_digits(),
-    "seg_folder": lambda arg, config: _segmentation().load_seg_folder(arg),
-    "seg_npz": lambda arg, config: _segmentation().load_seg_npz(arg),
+    "cifar10_jpeg": (
+        "path",
+        lambda path, c: load_cifar10_jpeg(path, c.get("cache_dir") or "~/.cache/cce_jax"),
+    ),
+    "npz": ("path", lambda path, c: load_npz(path)),
+    "seg_npz": ("path", lambda path, c: load_npz(path, "masks")),  # label maps as *_masks
+    "fashion_mnist": ("path", lambda path, c: load_fashion_mnist(path)),
+    "seg_folder": ("path", lambda path, c: load_seg_folder(path)),
+    "digits": (None, lambda _, c: load_digits()),
 }
 
 
-def _segmentation():
-    from cce_jax.data import segmentation
+def parse_source(source: str, name=None) -> tuple[str, str | None]:
+    """(name, argument) of a source string; a ``"name"`` argument may come from ``name``.
 
-    return segmentation
-
-
-_CACHE: dict = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def _freeze(raw):
-    for field in dataclasses.fields(raw):
-        a = getattr(raw, field.name)
-        if isinstance(a, np.ndarray):
-            a.setflags(write=False)
-    raw.train_ids = tuple(raw.train_ids)
-    return raw
-
-
-def load_source(config):
-    """The :class:`RawDataset` of ``config.source`` (a segmentation source: its
-    :class:`~cce_jax.data.segmentation.SegmentationDataset`), loaded once per process.
-
-    Cached by (source, name, data_dir, cache_dir); the cached arrays are read-only. Pass it as
-    ``build(..., raw=...)`` to build several pipelines (e.g. one per seed) from one load.
-
-    Args:
-      config: the ``data`` config (:func:`cce_jax.data.default_config` fields).
-
-    Returns:
-      :class:`RawDataset`, or ``SegmentationDataset`` for ``seg_folder``/``seg_npz``.
+    >>> parse_source("npz:/data/x.npz"), parse_source("tfds", "cifar10"), parse_source("digits")
+    (('npz', '/data/x.npz'), ('tfds', 'cifar10'), ('digits', None))
     """
+    kind, sep, arg = str(source).partition(":")
+    if kind not in SOURCES:
+        forms = [f"'{k}:{a.upper()}'" if a else f"'{k}'" for k, (a, _) in SOURCES.items()]
+        raise ValueError(f"source: unknown data source {source!r}; expected {', '.join(forms)}")
+    takes = SOURCES[kind][0]
+    if takes is None:
+        if sep:
+            raise ValueError(f"source: {kind!r} takes no argument, got {source!r}")
+        return kind, None
+    arg = arg if sep or takes == "path" else name
+    if not arg:
+        if takes == "name":
+            raise ValueError(
+                f"name: source {kind!r} needs a data set name: set data.name (e.g. 'cifar10') "
+                f"or use data.source='{kind}:NAME'"
+            )
+        raise ValueError(f"source: {kind!r} needs a path, e.g. '{kind}:/data/file'")
+    return kind, str(arg)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(kind, arg, _stamp, options):
+    ds = SOURCES[kind][1](arg, dict(options))
+    for a in (ds.train_images, ds.train_labels, ds.test_images, ds.test_labels):
+        a.setflags(write=False)
+    ds.train_ids = tuple(ds.train_ids)
+    return ds
+
+
+def load_source(config) -> Dataset:
+    """The :class:`Dataset` of ``config.source``, loaded once per process (read-only arrays;
+    a file rewritten since is loaded again). Pass it as ``build(..., raw=...)`` to build
+    several pipelines (e.g. one per seed) from one load."""
     kind, arg = parse_source(config.source, config.get("name"))
-    if kind in ("cifar10_jpeg", "npz", "fashion_mnist", "seg_folder", "seg_npz"):
-        arg = os.path.abspath(os.path.expanduser(arg))
     stamp = None
-    if kind in ("cifar10_jpeg", "npz", "seg_npz") and os.path.isfile(arg):
-        st = os.stat(arg)
-        stamp = (st.st_mtime_ns, st.st_size)  # a rewritten file is loaded again
-    key = (kind, arg, stamp, config.get("data_dir"), config.get("cache_dir"))
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-    raw = _freeze(LOADERS[kind](arg, config))
-    with _CACHE_LOCK:
-        _CACHE[key] = raw
-    return raw
+    if SOURCES[kind][0] == "path":
+        arg = os.path.abspath(os.path.expanduser(arg))
+        if os.path.isfile(arg):
+            stamp = (os.stat(arg).st_mtime_ns, os.stat(arg).st_size)
+    options = tuple((k, config.get(k)) for k in ("data_dir", "cache_dir", "download"))
+    return _load(kind, arg, stamp, options)
 
 
 def clear_cache() -> None:
     """Forgets the data sets cached by :func:`load_source`."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _load.cache_clear()

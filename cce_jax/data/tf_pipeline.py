@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from cce_jax.data import imbalance
-from cce_jax.data.split import Split, SplitViews
+from cce_jax.data.builder import Split, SplitViews
 
 __all__ = ["TFData"]
 
