@@ -1,7 +1,8 @@
-"""Imbalance profiles, subset selection and the per-epoch plan (numpy only, no tensorflow).
+"""Imbalance profiles, the seeded subset choice and the tf pipeline's epoch plan (numpy only).
 
 * :func:`class_counts`: per-class counts of the exp / step / none profiles of the long-tail
-  literature (Cui et al. 2019, Cao et al. 2019), or explicit counts.
+  literature (Cui et al. 2019, Cao et al. 2019; the same as LDAM-DRW's
+  ``get_img_num_per_cls``), or explicit counts.
 * :func:`select_indices`: which training examples survive, decided by a seeded hash of stable
   example ids (independent of the order the data is read in).
 * :func:`epoch_plan`: the permutation and pad-crop-flip offsets of one epoch of the tf.data
@@ -16,8 +17,6 @@ import math
 
 import numpy as np
 
-__all__ = ["PAD", "PROFILES", "EpochPlan", "class_counts", "epoch_plan", "select_indices"]
-
 PROFILES = ("exp", "step", "none")
 PAD = 4  # augmentation: zero padding before the random crop back to the original size
 
@@ -27,48 +26,40 @@ def _floor(x: float) -> int:
     return math.floor(x * (1.0 + 1e-12) + 1e-9)
 
 
+def _explicit_counts(profile, num_classes) -> np.ndarray:
+    try:
+        counts = [int(c) for c in profile]
+    except TypeError:
+        raise ValueError(
+            f"profile must be one of {PROFILES} or a sequence of counts, got {profile!r}"
+        ) from None
+    if not counts:
+        raise ValueError("profile: explicit counts must not be empty")
+    if num_classes is not None and len(counts) != int(num_classes):
+        raise ValueError(
+            f"profile: explicit counts have length {len(counts)} but num_classes={num_classes}"
+        )
+    if any(c < 1 for c in counts):
+        raise ValueError(f"profile: explicit counts must all be positive, got {counts}")
+    return np.asarray(counts, dtype=np.int64)
+
+
 def class_counts(profile, num_classes=None, n_max=None, ratio=1.0) -> np.ndarray:
-    """Per-class training counts of an imbalanced split.
+    """Per-class training counts (int64 [K]) of an imbalanced split.
 
     ``exp``: n_i = floor(n_max * ratio ** (-i / (K - 1))); ``step``: the first K // 2 classes
-    keep n_max, the others floor(n_max / ratio); ``none``: all n_max.
-
-    Args:
-      profile: ``"exp"``, ``"step"`` or ``"none"``, or an explicit sequence of positive
-        per-class counts (then ``num_classes``, if given, must equal its length and
-        ``n_max``/``ratio`` are ignored).
-      num_classes: K, the number of classes.
-      n_max: the count of the most frequent class (class 0), >= 1.
-      ratio: imbalance ratio n_max / n_min >= 1. LDAM's ``imb_factor`` is ``1 / ratio``.
-
-    Returns:
-      np.ndarray of int64, shape [K].
+    keep n_max, the others floor(n_max / ratio); ``none``: all n_max. ``profile`` may also be
+    an explicit sequence of positive counts (``num_classes``, if given, must be its length).
+    ``ratio`` = n_max / n_min >= 1 (LDAM's ``imb_factor`` is ``1 / ratio``).
 
     >>> c = class_counts("exp", 10, 5000, 100)
     >>> c.tolist(), int(c.sum())
     ([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], 12406)
-    >>> class_counts("step", 4, 100, 10).tolist()
-    [100, 100, 10, 10]
-    >>> class_counts([3, 2, 1]).tolist()
-    [3, 2, 1]
+    >>> class_counts("step", 4, 100, 10).tolist(), class_counts([3, 2, 1]).tolist()
+    ([100, 100, 10, 10], [3, 2, 1])
     """
     if not isinstance(profile, str):
-        try:
-            counts = [int(c) for c in profile]
-        except TypeError:
-            raise ValueError(
-                f"profile must be one of {PROFILES} or a sequence of counts, got {profile!r}"
-            ) from None
-        if len(counts) == 0:
-            raise ValueError("profile: explicit counts must not be empty")
-        if num_classes is not None and len(counts) != int(num_classes):
-            raise ValueError(
-                f"profile: explicit counts have length {len(counts)} but num_classes={num_classes}"
-            )
-        if any(c < 1 for c in counts):
-            raise ValueError(f"profile: explicit counts must all be positive, got {counts}")
-        return np.asarray(counts, dtype=np.int64)
-
+        return _explicit_counts(profile, num_classes)
     if profile not in PROFILES:
         raise ValueError(f"profile: unknown profile {profile!r}; expected one of {PROFILES}")
     if num_classes is None or int(num_classes) < 1:
@@ -79,29 +70,22 @@ def class_counts(profile, num_classes=None, n_max=None, ratio=1.0) -> np.ndarray
     if not ratio >= 1.0:  # also catches NaN
         raise ValueError(f"ratio must be >= 1 (ratio = n_max / n_min), got {ratio}")
     k, n_max = int(num_classes), int(n_max)
+    low = max(1, _floor(n_max / ratio))
     if profile == "none":
         counts = [n_max] * k
     elif profile == "step":
-        low = max(1, _floor(n_max / ratio))
         counts = [n_max] * (k // 2) + [low] * (k - k // 2)
-    else:  # exp
-        if k == 1:
-            counts = [n_max]
-        else:
-            counts = [n_max] + [
-                max(1, _floor(n_max * ratio ** (-i / (k - 1)))) for i in range(1, k - 1)
-            ]
-            counts.append(max(1, _floor(n_max / ratio)))
+    elif k == 1:
+        counts = [n_max]
+    else:  # exp: the last class exactly floor(n_max / ratio)
+        mid = [max(1, _floor(n_max * ratio ** (-i / (k - 1)))) for i in range(1, k - 1)]
+        counts = [n_max, *mid, low]
     return np.asarray(counts, dtype=np.int64)
 
 
 def id_str(x) -> str:
     """A stable example id as ``str`` (``bytes`` ids are decoded as UTF-8)."""
-    if isinstance(x, bytes):
-        return x.decode("utf-8")
-    if isinstance(x, np.bytes_):
-        return bytes(x).decode("utf-8")
-    return str(x)
+    return bytes(x).decode("utf-8") if isinstance(x, (bytes, np.bytes_)) else str(x)
 
 
 def _seeded_hash(seed: int, ident: str) -> int:
@@ -109,53 +93,29 @@ def _seeded_hash(seed: int, ident: str) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
-def _counts_vector(counts) -> np.ndarray:
-    raw = np.asarray(counts).reshape(-1)
-    if raw.size == 0:
-        raise ValueError("counts: must hold one count per class, got an empty sequence")
-    if raw.dtype == bool or not (
-        np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)
-    ):
-        raise ValueError(f"counts: must be non-negative integers, got {raw.tolist()!r}")
-    if np.issubdtype(raw.dtype, np.floating) and not np.all(
-        np.isfinite(raw) & (raw == np.round(raw))
-    ):
-        raise ValueError(f"counts: must be non-negative integers, got {raw.tolist()}")
-    out = raw.astype(np.int64)
-    if np.any(out < 0):
-        bad = np.nonzero(out < 0)[0]
-        raise ValueError(
-            f"counts: must be non-negative, got {out.tolist()} (negative for classes "
-            f"{bad.tolist()})"
-        )
-    return out
-
-
 def select_indices(labels, ids, counts, *, seed) -> np.ndarray:
-    """Positions (sorted, int64) of the training examples kept in the imbalanced subset.
+    """Sorted int64 positions of the training examples kept: per class c, the first
+    ``counts[c]`` examples ranked by a seeded hash of their stable id (ties: the id).
 
-    Examples of class c are ranked by a seeded hash of their stable id (ties broken by the
-    id), and the first ``counts[c]`` are kept. The result therefore depends only on the
-    multiset of (label, id) pairs and the seed, not on the order the data was read in.
-
-    Args:
-      labels: [N] integer class ids in ``[0, len(counts))``.
-      ids: N stable example ids (str or bytes), e.g. file paths.
-      counts: [K] non-negative integer counts to keep per class (negative or fractional
-        counts raise ``ValueError``).
-      seed: the subset seed.
-
-    Returns:
-      np.ndarray of int64: sorted positions into ``labels``.
+    The result depends only on the multiset of (label, id) pairs and the seed, not on the
+    order the data was read in. ``counts`` must be non-negative integers.
 
     >>> labels = np.array([0, 0, 0, 1, 1, 1])
-    >>> ids = ["a", "b", "c", "d", "e", "f"]
-    >>> kept = select_indices(labels, ids, [2, 1], seed=0)
+    >>> kept = select_indices(labels, list("abcdef"), [2, 1], seed=0)
     >>> len(kept), np.bincount(labels[kept]).tolist()
     (3, [2, 1])
     """
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    counts = _counts_vector(counts)
+    raw = np.asarray(counts).reshape(-1)
+    if not (
+        raw.size
+        and raw.dtype.kind in "iuf"
+        and np.all(np.isfinite(raw) & (raw == np.round(raw)) & (raw >= 0))
+    ):
+        raise ValueError(
+            f"counts: must be non-negative integers, one per class, got {raw.tolist()}"
+        )
+    counts = raw.astype(np.int64)
     if len(ids) != len(labels):
         raise ValueError(f"ids: length {len(ids)} differs from labels: {len(labels)}")
     if labels.size and (labels.min() < 0 or labels.max() >= len(counts)):
@@ -171,13 +131,10 @@ def select_indices(labels, ids, counts, *, seed) -> np.ndarray:
             f"counts: class {c} has only {available[c]} examples but {counts[c]} were requested"
             f" (classes short of examples: {short.tolist()})"
         )
-    str_ids = [id_str(i) for i in ids]
-    keys = [(_seeded_hash(seed, s), s) for s in str_ids]
+    keys = [(_seeded_hash(seed, s), s) for s in map(id_str, ids)]
     kept = []
     for c in range(len(counts)):
-        pos = np.nonzero(labels == c)[0]
-        order = sorted(pos.tolist(), key=lambda p: keys[p])
-        kept.extend(order[: counts[c]])
+        kept += sorted(np.nonzero(labels == c)[0].tolist(), key=keys.__getitem__)[: counts[c]]
     return np.sort(np.asarray(kept, dtype=np.int64))
 
 
@@ -188,13 +145,10 @@ def stratified_first(labels, n: int) -> np.ndarray:
     [0, 1, 3, 5]
     """
     labels = np.asarray(labels).astype(np.int64)
-    rank = np.zeros(len(labels), np.int64)
-    seen: dict = {}
+    rank, seen = np.zeros(len(labels), np.int64), {}
     for p, y in enumerate(labels.tolist()):
-        rank[p] = seen.get(y, 0)
-        seen[y] = rank[p] + 1
-    order = np.lexsort((np.arange(len(labels)), rank))
-    return np.sort(order[:n]).astype(np.int64)
+        rank[p] = seen[y] = seen.get(y, -1) + 1
+    return np.sort(np.lexsort((np.arange(len(labels)), rank))[:n]).astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,18 +170,9 @@ def epoch_plan(*, seed: int, epoch: int, num_train: int, global_batch_size: int)
     """The tf.data pipeline's epoch: a pure function of (seed, epoch, sizes).
 
     The permutation and the per-element augmentation parameters are drawn for the whole
-    global epoch from numpy generators seeded by (seed, epoch); the remainder that fills no
-    global batch is dropped. Element i of the epoch always gets parameters i, whatever the
-    process count (process p of P takes columns ``[p*B/P, (p+1)*B/P)`` of every row).
-
-    Args:
-      seed: the run seed (its low 32 bits are used).
-      epoch: the epoch index, >= 0.
-      num_train: N, the size of the kept training subset.
-      global_batch_size: B.
-
-    Returns:
-      :class:`EpochPlan` with arrays of shape [N // B, B].
+    global epoch from numpy generators seeded by (seed's low 32 bits, epoch); the remainder
+    that fills no global batch is dropped. Element i of the epoch always gets parameters i,
+    whatever the process count (process p of P takes columns ``[p*B/P, (p+1)*B/P)``).
 
     >>> p = epoch_plan(seed=0, epoch=0, num_train=10, global_batch_size=4)
     >>> p.positions.shape, len(set(p.positions.ravel().tolist()))
@@ -238,8 +183,7 @@ def epoch_plan(*, seed: int, epoch: int, num_train: int, global_batch_size: int)
         raise ValueError(f"need global_batch_size >= 1 and num_train >= 0, got {g}, {n}")
     if int(epoch) < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
-    steps = n // g
-    seed32 = int(seed) & 0xFFFFFFFF
+    steps, seed32 = n // g, int(seed) & 0xFFFFFFFF
     perm = np.random.default_rng([seed32, int(epoch), 0x5F1]).permutation(n)[: steps * g]
     aug = np.random.default_rng([seed32, int(epoch), 0xA06])
     oy = aug.integers(0, 2 * PAD + 1, size=steps * g)

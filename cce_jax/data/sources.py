@@ -27,22 +27,6 @@ import numpy as np
 from cce_jax import _extras
 from cce_jax.data.imbalance import id_str
 
-__all__ = [
-    "IGNORE_INDEX",
-    "SOURCES",
-    "Dataset",
-    "check_labels",
-    "load_cifar10_jpeg",
-    "load_digits",
-    "load_fashion_mnist",
-    "load_npz",
-    "load_seg_folder",
-    "load_source",
-    "load_tfds",
-    "parse_source",
-    "read_idx",
-]
-
 IGNORE_INDEX = 255  # label-map pixels that count for nothing (void, boundaries, padding)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # of the full balanced training sets, pixels in [0, 1]
@@ -50,6 +34,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 _THREADS = max(1, min(8, os.cpu_count() or 1))
+CACHE_DIR = "~/.cache/cce_jax"
 
 
 @dataclasses.dataclass
@@ -81,13 +66,7 @@ class Dataset:
 
 def check_labels(labels, num_classes: int, what: str) -> None:
     """Raises ``ValueError`` naming ``what`` and the bad values unless every label is in
-    ``[0, K)`` (label maps: or :data:`IGNORE_INDEX`).
-
-    >>> check_labels(np.array([0, 3, -1]), 3, "train_labels")
-    Traceback (most recent call last):
-    ...
-    ValueError: train_labels: label values [-1, 3] are not class indices in [0, 3)
-    """
+    ``[0, K)`` (label maps: or :data:`IGNORE_INDEX`)."""
     y = np.asarray(labels)
     bad = (y < 0) | (y >= int(num_classes))
     if y.ndim > 1:
@@ -137,11 +116,11 @@ def _checked(ds: Dataset, where: str, key: str = "labels") -> Dataset:
     return ds
 
 
-def _default_names(labels) -> tuple:
+def _default_names(labels) -> list:
     """ "0".."K-1", K = 1 + the largest training label (label maps: other than 255)."""
     y = np.asarray(labels).reshape(-1)
     y = y[y != IGNORE_INDEX] if np.ndim(labels) > 1 else y
-    return tuple(str(i) for i in range(int(y.max(initial=0)) + 1))
+    return [str(i) for i in range(int(y.max(initial=0)) + 1)] if y.dtype.kind in "iu" else ["0"]
 
 
 # -- tfds, digits, Fashion-MNIST ------------------------------------------------------------
@@ -188,8 +167,10 @@ def load_tfds(name: str, data_dir=None, *, download="auto") -> Dataset:
 
     def read(split):
         config = tfds.ReadConfig(add_tfds_id=True)
-        ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False, read_config=config)
-        ex = tfds.as_numpy(ds)
+        ds = builder.as_dataset(split=split, shuffle_files=False, read_config=config)
+        parts = list(tfds.as_numpy(ds.batch(4096)))
+        keys = [f for f in ("image", "label", "tfds_id", "id") if f in parts[0]]
+        ex = {f: np.concatenate([p[f] for p in parts]) for f in keys}
         x, y = ex["image"].astype(np.uint8), ex["label"].astype(np.int64)
         ids = [id_str(s) for s in ex.get("tfds_id", ex.get("id", []))]
         if len(ids) != len(y):  # no stable id feature: the position in the split
@@ -223,8 +204,7 @@ def load_digits() -> Dataset:
 
 
 FASHION_MNIST_CLASSES = tuple(
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker"]
-    + ["Bag", "Ankle boot"]
+    "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot".split(",")
 )
 
 
@@ -266,24 +246,14 @@ def load_fashion_mnist(folder: str) -> Dataset:
     arrays = []
     for stem in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
         found = [
-            f"{folder}/{stem}-ubyte{ext}"
-            for ext in (".gz", "")
-            if os.path.isfile(f"{folder}/{stem}-ubyte{ext}")
+            p for p in (f"{folder}/{stem}-ubyte.gz", f"{folder}/{stem}-ubyte") if os.path.isfile(p)
         ]
         if not found:
             raise ValueError(f"source: {folder} has no {stem}-ubyte.gz (nor {stem}-ubyte)")
         arrays.append(read_idx(found[0]))
     (tr_x, tr_y, te_x, te_y), ids = arrays, [f"train:{i}" for i in range(len(arrays[1]))]
-    names = FASHION_MNIST_CLASSES
-    ds = Dataset(
-        "fashion_mnist",
-        tr_x[..., None],
-        tr_y.astype(np.int64),
-        ids,
-        te_x[..., None],
-        te_y.astype(np.int64),
-        names,
-    )
+    tr, te = (tr_x[..., None], tr_y.astype(np.int64)), (te_x[..., None], te_y.astype(np.int64))
+    ds = Dataset("fashion_mnist", *tr, ids, *te, FASHION_MNIST_CLASSES)
     return _checked(ds, f"source: {folder}")
 
 
@@ -311,32 +281,26 @@ def load_npz(path: str, key: str | None = None) -> Dataset:
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ValueError(f"{where}: a single array (.npy), not a .npz of named arrays")
     with z:
-        keys = ("labels", "masks") if key != "masks" else ("masks", "labels")
-        key = next((k for k in keys if f"train_{k}" in z.files), keys[0])
-        need = [f"{s}_{k}" for k in ("images", key) for s in ("train", "test")]
-        missing = [k for k in sorted(need) if k not in z.files]
+        order = ("masks", "labels") if key == "masks" else ("labels", "masks")
+        key = next((k for k in order if f"train_{k}" in z.files), order[0])
+        need = sorted(f"{s}_{k}" for k in ("images", key) for s in ("train", "test"))
+        missing = [k for k in need if k not in z.files]
         if missing:
             raise ValueError(f"{where}: missing arrays {missing} (has {sorted(z.files)})")
         try:
             a = {k: z[k] for k in (*need, "class_names", "train_ids") if k in z.files}
         except unreadable as e:
             raise ValueError(f"{where}: cannot read its arrays ({e})") from e
-    x = {s: a[f"{s}_images"][..., None] if a[f"{s}_images"].ndim == 3 else a[f"{s}_images"]
-         for s in ("train", "test")}  # fmt: skip
-    y = {s: a[f"{s}_{key}"] for s in ("train", "test")}
+    x, y = ({s: a[f"{s}_{k}"] for s in ("train", "test")} for k in ("images", key))
+    x = {s: v[..., None] if v.ndim == 3 else v for s, v in x.items()}
     y = {s: v.astype(np.int64) if v.ndim == 1 and v.dtype.kind in "iu" else v for s, v in y.items()}
-    if "class_names" in a:
-        if a["class_names"].ndim != 1 or len(a["class_names"]) == 0:
-            raise ValueError(f"{where}: class_names must be a 1-D array of K names")
-        names = tuple(id_str(n) for n in a["class_names"].tolist())
-    else:
-        names = _default_names(y["train"]) if y["train"].dtype.kind in "iu" else ("0",)
-    if "train_ids" in a and a["train_ids"].ndim != 1:
-        raise ValueError(f"{where}: train_ids must have shape [{len(x['train'])}]")
-    n = len(x["train"])
-    ids = [id_str(i) for i in a["train_ids"].tolist()] if "train_ids" in a else None
-    ids = ids if ids is not None else [f"train:{i}" for i in range(n)]
+    cn = a.get("class_names", np.asarray(_default_names(y["train"])))
+    if cn.ndim != 1 or len(cn) == 0:
+        raise ValueError(f"{where}: class_names must be a 1-D array of K names, got {cn.shape}")
+    ids = a["train_ids"].ravel().tolist() if "train_ids" in a else range(len(x["train"]))
+    ids = [id_str(i) for i in ids] if "train_ids" in a else [f"train:{i}" for i in ids]
     name = os.path.splitext(os.path.basename(path))[0]
+    names = tuple(id_str(n) for n in cn.tolist())
     ds = Dataset(name, x["train"], y["train"], ids, x["test"], y["test"], names)
     return _checked(ds, where, key)
 
@@ -351,33 +315,28 @@ def _decode(blob: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def _read_archive(archive: str):
-    """{(split, class): [(file name, bytes)]} of the archive's ``split/class/file`` images."""
+def _decode_archive(archive: str) -> dict:
+    """The arrays of a ``train|test/<class>/*.jpg`` archive: its members read with tarfile in
+    order, decoded with Pillow in a thread pool."""
     members: dict = {}
     try:
         with tarfile.open(archive, "r:*") as tar:
             for m in tar:
                 parts = os.path.normpath(m.name).split(os.sep)
-                if m.isfile() and len(parts) == 3 and parts[0] in ("train", "test"):
-                    if parts[2].lower().endswith(IMAGE_EXTENSIONS):
-                        blob = tar.extractfile(m).read()
-                        members.setdefault(tuple(parts[:2]), []).append((parts[2], blob))
+                if m.isfile() and len(parts) == 3 and parts[2].lower().endswith(IMAGE_EXTENSIONS):
+                    members.setdefault(tuple(parts[:2]), []).append(
+                        (parts[2], tar.extractfile(m).read())
+                    )
     except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
         raise ValueError(f"source: cannot read {archive!r}; the archive looks corrupt ({e})") from e
-    return members
-
-
-def _decode_archive(archive: str) -> dict:
-    """The arrays of the ``train|test/<class>/*.jpg`` archive, decoded with Pillow in threads."""
-    members = _read_archive(archive)
-    names = sorted({c for s, c in members if s == "train"})
+    names = sorted(c for s, c in members if s == "train")
     if not names or not any(s == "test" for s, _ in members):
         raise ValueError(f"source: {archive!r} has no train/<class>/ and test/<class>/ images")
     out = {"class_names": np.asarray(names)}
     for split in ("train", "test"):
         files = [
-            (f"{split}/{c}/{f}", blob, label)
-            for label, c in enumerate(names)
+            (f"{split}/{c}/{f}", blob, y)
+            for y, c in enumerate(names)
             for f, blob in sorted(members.get((split, c), []))
         ]
         with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
@@ -388,7 +347,7 @@ def _decode_archive(archive: str) -> dict:
         if len({im.shape for im in images}) != 1:
             raise ValueError(f"source: the images of {split}/ differ in shape")
         out[f"{split}_images"] = np.stack(images)
-        out[f"{split}_labels"] = np.asarray([label for *_, label in files], np.int64)
+        out[f"{split}_labels"] = np.asarray([y for *_, y in files], np.int64)
         out[f"{split}_ids"] = np.asarray([rel for rel, *_ in files])
     return out
 
@@ -413,7 +372,7 @@ def save_npz_atomically(path: str, **arrays) -> None:
             os.remove(tmp)
 
 
-def load_cifar10_jpeg(archive: str, cache_dir: str = "~/.cache/cce_jax") -> Dataset:
+def load_cifar10_jpeg(archive: str, cache_dir: str = CACHE_DIR) -> Dataset:
     """The CIFAR-10 JPEG archive (``train|test/<class>/NNNN.jpg``), decoded once from the tar.
 
     The arrays go to ``cache_dir/cifar10_jpeg-<sha256 prefix>/arrays_pillow.npz`` (written
@@ -565,19 +524,13 @@ def load_seg_folder(folder: str) -> Dataset:
 
 # name -> (argument: "path" | "name" | None, loader(argument, data config) -> Dataset)
 SOURCES = {
-    "tfds": (
-        "name",
-        lambda name, c: load_tfds(name, c.get("data_dir"), download=c.get("download", "auto")),
-    ),
-    "cifar10_jpeg": (
-        "path",
-        lambda path, c: load_cifar10_jpeg(path, c.get("cache_dir") or "~/.cache/cce_jax"),
-    ),
-    "npz": ("path", lambda path, c: load_npz(path)),
-    "seg_npz": ("path", lambda path, c: load_npz(path, "masks")),  # label maps as *_masks
-    "fashion_mnist": ("path", lambda path, c: load_fashion_mnist(path)),
-    "seg_folder": ("path", lambda path, c: load_seg_folder(path)),
-    "digits": (None, lambda _, c: load_digits()),
+    "tfds": ("name", lambda a, c: load_tfds(a, c["data_dir"], download=c["download"] or "auto")),
+    "cifar10_jpeg": ("path", lambda a, c: load_cifar10_jpeg(a, c["cache_dir"] or CACHE_DIR)),
+    "npz": ("path", lambda a, c: load_npz(a)),
+    "seg_npz": ("path", lambda a, c: load_npz(a, "masks")),  # label maps as *_masks first
+    "fashion_mnist": ("path", lambda a, c: load_fashion_mnist(a)),
+    "seg_folder": ("path", lambda a, c: load_seg_folder(a)),
+    "digits": (None, lambda a, c: load_digits()),
 }
 
 
