@@ -10,27 +10,24 @@
 ``import cce_jax.data`` imports neither tensorflow nor tensorflow_datasets.
 """
 
+# ruff: noqa: F401  (the package re-exports these names)
 from cce_jax.data.builder import (
     PIPELINES,
     DataInfo,
-    Split,
     build,
     choose_pipeline,
     default_config,
     make_split,
     tf_available,
 )
-from cce_jax.data.device_pipeline import DeviceData, default_mesh, stack_batches
-from cce_jax.data.imbalance import PAD, EpochPlan, class_counts, epoch_plan, select_indices
+from cce_jax.data.device_pipeline import default_mesh, stack_batches
+from cce_jax.data.imbalance import PAD, class_counts, epoch_plan, select_indices
 from cce_jax.data.sources import (
     CIFAR10_MEAN,
     CIFAR10_STD,
-    CIFAR100_MEAN,
-    CIFAR100_STD,
     IGNORE_INDEX,
     SOURCES,
     Dataset,
-    clear_cache,
     load_cifar10_jpeg,
     load_digits,
     load_npz,
@@ -39,39 +36,3 @@ from cce_jax.data.sources import (
     load_tfds,
     parse_source,
 )
-from cce_jax.data.tf_pipeline import TFData
-
-__all__ = [
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "CIFAR100_MEAN",
-    "CIFAR100_STD",
-    "IGNORE_INDEX",
-    "PAD",
-    "PIPELINES",
-    "SOURCES",
-    "DataInfo",
-    "Dataset",
-    "DeviceData",
-    "EpochPlan",
-    "Split",
-    "TFData",
-    "build",
-    "choose_pipeline",
-    "class_counts",
-    "clear_cache",
-    "default_config",
-    "default_mesh",
-    "epoch_plan",
-    "load_cifar10_jpeg",
-    "load_digits",
-    "load_npz",
-    "load_seg_folder",
-    "load_source",
-    "load_tfds",
-    "make_split",
-    "parse_source",
-    "select_indices",
-    "stack_batches",
-    "tf_available",
-]

@@ -12,8 +12,6 @@ import numpy as np
 from cce_jax import _extras
 from cce_jax.data import imbalance, sources
 
-__all__ = ["PIPELINES", "DataInfo", "Split", "build", "choose_pipeline", "default_config"]
-
 PIPELINES = ("auto", "device", "tf")
 MIN_STD = 1.0 / 255  # a channel whose std (pixels in [0, 1]) is below this is only centred
 MIN_AUGMENT_SIZE = 32  # data.augment=None: crops and flips for images at least this large

@@ -1,16 +1,12 @@
 """The device-resident pipeline (``pipeline="device"``): no tensorflow, no host->device copies.
 
 The kept train subset (uint8) and the test split are placed on the devices once, sharded over
-the ``"data"`` mesh axis. Each epoch, every device permutes and augments its OWN shard inside
-``jax.shard_map`` (no cross-device gathers), with keys from ``jax.random`` folded from
-(seed, epoch, device index). Batches are global ``jax.Array`` s sharded ``P("data")``.
-
-Data order: the kept examples are dealt to the D devices once (a permutation seeded by
-`seed`, then D near-equal chunks); per epoch, device d draws its ``B / D`` examples of every
-batch from its chunk only. An epoch is therefore a pure function of (seed, epoch, D): the same
-run on another device count sees the same examples per epoch up to the dropped remainder, but
-in another order and with other crops. Each device drops ``len(chunk) - steps * B / D`` of its
-examples per epoch (``N - steps * B`` in total, as the tf pipeline does).
+the ``"data"`` mesh axis. The kept examples are dealt to the D devices once (a permutation
+seeded by `seed`, then D near-equal chunks); each epoch, every device permutes and augments
+its OWN chunk inside ``jax.shard_map``, with ``jax.random`` keys folded from (seed, epoch,
+device index), and takes its ``B / D`` examples of every batch from it. An epoch is therefore
+a pure function of (seed, epoch, D); each device drops ``len(chunk) - steps * B / D`` of its
+examples per epoch. Batches are global ``jax.Array`` s sharded ``P("data")``.
 """
 
 from __future__ import annotations
@@ -22,9 +18,7 @@ import numpy as np
 
 from cce_jax.data import imbalance
 from cce_jax.data.builder import Split, SplitViews
-from cce_jax.data.sources import IGNORE_INDEX as IGNORE
-
-__all__ = ["DeviceData", "default_mesh", "stack_batches"]
+from cce_jax.data.sources import IGNORE_INDEX
 
 
 def default_mesh():
@@ -56,21 +50,14 @@ def _crop_flip(x, oy, ox, flip, pad, fill=0):
     return jax.vmap(one)(xp, oy, ox, flip)
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool):
-    """(plan, batch, eval) jitted shard_map functions, shared by every pipeline of one shape.
-
-    Several seeds (same counts, same batch) therefore compile once. ``dense``: the labels
-    are label maps [H, W], cropped and flipped with their images (padding: the ignore index).
-    """
+def _plan_fn(mesh, steps: int, lb: int, n_pad: int):
+    """Jitted (seed, epoch, n_valid) -> (positions, oy, ox, flip), each [steps, B] P(None, data)."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     pad = imbalance.PAD
-    spec_d, spec_p = P("data"), P(None, "data")
-    data_sh, plan_sh = NamedSharding(mesh, spec_d), NamedSharding(mesh, spec_p)
 
     def plan_local(seed, epoch, n_valid):
         dev = jax.lax.axis_index("data")
@@ -85,10 +72,23 @@ def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool)
         flip = jax.random.randint(k_f, (steps, lb), 0, 2, jnp.int32)
         return pos, oy, ox, flip
 
-    plan_fn = jax.jit(
-        jax.shard_map(plan_local, mesh=mesh, in_specs=(P(), P(), spec_d), out_specs=(spec_p,) * 4),
-        out_shardings=(plan_sh,) * 4,
-    )
+    specs = dict(in_specs=(P(), P(), P("data")), out_specs=(P(None, "data"),) * 4)
+    fn = jax.shard_map(plan_local, mesh=mesh, **specs)
+    return jax.jit(fn, out_shardings=(NamedSharding(mesh, P(None, "data")),) * 4)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool):
+    """(plan, batch, eval) jitted shard_map functions, shared by every pipeline of one shape
+    (several seeds compile once). ``dense``: label maps, cropped and flipped with their
+    images (padding: the ignore index)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    pad, spec_d, spec_p = imbalance.PAD, P("data"), P(None, "data")
+    data_sh = NamedSharding(mesh, spec_d)
 
     def batch_local(x, y, pos, oy, ox, flip, step, a, b):
         p = pos[step]
@@ -96,34 +96,26 @@ def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool)
         if augment:
             img = _crop_flip(img, oy[step], ox[step], flip[step], pad)
             if dense:
-                lab = _crop_flip(lab[..., None], oy[step], ox[step], flip[step], pad, IGNORE)
+                lab = _crop_flip(lab[..., None], oy[step], ox[step], flip[step], pad, IGNORE_INDEX)
                 lab = lab[..., 0]
         return img.astype(jnp.float32) * a + b, lab.astype(jnp.int32)
-
-    batch_fn = jax.jit(
-        jax.shard_map(
-            batch_local,
-            mesh=mesh,
-            in_specs=(spec_d, spec_d) + (spec_p,) * 4 + (P(), P(), P()),
-            out_specs=(spec_d, spec_d),
-        ),
-        out_shardings=(data_sh,) * 2,
-    )
 
     def eval_local(x, y, mask, i, a, b):
         return x[i].astype(jnp.float32) * a + b, y[i].astype(jnp.int32), mask[i]
 
-    eval_fn = jax.jit(
-        jax.shard_map(
-            eval_local, mesh=mesh, in_specs=(spec_p,) * 3 + (P(), P(), P()), out_specs=(spec_d,) * 3
-        ),
-        out_shardings=(data_sh,) * 3,
+    batch_specs = dict(in_specs=(spec_d,) * 2 + (spec_p,) * 4 + (P(),) * 3, out_specs=(spec_d,) * 2)
+    eval_specs = dict(in_specs=(spec_p,) * 3 + (P(),) * 3, out_specs=(spec_d,) * 3)
+    batch_fn = jax.jit(
+        jax.shard_map(batch_local, mesh=mesh, **batch_specs), out_shardings=(data_sh,) * 2
     )
-    return plan_fn, batch_fn, eval_fn
+    eval_fn = jax.jit(
+        jax.shard_map(eval_local, mesh=mesh, **eval_specs), out_shardings=(data_sh,) * 3
+    )
+    return _plan_fn(mesh, steps, lb, n_pad), batch_fn, eval_fn
 
 
 class DeviceData(SplitViews):
-    """Device-resident input pipelines of one imbalanced data set; see the module docstring.
+    """Device-resident input pipelines of one data set; see the module docstring.
 
     Train batches: ``{"image": float32 [B, H, W, C], "label": int32 [B]}`` (segmentation:
     ``"label"`` int32 [B, H, W], 255 = ignore, cropped and flipped with the image); eval
@@ -153,14 +145,10 @@ class DeviceData(SplitViews):
                     f"{name}={value} must be a positive multiple of the {d} devices of the "
                     "'data' mesh axis (pipeline='device')"
                 )
-        self._split = split
-        self.info = split.info
-        self.augment = split.augment
-        self.mesh = mesh
-        self.num_devices = d
+        self._split, self.info, self.augment = split, split.info, split.augment
+        self.mesh, self.num_devices = mesh, d
         n = split.info.num_train
-        self._global_b = int(global_batch_size)
-        self._local_b = self._global_b // d
+        self._global_b, self._local_b = int(global_batch_size), int(global_batch_size) // d
         self.steps_per_epoch = n // self._global_b
         if self.steps_per_epoch < 1:
             raise ValueError(
@@ -170,48 +158,48 @@ class DeviceData(SplitViews):
         self._seed32 = int(seed) & 0xFFFFFFFF
         self._data_sharding = NamedSharding(mesh, P("data"))
         self._plan_sharding = NamedSharding(mesh, P(None, "data"))
+        # Label maps stay uint8 on the devices (a quarter of int32's memory); batches are int32.
+        dense = bool(split.train_labels.shape[1:])
+        self._label = (np.uint8, IGNORE_INDEX) if dense else (np.int32, 0)
+        n_pad = self._place_train(n, d)
+        self._place_test(int(eval_batch_size))
+        self._a, self._b = jnp.asarray(split.a), jnp.asarray(split.b)
+        self._plan_fn, self._batch_fn, self._eval_fn = _compiled(
+            mesh, self.steps_per_epoch, self._local_b, n_pad, self.augment, dense
+        )
 
-        # Deal the kept examples to the devices once: slot (dev, j) holds kept[_slots[dev, j]].
-        deal = np.random.default_rng([self._seed32, 0xD15]).permutation(n)
-        chunks = np.array_split(deal, d)
-        self._n_pad = n_pad = max(len(c) for c in chunks)
-        slots = np.full((d, n_pad), -1, np.int64)
+    def _place_train(self, n: int, d: int) -> int:
+        """Deals the kept examples to the devices once: slot (dev, j) holds kept[_slots[dev, j]]."""
+        split, (label_dtype, fill) = self._split, self._label
+        chunks = np.array_split(np.random.default_rng([self._seed32, 0xD15]).permutation(n), d)
+        n_pad = max(len(c) for c in chunks)
+        self._slots = slots = np.full((d, n_pad), -1, np.int64)
         for i, c in enumerate(chunks):
             slots[i, : len(c)] = c
-        self._slots = slots
         flat = slots.reshape(-1)
         valid = flat >= 0
-        h, w, c = split.info.image_shape
-        images = np.zeros((d * n_pad, h, w, c), np.uint8)
-        label_shape = split.train_labels.shape[1:]  # () or a label map's (H, W)
-        # Label maps stay uint8 on the devices (a quarter of int32's memory); batches are int32.
-        label_dtype, fill = (np.uint8, IGNORE) if label_shape else (np.int32, 0)
-        labels = np.full((d * n_pad, *label_shape), fill, label_dtype)
+        images = np.zeros((d * n_pad, *split.info.image_shape), np.uint8)
+        labels = np.full((d * n_pad, *split.train_labels.shape[1:]), fill, label_dtype)
         images[valid] = split.train_images[flat[valid]]
         labels[valid] = split.train_labels[flat[valid]]
         self._train_x = _place(images, self._data_sharding)
         self._train_y = _place(labels, self._data_sharding)
         self._n_valid = _place(np.asarray([len(c) for c in chunks], np.int32), self._data_sharding)
+        return n_pad
 
-        # Test split: [num_batches, EB, ...] sharded on the batch axis; batch i = row i.
-        self._eval_b = int(eval_batch_size)
+    def _place_test(self, eval_b: int) -> None:
+        """The test split as [num_batches, EB, ...] sharded on the batch axis; batch i = row i."""
+        split, (label_dtype, fill) = self._split, self._label
         m = split.info.num_test
-        nb = -(-m // self._eval_b)
-        tx = np.zeros((nb * self._eval_b, h, w, c), np.uint8)
-        ty = np.full((nb * self._eval_b, *label_shape), fill, label_dtype)
-        tm = np.zeros((nb * self._eval_b,), bool)
+        nb = -(-m // eval_b)
+        tx = np.zeros((nb * eval_b, *split.info.image_shape), np.uint8)
+        ty = np.full((nb * eval_b, *split.test_labels.shape[1:]), fill, label_dtype)
+        tm = np.zeros((nb * eval_b,), bool)
         tx[:m], ty[:m], tm[:m] = split.test_images, split.test_labels, True
-        shape2 = (nb, self._eval_b)
         self._test = tuple(
-            _place(v.reshape(shape2 + v.shape[1:]), self._plan_sharding) for v in (tx, ty, tm)
+            _place(v.reshape((nb, eval_b) + v.shape[1:]), self._plan_sharding) for v in (tx, ty, tm)
         )
         self._num_eval_batches = nb
-
-        self._a = jnp.asarray(split.a)
-        self._b = jnp.asarray(split.b)
-        self._plan_fn, self._batch_fn, self._eval_fn = _compiled(
-            mesh, self.steps_per_epoch, self._local_b, n_pad, self.augment, bool(label_shape)
-        )
 
     # -- public views (tests, references): train_split, test_split, normalize (SplitViews)
 
@@ -228,13 +216,9 @@ class DeviceData(SplitViews):
         """
         from cce_jax.parallel import gather_to_host
 
-        plan = self._device_plan(epoch)
-        pos, oy, ox, flip = (gather_to_host(v).astype(np.int64) for v in plan)
+        pos, oy, ox, flip = (gather_to_host(v).astype(np.int64) for v in self._device_plan(epoch))
         dev = np.arange(self._global_b) // self._local_b  # device of each batch column
-        positions = self._slots[dev[None, :], pos]
-        return imbalance.EpochPlan(positions, oy, ox, flip)
-
-    # -- train / eval -------------------------------------------------------------------
+        return imbalance.EpochPlan(self._slots[dev[None, :], pos], oy, ox, flip)
 
     def train_epoch(self, epoch: int) -> Iterator[dict]:
         """Global batches of epoch `epoch`: a pure function of (seed, epoch, device count)."""
@@ -244,10 +228,10 @@ class DeviceData(SplitViews):
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         plan = self._device_plan(epoch)
         for s in range(self.steps_per_epoch):
-            image, label = self._batch_fn(
+            x, y = self._batch_fn(
                 self._train_x, self._train_y, *plan, jnp.int32(s), self._a, self._b
             )
-            yield {"image": image, "label": label}
+            yield {"image": x, "label": y}
 
     def num_eval_batches(self) -> int:
         """Batches yielded by :meth:`eval_batches`."""

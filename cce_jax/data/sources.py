@@ -126,18 +126,6 @@ def _default_names(labels) -> list:
 # -- tfds, digits, Fashion-MNIST ------------------------------------------------------------
 
 
-def _tfds_error(name, data_dir, why) -> RuntimeError:
-    return RuntimeError(
-        f"name: cannot load the tfds data set {name!r} (data_dir={data_dir!r}): {why} "
-        "Offline, prepare it in data_dir first, or use data.source='cifar10_jpeg:PATH', "
-        "'npz:PATH' or 'digits'."
-    )
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def load_tfds(name: str, data_dir=None, *, download="auto") -> Dataset:
     """A tfds data set with ``image``/``label`` features and train/test splits.
 
@@ -157,7 +145,12 @@ def load_tfds(name: str, data_dir=None, *, download="auto") -> Dataset:
             raise RuntimeError("not prepared there and data.download='never'.")
         builder.download_and_prepare()
     except Exception as e:  # an unknown name, not prepared, a failed download
-        raise _tfds_error(name, data_dir, _first_line(e)) from e
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RuntimeError(
+            f"name: cannot load the tfds data set {name!r} (data_dir={data_dir!r}): {why} "
+            "Offline, prepare it in data_dir first, or use data.source='cifar10_jpeg:PATH', "
+            "'npz:PATH' or 'digits'."
+        ) from e
     features = builder.info.features
     for key in ("image", "label"):
         if key not in features:

@@ -12,8 +12,6 @@ import numpy as np
 from cce_jax.data import imbalance
 from cce_jax.data.builder import Split, SplitViews
 
-__all__ = ["TFData"]
-
 
 def _process():
     import jax
