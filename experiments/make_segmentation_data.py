@@ -1,9 +1,6 @@
 """Writes the long-tailed CIFAR-10 segmentation set: Voronoi mosaics of CIFAR-10 images.
 
-  python -m experiments.make_segmentation_data --out=DIR \\
-      [--archive=../shared/data/cifar10-jpeg.tar.gz] [--cache_dir=~/.cache/cce_jax] \\
-      [--num_train=2000] [--num_test=500] [--size=32] [--cells=2,6] [--ratio=200] \\
-      [--seed=0] [--test_seed=0] [--formats=folder,npz]
+  python -m experiments.make_segmentation_data --out=DIR [--archive=...]   # --help: settings
 
 ``DIR`` (which must not exist) receives the folder layout (``classes.txt``,
 ``train|test/images|labels/*.png``: source ``seg_folder:DIR``), ``cifar10_seg.npz`` (source
@@ -40,8 +37,8 @@ def pixel_counts(masks, k: int) -> np.ndarray:
 
 def pixel_count_report(ds: Dataset) -> dict:
     """Per-class pixel counts of both splits and the set's sizes, as JSON-ready values."""
-    train = pixel_counts(ds.train_labels, len(ds.class_names))
-    test = pixel_counts(ds.test_labels, len(ds.class_names))
+    k = len(ds.class_names)
+    train, test = pixel_counts(ds.train_labels, k), pixel_counts(ds.test_labels, k)
     return {
         "class_names": list(ds.class_names),
         "train_pixels": train.tolist(),
@@ -56,12 +53,10 @@ def pixel_count_report(ds: Dataset) -> dict:
     }
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
+def _save_png(path: str, array: np.ndarray) -> None:
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
-    return buf.getvalue()
+    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG")
 
 
 def write_seg_folder(ds: Dataset, folder: str) -> None:
@@ -84,12 +79,10 @@ def write_seg_folder(ds: Dataset, folder: str) -> None:
             os.makedirs(os.path.join(folder, split, sub), exist_ok=True)
         x, m = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
         for stem, img, mask in zip(stems, x, m):
-            for sub, a in (
-                ("images", img[..., 0] if img.shape[-1] == 1 else img),
-                ("labels", mask),
-            ):
-                with open(os.path.join(folder, split, sub, stem + ".png"), "wb") as f:
-                    f.write(_png_bytes(a))
+            _save_png(
+                f"{folder}/{split}/images/{stem}.png", img[..., 0] if img.shape[-1] == 1 else img
+            )
+            _save_png(f"{folder}/{split}/labels/{stem}.png", mask)
 
 
 def save_seg_npz(ds: Dataset, path: str) -> None:
@@ -206,12 +199,9 @@ def make_cifar_segmentation(
             _make_split(rng, x, y, n=int(n), size=int(size), cells=(lo, hi), shares=shares)
         )
     (tr_x, tr_m), (te_x, te_m) = splits
-    absent = np.nonzero(pixel_counts(te_m, k) == 0)[0]
-    if absent.size:
-        raise ValueError(
-            f"the test split has no labelled pixel of classes {absent.tolist()}; "
-            "use more test images"
-        )
+    absent = np.nonzero(pixel_counts(te_m, k) == 0)[0].tolist()
+    if absent:
+        raise ValueError(f"the test split has no labelled pixel of classes {absent}; add images")
     ids = tuple(f"{i:05d}" for i in range(int(num_train)))
     names = tuple(str(n) for n in cifar.class_names)
     return Dataset("cifar10_seg", tr_x, tr_m, ids, te_x, te_m, names)
@@ -286,12 +276,10 @@ def write_cifar_segmentation(cifar, out_dir: str, *, formats=("folder", "npz"), 
 def ensure_cifar_segmentation(out_dir: str, *, cifar, formats=("folder", "npz"), **settings):
     """:func:`write_cifar_segmentation` unless ``out_dir`` already holds that very set.
 
-    An existing ``out_dir`` must have a ``stats.json`` with the same settings (defaults filled
+    An existing ``out_dir``'s ``stats.json`` must record the same settings (defaults filled
     in), formats and generator version, else ``ValueError`` names the differences. ``cifar``:
-    the CIFAR-10 data set, or a function returning it (called only when the set is made).
-    Several processes may call this at once: one writes, the others find its folder.
-    Returns the content of ``stats.json``.
-    """
+    the CIFAR-10 set, or a function returning it (called only to make the set). Several
+    processes may call this at once. Returns the content of ``stats.json``."""
     want = {**_full_settings(settings), "formats": list(formats)}
     out_dir = os.path.abspath(os.path.expanduser(str(out_dir)))
     stats_path = os.path.join(out_dir, "stats.json")
@@ -319,29 +307,24 @@ def ensure_cifar_segmentation(out_dir: str, *, cifar, formats=("folder", "npz"),
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments.make_segmentation_data",
-        description="Writes the long-tailed CIFAR-10 segmentation set.",
+        description="Writes the long-tailed CIFAR-10 segmentation set (see the module docstring).",
     )
     p.add_argument("--out", required=True, help="output folder (must not exist)")
     p.add_argument("--archive", default=OFFLINE_ARCHIVE, help="the CIFAR-10 JPEG archive")
     p.add_argument("--cache_dir", default="~/.cache/cce_jax", help="its decoded copy")
-    p.add_argument("--num_train", type=int, default=2000)
-    p.add_argument("--num_test", type=int, default=500)
-    p.add_argument("--size", type=int, default=32, help="image height and width")
-    p.add_argument("--cells", default="2,6", help="fewest,most regions per image")
+    for name, value in (("num_train", 2000), ("num_test", 500), ("size", 32), ("seed", 0)):
+        p.add_argument(f"--{name}", type=int, default=value)
+    p.add_argument("--test_seed", type=int, default=0)
     p.add_argument("--ratio", type=float, default=200.0, help="most / least training pixels")
-    p.add_argument("--seed", type=int, default=0, help="seed of the training split")
-    p.add_argument("--test_seed", type=int, default=0, help="seed of the test split")
+    p.add_argument("--cells", default="2,6", help="fewest,most regions per image")
     p.add_argument("--formats", default="folder,npz", help="folder and/or npz")
     return p
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        cells = tuple(int(c) for c in args.cells.split(","))
-        if len(cells) != 2:
-            raise ValueError
-    except ValueError:
+    cells = tuple(int(c) for c in args.cells.split(",") if c.strip().isdigit())
+    if len(cells) != 2 or len(args.cells.split(",")) != 2:
         print(
             f"error: --cells must be two integers FEWEST,MOST, got {args.cells!r}", file=sys.stderr
         )
@@ -349,25 +332,18 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     cifar = load_cifar10_jpeg(args.archive, args.cache_dir)
     t1 = time.perf_counter()
-    settings = {k: getattr(args, k) for k in ("num_train", "num_test", "size", "ratio", "seed")}
+    names = ("num_train", "num_test", "size", "ratio", "seed", "test_seed")
+    formats = tuple(f for f in args.formats.split(",") if f)
     try:
-        write_cifar_segmentation(
-            cifar,
-            args.out,
-            formats=tuple(f for f in args.formats.split(",") if f),
-            cells=cells,
-            test_seed=args.test_seed,
-            **settings,
-        )
+        settings = {k: getattr(args, k) for k in names}
+        write_cifar_segmentation(cifar, args.out, formats=formats, cells=cells, **settings)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     with open(os.path.join(args.out, "stats.md")) as f:
         print(f.read(), end="")
-    print(
-        f"\nwrote {os.path.abspath(args.out)} in {time.perf_counter() - t1:.1f} s "
-        f"(CIFAR-10 loaded in {t1 - t0:.1f} s)"
-    )
+    took = f"{time.perf_counter() - t1:.1f} s (CIFAR-10 loaded in {t1 - t0:.1f} s)"
+    print(f"\nwrote {os.path.abspath(args.out)} in {took}")
     return 0
 
 
