@@ -13,19 +13,6 @@ from cce_jax.data import imbalance
 from cce_jax.data.builder import Split, SplitViews
 
 
-def _process():
-    import jax
-
-    return int(jax.process_index()), int(jax.process_count())
-
-
-def _check_batch(name, value, pcount):
-    if value < 1 or value % pcount:
-        raise ValueError(
-            f"{name}={value} must be a positive multiple of the process count {pcount}"
-        )
-
-
 class TFData(SplitViews):
     """Input pipelines of one imbalanced data set through tf.data (``pipeline="tf"``).
 
@@ -36,12 +23,18 @@ class TFData(SplitViews):
     pipeline = "tf"
 
     def __init__(self, split: Split, *, seed: int, global_batch_size: int, eval_batch_size: int):
-        pidx, pcount = _process()
-        _check_batch("global_batch_size", global_batch_size, pcount)
-        _check_batch("eval_batch_size", eval_batch_size, pcount)
-        self._split = split
-        self.info = split.info
-        self.augment = split.augment
+        import jax
+
+        pidx, pcount = int(jax.process_index()), int(jax.process_count())
+        for name, value in (
+            ("global_batch_size", global_batch_size),
+            ("eval_batch_size", eval_batch_size),
+        ):
+            if value < 1 or value % pcount:
+                raise ValueError(
+                    f"{name}={value} must be a positive multiple of the process count {pcount}"
+                )
+        self._split, self.info, self.augment = split, split.info, split.augment
         self.steps_per_epoch = split.info.num_train // global_batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(
@@ -50,10 +43,8 @@ class TFData(SplitViews):
             )
         self._seed = int(seed)
         self._pidx, self._pcount = pidx, pcount
-        self._global_b = int(global_batch_size)
-        self._local_b = self._global_b // pcount
-        self._eval_global_b = int(eval_batch_size)
-        self._eval_local_b = self._eval_global_b // pcount
+        self._global_b, self._local_b = int(global_batch_size), int(global_batch_size) // pcount
+        self._eval_global_b, self._eval_local_b = int(eval_batch_size), eval_batch_size // pcount
         self._tf_images = None
 
     # -- public views (tests, references): train_split, test_split, normalize (SplitViews)
