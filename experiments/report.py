@@ -1,0 +1,558 @@
+"""The report of a grid: rows from the run folders' summaries (mean ± sd over seeds), the
+markdown table, its strict-JSON twin and the plots (per-class accuracy or IoU against class
+size, balanced accuracy against the ratio, the segmentation picture grid).
+
+Run folders are ``ROOT/r{ratio}/{loss}/seed{seed}`` or, for seeds vmapped in one program,
+``ROOT/r{ratio}/{loss}/seeds_0_1/seed_{seed}``; ROOT may be a bucket (``gs://``): every file is
+read and written through ``etils.epath``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import math
+import os
+import platform
+import warnings
+
+import numpy as np
+from etils import epath
+
+# The trainer's interface (the one place that names it; experiments.reproduce imports it here).
+from cce_jax.training.config import (  # noqa: F401
+    EXIT_CONFIG_ERROR,
+    EXIT_DIVERGED,
+    RUN_CONTROL_KEYS,
+    config_diff,
+    config_to_dict,
+    flatten,
+)
+from cce_jax.training.config import EXIT_DEADLINE as EXIT_PREEMPTED  # noqa: F401
+from cce_jax.training.report import mean_sd
+from experiments.configs.common import ALL_LOSSES
+
+GRID_IMAGES = 6  # test images in the segmentation picture grid
+IGNORE = 255  # the label of pixels that do not count
+# The columns of a table: (row-metric name, column label).
+METRICS = (
+    ("top1_error", "top-1 error %"),
+    ("balanced_accuracy", "balanced acc %"),
+    ("many", "many %"),
+    ("medium", "medium %"),
+    ("few", "few %"),
+    ("macro_f1", "macro-F1 %"),
+)
+SEG_METRICS = (
+    ("miou", "mIoU %"),
+    ("pixel_accuracy", "pixel acc %"),
+    ("balanced_accuracy", "mean class acc %"),
+    ("fw_iou", "fwIoU %"),
+    ("many", "many mIoU %"),
+    ("medium", "medium mIoU %"),
+    ("few", "few mIoU %"),
+)
+
+
+def read_json(path):
+    """The JSON data of ``path`` (a local file or a bucket object); None when unreadable."""
+    try:
+        return json.loads(epath.Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def dumps(obj) -> str:
+    """Strict JSON: NaN and infinities become null, numpy scalars and tuples plain JSON."""
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple, np.ndarray)):
+            return [clean(v) for v in x]
+        if isinstance(x, np.generic):
+            x = x.item()
+        return None if isinstance(x, float) and not math.isfinite(x) else x
+
+    return json.dumps(clean(obj), indent=1, allow_nan=False)
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def seed_dirs(root, loss, ratio, seed) -> list[tuple[str, str | None]]:
+    """Where a model of (loss, ratio, seed) may live: (model folder, program folder or None)."""
+    base = epath.Path(root) / f"r{float(ratio):g}" / loss
+    out = [(os.fspath(base / f"seed{seed}"), None)]
+    for d in sorted(base.glob("seeds_*")) if base.exists() else ():
+        members = d.name[len("seeds_") :].split("_")
+        if str(int(seed)) in members:
+            out.append((os.fspath(d / f"seed_{seed}"), os.fspath(d)))
+    return out
+
+
+def seed_status(root, loss, ratio, seed) -> tuple[str, str | None, dict | None]:
+    """("done", folder, summary) | ("failed", folder, failure) | ("todo", None, None)."""
+    failed = None
+    for d, program in seed_dirs(root, loss, ratio, seed):
+        summary = read_json(f"{d}/summary.json")
+        if summary is not None:
+            return "done", d, summary
+        for folder in filter(None, (d, program)):
+            failure = read_json(f"{folder}/failure.json")
+            if failure is not None and failed is None:
+                failed = ("failed", folder, failure)
+    return failed or ("todo", None, None)
+
+
+def grid_on_disk(root) -> tuple[list[str], list[float], list[int]]:
+    """The losses, ratios and seeds of every finished or failed run under ``root``."""
+    root = epath.Path(root)
+    if not root.exists():
+        return [], [], []
+    found = [*root.glob("r*/*/seed*/summary.json"), *root.glob("r*/*/seed*/failure.json")]
+    found += root.glob("r*/*/seeds_*/seed_*/summary.json")
+    losses, ratios, seeds = set(), set(), set()
+    for path in found:
+        parts = path.relative_to(root).parts
+        digits = parts[-2].removeprefix("seed_").removeprefix("seed")
+        try:
+            ratio = float(parts[0][1:])
+        except ValueError:
+            continue
+        if digits.isdigit() and parts[1] in ALL_LOSSES:
+            losses.add(parts[1]), ratios.add(ratio), seeds.add(int(digits))
+    order = [x for x in ALL_LOSSES if x in losses]
+    return order, sorted(ratios), sorted(seeds)
+
+
+def failure_reason(failure: dict) -> str:
+    reason = str(failure.get("reason", "failed"))
+    where = [f"{k} {failure[k]}" for k in ("epoch", "step") if failure.get(k) is not None]
+    return reason + (f" ({', '.join(where)})" if where else "")
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _nanmean(rows):
+    """Mean over seeds per class; None (no test example) stays NaN, later null in JSON."""
+    arr = np.array([[np.nan if a is None else a for a in r] for r in rows], dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        return np.nanmean(arr, 0).tolist()
+
+
+def _row_metrics(s: dict) -> dict:
+    def pct(key):
+        return None if s.get(key) is None else 100.0 * s[key]
+
+    top1 = s.get("test_top1")
+    out = {"top1_error": None if top1 is None else 100.0 * (1.0 - top1)}
+    for name in ("balanced_accuracy", "many", "medium", "few", "macro_f1"):
+        out[name] = pct(f"test_{name}")
+    if s.get("task") == "segmentation":
+        out.update(
+            miou=pct("test_miou"), pixel_accuracy=pct("test_top1"), fw_iou=pct("test_fw_iou")
+        )
+    return out
+
+
+def metrics_of(rows) -> tuple:
+    """The table's columns: :data:`SEG_METRICS` for segmentation rows, else :data:`METRICS`."""
+    return SEG_METRICS if any(r.get("task") == "segmentation" for r in rows) else METRICS
+
+
+def posthoc_best(summaries: list[dict]) -> dict | None:
+    """Post-hoc logit adjustment: the tau with the best mean balanced accuracy over seeds,
+    ``{"tau", "mean", "sd", "per_seed", "tau0_mean", "num_seeds"}`` (in %); None without it."""
+    tables = []
+    for s in summaries:
+        rows = s.get("posthoc_logit_adjustment") or []
+        table = {float(r["tau"]): r.get("balanced_accuracy") for r in rows if "tau" in r}
+        tables += [table] if table else []
+    if not tables:
+        return None
+    best = None
+    for tau in sorted(set.intersection(*(set(t) for t in tables))):
+        vals = [100.0 * t[tau] for t in tables if t[tau] is not None]
+        mean, sd = mean_sd(vals)
+        if mean is not None and (best is None or mean > best["mean"] + 1e-12):
+            best = {"tau": tau, "mean": mean, "sd": sd, "per_seed": vals}
+    if best is not None:
+        best["tau0_mean"] = mean_sd([100.0 * t[0.0] for t in tables if t.get(0.0) is not None])[0]
+        best["num_seeds"] = len(tables)
+    return best
+
+
+def collect(root, losses, ratios, seeds, *, check=None, extra_failures=None) -> list[dict]:
+    """One row per (loss, ratio) with the finished seeds' metrics and the failed seeds.
+
+    Args:
+      root: the suite's run folder.
+      losses, ratios, seeds: the grid.
+      check: optional ``f(loss, ratio, seed, folder, summary)`` called for every finished run
+        (the reuse check: it raises when the run is of another config).
+      extra_failures: ``{(loss, ratio, seed): (folder, reason)}``: failures of this command
+        that left no ``failure.json`` (crashes, bad flags).
+    """
+    extra_failures = extra_failures or {}
+    rows = []
+    for ratio in ratios:
+        for loss in losses:
+            runs, dirs, failed = [], [], []
+            for seed in seeds:
+                status, folder, data = seed_status(root, loss, ratio, seed)
+                key = (loss, float(ratio), int(seed))
+                if status == "done":
+                    if check is not None:
+                        check(loss, ratio, seed, folder, data)
+                    runs.append((int(seed), data))
+                    dirs.append(folder)
+                elif status == "failed" or key in extra_failures:
+                    folder, reason = (folder, failure_reason(data)) if data else extra_failures[key]
+                    failed.append({"seed": int(seed), "workdir": folder, "reason": reason})
+            if runs or failed:
+                rows.append(_row(loss, ratio, runs, dirs, failed))
+    return rows
+
+
+def _row(loss, ratio, runs, run_dirs, failed) -> dict:
+    summaries = [s for _, s in runs]
+    per_seed = [_row_metrics(s) for s in summaries]
+    names = per_seed[0] if per_seed else dict(METRICS)
+    stats = {k: mean_sd([m.get(k) for m in per_seed]) for k in names}
+    first = summaries[0] if summaries else {}
+    seg = first.get("task") == "segmentation"
+    counts = first.get("class_counts")
+    return {
+        "loss": loss,
+        "ratio": float(ratio),
+        "seeds": [seed for seed, _ in runs],
+        "run_dirs": run_dirs,
+        "failed": failed,
+        "stats": {k: {"mean": v[0], "sd": v[1]} for k, v in stats.items()},
+        "posthoc": posthoc_best(summaries),
+        "per_seed": per_seed,
+        "class_counts": counts,
+        "test_class_counts": first.get("test_class_counts"),
+        "num_test": first.get("num_test"),
+        "per_class_accuracy": _nanmean([s["per_class_accuracy"] for s in summaries])
+        if summaries
+        else None,
+        "task": first.get("task", "classification"),
+        "per_class_iou": _nanmean([s["per_class_iou"] for s in summaries]) if seg else None,
+        "num_test_pixels": first.get("num_test_pixels"),
+        "class_names": first.get("class_names"),
+        "wall_time_s": float(sum(s.get("wall_time_s") or 0.0 for s in summaries)),
+        "num_train": (first["num_train"] if seg else int(np.sum(counts))) if summaries else None,
+        "config": first.get("config"),
+        "versions": first.get("versions"),
+        "device": {
+            k: first[k]
+            for k in ("device_count", "process_count", "device_kind", "platform")
+            if k in first
+        },
+    }
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _fmt(stat):
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.2f}" + ("" if stat["sd"] is None else f" ± {stat['sd']:.2f}")
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """The markdown table: one line per (loss, ratio)."""
+    metrics = metrics_of(rows)
+    bal = "mean class acc" if metrics is SEG_METRICS else "bal acc"
+    header = " | ".join(label for _, label in metrics)
+    lines = [
+        f"| loss | ratio | n | failed | {header} | post-hoc LA {bal} % (best τ) | min/run |",
+        "|" + "---|" * (len(metrics) + 6),
+    ]
+    for r in rows:
+        cells = " | ".join(_fmt(r["stats"].get(k, {"mean": None})) for k, _ in metrics)
+        n, p = len(r["seeds"]), r.get("posthoc")
+        posthoc = _fmt(p) + f" (τ={p['tau']:g})" if p else "n/a"
+        per_run = f"{r['wall_time_s'] / 60 / n:.1f}" if n else "n/a"
+        lines.append(
+            f"| {r['loss']} | {r['ratio']:g} | {n} | {len(r['failed'])} | {cells} | "
+            f"{posthoc} | {per_run} |"
+        )
+    return lines
+
+
+def config_lines(rows: list[dict]) -> list[str]:
+    """What the runs were: the data source and training counts as the summaries state them,
+    the test split, the loss variants, then every config key of the first run."""
+    done = [r for r in rows if r["config"]]
+    if not done:
+        return []
+    cfg, seg = done[0]["config"], done[0]["task"] == "segmentation"
+    unit = "pixels" if seg else "images"
+    counts = "; ".join(
+        f"ratio {r['ratio']:g}: {r['num_train']} training images, {unit} per class "
+        f"{r['class_counts']}"
+        for r in {r["ratio"]: r for r in done}.values()
+    )
+    max_test = cfg["data"].get("max_test")
+    test = f"{done[0]['num_test']} test images" + (
+        f" (data.max_test={max_test}: NOT the full test split)"
+        if max_test
+        else " (the full test split)"
+    )
+    losses = "; ".join(
+        f"{r['loss']} = `{r['config']['loss']['name']}` {r['config']['loss'].get('hparams') or ''}"
+        for r in {r["loss"]: r for r in done}.values()
+    )
+    flat = flatten(cfg)
+    keys = [f"{k}={flat[k]!r}" for k in sorted(flat) if k not in RUN_CONTROL_KEYS]
+    return [
+        f"- Data: `{cfg['data']['source']}`; {counts}.",
+        f"- Evaluation: {test}.",
+        f"- Losses: {losses}.",
+        f"- Config of the first run ({done[0]['loss']}, the others differ in the loss, "
+        f"data.ratio and the seed): `{', '.join(keys)}`.",
+    ]
+
+
+# --------------------------------------------------------------------------- the files
+
+
+def write_report(name, rows, *, command, grid, out_dir, label=None, note=None) -> str:
+    """Writes ``out_dir/name.md``, its strict-JSON twin and the plots; returns the .md path."""
+    out = epath.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = os.fspath(out / name)
+    lines = _header_lines(name, rows, command, grid, label, note) + table_lines(rows)
+    seg = metrics_of(rows) is SEG_METRICS
+    groups = (
+        "Many/medium/few: the mean IoU of the most, middle and least frequent thirds of the "
+        "classes by training pixels. mIoU: mean over classes of TP / (TP + FP + FN) on the test "
+        "pixels; fwIoU weights the IoUs by test pixels."
+        if seg
+        else "Many/medium/few: classes with >100, 20-100, <20 training images (n/a when a group "
+        "is empty)."
+    )
+    lines += [
+        "",
+        f"mean ± sd over seeds (sd only with 2+ seeds). {groups} Post-hoc LA: balanced accuracy "
+        "of `logits - τ log(prior)` from the same models, at the τ in (0, 0.5, 1, 1.5, 2) with "
+        "the best mean over seeds; τ is picked on the test split (an oracle choice, "
+        "optimistic); n/a when the summaries do not have it.",
+        "",
+    ]
+    plots = _plots(base, rows) + (_picture_grid(base, rows) if seg else [])
+    lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+    epath.Path(base + ".md").write_text("\n".join(lines) + "\n")
+    twin = {"suite": name, "command": command, "grid": grid, "rows": rows}
+    epath.Path(base + ".json").write_text(dumps(twin))
+    return base + ".md"
+
+
+def _header_lines(name, rows, command, grid, label, note) -> list[str]:
+    """The title, the command, the config, seeds, hardware and grid lines, failed runs."""
+    done = [r for r in rows if r["config"]]
+    lines = [f"# {name}: {label or grid['config']}", "", f"- Command: `{command}`"]
+    lines.append(f"- Config file: `{grid['config']}`, each run with its loss variant as ")
+    lines[-1] += "`FILE:loss=VARIANT` and `data.ratio`, `seed`, `data.subset_seed` set."
+    lines += config_lines(rows)
+    lines.append(f"- Seeds: {grid['seeds']} (each seed sets the init, the data order and ")
+    lines[-1] += "the crops)." if metrics_of(rows) is SEG_METRICS else "the subset)."
+    if done:
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        lines += [
+            f"- Hardware: devices {done[0]['device']}; versions {done[0]['versions']}; report "
+            f"written on {platform.machine()} with {os.cpu_count()} CPU cores.",
+            f"- Sum of the finished runs' wall times: "
+            f"{sum(r['wall_time_s'] for r in rows) / 60:.1f} min. Generated {now}.",
+        ]
+    failed = [(r, f) for r in rows for f in r["failed"]]
+    total = len(grid["losses"]) * len(grid["ratios"]) * len(grid["seeds"])
+    lines.append(
+        f"- Grid: losses {list(grid['losses'])}, ratios {list(grid['ratios'])}; runs finished: "
+        f"{sum(len(r['seeds']) for r in rows)} of {total}; failed: {len(failed)}."
+    )
+    lines += ([f"- {note}"] if note else []) + [""]
+    if failed:
+        lines += ["**Failed runs** (not in the means):", ""]
+        for r, f in failed:
+            lines.append(f"- {r['loss']} ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} ")
+            lines[-1] += f"(`{f['workdir']}`)"
+        lines.append("")
+    return lines
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: str, dpi=90) -> str:
+    fig.tight_layout()
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _plots(base: str, rows: list[dict]) -> list[str]:
+    """``base_per_class_r{ratio}.png`` per ratio and, for 2+ ratios, ``base_vs_ratio.png``."""
+    rows = [r for r in rows if r["config"]]
+    ratios = sorted({r["ratio"] for r in rows})
+    plt = _pyplot() if rows else None
+    seg = metrics_of(rows) is SEG_METRICS
+    what = "IoU" if seg else "accuracy"
+    paths = []
+    for ratio in ratios:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in (r for r in rows if r["ratio"] == ratio):
+            counts = np.asarray(r["class_counts"])
+            order = np.argsort(-counts, kind="stable")
+            acc = np.asarray(r["per_class_iou" if seg else "per_class_accuracy"], float)[order]
+            ax.plot(
+                counts[order], 100 * acc, marker="o", label=f"{r['loss']} (n={len(r['seeds'])})"
+            )
+        ax.set(xscale="log", xlabel=f"training {'pixels' if seg else 'images'} of the class")
+        ax.set(ylabel=f"test {what} of the class %")
+        ax.set_title(f"per-class {what}, ratio {ratio:g} (mean over seeds)")
+        ax.legend(fontsize=7)
+        paths.append(_save(plt, fig, f"{base}_per_class_r{ratio:g}.png"))
+    if len(ratios) >= 2:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for loss in dict.fromkeys(r["loss"] for r in rows):
+            pts = [(r["ratio"], r["stats"]["balanced_accuracy"]) for r in rows if r["loss"] == loss]
+            pts = sorted(p for p in pts if p[1]["mean"] is not None)
+            x, y = [p[0] for p in pts], [p[1]["mean"] for p in pts]
+            ax.errorbar(
+                x, y, yerr=[p[1]["sd"] or 0.0 for p in pts], marker="o", capsize=3, label=loss
+            )
+        ax.set(xscale="log", xlabel="imbalance ratio n_max / n_min")
+        ax.set(ylabel="balanced test accuracy %")
+        ax.legend(fontsize=7)
+        paths.append(_save(plt, fig, f"{base}_vs_ratio.png"))
+    return paths
+
+
+_COLOURS = (
+    "1f77b4 ff7f0e 2ca02c d62728 9467bd 8c564b e377c2 7f7f7f bcbd22 17becf "
+    "aec7e8 ffbb78 98df8a ff9896 c5b0d5 c49c94 f7b6d2 c7c7c7 dbdb8d 9edae5"
+).split()
+
+
+def label_palette(num_classes: int) -> np.ndarray:
+    """uint8 [256, 3]: a colour per label value; 255 (ignore) is white, unused values black.
+
+    Classes 0-19 take matplotlib's tab10 then tab20-light colours; further classes hues
+    spaced by the golden ratio.
+
+    >>> pal = label_palette(3)
+    >>> pal[0].tolist(), pal[255].tolist(), pal[3].tolist()
+    ([31, 119, 180], [255, 255, 255], [0, 0, 0])
+    """
+    import colorsys
+
+    if not 1 <= int(num_classes) <= IGNORE:
+        raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
+    pal = np.zeros((256, 3), np.uint8)
+    for c in range(int(num_classes)):
+        rgb = colorsys.hsv_to_rgb((c * 0.618033988749895) % 1.0, 0.65, 0.9)
+        pal[c] = (
+            [int(_COLOURS[c][i : i + 2], 16) for i in (0, 2, 4)]
+            if c < len(_COLOURS)
+            else [round(255 * v) for v in rgb]
+        )
+    pal[IGNORE] = 255
+    return pal
+
+
+def picture_grid(images, masks, *predictions, num_classes: int, gap: int = 1) -> np.ndarray:
+    """One row per example: the image (uint8 [N, H, W, 1 or 3]), its true label map
+    ([N, H, W]), then each predicted label map ([N, H, W] each), drawn with
+    :func:`label_palette`; a prediction is white where the truth is ignore. Returns uint8
+    [N * (H + gap) - gap, (2 + P) * (W + gap) - gap, 3].
+
+    >>> g = picture_grid(np.zeros((2, 4, 5, 3), np.uint8), np.zeros((2, 4, 5), np.uint8),
+    ...                  np.ones((2, 4, 5), np.int32), num_classes=2)
+    >>> g.shape, g.dtype
+    ((9, 17, 3), dtype('uint8'))
+    """
+    images, masks = np.asarray(images), np.asarray(masks)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images must be uint8 [N, H, W, 1 or 3], got {images.dtype} {images.shape}"
+        )
+    if masks.shape != images.shape[:3]:
+        raise ValueError(f"masks {masks.shape} must be [N, H, W] of images {images.shape}")
+    pal = label_palette(num_classes)
+    columns = [np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images]
+    columns.append(pal[np.clip(masks, 0, 255).astype(np.int64)])
+    for pred in map(np.asarray, predictions):
+        if pred.shape != masks.shape:
+            raise ValueError(f"a prediction has shape {pred.shape}, expected {masks.shape}")
+        columns.append(
+            pal[np.where(masks == IGNORE, IGNORE, np.clip(pred, 0, 255)).astype(np.int64)]
+        )
+    n, h, w = masks.shape
+    g = int(gap)
+    out = np.full((n * (h + g) - g, len(columns) * (w + g) - g, 3), 255, np.uint8)
+    for i in range(n):
+        for j, col in enumerate(columns):
+            out[i * (h + g) : i * (h + g) + h, j * (w + g) : j * (w + g) + w] = col[i]
+    return out
+
+
+def _picture_grid(base: str, rows: list[dict]) -> list[str]:
+    """Input, truth and each loss's prediction (its first seed with a ``predictions.npz``)
+    on the same test images, with a class legend: ``base_pictures.png``."""
+    preds, names, first = [], [], None
+    for r in rows:
+        path = next(
+            (
+                f"{d}/predictions.npz"
+                for d in r["run_dirs"]
+                if epath.Path(f"{d}/predictions.npz").exists()
+            ),
+            None,
+        )
+        if path is None:
+            continue
+        with np.load(io.BytesIO(epath.Path(path).read_bytes())) as z:
+            arrays = {k: z[k] for k in z.files}
+        first = first or arrays
+        preds.append(arrays["predictions"][:GRID_IMAGES])
+        names.append(r["loss"])
+    if first is None:
+        return []
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    k = len(rows[0]["class_counts"])
+    grid = picture_grid(
+        first["images"][:GRID_IMAGES], first["labels"][:GRID_IMAGES], *preds, num_classes=k
+    )
+    columns = ["input", "truth", *names]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(columns), 1.2 + 0.9 * GRID_IMAGES), dpi=100)
+    ax.imshow(grid, interpolation="nearest")
+    step = grid.shape[1] / len(columns)
+    ax.set_xticks([step * (i + 0.5) for i in range(len(columns))], columns, rotation=45, fontsize=7)
+    ax.set_yticks([])
+    palette = label_palette(k)
+    class_names = rows[0].get("class_names") or [str(i) for i in range(k)]
+    handles = [Patch(color=palette[i] / 255.0, label=class_names[i]) for i in range(k)]
+    handles.append(Patch(facecolor="white", edgecolor="black", label="ignore"))
+    ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("test images: input, truth, each loss (seed of its first run)", fontsize=8)
+    return [_save(plt, fig, f"{base}_pictures.png", dpi=None)]
