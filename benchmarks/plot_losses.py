@@ -2,7 +2,7 @@
 
 Usage (from the repository root; under a minute on 2 CPU cores)::
 
-    python -m experiments.plot_losses [--out_dir docs/img]
+    python -m benchmarks.plot_losses [--out_dir docs/img]
 
 Setting, the same for every curve: K = 10 classes, the nine wrong-class logits all equal to 0,
 and the true logit ``z_g`` set so that the true-class probability ``p_g = softmax(z)_g`` runs

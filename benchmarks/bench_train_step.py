@@ -1,6 +1,6 @@
 """Train-step throughput of the accelerator paths, against the same step in PyTorch.
 
-  python -m experiments.bench_train_step [--model=resnet32] [--width=0] [--batch_size=128]
+  python -m benchmarks.bench_train_step [--model=resnet32] [--width=0] [--batch_size=128]
       [--num_steps=20] [--dtype=float32] [--modes=synthetic,conv,tf,device,spc,seeds,torch]
       [--seeds=1,2,4,8] [--steps_per_call=8] [--source=cifar10_jpeg:PATH] [--json=FILE]
 
@@ -9,7 +9,7 @@ momentum 0.9 + weight decay on kernels, BatchNorm update; ResNet-32 CIFAR shapes
 measured in this run, and its ratio to the first row:
 
 * ``synthetic``: one fixed device batch, a Python loop of jitted steps (the step alone),
-  with the models' default ``conv_impl="auto"``;
+  with the models' default ``conv_impl``;
 * ``conv``: the same step with each convolution implementation forced (``xla``: XLA's own
   weight gradient; ``shifted_matmul``: :mod:`cce_jax.conv`'s sum of matmuls);
 * ``tf`` / ``device``: the real CIFAR-10-LT (exp, ratio 100) input through
@@ -47,7 +47,7 @@ def step_throughput(
     num_models=None,
     steps_per_call=1,
     width=None,
-    conv_impl="auto",
+    conv_impl=None,
 ):
     """Images/s of the trainer's jitted SGD train step on fixed random data, after warm-up.
 
@@ -60,9 +60,8 @@ def step_throughput(
     from cce_jax import models, training
 
     mesh = training.make_mesh()
-    model = models.get_model(
-        model_name, num_classes=num_classes, dtype=dtype, width=width, conv_impl=conv_impl
-    )
+    impl = {"conv_impl": conv_impl} if conv_impl else {}  # None: the model's default
+    model = models.get_model(model_name, num_classes=num_classes, dtype=dtype, width=width, **impl)
     tx = optax.chain(
         optax.add_decayed_weights(2e-4, mask=training.decay_mask), optax.sgd(0.1, momentum=0.9)
     )

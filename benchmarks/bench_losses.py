@@ -1,6 +1,6 @@
 """Forward+backward time of every cce_jax loss, as a ratio to optax's cross entropy.
 
-    python -m experiments.bench_losses [--repeats 200] [--markdown]
+    python -m benchmarks.bench_losses [--repeats 200] [--markdown]
 
 For each shape, every loss is timed as ``jit(value_and_grad(mean(loss)))`` on the default
 backend (CPU here, GPU/TPU when present) and divided by the time of

@@ -12,7 +12,7 @@ training images, batch 128, pad-crop-flip on) it measures, alternating the two p
 
 and prints every figure as a ratio device / tf (> 1: the device pipeline is faster).
 
-    python experiments/bench_input.py [--archive ../shared/data/cifar10-jpeg.tar.gz]
+    python benchmarks/bench_input.py [--archive ../shared/data/cifar10-jpeg.tar.gz]
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Where the train step's time goes: XLA op times of a profiled step, grouped by kind.
 
-  python -m experiments.profile_train_step [--model=resnet32] [--width=0] [--batch_size=128]
+  python -m benchmarks.profile_train_step [--model=resnet32] [--width=0] [--batch_size=128]
       [--conv_impl=xla] [--steps=4] [--trace_dir=/tmp/cce_jax_profile]
 
-Builds the trainer's jitted SGD step (as experiments.bench_train_step does) on one fixed
+Builds the trainer's jitted SGD step (as benchmarks.bench_train_step does) on one fixed
 random batch, runs it under ``jax.profiler`` (a Perfetto trace), and sums each XLA op's own
 time over the traced steps and over the CPU threads, grouped by what its fused computation
 does: ``conv DIMS`` (a convolution, by dimension labels), ``dot``, ``transpose`` (layout
