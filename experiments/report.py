@@ -306,10 +306,12 @@ def config_lines(rows: list[dict]) -> list[str]:
         if max_test
         else " (the full test split)"
     )
-    losses = "; ".join(
-        f"{r['loss']} = `{r['config']['loss']['name']}` {r['config']['loss'].get('hparams') or ''}"
-        for r in {r["loss"]: r for r in done}.values()
-    )
+
+    def variant(c):
+        hparams = ", ".join(f"{k}={v}" for k, v in sorted((c["loss"]["hparams"] or {}).items()))
+        return f"`{c['loss']['name']}`" + (f" ({hparams})" if hparams else "")
+
+    losses = "; ".join(f"{r['loss']} = {variant(r['config'])}" for r in done)
     flat = flatten(cfg)
     keys = [f"{k}={flat[k]!r}" for k in sorted(flat) if k not in RUN_CONTROL_KEYS]
     return [

@@ -523,7 +523,7 @@ def test_segmentation_suite_end_to_end(tmp_path, capsys):
     assert "| mIoU % | pixel acc % |" in out
     results = tmp_path / "w" / "results"
     md = (results / "segmentation.md").read_text()
-    assert "a segmentation set used whole: 12 training images" in md
+    assert f"- Data: `seg_npz:{npz}`; ratio 200: 12 training images, pixels per class [" in md
     assert "| mse_ol | 200 | 1 | 0 |" in md
     assert (results / "segmentation_pictures.png").is_file()
     assert (results / "segmentation_per_class_r200.png").is_file()
