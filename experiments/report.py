@@ -9,10 +9,11 @@ read and written through ``etils.epath``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
+import itertools
 import json
-import math
 import os
 import platform
 import warnings
@@ -36,23 +37,15 @@ from experiments.configs.common import ALL_LOSSES
 GRID_IMAGES = 6  # test images in the segmentation picture grid
 IGNORE = 255  # the label of pixels that do not count
 # The columns of a table: (row-metric name, column label).
-METRICS = (
-    ("top1_error", "top-1 error %"),
-    ("balanced_accuracy", "balanced acc %"),
-    ("many", "many %"),
-    ("medium", "medium %"),
-    ("few", "few %"),
-    ("macro_f1", "macro-F1 %"),
-)
-SEG_METRICS = (
-    ("miou", "mIoU %"),
-    ("pixel_accuracy", "pixel acc %"),
-    ("balanced_accuracy", "mean class acc %"),
-    ("fw_iou", "fwIoU %"),
-    ("many", "many mIoU %"),
-    ("medium", "medium mIoU %"),
-    ("few", "few mIoU %"),
-)
+METRICS = tuple(zip(
+    ("top1_error", "balanced_accuracy", "many", "medium", "few", "macro_f1"),
+    ("top-1 error %", "balanced acc %", "many %", "medium %", "few %", "macro-F1 %"),
+))  # fmt: skip
+SEG_METRICS = tuple(zip(
+    ("miou", "pixel_accuracy", "balanced_accuracy", "fw_iou", "many", "medium", "few"),
+    ("mIoU %", "pixel acc %", "mean class acc %", "fwIoU %", "many mIoU %", "medium mIoU %",
+     "few mIoU %"),
+))  # fmt: skip
 
 
 def read_json(path):
@@ -64,18 +57,9 @@ def read_json(path):
 
 
 def dumps(obj) -> str:
-    """Strict JSON: NaN and infinities become null, numpy scalars and tuples plain JSON."""
-
-    def clean(x):
-        if isinstance(x, dict):
-            return {str(k): clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple, np.ndarray)):
-            return [clean(v) for v in x]
-        if isinstance(x, np.generic):
-            x = x.item()
-        return None if isinstance(x, float) and not math.isfinite(x) else x
-
-    return json.dumps(clean(obj), indent=1, allow_nan=False)
+    """Strict JSON: NaN and infinities become null, numpy values plain JSON."""
+    text = json.dumps(obj, default=lambda x: x.tolist())  # NaN written as NaN, then read as None
+    return json.dumps(json.loads(text, parse_constant=lambda _: None), indent=1, allow_nan=False)
 
 
 # --------------------------------------------------------------------------- run folders
@@ -108,23 +92,16 @@ def seed_status(root, loss, ratio, seed) -> tuple[str, str | None, dict | None]:
 
 def grid_on_disk(root) -> tuple[list[str], list[float], list[int]]:
     """The losses, ratios and seeds of every finished or failed run under ``root``."""
-    root = epath.Path(root)
-    if not root.exists():
-        return [], [], []
-    found = [*root.glob("r*/*/seed*/summary.json"), *root.glob("r*/*/seed*/failure.json")]
-    found += root.glob("r*/*/seeds_*/seed_*/summary.json")
-    losses, ratios, seeds = set(), set(), set()
-    for path in found:
-        parts = path.relative_to(root).parts
-        digits = parts[-2].removeprefix("seed_").removeprefix("seed")
-        try:
-            ratio = float(parts[0][1:])
-        except ValueError:
-            continue
-        if digits.isdigit() and parts[1] in ALL_LOSSES:
-            losses.add(parts[1]), ratios.add(ratio), seeds.add(int(digits))
-    order = [x for x in ALL_LOSSES if x in losses]
-    return order, sorted(ratios), sorted(seeds)
+    root, found = epath.Path(root), set()
+    paths = [*root.glob("r*/*/seed*/*.json"), *root.glob("r*/*/seeds_*/seed_*/summary.json")]
+    for path in paths if root.exists() else ():
+        ratio, loss, *_, name, file = path.relative_to(root).parts
+        seed = name.removeprefix("seed_").removeprefix("seed")
+        if file in ("summary.json", "failure.json") and seed.isdigit() and loss in ALL_LOSSES:
+            with contextlib.suppress(ValueError):
+                found.add((loss, float(ratio[1:]), int(seed)))
+    losses = [x for x in ALL_LOSSES if any(f[0] == x for f in found)]
+    return losses, sorted({f[1] for f in found}), sorted({f[2] for f in found})
 
 
 def failure_reason(failure: dict) -> str:
@@ -186,47 +163,41 @@ def posthoc_best(summaries: list[dict]) -> dict | None:
     return best
 
 
-def collect(root, losses, ratios, seeds, *, check=None, extra_failures=None) -> list[dict]:
-    """One row per (loss, ratio) with the finished seeds' metrics and the failed seeds.
-
-    Args:
-      root: the suite's run folder.
-      losses, ratios, seeds: the grid.
-      check: optional ``f(loss, ratio, seed, folder, summary)`` called for every finished run
-        (the reuse check: it raises when the run is of another config).
-      extra_failures: ``{(loss, ratio, seed): (folder, reason)}``: failures of this command
-        that left no ``failure.json`` (crashes, bad flags).
-    """
-    extra_failures = extra_failures or {}
+def collect(root, losses, ratios, seeds, *, extra_failures=None) -> list[dict]:
+    """One row per (loss, ratio) with the finished seeds' metrics and the failed seeds;
+    ``extra_failures``: ``{(loss, ratio, seed): (folder, reason)}`` of failures of this
+    command that left no ``failure.json`` (crashes, bad flags)."""
     rows = []
-    for ratio in ratios:
-        for loss in losses:
-            runs, dirs, failed = [], [], []
-            for seed in seeds:
-                status, folder, data = seed_status(root, loss, ratio, seed)
-                key = (loss, float(ratio), int(seed))
-                if status == "done":
-                    if check is not None:
-                        check(loss, ratio, seed, folder, data)
-                    runs.append((int(seed), data))
-                    dirs.append(folder)
-                elif status == "failed" or key in extra_failures:
-                    folder, reason = (folder, failure_reason(data)) if data else extra_failures[key]
-                    failed.append({"seed": int(seed), "workdir": folder, "reason": reason})
-            if runs or failed:
-                rows.append(_row(loss, ratio, runs, dirs, failed))
+    for ratio, loss in itertools.product(ratios, losses):
+        runs, dirs, failed = [], [], []
+        for seed in seeds:
+            status, folder, data = seed_status(root, loss, ratio, seed)
+            if status == "done":
+                runs.append((int(seed), data))
+                dirs.append(folder)
+            elif status == "failed" or (loss, float(ratio), int(seed)) in (extra_failures or {}):
+                folder, reason = (
+                    (folder, failure_reason(data))
+                    if status == "failed"
+                    else extra_failures[(loss, ratio, seed)]
+                )
+                failed.append({"seed": int(seed), "workdir": folder, "reason": reason})
+        if runs or failed:
+            rows.append(_row(loss, ratio, runs, dirs, failed))
     return rows
 
 
 def _row(loss, ratio, runs, run_dirs, failed) -> dict:
     summaries = [s for _, s in runs]
     per_seed = [_row_metrics(s) for s in summaries]
-    names = per_seed[0] if per_seed else dict(METRICS)
-    stats = {k: mean_sd([m.get(k) for m in per_seed]) for k in names}
+    stats = {k: mean_sd([m.get(k) for m in per_seed]) for k in (per_seed or [dict(METRICS)])[0]}
     first = summaries[0] if summaries else {}
     seg = first.get("task") == "segmentation"
-    counts = first.get("class_counts")
+    keys = ("class_counts", "num_test", "num_test_pixels", "class_names", "config", "versions")
+    acc = _nanmean([s["per_class_accuracy"] for s in summaries]) if runs else None
+    n_train = (first["num_train"] if seg else int(np.sum(first["class_counts"]))) if runs else None
     return {
+        **{k: first.get(k) for k in keys},
         "loss": loss,
         "ratio": float(ratio),
         "seeds": [seed for seed, _ in runs],
@@ -235,26 +206,13 @@ def _row(loss, ratio, runs, run_dirs, failed) -> dict:
         "stats": {k: {"mean": v[0], "sd": v[1]} for k, v in stats.items()},
         "posthoc": posthoc_best(summaries),
         "per_seed": per_seed,
-        "class_counts": counts,
-        "test_class_counts": first.get("test_class_counts"),
-        "num_test": first.get("num_test"),
-        "per_class_accuracy": _nanmean([s["per_class_accuracy"] for s in summaries])
-        if summaries
-        else None,
         "task": first.get("task", "classification"),
+        "per_class_accuracy": acc,
         "per_class_iou": _nanmean([s["per_class_iou"] for s in summaries]) if seg else None,
-        "num_test_pixels": first.get("num_test_pixels"),
-        "class_names": first.get("class_names"),
         "wall_time_s": float(sum(s.get("wall_time_s") or 0.0 for s in summaries)),
-        "num_train": (first["num_train"] if seg else int(np.sum(counts))) if summaries else None,
-        "config": first.get("config"),
-        "versions": first.get("versions"),
-        "device": {
-            k: first[k]
-            for k in ("device_count", "process_count", "device_kind", "platform")
-            if k in first
-        },
-    }
+        "num_train": n_train,
+        "device": {k: first[k] for k in ("device_count", "device_kind", "platform") if k in first},
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the table
@@ -335,20 +293,15 @@ def write_report(name, rows, *, command, grid, out_dir, label=None, note=None) -
     seg = metrics_of(rows) is SEG_METRICS
     groups = (
         "Many/medium/few: the mean IoU of the most, middle and least frequent thirds of the "
-        "classes by training pixels. mIoU: mean over classes of TP / (TP + FP + FN) on the test "
-        "pixels; fwIoU weights the IoUs by test pixels."
+        "classes by training pixels; fwIoU weights the IoUs by test pixels"
         if seg
-        else "Many/medium/few: classes with >100, 20-100, <20 training images (n/a when a group "
-        "is empty)."
+        else "Many/medium/few: classes with >100, 20-100, <20 training images"
     )
-    lines += [
-        "",
-        f"mean ± sd over seeds (sd only with 2+ seeds). {groups} Post-hoc LA: balanced accuracy "
-        "of `logits - τ log(prior)` from the same models, at the τ in (0, 0.5, 1, 1.5, 2) with "
-        "the best mean over seeds; τ is picked on the test split (an oracle choice, "
-        "optimistic); n/a when the summaries do not have it.",
-        "",
-    ]
+    lines.append(
+        f"\nmean ± sd over seeds. {groups}. Post-hoc LA: balanced accuracy of `logits - τ "
+        "log(prior)` from the same models at the best τ of (0, 0.5, 1, 1.5, 2), picked on the "
+        "test split (an oracle choice, optimistic).\n"
+    )
     plots = _plots(base, rows) + (_picture_grid(base, rows) if seg else [])
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     epath.Path(base + ".md").write_text("\n".join(lines) + "\n")
@@ -455,10 +408,8 @@ _COLOURS = (
 
 
 def label_palette(num_classes: int) -> np.ndarray:
-    """uint8 [256, 3]: a colour per label value; 255 (ignore) is white, unused values black.
-
-    Classes 0-19 take matplotlib's tab10 then tab20-light colours; further classes hues
-    spaced by the golden ratio.
+    """uint8 [256, 3]: a colour per label (matplotlib's tab10, then tab20's light ones, then
+    hues spaced by the golden ratio); 255 (ignore) is white, unused values black.
 
     >>> pal = label_palette(3)
     >>> pal[0].tolist(), pal[255].tolist(), pal[3].tolist()
@@ -470,21 +421,17 @@ def label_palette(num_classes: int) -> np.ndarray:
         raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
     pal = np.zeros((256, 3), np.uint8)
     for c in range(int(num_classes)):
-        rgb = colorsys.hsv_to_rgb((c * 0.618033988749895) % 1.0, 0.65, 0.9)
-        pal[c] = (
-            [int(_COLOURS[c][i : i + 2], 16) for i in (0, 2, 4)]
-            if c < len(_COLOURS)
-            else [round(255 * v) for v in rgb]
-        )
+        hsv = colorsys.hsv_to_rgb((c * 0.618033988749895) % 1.0, 0.65, 0.9)
+        rgb = [int(_COLOURS[c][i : i + 2], 16) for i in (0, 2, 4)] if c < 20 else None
+        pal[c] = rgb or [round(255 * v) for v in hsv]
     pal[IGNORE] = 255
     return pal
 
 
 def picture_grid(images, masks, *predictions, num_classes: int, gap: int = 1) -> np.ndarray:
     """One row per example: the image (uint8 [N, H, W, 1 or 3]), its true label map
-    ([N, H, W]), then each predicted label map ([N, H, W] each), drawn with
-    :func:`label_palette`; a prediction is white where the truth is ignore. Returns uint8
-    [N * (H + gap) - gap, (2 + P) * (W + gap) - gap, 3].
+    ([N, H, W]), then each predicted label map ([N, H, W], white where the truth is ignore),
+    in :func:`label_palette`'s colours, ``gap`` white pixels apart.
 
     >>> g = picture_grid(np.zeros((2, 4, 5, 3), np.uint8), np.zeros((2, 4, 5), np.uint8),
     ...                  np.ones((2, 4, 5), np.int32), num_classes=2)
@@ -496,23 +443,19 @@ def picture_grid(images, masks, *predictions, num_classes: int, gap: int = 1) ->
         raise ValueError(
             f"images must be uint8 [N, H, W, 1 or 3], got {images.dtype} {images.shape}"
         )
-    if masks.shape != images.shape[:3]:
-        raise ValueError(f"masks {masks.shape} must be [N, H, W] of images {images.shape}")
     pal = label_palette(num_classes)
     columns = [np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images]
-    columns.append(pal[np.clip(masks, 0, 255).astype(np.int64)])
-    for pred in map(np.asarray, predictions):
-        if pred.shape != masks.shape:
-            raise ValueError(f"a prediction has shape {pred.shape}, expected {masks.shape}")
-        columns.append(
-            pal[np.where(masks == IGNORE, IGNORE, np.clip(pred, 0, 255)).astype(np.int64)]
-        )
-    n, h, w = masks.shape
-    g = int(gap)
+    for labels in (masks, *predictions):
+        if np.shape(labels) != images.shape[:3]:
+            raise ValueError(
+                f"label maps {np.shape(labels)} must be [N, H, W] of images {images.shape}"
+            )
+        labels = np.where(masks == IGNORE, IGNORE, np.clip(labels, 0, IGNORE))
+        columns.append(pal[labels.astype(np.int64)])
+    (n, h, w), g = masks.shape, int(gap)
     out = np.full((n * (h + g) - g, len(columns) * (w + g) - g, 3), 255, np.uint8)
-    for i in range(n):
-        for j, col in enumerate(columns):
-            out[i * (h + g) : i * (h + g) + h, j * (w + g) : j * (w + g) + w] = col[i]
+    for i, j in itertools.product(range(n), range(len(columns))):
+        out[i * (h + g) : i * (h + g) + h, j * (w + g) : j * (w + g) + w] = columns[j][i]
     return out
 
 
@@ -521,17 +464,11 @@ def _picture_grid(base: str, rows: list[dict]) -> list[str]:
     on the same test images, with a class legend: ``base_pictures.png``."""
     preds, names, first = [], [], None
     for r in rows:
-        path = next(
-            (
-                f"{d}/predictions.npz"
-                for d in r["run_dirs"]
-                if epath.Path(f"{d}/predictions.npz").exists()
-            ),
-            None,
-        )
+        paths = [epath.Path(f"{d}/predictions.npz") for d in r["run_dirs"]]
+        path = next((p for p in paths if p.exists()), None)
         if path is None:
             continue
-        with np.load(io.BytesIO(epath.Path(path).read_bytes())) as z:
+        with np.load(io.BytesIO(path.read_bytes())) as z:
             arrays = {k: z[k] for k in z.files}
         first = first or arrays
         preds.append(arrays["predictions"][:GRID_IMAGES])

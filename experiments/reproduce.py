@@ -1,27 +1,18 @@
-"""Runs a grid of ``experiments.train`` programs and writes its table (mean ± sd over seeds).
+"""Runs a suite's grid of ``experiments.train`` programs and writes its table and plots.
 
   python -m experiments.reproduce --suite=digits            # the first command, CPU, minutes
-  python -m experiments.reproduce --suite=cifar10_lt [--quick] [--seeds=0,1,2] \\
-      [--losses=ce,cce_paper] [--ratios=100] [--workdir=DIR|gs://BUCKET/DIR] \\
-      [--results_dir=DIR] [--source=SOURCE] [--jobs=N] [--vmap_seeds] [--dry_run] \\
-      [--config.KEY=VALUE ...]
+  python -m experiments.reproduce --suite=cifar10_lt [--quick] [--losses=ce,cce_paper] \\
+      [--ratios=100] [--seeds=0,1,2] [--workdir=DIR|gs://BUCKET/DIR] [--results_dir=DIR] \\
+      [--source=SOURCE] [--jobs=N] [--vmap_seeds] [--dry_run] [--config.KEY=VALUE ...]
 
-A suite is a config file's ``sweep()`` (experiments/configs/): its runs, each a ``get_config``
-argument (the loss variant) and config overrides (ratio, seed). Each run is
-``python -m experiments.train --config=FILE:ARG --config.KEY=VALUE ... --workdir=RUN`` in
-``WORKDIR/SUITE[_quick]/r{ratio}/{loss}/seed{seed}`` (``--vmap_seeds``: the missing seeds of
-a (loss, ratio) in one program, ``.../seeds_0_1_2/seed_{s}``), its output in ``train.log``;
-``--jobs`` programs run at once. ``--config.KEY=VALUE`` goes to every run.
-
-A run folder is reused (skipped when finished, resumed when not) only if its stored config
-equals the one this command builds (``cce_jax.training.RUN_CONTROL_KEYS`` aside); otherwise
-the command stops before running anything with one ``error:`` line (exit 2). A diverged run
-(exit 3, ``failure.json``) or a crash is listed as failed and the grid goes on (exit 1 at the
-end); a diverged run is not retried (delete its folder to retry). SIGTERM or SIGINT (e.g.
-``timeout -s TERM``) reaches every program, each checkpoints, the command exits 75 and the
-same command resumes. The report (``SUITE.md``, its strict-JSON twin ``SUITE.json`` and the
-plots, in ``--results_dir``, default ``WORKDIR/results``) is rewritten after every program and
-covers every finished run of the suite's folder: a rerun of a subset keeps the other rows.
+A suite is a config file's ``sweep()``: runs, each ``--config=FILE:loss=VARIANT`` with config
+overrides, in ``WORKDIR/SUITE/r{ratio}/{loss}/seed{seed}`` (``--vmap_seeds``: the missing
+seeds of a (loss, ratio) in one program, ``.../seeds_0_1/seed_{s}``), output in ``train.log``.
+A run folder is reused only if its stored config equals the one built here (run-control keys
+aside), else one ``error:`` line (exit 2). Failed runs are listed (exit 1); a diverged one is
+not retried. SIGTERM/SIGINT reach every program, each checkpoints, exit 75; the same command
+resumes. The report (``SUITE.md``, ``SUITE.json``, plots; default ``WORKDIR/results``) covers
+every finished run of the suite's folder: a rerun of a subset keeps the other rows.
 """
 
 from __future__ import annotations
@@ -30,6 +21,7 @@ import argparse
 import ast
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import importlib.util
 import os
@@ -56,21 +48,14 @@ from experiments.report import (
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Suite: (config file, its --quick config or None, keyword arguments of its sweep()).
+_C = "experiments/configs/"
 SUITES = {
-    "digits": ("experiments/configs/digits_lt.py", None, {}),
-    "cifar10_lt": (
-        "experiments/configs/cifar10_lt.py",
-        "experiments/configs/cifar10_lt_quick.py",
-        {},
-    ),
-    "cifar10_step": (
-        "experiments/configs/cifar10_lt.py",
-        "experiments/configs/cifar10_lt_quick.py",
-        {"profile": "step"},
-    ),
-    "fashion_mnist_lt": ("experiments/configs/fashion_mnist_lt.py", None, {}),
-    "segmentation": ("experiments/configs/segmentation.py", None, {}),
-    "tiny": ("experiments/configs/tiny.py", None, {}),
+    "digits": (_C + "digits_lt.py", None, {}),
+    "cifar10_lt": (_C + "cifar10_lt.py", _C + "cifar10_lt_quick.py", {}),
+    "cifar10_step": (_C + "cifar10_lt.py", _C + "cifar10_lt_quick.py", {"profile": "step"}),
+    "fashion_mnist_lt": (_C + "fashion_mnist_lt.py", None, {}),
+    "segmentation": (_C + "segmentation.py", None, {}),
+    "tiny": (_C + "tiny.py", None, {}),
 }
 TRAIN_COMMAND = (sys.executable, "-m", "experiments.train")  # tests substitute a fake one
 OFFLINE_CIFAR = "cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz"
@@ -146,6 +131,8 @@ class Plan:
         self.root = f"{self.workdir}/{self.name}"
         self.results_dir = args.results_dir or f"{self.workdir}/results"
         self.command = "python -m experiments.reproduce " + shlex.join(argv)
+        quick = "REDUCED (quick) protocol — not the paper protocol"
+        self.label = self.suite.get("label") or (quick if self.quick else "paper protocol")
         self.epochs = extra.pop("num_epochs", None)  # before the loss variant (DRW)
         self.extra = extra
         self.seg_source = None
@@ -169,11 +156,8 @@ class Plan:
         return build(self.path, self.arg(run), self.overrides(run, seeds))
 
     @functools.cache
-    def expected(self, loss, ratio, seed) -> dict:
-        run = next(
-            r for r in self.runs if (r["loss"], r["ratio"], r["seed"]) == (loss, ratio, seed)
-        )
-        return config_to_dict(self.config(run))
+    def expected(self, i: int) -> dict:
+        return config_to_dict(self.config(self.runs[i]))
 
     def flags(self, run, seeds=None) -> list[str]:
         arg = self.arg(run)
@@ -200,10 +184,10 @@ def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
     """The programs for the seeds of the grid that are neither finished nor failed (seeds
     outermost) and how many runs those are; refuses any folder that holds another config."""
     missing, errors = collections.defaultdict(list), []
-    for run in plan.runs:
+    for i, run in enumerate(plan.runs):
         loss, ratio, seed = run["loss"], run["ratio"], run["seed"]
         status, folder, data = report.seed_status(plan.root, loss, ratio, seed)
-        want = plan.expected(loss, ratio, seed)
+        want = plan.expected(i)
         stored = [(folder, data.get("config", {}), ("seeds",))] if status == "done" else []
         if status != "done":
             for d, program in report.seed_dirs(plan.root, loss, ratio, seed):
@@ -262,14 +246,8 @@ class Pool:
     """Runs train programs, ``jobs`` at a time, each in its own process group; a SIGTERM or
     SIGINT of this process is sent once to every running program, and no new one starts."""
 
-    def __init__(self, cmd_prefix, env, jobs: int, echo: bool, logs: str | None):
-        self.cmd_prefix, self.env, self.jobs, self.echo, self.logs = (
-            cmd_prefix,
-            env,
-            jobs,
-            echo,
-            logs,
-        )
+    def __init__(self, cmd_prefix, env, jobs: int, logs: str | None):
+        self.cmd_prefix, self.env, self.jobs, self.logs = cmd_prefix, env, jobs, logs
         self.running, self.stopped, self.lock, self.started = set(), [], threading.Lock(), 0
 
     def stop(self, signum, frame=None):
@@ -278,50 +256,37 @@ class Pool:
             for proc in self.running:
                 self._signal(proc)
 
-    def _signal(self, proc):  # under self.lock; a second signal would skip the checkpoint
+    def _signal(self, proc):  # under the lock: once, as a second signal skips the checkpoint
         if not getattr(proc, "signalled", False):
             proc.signalled = True
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)  # a background program ignores SIGINT
-            except ProcessLookupError:
-                pass
-
-    def _log_path(self, prog) -> str:
-        if self.logs is None:  # a local run folder
-            return os.path.join(prog["workdir"], "train.log")
-        return os.path.join(self.logs, prog["workdir"].split("://", 1)[-1], "train.log")
+            with contextlib.suppress(ProcessLookupError):  # SIGTERM: a background job ignores INT
+                os.killpg(proc.pid, signal.SIGTERM)
 
     def run_one(self, prog, total):
         """Runs one program; returns (prog, exit code or None when not started, seconds, tail)."""
         if self.stopped:
             return prog, None, 0.0, []
         cmd = [*self.cmd_prefix, f"--workdir={prog['workdir']}", *prog["flags"]]
-        log_path = self._log_path(prog)
+        where = prog["workdir"] if self.logs is None else f"{self.logs}/{prog['workdir']}"
+        log_path = os.path.join(where.replace("://", "/"), "train.log")  # a bucket: logs here
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        t0, tail = time.time(), collections.deque(maxlen=40)
+        t0 = time.time()
         with open(log_path, "a") as log:
             log.write("# " + shlex.join(cmd) + "\n")
             log.flush()
             with self.lock:
-                proc = subprocess.Popen(
-                    cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    text=True, errors="replace", start_new_session=True,
-                )  # fmt: skip
+                proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=log,
+                                        start_new_session=True)  # fmt: skip
                 self.running.add(proc)
-                self.started += 1
                 if self.stopped:
                     self._signal(proc)
+                self.started += 1
             print(f"[{self.started}/{total}] {_label(prog)}: {prog['workdir']}", flush=True)
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                tail.append(line.rstrip("\n"))
-                if self.echo:
-                    print("  " + line, end="", flush=True)
             rc = proc.wait()
         with self.lock:
             self.running.discard(proc)
-        return prog, rc, time.time() - t0, list(tail)
+        with open(log_path, errors="replace") as log:
+            return prog, rc, time.time() - t0, log.read().splitlines()[-40:]
 
     def run(self, programs, on_end):
         """Runs ``programs`` in order, calls ``on_end(prog, rc, seconds, tail)`` after each."""
@@ -366,38 +331,23 @@ def outcome(prog, rc, tail, stopped) -> str:
 
 def _report(plan: Plan, failures: dict) -> tuple[list[dict], str]:
     """Rewrites the report from every finished or failed run of the suite's folder."""
-    on_disk = report.grid_on_disk(plan.root)
-    grid = {
-        "losses": plan.losses + [x for x in on_disk[0] if x not in plan.losses],
-        "ratios": plan.ratios + [x for x in on_disk[1] if x not in plan.ratios],
-        "seeds": sorted(set(plan.seeds) | set(on_disk[2])),
-        "config": plan.path,
-    }
+    losses, ratios, seeds = report.grid_on_disk(plan.root)
+    grid = {"losses": list(dict.fromkeys(plan.losses + losses)), "config": plan.path}
+    grid.update(
+        ratios=list(dict.fromkeys(plan.ratios + ratios)), seeds=sorted({*plan.seeds, *seeds})
+    )
     rows = report.collect(
         plan.root, grid["losses"], grid["ratios"], grid["seeds"], extra_failures=failures
     )
     shown = [(r, s) for r in rows for s in r["seeds"] + [f["seed"] for f in r["failed"]]]
     outside = sum(not plan.in_grid(r["loss"], r["ratio"], s) for r, s in shown)
-    note = None
-    if outside:
-        note = (
-            f"This command's grid: losses {plan.losses}, ratios {plan.ratios}, seeds "
-            f"{plan.seeds}; the table shows every finished or failed run of {plan.root}, "
-            f"{outside} of them made by earlier commands outside this grid."
-        )
-    label = plan.suite.get("label") or (
-        "REDUCED (quick) protocol — not the paper protocol" if plan.quick else "paper protocol"
+    note = outside and (
+        f"This command's grid: losses {plan.losses}, ratios {plan.ratios}, seeds {plan.seeds}; "
+        f"the table shows every finished or failed run of {plan.root}, {outside} of them made "
+        "by earlier commands outside this grid."
     )
-    path = report.write_report(
-        plan.name,
-        rows,
-        command=plan.command,
-        grid=grid,
-        out_dir=plan.results_dir,
-        label=label,
-        note=note,
-    )
-    return rows, path
+    kwargs = dict(command=plan.command, grid=grid, label=plan.label, note=note or None)
+    return rows, report.write_report(plan.name, rows, out_dir=plan.results_dir, **kwargs)
 
 
 def _finish(plan: Plan, rows, path, stopped) -> int:
@@ -408,28 +358,20 @@ def _finish(plan: Plan, rows, path, stopped) -> int:
         (r, f) for r in rows for f in r["failed"] if plan.in_grid(r["loss"], r["ratio"], f["seed"])
     ]
     for r, f in failed:
-        print(
-            f"failed: {r['loss']} ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} "
-            f"({f['workdir']})"
-        )
+        where = f"ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} ({f['workdir']})"
+        print(f"failed: {r['loss']} {where}")
     print(f"report: {path}", flush=True)
     if stopped:
         left = len(plan.runs) - n_done - len(failed)
         print(
-            f"stopped by {stopped[0]}: {n_done} runs finished, {left} left (checkpointed); "
-            "rerun the same command to resume",
-            flush=True,
+            f"stopped by {stopped[0]}: {n_done} runs finished, {left} left (checkpointed); ", end=""
         )
+        print("rerun the same command to resume", flush=True)
         return EXIT_PREEMPTED
     if failed:
-        print(
-            f"{len(failed)} of {len(plan.runs)} runs failed (a diverged run, with failure.json, "
-            "is not retried: delete its folder to retry)",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 1
-    return 0
+        why = "a diverged run, with failure.json, is not retried: delete its folder to retry"
+        print(f"{len(failed)} of {len(plan.runs)} runs failed ({why})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _parser():
@@ -451,17 +393,13 @@ def _parser():
         type=lambda s: s.lower() in ("true", "1", "yes"),
         help="the missing seeds of a (loss, ratio) in one program (for a GPU or TPU)",
     )
-    p.add_argument("--jax_cache", help="JAX_COMPILATION_CACHE_DIR (default WORKDIR/jax_cache)")
     p.add_argument("--dry_run", action="store_true", help="print the programs, run nothing")
-    p.add_argument("--train_command", help=argparse.SUPPRESS)  # tests
     return p
 
 
 def _env(plan: Plan, args, jobs: int) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    cache = args.jax_cache if args.jax_cache is not None else f"{plan.workdir}/jax_cache"
-    if cache:
-        env.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", f"{plan.workdir}/jax_cache")  # shared by runs
     if jobs > 1:  # programs that share an accelerator take memory as they need it
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (REPO, env.get("PYTHONPATH"))))
@@ -502,7 +440,7 @@ def _run(plan: Plan, args) -> int:
         f"report: {plan.results_dir}",
         flush=True,
     )
-    prefix = shlex.split(args.train_command) if args.train_command else list(TRAIN_COMMAND)
+    prefix = list(TRAIN_COMMAND)
     if args.dry_run:
         print(f"config: {plan.path}; every run: {plan.extra or 'no other overrides'}")
         for i, p in enumerate(programs):
@@ -512,7 +450,7 @@ def _run(plan: Plan, args) -> int:
     if hasattr(load_module(plan.path), "data_dir"):
         prepare_segmentation_data(plan)
     logs = os.path.join(tempfile.gettempdir(), "cce_jax_logs") if "://" in plan.root else None
-    pool = Pool(prefix, _env(plan, args, jobs), jobs, echo=jobs == 1, logs=logs)
+    pool = Pool(prefix, _env(plan, args, jobs), jobs, logs)
     failures = {}
 
     def on_end(prog, rc, secs, tail):

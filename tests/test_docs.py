@@ -184,7 +184,7 @@ def test_bash_block(block, tmp_path, monkeypatch):
                 assert not e.code, f"{block}: {shlex.join(cmd)}"
         elif cmd[2] == "experiments.train":  # the config the run would use is built
             path, _, arg = (
-                next(a for a in args if a.startswith("--config=")).split("=")[1].partition(":")
+                next(a for a in args if a.startswith("--config=")).split("=", 1)[1].partition(":")
             )
             flags = dict(a[len("--config.") :].split("=", 1) for a in args if "--config." in a)
             reproduce.build(path, arg, flags)
