@@ -1,13 +1,8 @@
-"""The report of a grid: rows from the run folders' summaries (mean ± sd over seeds), the
-markdown table, its strict-JSON twin and the plots (per-class accuracy or IoU against class
-size, balanced accuracy against the ratio, the segmentation picture grid).
-
-Run folders are ``ROOT/r{ratio}/{loss}/seed{seed}`` or, for seeds vmapped in one program,
-``ROOT/r{ratio}/{loss}/seeds_0_1/seed_{seed}``; ROOT may be a bucket (``gs://``): every file is
-read and written through ``etils.epath``.
+"""The report of a grid: rows from the runs' summaries (mean ± sd over seeds), the markdown
+table, its strict-JSON twin, the plots and the segmentation picture grid. Run folders are
+``ROOT/r{ratio}/{loss}/seed{seed}`` or ``ROOT/r{ratio}/{loss}/seeds_0_1/seed_{seed}`` (seeds
+vmapped in one program); ROOT may be a bucket: every file goes through ``etils.epath``.
 """
-
-from __future__ import annotations
 
 import contextlib
 import datetime
@@ -62,16 +57,12 @@ def dumps(obj) -> str:
     return json.dumps(json.loads(text, parse_constant=lambda _: None), indent=1, allow_nan=False)
 
 
-# --------------------------------------------------------------------------- run folders
-
-
 def seed_dirs(root, loss, ratio, seed) -> list[tuple[str, str | None]]:
     """Where a model of (loss, ratio, seed) may live: (model folder, program folder or None)."""
     base = epath.Path(root) / f"r{float(ratio):g}" / loss
     out = [(os.fspath(base / f"seed{seed}"), None)]
     for d in sorted(base.glob("seeds_*")) if base.exists() else ():
-        members = d.name[len("seeds_") :].split("_")
-        if str(int(seed)) in members:
+        if str(int(seed)) in d.name.split("_")[1:]:
             out.append((os.fspath(d / f"seed_{seed}"), os.fspath(d)))
     return out
 
@@ -104,13 +95,9 @@ def grid_on_disk(root) -> tuple[list[str], list[float], list[int]]:
     return losses, sorted({f[1] for f in found}), sorted({f[2] for f in found})
 
 
-def failure_reason(failure: dict) -> str:
-    reason = str(failure.get("reason", "failed"))
-    where = [f"{k} {failure[k]}" for k in ("epoch", "step") if failure.get(k) is not None]
-    return reason + (f" ({', '.join(where)})" if where else "")
-
-
-# --------------------------------------------------------------------------- rows
+def failure_reason(f: dict) -> str:
+    where = ", ".join(f"{k} {f[k]}" for k in ("epoch", "step") if f.get(k) is not None)
+    return str(f.get("reason", "failed")) + (f" ({where})" if where else "")
 
 
 def _nanmean(rows):
@@ -144,12 +131,9 @@ def metrics_of(rows) -> tuple:
 def posthoc_best(summaries: list[dict]) -> dict | None:
     """Post-hoc logit adjustment: the tau with the best mean balanced accuracy over seeds,
     ``{"tau", "mean", "sd", "per_seed", "tau0_mean", "num_seeds"}`` (in %); None without it."""
-    tables = []
-    for s in summaries:
-        rows = s.get("posthoc_logit_adjustment") or []
-        table = {float(r["tau"]): r.get("balanced_accuracy") for r in rows if "tau" in r}
-        tables += [table] if table else []
-    if not tables:
+    rows = [s.get("posthoc_logit_adjustment") or [] for s in summaries]
+    tables = [{float(r["tau"]): r.get("balanced_accuracy") for r in t if "tau" in r} for t in rows]
+    if not (tables := [t for t in tables if t]):
         return None
     best = None
     for tau in sorted(set.intersection(*(set(t) for t in tables))):
@@ -215,9 +199,6 @@ def _row(loss, ratio, runs, run_dirs, failed) -> dict:
     }  # fmt: skip
 
 
-# --------------------------------------------------------------------------- the table
-
-
 def _fmt(stat):
     if stat["mean"] is None:
         return "n/a"
@@ -246,42 +227,34 @@ def table_lines(rows: list[dict]) -> list[str]:
 
 
 def config_lines(rows: list[dict]) -> list[str]:
-    """What the runs were: the data source and training counts as the summaries state them,
+    """What the runs were: the data source and training counts as their summaries state them,
     the test split, the loss variants, then every config key of the first run."""
     done = [r for r in rows if r["config"]]
     if not done:
         return []
-    cfg, seg = done[0]["config"], done[0]["task"] == "segmentation"
-    unit = "pixels" if seg else "images"
+    cfg, unit = done[0]["config"], "pixels" if done[0]["task"] == "segmentation" else "images"
     counts = "; ".join(
         f"ratio {r['ratio']:g}: {r['num_train']} training images, {unit} per class "
         f"{r['class_counts']}"
         for r in {r["ratio"]: r for r in done}.values()
     )
     max_test = cfg["data"].get("max_test")
-    test = f"{done[0]['num_test']} test images" + (
-        f" (data.max_test={max_test}: NOT the full test split)"
-        if max_test
-        else " (the full test split)"
+    split = (
+        f"data.max_test={max_test}: NOT the full test split" if max_test else "the full test split"
     )
-
-    def variant(c):
-        hparams = ", ".join(f"{k}={v}" for k, v in sorted((c["loss"]["hparams"] or {}).items()))
-        return f"`{c['loss']['name']}`" + (f" ({hparams})" if hparams else "")
-
-    losses = "; ".join(f"{r['loss']} = {variant(r['config'])}" for r in done)
+    variants = {r["loss"]: r["config"]["loss"] for r in done}
+    losses = "; ".join(
+        f"{v} = `{c['name']}` {dict(c['hparams'] or {})}" for v, c in variants.items()
+    )
     flat = flatten(cfg)
-    keys = [f"{k}={flat[k]!r}" for k in sorted(flat) if k not in RUN_CONTROL_KEYS]
+    keys = ", ".join(f"{k}={flat[k]!r}" for k in sorted(flat) if k not in RUN_CONTROL_KEYS)
     return [
         f"- Data: `{cfg['data']['source']}`; {counts}.",
-        f"- Evaluation: {test}.",
+        f"- Evaluation: {done[0]['num_test']} test images ({split}).",
         f"- Losses: {losses}.",
-        f"- Config of the first run ({done[0]['loss']}, the others differ in the loss, "
-        f"data.ratio and the seed): `{', '.join(keys)}`.",
+        f"- Config of the first run ({done[0]['loss']}; the others differ in the loss, "
+        f"data.ratio and the seed): `{keys}`.",
     ]
-
-
-# --------------------------------------------------------------------------- the files
 
 
 def write_report(name, rows, *, command, grid, out_dir, label=None, note=None) -> str:
@@ -343,19 +316,19 @@ def _header_lines(name, rows, command, grid, label, note) -> list[str]:
     return lines
 
 
-# --------------------------------------------------------------------------- plots
-
-
-def _pyplot():
+def _axes(**kw):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    return plt.subplots(**({"figsize": (6, 4)} | kw))
 
 
-def _save(plt, fig, path: str, dpi=90) -> str:
+def _save(fig, ax, path: str, dpi=90, **labels) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.set(**labels)
     fig.tight_layout()
     with epath.Path(path).open("wb") as f:
         fig.savefig(f, format="png", dpi=dpi)
@@ -366,38 +339,33 @@ def _save(plt, fig, path: str, dpi=90) -> str:
 def _plots(base: str, rows: list[dict]) -> list[str]:
     """``base_per_class_r{ratio}.png`` per ratio and, for 2+ ratios, ``base_vs_ratio.png``."""
     rows = [r for r in rows if r["config"]]
-    ratios = sorted({r["ratio"] for r in rows})
-    plt = _pyplot() if rows else None
-    seg = metrics_of(rows) is SEG_METRICS
-    what = "IoU" if seg else "accuracy"
-    paths = []
+    ratios, seg, paths = sorted({r["ratio"] for r in rows}), metrics_of(rows) is SEG_METRICS, []
+    what, unit = ("IoU", "pixels") if seg else ("accuracy", "images")
     for ratio in ratios:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _axes()
         for r in (r for r in rows if r["ratio"] == ratio):
             counts = np.asarray(r["class_counts"])
             order = np.argsort(-counts, kind="stable")
-            acc = np.asarray(r["per_class_iou" if seg else "per_class_accuracy"], float)[order]
+            acc = 100 * np.asarray(r["per_class_iou" if seg else "per_class_accuracy"], float)
             ax.plot(
-                counts[order], 100 * acc, marker="o", label=f"{r['loss']} (n={len(r['seeds'])})"
+                counts[order], acc[order], marker="o", label=f"{r['loss']} (n={len(r['seeds'])})"
             )
-        ax.set(xscale="log", xlabel=f"training {'pixels' if seg else 'images'} of the class")
-        ax.set(ylabel=f"test {what} of the class %")
-        ax.set_title(f"per-class {what}, ratio {ratio:g} (mean over seeds)")
         ax.legend(fontsize=7)
-        paths.append(_save(plt, fig, f"{base}_per_class_r{ratio:g}.png"))
+        title = f"per-class {what}, ratio {ratio:g} (mean over seeds)"
+        labels = dict(xlabel=f"training {unit} of the class", ylabel=f"test {what} of the class %")
+        paths.append(
+            _save(fig, ax, f"{base}_per_class_r{ratio:g}.png", xscale="log", title=title, **labels)
+        )
     if len(ratios) >= 2:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _axes()
         for loss in dict.fromkeys(r["loss"] for r in rows):
             pts = [(r["ratio"], r["stats"]["balanced_accuracy"]) for r in rows if r["loss"] == loss]
-            pts = sorted(p for p in pts if p[1]["mean"] is not None)
-            x, y = [p[0] for p in pts], [p[1]["mean"] for p in pts]
-            ax.errorbar(
-                x, y, yerr=[p[1]["sd"] or 0.0 for p in pts], marker="o", capsize=3, label=loss
-            )
-        ax.set(xscale="log", xlabel="imbalance ratio n_max / n_min")
-        ax.set(ylabel="balanced test accuracy %")
+            x, m = zip(*sorted(p for p in pts if p[1]["mean"] is not None)) if pts else ((), ())
+            y, sd = [v["mean"] for v in m], [v["sd"] or 0.0 for v in m]
+            ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=loss)
         ax.legend(fontsize=7)
-        paths.append(_save(plt, fig, f"{base}_vs_ratio.png"))
+        labels = dict(xlabel="imbalance ratio n_max / n_min", ylabel="balanced test accuracy %")
+        paths.append(_save(fig, ax, f"{base}_vs_ratio.png", xscale="log", **labels))
     return paths
 
 
@@ -475,15 +443,12 @@ def _picture_grid(base: str, rows: list[dict]) -> list[str]:
         names.append(r["loss"])
     if first is None:
         return []
-    plt = _pyplot()
     from matplotlib.patches import Patch
 
-    k = len(rows[0]["class_counts"])
-    grid = picture_grid(
-        first["images"][:GRID_IMAGES], first["labels"][:GRID_IMAGES], *preds, num_classes=k
-    )
+    k, n = len(rows[0]["class_counts"]), GRID_IMAGES
+    grid = picture_grid(first["images"][:n], first["labels"][:n], *preds, num_classes=k)
     columns = ["input", "truth", *names]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(columns), 1.2 + 0.9 * GRID_IMAGES), dpi=100)
+    fig, ax = _axes(figsize=(1.0 + 0.9 * len(columns), 1.2 + 0.9 * n), dpi=100)
     ax.imshow(grid, interpolation="nearest")
     step = grid.shape[1] / len(columns)
     ax.set_xticks([step * (i + 0.5) for i in range(len(columns))], columns, rotation=45, fontsize=7)
@@ -494,4 +459,4 @@ def _picture_grid(base: str, rows: list[dict]) -> list[str]:
     handles.append(Patch(facecolor="white", edgecolor="black", label="ignore"))
     ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("test images: input, truth, each loss (seed of its first run)", fontsize=8)
-    return [_save(plt, fig, f"{base}_pictures.png", dpi=None)]
+    return [_save(fig, ax, f"{base}_pictures.png", dpi=None)]

@@ -6,16 +6,14 @@
       [--source=SOURCE] [--jobs=N] [--vmap_seeds] [--dry_run] [--config.KEY=VALUE ...]
 
 A suite is a config file's ``sweep()``: runs, each ``--config=FILE:loss=VARIANT`` with config
-overrides, in ``WORKDIR/SUITE/r{ratio}/{loss}/seed{seed}`` (``--vmap_seeds``: the missing
-seeds of a (loss, ratio) in one program, ``.../seeds_0_1/seed_{s}``), output in ``train.log``.
+overrides, in ``WORKDIR/SUITE/r{ratio}/{loss}/seed{seed}`` (``--vmap_seeds``: a (loss,
+ratio)'s missing seeds in one program, ``.../seeds_0_1/seed_{s}``), output in ``train.log``.
 A run folder is reused only if its stored config equals the one built here (run-control keys
 aside), else one ``error:`` line (exit 2). Failed runs are listed (exit 1); a diverged one is
 not retried. SIGTERM/SIGINT reach every program, each checkpoints, exit 75; the same command
 resumes. The report (``SUITE.md``, ``SUITE.json``, plots; default ``WORKDIR/results``) covers
 every finished run of the suite's folder: a rerun of a subset keeps the other rows.
 """
-
-from __future__ import annotations
 
 import argparse
 import ast
@@ -58,14 +56,10 @@ SUITES = {
     "tiny": (_C + "tiny.py", None, {}),
 }
 TRAIN_COMMAND = (sys.executable, "-m", "experiments.train")  # tests substitute a fake one
-OFFLINE_CIFAR = "cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz"
 
 
 class ReproduceError(Exception):
     """A problem reported as one ``error:`` line (exit 2) before anything runs."""
-
-
-# --------------------------------------------------------------------------- configs
 
 
 @functools.cache
@@ -108,9 +102,6 @@ def _flag(value) -> str:
     return str(value)
 
 
-# --------------------------------------------------------------------------- the plan
-
-
 class Plan:
     """One command's grid: the suite's runs, their folders and configs."""
 
@@ -123,9 +114,8 @@ class Plan:
         self.name = args.suite + ("_quick" if self.quick else "")
         axes = {"losses": args.losses, "ratios": args.ratios, "seeds": args.seeds}
         self.runs = module.sweep(**kwargs, **{k: v for k, v in axes.items() if v is not None})
-        self.losses = list(dict.fromkeys(r["loss"] for r in self.runs))
-        self.ratios = list(dict.fromkeys(r["ratio"] for r in self.runs))
-        self.seeds = list(dict.fromkeys(r["seed"] for r in self.runs))
+        axes = [list(dict.fromkeys(r[k] for r in self.runs)) for k in ("loss", "ratio", "seed")]
+        self.losses, self.ratios, self.seeds = axes
         workdir = args.workdir or self.suite.get("workdir", "runs/reproduce")
         self.workdir = workdir if "://" in workdir else os.path.abspath(os.path.expanduser(workdir))
         self.root = f"{self.workdir}/{self.name}"
@@ -169,15 +159,10 @@ class Plan:
         return loss in self.losses and float(ratio) in self.ratios and int(seed) in self.seeds
 
 
-# --------------------------------------------------------------------------- reuse
-
-
 def _mismatch(folder, diff) -> str:
     shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more keys" if len(diff) > 4 else "")
-    return (
-        f"run folder {folder} holds a run of another config ({shown}); use another --workdir "
-        "(or delete that folder) so old results are not reported as new ones"
-    )
+    why = "use another --workdir (or delete that folder) so old results are not reported as new"
+    return f"run folder {folder} holds a run of another config ({shown}); {why} ones"
 
 
 def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
@@ -206,6 +191,10 @@ def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
                 "seeds_" + "_".join(map(str, seeds)) if seeds else f"seed{run['seed']}"
             )
             prog = dict(run, seeds=seeds or [run["seed"]], workdir=f"{plan.root}/{folder}")
+            prog["flags"] = plan.flags(run, seeds)
+            prog["label"] = f"{run['loss']} r{run['ratio']:g} seed{'s' if seeds else ''} " + (
+                ",".join(map(str, prog["seeds"]))
+            )
             if seeds and (found := read_json(f"{prog['workdir']}/config.json")):
                 diff = config_diff(found, config_to_dict(plan.config(run, seeds)))
                 errors += [_mismatch(prog["workdir"], diff)] if diff else []
@@ -221,7 +210,8 @@ def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
 def prepare_segmentation_data(plan: Plan) -> None:
     """Makes the suite's generated segmentation set when the runs read it and it is missing,
     from ``--source`` (default: the offline CIFAR-10 copy where it exists, else tfds)."""
-    module = load_module(plan.path)
+    if not hasattr(module := load_module(plan.path), "data_dir"):
+        return
     kind, _, path = str(plan.config(plan.runs[0]).data.source).partition(":")
     folder = os.path.abspath(os.path.expanduser(module.data_dir()))
     if kind != "seg_npz" or os.path.dirname(os.path.abspath(os.path.expanduser(path))) != folder:
@@ -229,22 +219,17 @@ def prepare_segmentation_data(plan: Plan) -> None:
     from cce_jax import data
     from experiments.make_segmentation_data import ensure_cifar_segmentation
 
-    cfg = data.default_config()
-    offline = os.path.join(REPO, OFFLINE_CIFAR.partition(":")[2])
-    cfg.source = plan.seg_source or (
-        f"cifar10_jpeg:{offline}" if os.path.isfile(offline) else "tfds:cifar10"
-    )
+    cfg, offline = data.default_config(), os.path.join(REPO, "../shared/data/cifar10-jpeg.tar.gz")
+    cfg.source = plan.seg_source or (f"cifar10_jpeg:{offline}" if os.path.isfile(offline) else "")
+    cfg.source = cfg.source or "tfds:cifar10"
     if not os.path.isdir(folder):
         print(f"making the segmentation set {folder} from {cfg.source} ...", flush=True)
     ensure_cifar_segmentation(folder, cifar=lambda: data.load_source(cfg))
 
 
-# --------------------------------------------------------------------------- the programs
-
-
 class Pool:
-    """Runs train programs, ``jobs`` at a time, each in its own process group; a SIGTERM or
-    SIGINT of this process is sent once to every running program, and no new one starts."""
+    """Train programs, ``jobs`` at a time, each in its own process group; a SIGTERM or SIGINT
+    of this process goes once to every running program, and then no new one starts."""
 
     def __init__(self, cmd_prefix, env, jobs: int, logs: str | None):
         self.cmd_prefix, self.env, self.jobs, self.logs = cmd_prefix, env, jobs, logs
@@ -281,7 +266,7 @@ class Pool:
                 if self.stopped:
                     self._signal(proc)
                 self.started += 1
-            print(f"[{self.started}/{total}] {_label(prog)}: {prog['workdir']}", flush=True)
+            print(f"[{self.started}/{total}] {prog['label']}: {prog['workdir']}", flush=True)
             rc = proc.wait()
         with self.lock:
             self.running.discard(proc)
@@ -303,18 +288,11 @@ class Pool:
                 signal.signal(s, h)
 
 
-def _label(prog) -> str:
-    seeds = ",".join(map(str, prog["seeds"]))
-    return f"{prog['loss']} r{prog['ratio']:g} seed{'s' if len(prog['seeds']) > 1 else ''} {seeds}"
-
-
 def outcome(prog, rc, tail, stopped) -> str:
     """ "finished", "stopped" (resumable) or the failure reason."""
     many = len(prog["seeds"]) > 1
-    paths = [f"{prog['workdir']}/seed_{s}/summary.json" for s in prog["seeds"]] if many else []
-    if rc == 0 and all(
-        epath.Path(p).exists() for p in paths or [f"{prog['workdir']}/summary.json"]
-    ):
+    folders = [f"{prog['workdir']}/seed_{s}" for s in prog["seeds"]] if many else [prog["workdir"]]
+    if rc == 0 and all(epath.Path(f"{d}/summary.json").exists() for d in folders):
         return "finished"
     if rc in (0, EXIT_PREEMPTED) or (stopped and rc != EXIT_DIVERGED):
         return "stopped"
@@ -324,9 +302,6 @@ def outcome(prog, rc, tail, stopped) -> str:
     errors = [line for line in tail if line.startswith("error:")]
     last = errors[-1] if errors else next((x for x in reversed(tail) if x.strip()), "")
     return f"exit {rc}" + (f": {last.strip()[:300]}" if last else "")
-
-
-# --------------------------------------------------------------------------- the command
 
 
 def _report(plan: Plan, failures: dict) -> tuple[list[dict], str]:
@@ -385,19 +360,13 @@ def _parser():
     p.add_argument("--results_dir", help="report folder (default WORKDIR/results)")
     p.add_argument("--source", help="data.source of every run (segmentation: the CIFAR-10 copy)")
     p.add_argument("--jobs", type=int, help="programs at the same time (default: the suite's, 1)")
-    p.add_argument(
-        "--vmap_seeds",
-        nargs="?",
-        const="true",
-        default="false",
-        type=lambda s: s.lower() in ("true", "1", "yes"),
-        help="the missing seeds of a (loss, ratio) in one program (for a GPU or TPU)",
-    )
+    vmap = "the missing seeds of a (loss, ratio) in one program (for a GPU or TPU)"
+    p.add_argument("--vmap_seeds", action=argparse.BooleanOptionalAction, default=False, help=vmap)
     p.add_argument("--dry_run", action="store_true", help="print the programs, run nothing")
     return p
 
 
-def _env(plan: Plan, args, jobs: int) -> dict:
+def _env(plan: Plan, jobs: int) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     env.setdefault("JAX_COMPILATION_CACHE_DIR", f"{plan.workdir}/jax_cache")  # shared by runs
     if jobs > 1:  # programs that share an accelerator take memory as they need it
@@ -410,10 +379,8 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    extra = dict(
-        a[len("--config.") :].split("=", 1) for a in rest if a.startswith("--config.") and "=" in a
-    )
-    if len(extra) != len(rest):
+    extra = dict(a[9:].split("=", 1) for a in rest if a.startswith("--config.") and "=" in a)
+    if len(extra) != len(rest):  # --config.KEY=VALUE: to every run
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     unknown = sorted(set(args.losses or ()) - set(LOSSES))
     if unknown:
@@ -431,8 +398,6 @@ def _run(plan: Plan, args) -> int:
     """Checks the stored configs, runs the missing seeds, writes the report."""
     programs, n_todo = programs_to_run(plan, args.vmap_seeds)
     jobs = args.jobs or min(plan.suite.get("jobs", 1), os.cpu_count() or 1)
-    for prog in programs:
-        prog["flags"] = plan.flags(prog, prog["seeds"] if len(prog["seeds"]) > 1 else None)
     print(
         f"{plan.name}: {len(plan.runs)} runs in the grid, {len(plan.runs) - n_todo} finished or "
         f"failed before, {n_todo} to run in {len(programs)} program(s) "
@@ -440,28 +405,26 @@ def _run(plan: Plan, args) -> int:
         f"report: {plan.results_dir}",
         flush=True,
     )
-    prefix = list(TRAIN_COMMAND)
     if args.dry_run:
         print(f"config: {plan.path}; every run: {plan.extra or 'no other overrides'}")
         for i, p in enumerate(programs):
-            cmd = [*prefix, f"--workdir={p['workdir']}", *p["flags"]]
+            cmd = [*TRAIN_COMMAND, f"--workdir={p['workdir']}", *p["flags"]]
             print(f"[{i + 1}/{len(programs)}] {shlex.join(cmd)}")
         return 0
-    if hasattr(load_module(plan.path), "data_dir"):
-        prepare_segmentation_data(plan)
+    prepare_segmentation_data(plan)
     logs = os.path.join(tempfile.gettempdir(), "cce_jax_logs") if "://" in plan.root else None
-    pool = Pool(prefix, _env(plan, args, jobs), jobs, logs)
+    pool = Pool(list(TRAIN_COMMAND), _env(plan, jobs), jobs, logs)
     failures = {}
 
     def on_end(prog, rc, secs, tail):
         result = outcome(prog, rc, tail, pool.stopped)
         if result in ("finished", "stopped"):
-            print(f"  {result} (exit {rc}) after {secs:.0f}s: {_label(prog)}", flush=True)
+            print(f"  {result} (exit {rc}) after {secs:.0f}s: {prog['label']}", flush=True)
         else:
             for s in prog["seeds"]:
                 if report.seed_status(plan.root, prog["loss"], prog["ratio"], s)[0] != "failed":
                     failures[(prog["loss"], prog["ratio"], s)] = (prog["workdir"], result)
-            print(f"  FAILED after {secs:.0f}s: {_label(prog)}: {result}", flush=True)
+            print(f"  FAILED after {secs:.0f}s: {prog['label']}: {result}", flush=True)
         _report(plan, failures)
 
     pool.run(programs, on_end)

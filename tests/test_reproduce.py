@@ -405,7 +405,7 @@ def test_sigterm_is_forwarded_to_the_runs_and_a_rerun_resumes(fake, capsys):
 
 
 def test_vmap_seeds_layout_is_collected(fake, capsys):
-    assert fake("--losses=ce", "--seeds=0,1", "--vmap_seeds=true") == 0
+    assert fake("--losses=ce", "--seeds=0,1", "--vmap_seeds") == 0
     program = fake.root / "r10" / "ce" / "seeds_0_1"
     assert (program / "seed_0" / "summary.json").exists()
     assert (program / "seed_1" / "summary.json").exists()
@@ -415,7 +415,7 @@ def test_vmap_seeds_layout_is_collected(fake, capsys):
     assert "| ce | 10 | 2 | 0 | 49.50 ± 0.71 |" in out
     assert "| 46.50 ± 0.71 (τ=1) |" in out  # post-hoc LA from the per-seed summaries
     # Single-seed mode finds the vmapped seeds and runs only the new one, in its own layout.
-    assert fake("--losses=ce", "--seeds=0,1,2", "--vmap_seeds=false") == 0
+    assert fake("--losses=ce", "--seeds=0,1,2", "--no-vmap_seeds") == 0
     out = capsys.readouterr().out
     assert "2 finished or failed before, 1 to run" in out and "| ce | 10 | 3 | 0 |" in out
     assert (fake.root / "r10" / "ce" / "seed2" / "summary.json").exists()
@@ -475,7 +475,7 @@ def test_a_subset_rerun_keeps_the_other_rows(fake, capsys):
 
 @pytest.mark.parametrize("suite", sorted(reproduce.SUITES))
 def test_every_suite_writes_outside_the_checkout_by_default(suite, capsys):
-    args = [f"--suite={suite}", "--dry_run", "--vmap_seeds=false", "--jobs=1", "--seeds=0"]
+    args = [f"--suite={suite}", "--dry_run", "--no-vmap_seeds", "--jobs=1", "--seeds=0"]
     reproduce.main(args + ["--losses=ce", "--ratios=10"])
     first = capsys.readouterr().out.splitlines()[0]
     runs, results = first.split("; runs: ")[1].split("; report: ")
