@@ -129,73 +129,48 @@ def pipeline_throughput(
 def torch_throughput(
     batch_size=128, num_steps=20, warmup_steps=3, device="cpu", num_classes=10, threads=None
 ):
+    """Images/s of the same ResNet-32 SGD step (option-A shortcuts) in PyTorch."""
     import torch
-    import torch.nn as tnn
     import torch.nn.functional as F
+    from torch import nn
 
     if threads:
         torch.set_num_threads(threads)
 
-    class Block(tnn.Module):
+    class Block(nn.Module):
         def __init__(self, cin, cout, stride):
             super().__init__()
-            self.c1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.b1 = tnn.BatchNorm2d(cout)
-            self.c2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.b2 = tnn.BatchNorm2d(cout)
+            conv = lambda i, s: nn.Conv2d(i, cout, 3, s, 1, bias=False)
+            layers = [conv(cin, stride), nn.BatchNorm2d(cout), nn.ReLU(), conv(cout, 1)]
+            self.f = nn.Sequential(*layers, nn.BatchNorm2d(cout))
             self.stride, self.pad = stride, cout - cin
 
         def forward(self, x):
-            y = F.relu(self.b1(self.c1(x)))
-            y = self.b2(self.c2(y))
-            r = x
-            if self.stride != 1 or self.pad:
-                r = x[:, :, :: self.stride, :: self.stride]
-                r = F.pad(r, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-            return F.relu(y + r)
+            r = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+            r = F.pad(r, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2)) if self.pad else r
+            return F.relu(self.f(x) + r)
 
-    class ResNet32(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.bn = tnn.BatchNorm2d(16)
-            blocks, cin = [], 16
-            for i, w in enumerate((16, 32, 64)):
-                for j in range(5):
-                    blocks.append(Block(cin, w, 2 if (i > 0 and j == 0) else 1))
-                    cin = w
-            self.blocks = tnn.Sequential(*blocks)
-            self.head = tnn.Linear(64, num_classes)
-
-        def forward(self, x):
-            x = F.relu(self.bn(self.stem(x)))
-            x = self.blocks(x)
-            return self.head(x.mean(dim=(2, 3)))
-
+    widths = [w for w in (16, 32, 64) for _ in range(5)]
+    blocks = [Block(i, w, 1 + (w != i)) for i, w in zip([16, *widths[:-1]], widths)]
+    stem = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
     torch.manual_seed(0)
-    model = ResNet32().to(device).train()
+    model = nn.Sequential(*stem, *blocks, *head).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
     x = torch.randn(batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, num_classes, (batch_size,), device=device)
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    def sync():
+    def steps(n):
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
         if device != "cpu":
             torch.cuda.synchronize()
 
-    for _ in range(warmup_steps):
-        step()
-    sync()
+    steps(warmup_steps)
     t0 = time.perf_counter()
-    for _ in range(num_steps):
-        step()
-    sync()
+    steps(num_steps)
     return num_steps * batch_size / (time.perf_counter() - t0)
 
 
