@@ -1,11 +1,8 @@
 """What the configs share: the ``FILE:ARG`` argument, the loss variants and the grids.
 
-``get_config(arg)`` takes big_vision-style ``"key=value,key=value"`` arguments
-(``--config=experiments/configs/digits_lt.py:loss=cce_paper``): ``loss`` names a variant of
-:data:`LOSSES` (its loss, hyperparameters, cosine head and DRW epoch), ``epochs`` sets
-``num_epochs`` first (DRW starts at a fraction of it). A config with a suite has a ``sweep()``
-beside its ``get_config``: the suite's runs as :func:`grid` builds them, each a ``get_config``
-argument plus config overrides, for ``python -m experiments.reproduce``.
+``get_config(arg)`` takes big_vision-style ``"key=value,..."`` arguments: ``loss`` names a
+variant of :data:`LOSSES`, ``epochs`` sets ``num_epochs`` first (DRW starts at a fraction of
+it). A config with a suite has a ``sweep()`` beside it: the suite's runs (:func:`grid`).
 """
 
 import itertools

@@ -4,10 +4,9 @@
 
 digits.py at imbalance ratio 50 (the exp profile; ``data.profile=none`` keeps every image of
 your own data): 116 training images in the largest class, 2 in the smallest, 321 in all; the
-full test split (596 images). 15 epochs, lr x0.1 from epoch 10 and x0.01 from 13. Test
-metrics and a checkpoint only at the end (run-control keys): a run is mostly start-up and
-compilation. At ratio 10 the losses differ within the seed spread; at 50 the rare classes
-make the difference.
+full test split (596 images). 15 epochs, lr x0.1 from epoch 10 and x0.01 from 13; test
+metrics and a checkpoint only at the end (a run is mostly start-up and compilation). At ratio
+10 the losses differ within the seed spread; at 50 the rare classes make the difference.
 """
 
 from experiments.configs import common, digits

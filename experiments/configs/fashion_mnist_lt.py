@@ -4,13 +4,11 @@
       --workdir=/tmp/fmnist_ce
   python -m experiments.reproduce --suite=fashion_mnist_lt   # 7 losses x 2 ratios x 3 seeds
 
-Data: the four IDX files (``fashion_mnist:DIR``; the offline copy is
-``../shared/data/fashion-mnist``; ``tfds:fashion_mnist`` reads the same data). Applies the exp
-profile with n_max 6,000: ratio 100 keeps 14,886 training images, ratio 10 keeps 24,516; on
-your own data set ``--config.data.profile=none`` keeps every image. The full balanced test
-split. Pad-4 crops and flips. ResNet-8 of width 8, batch 128, SGD momentum 0.9, weight decay
-2e-4, lr 0.1, 1 warm-up epoch, x0.01 from epoch 6, x0.0001 from 7, 8 epochs: it ranks the
-losses against each other (the paper: ResNet-34, 200 epochs).
+Data: the four IDX files (``fashion_mnist:DIR``, or ``tfds:fashion_mnist``). Applies the exp
+profile with n_max 6,000 (ratio 100: 14,886 training images; 10: 24,516); on your own data set
+``--config.data.profile=none`` keeps every image. The full test split; pad-4 crops and flips.
+ResNet-8 of width 8, batch 128, lr 0.1, 1 warm-up epoch, x0.01 from epoch 6, x0.0001 from 7, 8
+epochs: it ranks the losses against each other (the paper: ResNet-34, 200 epochs).
 """
 
 from experiments.configs import common, default

@@ -5,12 +5,11 @@
       --workdir=/tmp/seg_ce
   python -m experiments.reproduce --suite=segmentation   # makes the data set itself
 
-Data: the generated set (``seg_npz:`` in the folder above; docs/data.md), used whole: 2,000
-training and 500 test mosaics of 32x32, training pixels per class long-tailed 201:1 (the set
-is made imbalanced; data.profile and data.ratio do not apply). Pad-4 crops and flips of image
-and label map together. FCN-8 (ResNet-8 encoder, width 16), batch 32, SGD momentum 0.9,
-weight decay 2e-4, lr 0.1, 1 warm-up epoch, x0.1 from epoch 10, 12 epochs. Losses per pixel,
-over the pixels that are not ignore; MSE-OL with the MSE-OL paper's segmentation alpha 6.
+Data: the generated set (docs/data.md), used whole: 2,000 training and 500 test mosaics of
+32x32, training pixels per class long-tailed 201:1 (the set is made imbalanced: data.profile
+and data.ratio do not apply); pad-4 crops and flips. FCN-8 (ResNet-8 encoder, width 16),
+batch 32, lr 0.1, x0.1 from epoch 10, 12 epochs; per-pixel losses over the labelled pixels;
+MSE-OL with the MSE-OL paper's segmentation alpha 6.
 """
 
 import os
