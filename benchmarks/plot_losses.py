@@ -126,7 +126,12 @@ def plot_all(out_dir: str) -> list:
     ax.legend(fontsize=8)
     paths.append(_save(fig, out_dir, "cce_wrong_class"))
 
-    # Focal.
+    return paths + _plot_count_losses(out_dir, ce, ce_style, z, g)
+
+
+def _plot_count_losses(out_dir, ce, ce_style, z, g) -> list:
+    """Focal, then MSE-OL and LDAM for a frequent and a rare class."""
+    paths = []
     focal = _loss_and_true_grad(losses.get("focal", gamma=2.0), z, g)
     fig, axes = _figure()
     _panel(
