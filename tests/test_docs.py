@@ -47,8 +47,8 @@ def test_readme_lists_every_reproduce_flag_and_suite():
 
     readme = _read("README.md")
     for action in reproduce._parser()._actions:
-        flag = action.option_strings[-1] if action.option_strings else None
-        if not flag or action.help == "==SUPPRESS==" or flag in ("--help", "--jax_cache"):
+        flag = action.option_strings[0] if action.option_strings else None
+        if not flag or action.help == "==SUPPRESS==" or flag == "-h":
             continue
         assert f"[{flag}" in readme or f"`{flag}" in readme, flag
     usage = [m for m in re.findall(r"--suite=([\w|]+)", readme) if "|" in m]
