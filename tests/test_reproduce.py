@@ -584,3 +584,20 @@ def test_dry_run_prints_each_program_with_its_config(capsys):
     code = next(x for x in lines if "/cce_code/seed0 " in x)
     assert "digits_lt.py:loss=cce_code --config.seed=0 --config.data.subset_seed=0" in code
     assert "--config.data.ratio=50.0" in code and "loss_hparam" not in code
+
+
+def test_picture_grid():
+    images = np.full((2, 3, 4, 1), 7, np.uint8)
+    masks = np.array([[[0, 1, 255, 1]] * 3, [[2, 2, 2, 2]] * 3], np.uint8)
+    pred = np.ones((2, 3, 4), np.int32)
+    g = report.picture_grid(images, masks, pred, num_classes=3, gap=2)
+    assert g.shape == (2 * 5 - 2, 3 * 6 - 2, 3) and g.dtype == np.uint8
+    pal = report.label_palette(3)
+    assert np.all(g[:3, :4] == 7)  # the image, gray to RGB
+    np.testing.assert_array_equal(g[0, 6:10], pal[[0, 1, 255, 1]])  # truth, ignore white
+    np.testing.assert_array_equal(g[0, 12:16], pal[[1, 1, 255, 1]])  # prediction
+    np.testing.assert_array_equal(g[5, 12:16], pal[[1, 1, 1, 1]])  # second example
+    assert np.all(g[3:5] == 255)  # the gap
+    assert len({tuple(c) for c in report.label_palette(40)[:40]}) == 40
+    with pytest.raises(ValueError, match="must be \\[N, H, W\\]"):
+        report.picture_grid(images, masks[:1], num_classes=3)
