@@ -368,7 +368,8 @@ def _parser():
 
 def _env(plan: Plan, jobs: int) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", f"{plan.workdir}/jax_cache")  # shared by runs
+    local = plan.workdir if "://" not in plan.workdir else tempfile.gettempdir()
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", f"{local}/jax_cache")  # shared by the runs
     if jobs > 1:  # programs that share an accelerator take memory as they need it
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (REPO, env.get("PYTHONPATH"))))
