@@ -20,22 +20,24 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "sphinx-mathjax-offline",  # MathJax copied into the site: math renders offline
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
 exclude_patterns = ["_build"]
 
 myst_heading_anchors = 3
-# Links from README.md and docs/*.md to files outside docs/ (experiments/results/*.md) are
-# for readers of the repository; tests/test_docs.py checks that every relative link of the
-# Markdown files points to an existing file.
-suppress_warnings = ["myst.xref_missing"]
 myst_enable_extensions = ["dollarmath"]
+# README.md's links to experiments/results/*.md land on the pages of docs/experiments/results/
+# (tests/test_docs.py checks that each has one); links of other pages to files outside docs/
+# are for readers of the repository.
+suppress_warnings = ["myst.xref_missing"]
 
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_preserve_defaults = True
+autodoc_type_aliases = {"ArrayLike": "ArrayLike"}  # not jax's eight-type union
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 

@@ -1,570 +1,393 @@
-"""Runs a grid of experiments.train runs and writes a table (mean ± sd over seeds) and plots.
+"""Runs a suite's grid of ``experiments.train`` programs and writes its table and plots.
 
-  python -m experiments.reproduce --suite=digits               # the first command: ~3 min, CPU
-  python -m experiments.reproduce --suite=fashion_mnist_lt     # ~90 min on 2 CPU cores
-  python -m experiments.reproduce --suite=segmentation         # ~25 min on 2 idle CPU cores
-  python -m experiments.reproduce --suite=cifar10_lt [--quick] [--seeds=0,1,2] \\
-      [--workdir=DIR] [--results_dir=DIR] [--losses=ce,cce_paper] [--ratios=100] \\
-      [--source=cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz] [--max_minutes=M] \\
-      [--vmap_seeds=auto|true|false] [--jobs=N] [--config.KEY=VALUE ...]
+  python -m experiments.reproduce --suite=digits            # the first command, CPU, minutes
+  python -m experiments.reproduce --suite=cifar10_lt [--quick] [--losses=ce,cce_paper] \\
+      [--ratios=100] [--seeds=0,1,2] [--workdir=DIR|gs://BUCKET/DIR] [--results_dir=DIR] \\
+      [--source=SOURCE] [--jobs=N] [--vmap_seeds] [--dry_run] [--config.KEY=VALUE ...]
 
-Every run is ``python -m experiments.train`` in a subprocess (cwd: the repo root) with its own
-workdir ``WORKDIR/SUITE[_quick]/r{ratio}/{loss}/seed{seed}``, or, with ``--vmap_seeds``, one
-program for all seeds of a (loss, ratio) in ``.../r{ratio}/{loss}/seeds_0_1_2`` whose models
-write ``seeds_0_1_2/seed_<s>/summary.json``; the table reads both layouts. The output of each
-run goes to ``train.log`` in its workdir (and to the console when ``--jobs=1``).
-``--config.KEY=VALUE`` flags are passed to every run.
-
-**Reuse is checked.** A run folder is reused (skipped when finished, resumed when not) only if
-its stored ``config.json`` equals the config this command asks for, as experiments.train would
-build it (config file, the same ``--config.*`` flags, ``--loss_hparam``); only the trainer's
-run-control keys (``cce_jax.training.RUN_CONTROL_KEYS``, e.g. ``num_epochs``, ``deadline``)
-may differ. Otherwise the command stops before running anything with one ``error:`` line
-naming the folder and the differing keys (exit 2): use another ``--workdir``.
-
-**Failures are reported, not hidden.** A run that diverges (exit 3, ``failure.json``) or fails
-otherwise is counted in the table's "failed" column and listed with its reason; the other runs
-go on; the command exits 1 at the end if any run of the grid failed. A diverged run is not
-retried (delete its folder to retry); a run that failed otherwise is retried on the next call.
-
-**Time budget.** ``--max_minutes=M`` gives every run ``--config.deadline`` (30 s, or 10% for
-short budgets, before M minutes from the start of this command), so the trainer checkpoints
-and exits 75 before an epoch would pass it; no new run starts with less than ``MIN_START_S``
-left; then it prints "time budget reached: N runs finished, M left; rerun the same command to
-continue" and exits 0. Rerunning resumes every run from its checkpoint. One command per
-accelerator lease (or preemptible VM slot) therefore makes steady progress.
-
-**Seeds.** The seed sets the initialisation, the data order and which training examples survive
-the imbalance (``config.seed`` and ``config.data.subset_seed``). ``--vmap_seeds`` (default
-``auto``: true when ``jax.default_backend()`` is gpu or tpu, false on cpu, where a vmap over
-seeds measured no gain) trains the missing seeds of a (loss, ratio) in one program with
-``--config.seeds``. ``--jobs=N`` runs N train programs at the same time (default: 1; the
-digits suite uses 2 on a CPU with 2+ cores, compile-bound start-ups overlap well there).
-Every run gets ``JAX_COMPILATION_CACHE_DIR=WORKDIR/jax_cache`` unless set: the second seed of
-a loss reuses the first one's compiled train step.
-
-**Where the files go.** The report (``SUITE[_quick].md`` with a ``.json`` twin (strict JSON,
-NaN as null), ``..._per_class_r{ratio}.png``: per-class accuracy against class size, and, for
-2+ ratios, ``..._vs_ratio.png``) is rewritten after every finished run and the table is printed
-at the end.
-
-Every suite keeps its files outside the checkout by default, so a run never overwrites the
-committed tables in ``experiments/results/`` and a fresh clone stays clean (``git status``):
-``--results_dir`` defaults to ``WORKDIR/results``, and ``--workdir`` to
-
-* ``$TMPDIR/cce_jax_digits`` (or ``.../cce_jax_tiny``) for ``--suite=digits`` and
-  ``--suite=tiny`` (demo and smoke grids): minutes to redo, so the temporary directory is the
-  right home and nothing piles up in the home directory of a shared machine;
-* ``~/cce_jax_runs`` for ``--suite=cifar10_lt`` / ``cifar10_step`` / ``fashion_mnist_lt`` /
-  ``segmentation`` (an hour to days of compute, resumable from checkpoints, so kept across
-  reboots).
-
-A segmentation suite (``--suite=segmentation``) first makes its data set when it is missing
-(:func:`prepare_segmentation_data`; ``--source`` names the CIFAR-10 copy it is drawn from),
-reports mIoU, pixel and mean class accuracy, fwIoU and the many/medium/few mIoU, plots the
-per-class IoU and draws ``SUITE_pictures.png``: input, truth and each loss's prediction on
-the same test images.
-
-To rewrite a committed table, give ``--results_dir=experiments/results``.
-
-**The report covers the workdir.** The table shows every finished (or failed) run of the
-suite's run folder, not only this command's grid: rerunning a subset (``--losses=ce,mse_ol``)
-keeps the other rows, and the report says how many rows come from earlier commands. The
-"runs finished: N of M" line counts the runs of the table's whole grid.
-**The code.** ``experiments/suites.py``: the suites and loss variants (data, one comment per
-suite with its command, runtime and results); ``experiments/run_folders.py``: the run-folder
-layout and the reuse check; ``experiments/runner.py``: the train programs, signals and
-schedule; ``experiments/grid_report.py``: the table, the protocol lines, the JSON twin and the
-plots; this file: the command line.
+A suite is a config file's ``sweep()``: runs, each ``--config=FILE:loss=VARIANT`` with config
+overrides, in ``WORKDIR/SUITE/r{ratio}/{loss}/seed{seed}`` (``--vmap_seeds``: a (loss,
+ratio)'s missing seeds in one program, ``.../seeds_0_1/seed_{s}``), output in ``train.log``.
+A run folder is reused only if its stored config equals the one built here (run-control keys
+aside), else one ``error:`` line (exit 2). Failed runs are listed (exit 1); a diverged one is
+not retried. SIGTERM/SIGINT reach every program, each checkpoints, exit 75; the same command
+resumes. The report (``SUITE.md``, ``SUITE.json``, plots; default ``WORKDIR/results``) covers
+every finished run of the suite's folder: a rerun of a subset keeps the other rows.
 """
 
-from __future__ import annotations
-
 import argparse
-import dataclasses
+import ast
+import collections
+import concurrent.futures
+import contextlib
+import functools
+import importlib.util
 import os
 import shlex
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 
-from cce_jax.training.config import (
+from etils import epath
+
+from experiments import report
+from experiments.configs.common import LOSSES
+from experiments.report import (
     EXIT_CONFIG_ERROR,
-    EXIT_DEADLINE,
-    RUN_CONTROL_KEYS,
+    EXIT_DIVERGED,
+    EXIT_PREEMPTED,
     config_diff,
-)
-from cce_jax.training.workdir import dumps as dumps_strict
-from experiments import runner
-from experiments.grid_report import (
-    GRID_IMAGES,
-    collect,
-    metrics_of,
-    posthoc_best,
-    protocol_lines,
-    table_lines,
-    write_report,
-)
-from experiments.run_folders import (
-    ReproduceError,
-    build_config,
-    check_program_folder,
-    check_reuse,
-    grid_on_disk,
-    loss_dir,
-    seed_dirs,
-    seed_status,
-    vmap_dir_name,
-)
-from experiments.runner import Unit
-from experiments.runner import default_backend as _default_backend
-from experiments.suites import (
-    LOSSES,
-    METRICS,
-    OFFLINE_SOURCE,
-    PRIORITY,
-    REPO,
-    RESULTS,
-    RUNS_HOME,
-    SEG_METRICS,
-    SUITES,
-    run_args,
-    suite_label,
+    config_to_dict,
+    read_json,
 )
 
-# This module's names and those it re-exports from the modules above (callers and tests
-# use them as reproduce.NAME).
-__all__ = [
-    "GRID_IMAGES",
-    "LOSSES",
-    "METRICS",
-    "MIN_START_S",
-    "OFFLINE_SOURCE",
-    "PRIORITY",
-    "REPO",
-    "RESULTS",
-    "RUNS_HOME",
-    "RUN_CONTROL_KEYS",
-    "SEG_METRICS",
-    "SUITES",
-    "TRAIN_COMMAND",
-    "ReproduceError",
-    "Unit",
-    "build_config",
-    "collect",
-    "config_diff",
-    "dumps_strict",
-    "grid_on_disk",
-    "main",
-    "metrics_of",
-    "posthoc_best",
-    "prepare_segmentation_data",
-    "protocol_lines",
-    "run_args",
-    "seed_dirs",
-    "seed_status",
-    "table_lines",
-    "vmap_dir_name",
-    "write_report",
-]
-
-# The train program; tests substitute a fake one (see tests/test_reproduce.py).
-TRAIN_COMMAND = (sys.executable, "-m", "experiments.train")
-# With --max_minutes: no run starts with less time than this before its deadline.
-MIN_START_S = 45.0
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Suite: (config file, its --quick config or None, keyword arguments of its sweep()).
+_C = "experiments/configs/"
+SUITES = {
+    "digits": (_C + "digits_lt.py", None, {}),
+    "cifar10_lt": (_C + "cifar10_lt.py", _C + "cifar10_lt_quick.py", {}),
+    "cifar10_step": (_C + "cifar10_lt.py", _C + "cifar10_lt_quick.py", {"profile": "step"}),
+    "fashion_mnist_lt": (_C + "fashion_mnist_lt.py", None, {}),
+    "segmentation": (_C + "segmentation.py", None, {}),
+    "tiny": (_C + "tiny.py", None, {}),
+}
+TRAIN_COMMAND = (sys.executable, "-m", "experiments.train")  # tests substitute a fake one
 
 
-# --------------------------------------------------------------------------- the plan
+class ReproduceError(Exception):
+    """A problem reported as one ``error:`` line (exit 2) before anything runs."""
 
 
-@dataclasses.dataclass
+@functools.cache
+def load_module(path: str):
+    """The config file at ``path`` (relative to the repo root) as a module."""
+    full = path if os.path.isabs(path) else os.path.join(REPO, path)
+    spec = importlib.util.spec_from_file_location(f"_grid_config_{abs(hash(full))}", full)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _value(current, text: str):
+    """``--config.KEY=TEXT`` as ml_collections parses it for a field holding ``current``."""
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return float(text) if isinstance(current, float) else text
+    return float(value) if isinstance(current, float) and isinstance(value, int) else value
+
+
+def build(path: str, arg: str, overrides: dict):
+    """The ConfigDict experiments.train builds from ``--config=path:arg`` and ``overrides``
+    (flat keys; string values are parsed as the flags are)."""
+    c = load_module(path).get_config(arg)
+    for key, value in overrides.items():
+        *parents, name = key.split(".")
+        node = functools.reduce(lambda n, p: n[p], parents, c)
+        if name not in node:
+            raise ReproduceError(f"--config.{key}: no such config key in {path}")
+        node[name] = _value(node[name], value) if isinstance(value, str) else value
+    return c
+
+
+def _flag(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return "(" + "".join(f"{v!r}," for v in value) + ")"
+    return str(value)
+
+
 class Plan:
-    """What one command asks for: the grid, its folders, its time budget and run flags."""
+    """One command's grid: the suite's runs, their folders and configs."""
 
-    name: str  # SUITE or SUITE_quick: the run folder's and the report's name
-    suite: dict
-    config_path: str
-    quick: bool  # the reduced protocol (only for a suite that has one)
-    losses: list
-    ratios: list
-    seeds: list
-    workdir: str
-    results_dir: str
-    command: str  # this command, for the report
-    extra: list  # --config.KEY=VALUE flags for every run
-    budget_end: float | None = None  # --max_minutes: the hard stop of this command
-    run_deadline: float | None = None  # the runs' --config.deadline
-    num_epochs: int = 0
-    run_source: str | None = None
+    def __init__(self, args, extra: dict, argv):
+        config, quick_config, kwargs = SUITES[args.suite]
+        self.quick = bool(args.quick and quick_config)
+        self.path = quick_config if self.quick else config
+        module = load_module(self.path)
+        self.suite = dict(getattr(module, "SUITE", {}))
+        self.name = args.suite + ("_quick" if self.quick else "")
+        axes = {"losses": args.losses, "ratios": args.ratios, "seeds": args.seeds}
+        self.runs = module.sweep(**kwargs, **{k: v for k, v in axes.items() if v is not None})
+        axes = [list(dict.fromkeys(r[k] for r in self.runs)) for k in ("loss", "ratio", "seed")]
+        self.losses, self.ratios, self.seeds = axes
+        workdir = args.workdir or self.suite.get("workdir", "runs/reproduce")
+        self.workdir = workdir if "://" in workdir else os.path.abspath(os.path.expanduser(workdir))
+        self.root = f"{self.workdir}/{self.name}"
+        self.results_dir = args.results_dir or f"{self.workdir}/results"
+        self.command = "python -m experiments.reproduce " + shlex.join(argv)
+        quick = "REDUCED (quick) protocol — not the paper protocol"
+        self.label = self.suite.get("label") or (quick if self.quick else "paper protocol")
+        self.epochs = extra.pop("num_epochs", None)  # before the loss variant (DRW)
+        self.extra = extra
+        self.seg_source = None
+        if args.source and hasattr(module, "data_dir"):
+            self.seg_source = args.source  # the CIFAR-10 copy the set is drawn from
+        elif args.source:
+            self.extra["data.source"] = args.source
 
-    @property
-    def root(self) -> str:
-        return os.path.join(self.workdir, self.name)
+    def arg(self, run) -> str:
+        parts = [p for p in run["arg"].split(",") if not (self.epochs and p.startswith("epochs="))]
+        return ",".join(parts + ([f"epochs={self.epochs}"] if self.epochs else []))
 
-    def flags_for(self, loss, ratio, seed=None, vmap_seeds=None) -> list[str]:
-        deadline = [f"--config.deadline={self.run_deadline:.1f}"] if self.run_deadline else []
-        return run_args(
-            self.suite,
-            self.config_path,
-            loss,
-            ratio,
-            seed,
-            self.num_epochs,
-            self.run_source,
-            seeds=vmap_seeds,
-            extra=[*self.extra, *deadline],
-        )
+    def overrides(self, run, seeds=None) -> dict:
+        out = dict(run["overrides"], **self.extra)
+        if seeds:  # several models in one program
+            del out["seed"], out["data.subset_seed"]
+            out["seeds"] = tuple(seeds)
+        return out
 
-    def expected(self, loss, ratio, seed) -> dict:
-        return build_config(self.flags_for(loss, ratio, seed))
+    def config(self, run, seeds=None):
+        return build(self.path, self.arg(run), self.overrides(run, seeds))
+
+    @functools.cache
+    def expected(self, i: int) -> dict:
+        return config_to_dict(self.config(self.runs[i]))
+
+    def flags(self, run, seeds=None) -> list[str]:
+        arg = self.arg(run)
+        config = os.path.join(REPO, self.path) + (f":{arg}" if arg else "")
+        items = self.overrides(run, seeds).items()
+        return [f"--config={config}"] + [f"--config.{k}={_flag(v)}" for k, v in items]
 
     def in_grid(self, loss, ratio, seed) -> bool:
         return loss in self.losses and float(ratio) in self.ratios and int(seed) in self.seeds
 
 
-def _plan(args, argv, extra, t_start) -> Plan:
-    """The grid, folders and deadlines of the command line (usage errors exit 2)."""
-    suite = SUITES[args.suite]
-    has_quick = suite["quick_config"] != suite["config"]
-    seeds, ratios, losses = _grid_lists(args, suite)
-    for flag, value in (("--workdir", args.workdir), ("--results_dir", args.results_dir)):
-        if value and "://" in value:  # os.path.abspath would make it a local 'gs:' folder
-            _parser().error(
-                f"{flag}={value}: the grid runner needs a local folder; for a bucket, run "
-                "each run with python -m experiments.train --workdir=gs://BUCKET/RUN"
+def _mismatch(folder, diff) -> str:
+    shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more keys" if len(diff) > 4 else "")
+    why = "use another --workdir (or delete that folder) so old results are not reported as new"
+    return f"run folder {folder} holds a run of another config ({shown}); {why} ones"
+
+
+def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
+    """The programs for the seeds of the grid that are neither finished nor failed (seeds
+    outermost) and how many runs those are; refuses any folder that holds another config."""
+    missing, errors = collections.defaultdict(list), []
+    for i, run in enumerate(plan.runs):
+        loss, ratio, seed = run["loss"], run["ratio"], run["seed"]
+        status, folder, data = report.seed_status(plan.root, loss, ratio, seed)
+        want = plan.expected(i)
+        stored = [(folder, data.get("config", {}), ("seeds",))] if status == "done" else []
+        if status != "done":
+            for d, program in report.seed_dirs(plan.root, loss, ratio, seed):
+                found = read_json(f"{d}/config.json")
+                stored += [(d, found, ("seeds",) if program else ())] if found else []
+        errors += [
+            _mismatch(d, diff) for d, c, ign in stored if (diff := config_diff(c, want, ign))
+        ]
+        if status == "todo":
+            missing[(loss, ratio)].append(run)
+    programs = []
+    for runs in missing.values():
+        seeds = [r["seed"] for r in runs] if vmap and len(runs) > 1 else None
+        for run in [runs[0]] if seeds else runs:
+            folder = f"r{run['ratio']:g}/{run['loss']}/" + (
+                "seeds_" + "_".join(map(str, seeds)) if seeds else f"seed{run['seed']}"
             )
-    workdir = os.path.abspath(
-        os.path.expanduser(args.workdir or suite.get("workdir", "runs/reproduce"))
-    )
-    if args.results_dir is not None:
-        results_dir = os.path.abspath(args.results_dir)
-    else:  # every suite: outside the checkout (the committed tables stay as they are)
-        results_dir = os.path.join(workdir, "results")
-    plan = Plan(
-        name=args.suite + ("_quick" if args.quick and has_quick else ""),
-        suite=suite,
-        config_path=suite["quick_config"] if args.quick else suite["config"],
-        quick=args.quick and has_quick,
-        losses=losses,
-        ratios=ratios,
-        seeds=seeds,
-        workdir=workdir,
-        results_dir=results_dir,
-        command="python -m experiments.reproduce " + " ".join(shlex.quote(a) for a in argv),
-        extra=list(extra),
-    )
-    # The deadline of the runs (with --max_minutes) and the hard stop of this command.
-    if args.max_minutes:
-        budget = 60.0 * args.max_minutes
-        plan.budget_end = t_start + budget
-        plan.run_deadline = plan.budget_end - min(30.0, 0.1 * budget)
-    return plan
+            prog = dict(run, seeds=seeds or [run["seed"]], workdir=f"{plan.root}/{folder}")
+            prog["flags"] = plan.flags(run, seeds)
+            prog["label"] = f"{run['loss']} r{run['ratio']:g} seed{'s' if seeds else ''} " + (
+                ",".join(map(str, prog["seeds"]))
+            )
+            if seeds and (found := read_json(f"{prog['workdir']}/config.json")):
+                diff = config_diff(found, config_to_dict(plan.config(run, seeds)))
+                errors += [_mismatch(prog["workdir"], diff)] if diff else []
+            programs.append(prog)
+    if errors:
+        more = f" ({len(errors) - 1} more folders differ too)" if len(errors) > 1 else ""
+        raise ReproduceError(errors[0] + more)
+    order = {(r["loss"], r["ratio"], r["seed"]): i for i, r in enumerate(plan.runs)}
+    programs.sort(key=lambda p: order[(p["loss"], p["ratio"], p["seeds"][0])])
+    return programs, sum(len(p["seeds"]) for p in programs)
 
 
-def _grid_lists(args, suite) -> tuple[list[int], list[float], list[str]]:
-    """The seeds, ratios and loss variants of the grid (the flags', else the suite's)."""
-    try:
-        seeds = (
-            [int(s) for s in args.seeds.split(",") if s.strip()]
-            if args.seeds
-            else list(suite.get("seeds", (0, 1, 2)))
-        )
-        ratios = (
-            [float(r) for r in args.ratios.split(",")]
-            if args.ratios
-            else [float(r) for r in suite["ratios"]]
-        )
-    except ValueError as e:
-        _parser().error(f"--seeds takes integers and --ratios numbers, comma-separated: {e}")
-    if args.max_minutes is not None and not args.max_minutes > 0:
-        _parser().error(f"--max_minutes must be > 0, got {args.max_minutes}")
-    losses = args.losses.split(",") if args.losses else list(suite["losses"])
-    unknown = sorted(set(losses) - set(LOSSES))
-    if unknown:
-        _parser().error(f"unknown loss variant(s) {unknown}; known: {', '.join(LOSSES)}")
-    return seeds, ratios, losses
+def prepare_segmentation_data(plan: Plan) -> None:
+    """Makes the suite's generated segmentation set when the runs read it and it is missing,
+    from ``--source`` (default: the offline CIFAR-10 copy where it exists, else tfds)."""
+    if not hasattr(module := load_module(plan.path), "data_dir"):
+        return
+    kind, _, path = str(plan.config(plan.runs[0]).data.source).partition(":")
+    folder = os.path.abspath(os.path.expanduser(module.data_dir()))
+    if kind != "seg_npz" or os.path.dirname(os.path.abspath(os.path.expanduser(path))) != folder:
+        return
+    from cce_jax import data
+    from experiments.make_segmentation_data import ensure_cifar_segmentation
 
-
-def _base_config(plan: Plan, source: str | None, dry_run: bool) -> None:
-    """Reads the epochs and data source of the suite's config into ``plan``; makes a
-    segmentation suite's data set when it is missing (not for a dry run)."""
-    base_flags = [f"--config={os.path.join(REPO, plan.config_path)}", *plan.extra]
-    for key, value in plan.suite.get("overrides", {}).items():
-        base_flags.append(f"--config.{key}={value}")
-    base_config = build_config(base_flags)
-    plan.num_epochs = int(base_config["num_epochs"])
-    plan.run_source = source
-    if plan.suite.get("task") == "segmentation":  # --source names the CIFAR-10 copy
-        plan.run_source = None
-        if not dry_run:
-            prepare_segmentation_data(base_config["data"]["source"], source)
-
-
-def prepare_segmentation_data(run_source: str, cifar_source: str | None) -> str | None:
-    """Makes the CIFAR-10 segmentation set of ``experiments/configs/segmentation.py`` when
-    ``run_source`` (the runs' ``data.source``) is its file and the file is missing. The
-    mosaics are drawn from ``cifar_source`` (default: the offline archive where it exists,
-    else ``tfds:cifar10``). Returns the folder made or found, or None for another source."""
-    from cce_jax import data as data_lib
-    from cce_jax.data import segmentation
-    from experiments.configs import segmentation as seg_config
-
-    folder = os.path.abspath(os.path.expanduser(seg_config.data_dir()))
-    _, path = segmentation.parse_seg_source(run_source)
-    if os.path.dirname(os.path.abspath(path)) != folder:
-        return None
-    if cifar_source is None:
-        offline = OFFLINE_SOURCE.partition(":")[2]
-        cifar_source = OFFLINE_SOURCE if os.path.isfile(os.path.join(REPO, offline)) else None
-    cfg = data_lib.default_config()
-    cfg.source = cifar_source or "tfds:cifar10"
-    if cfg.source.startswith("cifar10_jpeg:"):
-        cfg.source = "cifar10_jpeg:" + os.path.join(REPO, cfg.source.partition(":")[2])
+    cfg, offline = data.default_config(), os.path.join(REPO, "../shared/data/cifar10-jpeg.tar.gz")
+    cfg.source = plan.seg_source or (f"cifar10_jpeg:{offline}" if os.path.isfile(offline) else "")
+    cfg.source = cfg.source or "tfds:cifar10"
     if not os.path.isdir(folder):
         print(f"making the segmentation set {folder} from {cfg.source} ...", flush=True)
-    segmentation.ensure_cifar_segmentation(folder, cifar=lambda: data_lib.load_source(cfg))
-    return folder
+    ensure_cifar_segmentation(folder, cifar=lambda: data.load_source(cfg))
 
 
-# --------------------------------------------------------------------------- the units
+class Pool:
+    """Train programs, ``jobs`` at a time, each in its own process group; a SIGTERM or SIGINT
+    of this process goes once to every running program, and then no new one starts."""
+
+    def __init__(self, cmd_prefix, env, jobs: int, logs: str | None):
+        self.cmd_prefix, self.env, self.jobs, self.logs = cmd_prefix, env, jobs, logs
+        self.running, self.stopped, self.lock, self.started = set(), [], threading.Lock(), 0
+
+    def stop(self, signum, frame=None):
+        with self.lock:
+            self.stopped.append(signal.Signals(signum).name)
+            for proc in self.running:
+                self._signal(proc)
+
+    def _signal(self, proc):  # under the lock: once, as a second signal skips the checkpoint
+        if not getattr(proc, "signalled", False):
+            proc.signalled = True
+            with contextlib.suppress(ProcessLookupError):  # SIGTERM: a background job ignores INT
+                os.killpg(proc.pid, signal.SIGTERM)
+
+    def run_one(self, prog, total):
+        """Runs one program; returns (prog, exit code or None when not started, seconds, tail)."""
+        if self.stopped:
+            return prog, None, 0.0, []
+        cmd = [*self.cmd_prefix, f"--workdir={prog['workdir']}", *prog["flags"]]
+        where = prog["workdir"] if self.logs is None else f"{self.logs}/{prog['workdir']}"
+        log_path = os.path.join(where.replace("://", "/"), "train.log")  # a bucket: logs here
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        t0 = time.time()
+        with open(log_path, "a") as log:
+            log.write("# " + shlex.join(cmd) + "\n")
+            log.flush()
+            with self.lock:
+                proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=log,
+                                        start_new_session=True)  # fmt: skip
+                self.running.add(proc)
+                if self.stopped:
+                    self._signal(proc)
+                self.started += 1
+            print(f"[{self.started}/{total}] {prog['label']}: {prog['workdir']}", flush=True)
+            rc = proc.wait()
+        with self.lock:
+            self.running.discard(proc)
+        with open(log_path, errors="replace") as log:
+            return prog, rc, time.time() - t0, log.read().splitlines()[-40:]
+
+    def run(self, programs, on_end):
+        """Runs ``programs`` in order, calls ``on_end(prog, rc, seconds, tail)`` after each."""
+        handlers = {s: signal.signal(s, self.stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            with concurrent.futures.ThreadPoolExecutor(self.jobs) as pool:
+                futures = [pool.submit(self.run_one, p, len(programs)) for p in programs]
+                for future in concurrent.futures.as_completed(futures):
+                    prog, rc, secs, tail = future.result()
+                    if rc is not None:
+                        on_end(prog, rc, secs, tail)
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
 
 
-def _vmap_and_jobs(args, suite, todo) -> tuple[bool, int]:
-    """--vmap_seeds and --jobs, with ``auto`` and the suite's default resolved."""
-    vmap = args.vmap_seeds
-    if vmap == "auto":
-        needs = any(len(m) > 1 for _, _, m in todo)
-        vmap = "true" if needs and _default_backend() in ("gpu", "cuda", "rocm", "tpu") else "false"
-    jobs = args.jobs
-    if jobs is None:
-        jobs = min(2, os.cpu_count() or 1) if suite.get("jobs") == "cpu_cores" else 1
-        nothing_to_do = all(not m for _, _, m in todo)
-        if jobs > 1 and not nothing_to_do and _default_backend() != "cpu":
-            jobs = 1  # one accelerator: one program at a time
-    return vmap == "true", max(1, int(jobs))
-
-
-def _units(plan: Plan, todo, vmap: bool) -> list[Unit]:
-    """The train programs for the seeds to run, one seed of the whole grid first."""
-    units = []
-    for loss, ratio, missing in todo:
-        if not missing:
-            continue
-        if vmap and len(missing) > 1:
-            d = os.path.join(loss_dir(plan.root, loss, ratio), vmap_dir_name(missing))
-            flags = plan.flags_for(loss, ratio, vmap_seeds=missing)
-            check_program_folder(d, flags)
-            units.append(Unit(loss, ratio, tuple(missing), True, d, flags))
-        else:
-            for seed in missing:
-                d = os.path.join(loss_dir(plan.root, loss, ratio), f"seed{seed}")
-                units.append(
-                    Unit(loss, ratio, (seed,), False, d, plan.flags_for(loss, ratio, seed))
-                )
-    # Seeds outermost: one seed of the whole grid first, then the next.
-    units.sort(key=lambda u: (min(u.seeds), plan.ratios.index(u.ratio), plan.losses.index(u.loss)))
-    return units
-
-
-def _run_env(jax_cache: str | None, workdir: str) -> dict:
-    """The environment of the train programs: the JAX cache, quiet TF, the repo importable."""
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    jax_cache = jax_cache if jax_cache is not None else os.path.join(workdir, "jax_cache")
-    if jax_cache:
-        env.setdefault("JAX_COMPILATION_CACHE_DIR", jax_cache)
-    pythonpath = env.get("PYTHONPATH", "")
-    if REPO not in pythonpath.split(os.pathsep):
-        env["PYTHONPATH"] = REPO + (os.pathsep + pythonpath if pythonpath else "")
-    return env
-
-
-def _print_plan(plan: Plan, units, vmap, jobs, cmd_prefix, dry_run) -> None:
-    """The grid line; with ``dry_run`` every program's command line too."""
-    n_total = len(plan.losses) * len(plan.ratios) * len(plan.seeds)
-    n_todo = sum(len(u.seeds) for u in units)
-    print(
-        f"{plan.name}: {n_total} runs in the grid, {n_total - n_todo} finished or failed "
-        f"before, {n_todo} to run in {len(units)} program(s) "
-        f"({'vmapped seeds, ' if vmap else ''}{jobs} at a time); runs: {plan.root}; "
-        f"report: {plan.results_dir}",
-        flush=True,
-    )
-    if dry_run:
-        for i, u in enumerate(units):
-            cmd = cmd_prefix + [f"--workdir={u.workdir}"] + u.flags
-            print(f"[{i + 1}/{len(units)}] {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-
-
-# --------------------------------------------------------------------------- the report
+def outcome(prog, rc, tail, stopped) -> str:
+    """ "finished", "stopped" (resumable) or the failure reason."""
+    many = len(prog["seeds"]) > 1
+    folders = [f"{prog['workdir']}/seed_{s}" for s in prog["seeds"]] if many else [prog["workdir"]]
+    if rc == 0 and all(epath.Path(f"{d}/summary.json").exists() for d in folders):
+        return "finished"
+    if rc in (0, EXIT_PREEMPTED) or (stopped and rc != EXIT_DIVERGED):
+        return "stopped"
+    if rc == EXIT_DIVERGED:
+        failure = read_json(f"{prog['workdir']}/failure.json")
+        return report.failure_reason(failure) if failure else "diverged (exit 3, no failure.json)"
+    errors = [line for line in tail if line.startswith("error:")]
+    last = errors[-1] if errors else next((x for x in reversed(tail) if x.strip()), "")
+    return f"exit {rc}" + (f": {last.strip()[:300]}" if last else "")
 
 
 def _report(plan: Plan, failures: dict) -> tuple[list[dict], str]:
-    """Rewrites the report: every finished run of the workdir, not only this command's grid
-    (a rerun of a subset, --losses=ce, keeps the other rows). Runs outside the grid are not
-    config-checked. Returns the rows and the .md path."""
-    on_disk = grid_on_disk(plan.root)
-    shown = {
-        "losses": plan.losses + [x for x in on_disk[0] if x not in plan.losses],
-        "ratios": plan.ratios + [x for x in on_disk[1] if x not in plan.ratios],
-        "seeds": sorted(set(plan.seeds) | set(on_disk[2])),
-        "config": plan.config_path,
-    }
-    rows = collect(
-        plan.root,
-        shown["losses"],
-        shown["ratios"],
-        shown["seeds"],
-        expected=lambda lo, ra, se: plan.expected(lo, ra, se) if plan.in_grid(lo, ra, se) else None,
-        extra_failures=failures,
+    """Rewrites the report from every finished or failed run of the suite's folder."""
+    losses, ratios, seeds = report.grid_on_disk(plan.root)
+    grid = {"losses": list(dict.fromkeys(plan.losses + losses)), "config": plan.path}
+    grid.update(
+        ratios=list(dict.fromkeys(plan.ratios + ratios)), seeds=sorted({*plan.seeds, *seeds})
     )
-    seeds_shown = [(r, s) for r in rows for s in r["seeds"] + [f["seed"] for f in r["failed"]]]
-    outside = sum(not plan.in_grid(r["loss"], r["ratio"], s) for r, s in seeds_shown)
-    note = None
-    if outside:
-        note = (
-            f"This command's grid: losses {plan.losses}, ratios {plan.ratios}, seeds "
-            f"{plan.seeds}; the table shows every finished or failed run of {plan.root}, "
-            f"{outside} of them made by earlier commands outside this grid."
-        )
-    path = write_report(
-        plan.name,
-        rows,
-        quick=plan.quick,
-        command=plan.command,
-        grid=shown,
-        out_dir=plan.results_dir,
-        label=suite_label(plan.suite),
-        note=note,
+    rows = report.collect(
+        plan.root, grid["losses"], grid["ratios"], grid["seeds"], extra_failures=failures
     )
-    return rows, path
+    shown = [(r, s) for r in rows for s in r["seeds"] + [f["seed"] for f in r["failed"]]]
+    outside = sum(not plan.in_grid(r["loss"], r["ratio"], s) for r, s in shown)
+    note = outside and (
+        f"This command's grid: losses {plan.losses}, ratios {plan.ratios}, seeds {plan.seeds}; "
+        f"the table shows every finished or failed run of {plan.root}, {outside} of them made "
+        "by earlier commands outside this grid."
+    )
+    kwargs = dict(command=plan.command, grid=grid, label=plan.label, note=note or None)
+    return rows, report.write_report(plan.name, rows, out_dir=plan.results_dir, **kwargs)
 
 
-def _finish(plan: Plan, schedule: runner.Schedule, rows, path) -> int:
+def _finish(plan: Plan, rows, path, stopped) -> int:
     """Prints the table, the failed runs and how the command ended; returns the exit code."""
-    print("\n" + "\n".join(table_lines(rows)), flush=True)
-    # This command's grid only (the table also shows earlier runs outside it).
+    print("\n" + "\n".join(report.table_lines(rows)), flush=True)
     n_done = sum(plan.in_grid(r["loss"], r["ratio"], s) for r in rows for s in r["seeds"])
     failed = [
         (r, f) for r in rows for f in r["failed"] if plan.in_grid(r["loss"], r["ratio"], f["seed"])
     ]
     for r, f in failed:
-        print(
-            f"failed: {r['loss']} ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} "
-            f"({f['workdir']})",
-            flush=True,
-        )
+        where = f"ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} ({f['workdir']})"
+        print(f"failed: {r['loss']} {where}")
     print(f"report: {path}", flush=True)
-    n_total = len(plan.losses) * len(plan.ratios) * len(plan.seeds)
-    left = n_total - n_done - len(failed)
-    if schedule.stopped:
+    if stopped:
+        left = len(plan.runs) - n_done - len(failed)
         print(
-            f"stopped by {schedule.stopped[0]}: {n_done} runs finished, {left} left "
-            "(checkpointed); rerun the same command to resume",
-            flush=True,
+            f"stopped by {stopped[0]}: {n_done} runs finished, {left} left (checkpointed); ", end=""
         )
-        return EXIT_DEADLINE
-    if schedule.budget_hit and left:
-        print(
-            f"time budget reached: {n_done} runs finished, {left} left; rerun the same "
-            "command to continue",
-            flush=True,
-        )
+        print("rerun the same command to resume", flush=True)
+        return EXIT_PREEMPTED
     if failed:
-        print(
-            f"{len(failed)} of {n_total} runs failed (a diverged run, with failure.json, is not "
-            "retried: delete its folder to retry)",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 1
-    return 0
-
-
-# --------------------------------------------------------------------------- the command
-
-
-def _tri_state(text: str) -> str:
-    value = text.strip().lower()
-    mapping = {
-        "auto": "auto",
-        "true": "true",
-        "1": "true",
-        "yes": "true",
-        "false": "false",
-        "0": "false",
-        "no": "false",
-    }
-    if value not in mapping:
-        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
-    return mapping[value]
+        why = "a diverged run, with failure.json, is not retried: delete its folder to retry"
+        print(f"{len(failed)} of {len(plan.runs)} runs failed ({why})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _parser():
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="Other --config.KEY=VALUE flags are passed to every run.",
-    )
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", required=True, choices=sorted(SUITES))
-    p.add_argument("--quick", action="store_true", help="the reduced CPU protocol")
-    p.add_argument("--seeds", default=None, help="comma list (default: the suite's, or 0,1,2)")
-    p.add_argument(
-        "--workdir",
-        default=None,
-        help="run folders (default: $TMPDIR/cce_jax_SUITE for digits and tiny, "
-        "~/cce_jax_runs for the cifar10 suites)",
-    )
-    p.add_argument("--losses", default=None, help="comma list (default: the suite's)")
-    p.add_argument("--ratios", default=None, help="comma list (default: the suite's)")
-    p.add_argument(
-        "--source",
-        default=None,
-        help="data.source for every run (default: the config's; the offline "
-        f"copy is {OFFLINE_SOURCE})",
-    )
-    p.add_argument(
-        "--results_dir",
-        default=None,
-        help="report folder (default: WORKDIR/results; the committed tables are in "
-        "experiments/results)",
-    )
-    p.add_argument(
-        "--max_minutes",
-        type=float,
-        default=None,
-        help="stop cleanly (checkpointed) before this many minutes; rerun resumes",
-    )
-    p.add_argument(
-        "--vmap_seeds",
-        type=_tri_state,
-        default="auto",
-        help="auto|true|false: all seeds of a (loss, ratio) in one program (auto: true on gpu/tpu)",
-    )
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        help="train programs at the same time (default: the suite's, else 1)",
-    )
-    p.add_argument(
-        "--jax_cache",
-        default=None,
-        help="JAX_COMPILATION_CACHE_DIR for the runs (default WORKDIR/jax_cache; '' for none)",
-    )
-    p.add_argument("--dry_run", action="store_true", help="print the runs, run nothing")
-    p.add_argument("--train_command", default=None, help=argparse.SUPPRESS)  # tests
+    p.add_argument("--quick", action="store_true", help="the suite's reduced CPU protocol")
+    p.add_argument("--losses", type=lambda s: s.split(","), help="comma list of loss variants")
+    p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], help="comma list")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma list")
+    p.add_argument("--workdir", help="run folders, or gs://BUCKET/DIR (default: the suite's)")
+    p.add_argument("--results_dir", help="report folder (default WORKDIR/results)")
+    p.add_argument("--source", help="data.source of every run (segmentation: the CIFAR-10 copy)")
+    p.add_argument("--jobs", type=int, help="programs at the same time (default: the suite's, 1)")
+    vmap = "the missing seeds of a (loss, ratio) in one program (for a GPU or TPU)"
+    p.add_argument("--vmap_seeds", action=argparse.BooleanOptionalAction, default=False, help=vmap)
+    p.add_argument("--dry_run", action="store_true", help="print the programs, run nothing")
     return p
 
 
+def _env(plan: Plan, jobs: int) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    local = plan.workdir if "://" not in plan.workdir else tempfile.gettempdir()
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", f"{local}/jax_cache")  # shared by the runs
+    if jobs > 1:  # programs that share an accelerator take memory as they need it
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (REPO, env.get("PYTHONPATH"))))
+    return env
+
+
 def main(argv=None):
-    t_start = time.time()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    extra = [a for a in rest if a.startswith("--config.") and "=" in a]
-    if len(extra) != len(rest):
-        parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in extra)}")
+    extra = dict(a[9:].split("=", 1) for a in rest if a.startswith("--config.") and "=" in a)
+    if len(extra) != len(rest):  # --config.KEY=VALUE: to every run
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    unknown = sorted(set(args.losses or ()) - set(LOSSES))
+    if unknown:
+        parser.error(f"unknown loss variant(s) {unknown}; known: {', '.join(LOSSES)}")
     try:
-        code = _run(args, argv, extra, t_start)
+        code = _run(Plan(args, extra, argv), args)
     except ReproduceError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         code = EXIT_CONFIG_ERROR
@@ -572,26 +395,42 @@ def main(argv=None):
         sys.exit(code)
 
 
-def _run(args, argv, extra, t_start) -> int:
-    """Plans the grid, checks the stored configs, runs the missing seeds, writes the report."""
-    plan = _plan(args, argv, extra, t_start)
-    _base_config(plan, args.source, args.dry_run)
-    # Which seeds are done, failed before, or to run; refuse any folder of another config.
-    todo = check_reuse(plan.root, plan.losses, plan.ratios, plan.seeds, plan.expected)
-    vmap, jobs = _vmap_and_jobs(args, plan.suite, todo)
-    units = _units(plan, todo, vmap)
-    env = _run_env(args.jax_cache, plan.workdir)
-    cmd_prefix = shlex.split(args.train_command) if args.train_command else list(TRAIN_COMMAND)
-    _print_plan(plan, units, vmap, jobs, cmd_prefix, args.dry_run)
-    if args.dry_run:
-        return 0
-    schedule = runner.Schedule(
-        units, plan.root, jobs, plan.run_deadline, plan.budget_end, min_start_s=MIN_START_S
+def _run(plan: Plan, args) -> int:
+    """Checks the stored configs, runs the missing seeds, writes the report."""
+    programs, n_todo = programs_to_run(plan, args.vmap_seeds)
+    jobs = args.jobs or min(plan.suite.get("jobs", 1), os.cpu_count() or 1)
+    print(
+        f"{plan.name}: {len(plan.runs)} runs in the grid, {len(plan.runs) - n_todo} finished or "
+        f"failed before, {n_todo} to run in {len(programs)} program(s) "
+        f"({'vmapped seeds, ' if args.vmap_seeds else ''}{jobs} at a time); runs: {plan.root}; "
+        f"report: {plan.results_dir}",
+        flush=True,
     )
-    programs = runner.Runner(cmd_prefix, env, echo=(jobs == 1))
-    runner.run_units(schedule, programs, on_end=lambda: _report(plan, schedule.failures))
-    rows, path = _report(plan, schedule.failures)
-    return _finish(plan, schedule, rows, path)
+    if args.dry_run:
+        print(f"config: {plan.path}; every run: {plan.extra or 'no other overrides'}")
+        for i, p in enumerate(programs):
+            cmd = [*TRAIN_COMMAND, f"--workdir={p['workdir']}", *p["flags"]]
+            print(f"[{i + 1}/{len(programs)}] {shlex.join(cmd)}")
+        return 0
+    prepare_segmentation_data(plan)
+    logs = os.path.join(tempfile.gettempdir(), "cce_jax_logs") if "://" in plan.root else None
+    pool = Pool(list(TRAIN_COMMAND), _env(plan, jobs), jobs, logs)
+    failures = {}
+
+    def on_end(prog, rc, secs, tail):
+        result = outcome(prog, rc, tail, pool.stopped)
+        if result in ("finished", "stopped"):
+            print(f"  {result} (exit {rc}) after {secs:.0f}s: {prog['label']}", flush=True)
+        else:
+            for s in prog["seeds"]:
+                if report.seed_status(plan.root, prog["loss"], prog["ratio"], s)[0] != "failed":
+                    failures[(prog["loss"], prog["ratio"], s)] = (prog["workdir"], result)
+            print(f"  FAILED after {secs:.0f}s: {prog['label']}: {result}", flush=True)
+        _report(plan, failures)
+
+    pool.run(programs, on_end)
+    rows, path = _report(plan, failures)
+    return _finish(plan, rows, path, pool.stopped)
 
 
 if __name__ == "__main__":

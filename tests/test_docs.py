@@ -24,15 +24,22 @@ def _between(text, tag):
     return match.group(1)
 
 
-def test_readme_commands_are_the_ones_that_made_the_tables():
+def test_readme_table_is_the_committed_one():
+    # The README's digits table: columns of experiments/results/digits.md, which the same
+    # command wrote.
     readme = _read("README.md")
-    quick = _between(readme, "quick-command").strip().strip("`")
-    recorded = re.search(
-        r"^- Command: `(.*)`$", _read("experiments/results/cifar10_lt_quick.md"), re.M
-    )
-    assert quick == recorded.group(1)
-    first = re.search(r"<!-- digits-table: from (.*?) -->", readme).group(1)
-    assert readme.split("---")[0].count(first) == 1  # the first command is the table's command
+    assert "<!-- digits-table: from python -m experiments.reproduce --suite=digits -->" in readme
+    assert "python -m experiments.reproduce --suite=digits" in readme.split("## ")[0]
+    results = {}
+    for line in _read("experiments", "results", "digits.md").splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 12 and cells[1] == "50":
+            results[cells[0]] = [cells[4], cells[5], cells[8], cells[10]]
+    rows = [line for line in _between(readme, "digits-table").splitlines() if "±" in line]
+    assert len(rows) == len(results) == 6
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1:] == results[cells[0]], cells
 
 
 def test_readme_lists_every_reproduce_flag_and_suite():
@@ -40,8 +47,8 @@ def test_readme_lists_every_reproduce_flag_and_suite():
 
     readme = _read("README.md")
     for action in reproduce._parser()._actions:
-        flag = action.option_strings[-1] if action.option_strings else None
-        if not flag or action.help == "==SUPPRESS==" or flag in ("--help", "--jax_cache"):
+        flag = action.option_strings[0] if action.option_strings else None
+        if not flag or action.help == "==SUPPRESS==" or flag == "-h":
             continue
         assert f"[{flag}" in readme or f"`{flag}" in readme, flag
     usage = [m for m in re.findall(r"--suite=([\w|]+)", readme) if "|" in m]
@@ -51,7 +58,7 @@ def test_readme_lists_every_reproduce_flag_and_suite():
 def test_training_doc_lists_every_config():
     doc = _read("docs", "training.md")
     for name in sorted(os.listdir(os.path.join(REPO, "experiments", "configs"))):
-        if name.endswith(".py") and name != "__init__.py":
+        if name.endswith(".py") and name not in ("__init__.py", "common.py"):
             assert f"`{name}`" in doc, name
 
 
@@ -60,10 +67,10 @@ def test_training_doc_lists_every_config():
 #
 #   ```python             executed (as a doctest when it holds `>>>` examples)
 #   ```bash               executed in the repo root (quick commands only)
-#   ```bash check         every line is `python -m experiments.train|reproduce ...`: the
-#                         reproduce commands run with --dry_run (the grid and every run's
-#                         config are built), the train commands' flags are parsed into the
-#                         config the run would use, which is validated; nothing trains
+#   ```bash check         every line is `[timeout ...] python -m experiments.train|
+#                         reproduce ...`: the reproduce commands run with --dry_run (the grid
+#                         and every run's config are built), the train commands' config is
+#                         built from their flags; nothing trains
 #   ```bash skip="why"    not run (installs, GPU grids, hours); listed as skipped, with why
 #   ```text               not code: signatures, synopses, layouts, output
 # --------------------------------------------------------------------------------------
@@ -146,7 +153,8 @@ def test_python_block(block, tmp_path, monkeypatch):
 
 def _commands(body):
     body = body.replace("\\\n", " ")
-    return [shlex.split(line, comments=True) for line in body.splitlines() if line.strip()]
+    cmds = [shlex.split(line, comments=True) for line in body.splitlines() if line.strip()]
+    return [c[c.index("python") :] if c[0] == "timeout" else c for c in cmds]  # a slot's limit
 
 
 @pytest.mark.parametrize("block", _blocks("bash"))
@@ -163,8 +171,7 @@ def test_bash_block(block, tmp_path, monkeypatch):
         )
         assert out.returncode == 0, f"{block}: {out.stdout}\n{out.stderr}"
         return
-    from cce_jax import training
-    from experiments import reproduce, train
+    from experiments import reproduce
 
     monkeypatch.chdir(REPO)
     for cmd in _commands(block.body):
@@ -175,8 +182,12 @@ def test_bash_block(block, tmp_path, monkeypatch):
                 reproduce.main([*args, f"--workdir={tmp_path}", "--dry_run"])
             except SystemExit as e:
                 assert not e.code, f"{block}: {shlex.join(cmd)}"
-        elif cmd[2] == "experiments.train":
-            training.validate_config(train.build_config(args))
+        elif cmd[2] == "experiments.train":  # the config the run would use is built
+            path, _, arg = (
+                next(a for a in args if a.startswith("--config=")).split("=", 1)[1].partition(":")
+            )
+            flags = dict(a[len("--config.") :].split("=", 1) for a in args if "--config." in a)
+            reproduce.build(path, arg, flags)
         else:
             raise AssertionError(f"{block}: a `check` block holds train/reproduce commands only")
 
@@ -199,3 +210,14 @@ def test_relative_links_point_to_files():
             assert os.path.exists(path), f"{rel}: broken link {target}"
             checked += 1
     assert checked >= 10
+
+
+def test_readme_links_are_pages_of_the_docs_site():
+    # docs/readme.md includes README.md: its links to docs/X.md and experiments/results/X.md
+    # must be pages of the site (docs/X.md, docs/experiments/results/X.md), not dead links.
+    text = re.sub(r"```.*?```", "", _read("README.md"), flags=re.S)
+    links = [t for t in re.findall(r"\]\(([^)#\s]+\.md)", text) if not re.match(r"[a-z]+:", t)]
+    assert len(links) >= 8
+    for target in links:
+        page = target.removeprefix("docs/") if target.startswith("docs/") else target
+        assert os.path.isfile(os.path.join(REPO, "docs", page)), target

@@ -2,11 +2,13 @@
 
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import textwrap
 import tomllib
 
+import pytest
 from _hide_modules import write_sitecustomize  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -102,3 +104,29 @@ def test_train_help_exits_0_and_reads_cleanly():
     assert "python -m experiments.train --config=" in usage
     for line in usage.splitlines():
         assert "   " not in line.strip(), line  # no runs of spaces from a joined docstring line
+
+
+@pytest.mark.slow
+def test_editable_install_is_not_shadowed_by_a_clone_folder(tmp_path):
+    # The README's editable install, into a scratch prefix: a script next to a folder named
+    # cce_jax (e.g. the clone itself) must still import the installed package, not the
+    # folder as a namespace package (setuptools' default finder mode fails this).
+    line = next(x for x in (REPO / "README.md").read_text().splitlines() if "pip install" in x)
+    settings = [a for a in shlex.split(line) if a.startswith("editable_mode=")]
+    assert settings, line
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", f"--prefix={tmp_path}"]
+    cmd += ["-e", str(REPO), "--config-settings", settings[0]]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode and "from versions: none" in out.stderr:
+        pytest.skip("no package index for setuptools, the build backend")
+    assert out.returncode == 0, out.stderr
+    site_dir = next(tmp_path.glob("lib/python*/site-packages"))
+    (tmp_path / "work" / "cce_jax").mkdir(parents=True)
+    script = f"import site, importlib.util; site.addsitedir({str(site_dir)!r}); "
+    script += "print(importlib.util.find_spec('cce_jax').origin)"
+    found = subprocess.run(
+        [sys.executable, "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path / "work"
+    )
+    assert found.stdout.strip() == str(REPO / "cce_jax" / "__init__.py"), found
+    ci = (REPO / ".ci" / "run").read_text()
+    assert ci.count(f"--config-settings {settings[0]}") == 2  # both venvs of CI

@@ -1,9 +1,9 @@
-"""experiments.profile_train_step: the script behind docs/training.md's profile table."""
+"""benchmarks.profile_train_step: the script behind docs/training.md's profile table."""
 
 import re
 import sys
 
-from experiments import profile_train_step
+from benchmarks import profile_train_step
 
 
 def test_profile_groups_the_step(tmp_path, monkeypatch, capsys):

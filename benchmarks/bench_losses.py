@@ -1,15 +1,13 @@
 """Forward+backward time of every cce_jax loss, as a ratio to optax's cross entropy.
 
-    python -m experiments.bench_losses [--repeats 200] [--markdown]
+    python -m benchmarks.bench_losses [--repeats 200] [--rounds 5]
 
-For each shape, every loss is timed as ``jit(value_and_grad(mean(loss)))`` on the default
-backend (CPU here, GPU/TPU when present) and divided by the time of
-``optax.losses.softmax_cross_entropy_with_integer_labels`` measured the same way in the same
-run. Each timing is the median over ``repeats`` calls, after compilation, of the best of
-5 interleaved rounds, so background load hits the baseline and the loss alike.
+Each loss is timed as ``jit(value_and_grad(mean(loss)))`` on the default backend and divided
+by the time of ``optax.losses.softmax_cross_entropy_with_integer_labels`` measured the same
+way in the same run: the median over ``repeats`` calls after compilation, the best of
+``rounds`` interleaved rounds (so background load hits the baseline and the loss alike).
+Prints a markdown table.
 """
-
-from __future__ import annotations
 
 import argparse
 import platform
@@ -48,13 +46,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args()
 
-    print(
-        f"backend={jax.default_backend()} devices={jax.devices()} jax={jax.__version__} "
-        f"machine={platform.machine()} cpus={__import__('os').cpu_count()}"
-    )
+    print(f"backend={jax.default_backend()} jax={jax.__version__} machine={platform.machine()}")
     rows = {}
     for shape_name, (lead, k) in SHAPES.items():
         rng = np.random.default_rng(0)
@@ -72,24 +66,11 @@ def main():
                 best[name] = min(best[name], run())
         rows[shape_name] = best
 
-    names = list(next(iter(rows.values())))
-    if args.markdown:
-        print("| loss | " + " | ".join(SHAPES) + " |")
-        print("|---|" + "---|" * len(SHAPES))
-        for name in names:
-            cells = []
-            for shape_name in SHAPES:
-                t = rows[shape_name][name]
-                ratio = t / rows[shape_name]["optax_ce"]
-                cells.append(f"{ratio:.2f}x ({t * 1e6:.0f} us)")
-            print(f"| {name} | " + " | ".join(cells) + " |")
-    else:
-        for shape_name in SHAPES:
-            base = rows[shape_name]["optax_ce"]
-            print(f"\n{shape_name}: optax CE fwd+bwd {base * 1e6:.1f} us")
-            for name in names:
-                t = rows[shape_name][name]
-                print(f"  {name:10s} {t * 1e6:9.1f} us  ratio {t / base:5.2f}")
+    print("| loss | " + " | ".join(SHAPES) + " |\n|---|" + "---|" * len(SHAPES))
+    for name in rows[next(iter(SHAPES))]:
+        times = [(rows[sh][name], rows[sh]["optax_ce"]) for sh in SHAPES]
+        cells = [f"{t / base:.2f}x ({t * 1e6:.0f} us)" for t, base in times]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

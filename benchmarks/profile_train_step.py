@@ -1,9 +1,9 @@
 """Where the train step's time goes: XLA op times of a profiled step, grouped by kind.
 
-  python -m experiments.profile_train_step [--model=resnet32] [--width=0] [--batch_size=128]
+  python -m benchmarks.profile_train_step [--model=resnet32] [--width=0] [--batch_size=128]
       [--conv_impl=xla] [--steps=4] [--trace_dir=/tmp/cce_jax_profile]
 
-Builds the trainer's jitted SGD step (as experiments.bench_train_step does) on one fixed
+Builds the trainer's jitted SGD step (benchmarks.bench_train_step's) on one fixed
 random batch, runs it under ``jax.profiler`` (a Perfetto trace), and sums each XLA op's own
 time over the traced steps and over the CPU threads, grouped by what its fused computation
 does: ``conv DIMS`` (a convolution, by dimension labels), ``dot``, ``transpose`` (layout
@@ -80,29 +80,18 @@ def main():
 
     import jax
     import numpy as np
-    import optax
 
-    from cce_jax import models, training
+    from benchmarks.bench_train_step import _setup
+    from cce_jax import training
 
-    mesh = training.make_mesh()
-    model = models.get_model(
-        args.model, num_classes=10, width=args.width or None, conv_impl=args.conv_impl
-    )
-    tx = optax.chain(
-        optax.add_decayed_weights(2e-4, mask=training.decay_mask), optax.sgd(0.1, momentum=0.9)
-    )
     shape = (args.image_size, args.image_size, 3)
-    state = training.create_train_state(model, tx, jax.random.key(0), shape, mesh)
-    ce = lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    step = training.make_train_step(model, tx, mesh, (ce,))
-    rng = np.random.default_rng(0)
-    batch = training.shard_batch(
-        {
-            "image": rng.standard_normal((args.batch_size, *shape), np.float32),
-            "label": rng.integers(0, 10, args.batch_size).astype(np.int32),
-        },
-        mesh,
+    mesh, state, step = _setup(
+        args.model, 10, "float32", args.width or None, shape, impl=args.conv_impl
     )
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.standard_normal((args.batch_size, *shape), np.float32)}
+    batch["label"] = rng.integers(0, 10, args.batch_size).astype(np.int32)
+    batch = training.shard_batch(batch, mesh)
     for _ in range(3):
         state, m = step(state, batch)
     jax.block_until_ready(m)
@@ -123,15 +112,13 @@ def main():
             total[kinds[e["name"]]] += e["dur"]
             count[kinds[e["name"]]] += 1
     all_us = sum(total.values())
+    per_step = f"{all_us / args.steps / 1e3:.1f} ms per step (summed over threads)"
     print(
-        f"{args.model} conv_impl={args.conv_impl} batch {args.batch_size}: XLA op time "
-        f"{all_us / args.steps / 1e3:.1f} ms per step (summed over threads)"
+        f"{args.model} conv_impl={args.conv_impl} batch {args.batch_size}: XLA op time {per_step}"
     )
     for kind, us in total.most_common():
-        print(
-            f"{us / args.steps / 1e3:9.1f} ms/step {100 * us / max(all_us, 1):5.1f}%  "
-            f"x{count[kind] // args.steps:4d}  {kind}"
-        )
+        share = f"{100 * us / max(all_us, 1):5.1f}%  x{count[kind] // args.steps:4d}"
+        print(f"{us / args.steps / 1e3:9.1f} ms/step {share}  {kind}")
 
 
 if __name__ == "__main__":

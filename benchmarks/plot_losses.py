@@ -1,30 +1,13 @@
 """A picture of the losses: each loss and its gradient on the true logit against p_g.
 
-Usage (from the repository root; under a minute on 2 CPU cores)::
+    python -m benchmarks.plot_losses [--out_dir docs/img]     # writes losses_*.png
 
-    python -m experiments.plot_losses [--out_dir docs/img]
-
-Setting, the same for every curve: K = 10 classes, the nine wrong-class logits all equal to 0,
-and the true logit ``z_g`` set so that the true-class probability ``p_g = softmax(z)_g`` runs
-over (0, 1): ``z_g = log(9 p_g / (1 - p_g))``. With the wrong classes all equal, ``p_g``
-determines the whole logit vector, so the x axis is well defined. Class counts (MSE-OL, LDAM)
-are the CIFAR-10-LT counts with imbalance ratio 100: ``5000 * 0.01 ** (k / 9)``; the
-"frequent" class is class 0 (5000 samples), the "rare" one class 9 (50 samples).
-
-For LDAM, whose logits are multiplied by ``scale = 30``, the x axis is the probability of
-the scaled logits (the softmax that cross entropy sees, before the margin) and the gradient is
-taken with respect to the scaled true logit ``30 z_g``: the same axes as cross entropy.
-
-A second CCE figure shows what the complement term does, which the first cannot: with the
-wrong classes equal the complement entropy is constant (``log 9``) and CCE's gradient on the
-true logit is exactly that of cross entropy. There ``p_g = 0.5`` and one wrong class, the
-"confuser", holds a share ``s`` of the wrong-class probability; the curves are the gradient on
-the confuser's logit.
-
-Writes ``losses_*.png`` into ``--out_dir`` and prints their paths.
+K = 10, the nine wrong-class logits 0 and ``z_g = log(9 p_g / (1 - p_g))``, so ``p_g`` fixes
+the logits; class counts (MSE-OL, LDAM) are CIFAR-10-LT's at ratio 100. LDAM's x axis and
+gradient are on the scaled logits. A second CCE figure shows the gradient on a "confuser"
+wrong class holding a share of the wrong-class probability at ``p_g = 0.5``. The setting in
+full: docs/losses.md.
 """
-
-from __future__ import annotations
 
 import argparse
 import functools
@@ -125,18 +108,12 @@ def plot_all(out_dir: str) -> list:
     zc[:, 1] = np.log(c)
     zc[:, g] = np.log(c + K - 2)  # p_g = 0.5
     fig, ax = plt.subplots(1, 1, figsize=(5.2, 3.4))
+    paper_fn = losses.get("cce", gamma=-1.0, normalizer="k_minus_1")
+    code_fn = losses.get("cce", gamma=1.0, normalizer="k")
     for label, fn, style in [
         ("CE", losses.get("ce"), ce_style),
-        (
-            r"CCE paper: $\gamma=-1$, $/(K-1)$",
-            losses.get("cce", gamma=-1.0, normalizer="k_minus_1"),
-            {"color": "C1"},
-        ),
-        (
-            r"CCE public code: $\gamma=+1$, $/K$",
-            losses.get("cce", gamma=1.0, normalizer="k"),
-            {"color": "C2", "ls": ":"},
-        ),
+        (r"CCE paper: $\gamma=-1$, $/(K-1)$", paper_fn, {"color": "C1"}),
+        (r"CCE public code: $\gamma=+1$, $/K$", code_fn, {"color": "C2", "ls": ":"}),
     ]:
         labels = jnp.full((len(share),), g, jnp.int32)
         grad = jax.grad(lambda zz, fn=fn, labels=labels: jnp.sum(fn(zz, labels)))(jnp.asarray(zc))
@@ -149,7 +126,12 @@ def plot_all(out_dir: str) -> list:
     ax.legend(fontsize=8)
     paths.append(_save(fig, out_dir, "cce_wrong_class"))
 
-    # Focal.
+    return paths + _plot_count_losses(out_dir, ce, ce_style, z, g)
+
+
+def _plot_count_losses(out_dir, ce, ce_style, z, g) -> list:
+    """Focal, then MSE-OL and LDAM for a frequent and a rare class."""
+    paths = []
     focal = _loss_and_true_grad(losses.get("focal", gamma=2.0), z, g)
     fig, axes = _figure()
     _panel(
@@ -163,13 +145,8 @@ def plot_all(out_dir: str) -> list:
     mse = functools.partial(losses.get, "mse_ol", class_counts=COUNTS, alpha=5.0)
     curves = [("CE", *ce, ce_style)]
     for cls, name, color in [(FREQUENT, "frequent", "C4"), (RARE, "rare", "C5")]:
-        curves.append(
-            (
-                f"MSE-OL {name} class {cls} (n={COUNTS[cls]}, target {5.0 * (1 + cls):g})",
-                *_loss_and_true_grad(mse(), _logits(P, cls), cls),
-                {"color": color},
-            )
-        )
+        label = f"MSE-OL {name} class {cls} (n={COUNTS[cls]}, target {5.0 * (1 + cls):g})"
+        curves.append((label, *_loss_and_true_grad(mse(), _logits(P, cls), cls), {"color": color}))
     fig, axes = _figure()
     _panel(axes, curves, r"MSE with outlying label, $\alpha=5$, CIFAR-10-LT ratio-100 counts")
     axes[0].set_yscale("log")
@@ -183,17 +160,10 @@ def plot_all(out_dir: str) -> list:
     margins = 0.5 * (COUNTS.min() / COUNTS) ** 0.25
     for cls, name, color in [(FREQUENT, "frequent", "C4"), (RARE, "rare", "C5")]:
         loss, grad = _loss_and_true_grad(ldam, _logits(P, cls, scale=scale), cls)
-        curves.append(
-            (
-                (
-                    f"LDAM {name} class {cls} (margin {margins[cls]:.2f}, "
-                    f"s*m = {scale * margins[cls]:.1f})"
-                ),
-                loss,
-                grad / scale,
-                {"color": color},
-            )
+        label = (
+            f"LDAM {name} class {cls} (margin {margins[cls]:.2f}, s*m = {scale * margins[cls]:.1f})"
         )
+        curves.append((label, loss, grad / scale, {"color": color}))
     fig, axes = _figure()
     _panel(axes, curves, r"LDAM, $m_{max}=0.5$, $s=30$; x and gradient on the scaled logit $s z$")
     axes[1].set_ylabel(r"$\partial$ loss / $\partial (s z_g)$")

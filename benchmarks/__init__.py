@@ -1,0 +1,1 @@
+"""Benchmarks, the train-step profiler and the loss figures (``python -m benchmarks.NAME``)."""

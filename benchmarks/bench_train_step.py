@@ -1,0 +1,255 @@
+"""Train-step throughput of the accelerator paths, against the same step in PyTorch.
+
+  python -m benchmarks.bench_train_step [--model=resnet32] [--width=0] [--batch_size=128]
+      [--num_steps=20] [--dtype=float32] [--modes=synthetic,conv,tf,device,spc,seeds,torch]
+      [--seeds=1,2,4,8] [--steps_per_call=8] [--source=cifar10_jpeg:PATH] [--json=FILE]
+
+Every row is images/s of the trainer's jitted, data-parallel step (forward, CE, backward, SGD
+momentum 0.9 + weight decay on kernels, BatchNorm update; ResNet-32 CIFAR shapes by default),
+measured in this run, and its ratio to the first row: ``synthetic`` (one fixed device batch,
+the model's default ``conv_impl``), ``conv`` (each ``conv_impl`` forced: ``xla``,
+``shifted_matmul``), ``tf`` / ``device`` (CIFAR-10-LT exp ratio 100 through
+``cce_jax.data.build(pipeline=...)``), ``spc`` (``steps_per_call`` steps per call),
+``seeds`` (S vmapped models, images/s of all of them) and ``torch`` (the same ResNet-32 in
+PyTorch, the [bench] extra, on the device JAX uses: a ratio > 1 means JAX is faster). Each
+row waits for the device after every call and times ``num_steps`` steps after warm-up.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import time
+
+# Before TensorFlow/JAX load: no oneDNN/absl start-up chatter (a user's own setting wins).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np
+
+
+def _timed(step, state, batches, num_steps, warmup_steps=3, per_call=1, images=128):
+    """Images/s of ``num_steps`` steps after ``warmup_steps``, waiting for every call."""
+    import jax
+
+    for _ in range(warmup_steps):
+        state, m = step(state, next(batches))
+    jax.block_until_ready((state, m))
+    calls = max(1, num_steps // per_call)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        state, m = step(state, next(batches))
+        jax.block_until_ready(m)
+    return calls * per_call * images / (time.perf_counter() - t0)
+
+
+def _setup(model_name, num_classes, dtype, width, shape, num_models=None, impl=None, spc=1):
+    """The trainer's SGD train step and state for ``model_name`` on every device."""
+    import jax
+    import optax
+
+    from cce_jax import models, training
+
+    mesh = training.make_mesh()
+    kw = {"conv_impl": impl} if impl else {}  # None: the model's default
+    model = models.get_model(model_name, num_classes=num_classes, dtype=dtype, width=width, **kw)
+    decay = optax.add_decayed_weights(2e-4, mask=training.decay_mask)
+    tx = optax.chain(decay, optax.sgd(0.1, momentum=0.9))
+    key = jax.random.key(0)
+    keys = key if num_models is None else jax.random.split(key, num_models)
+    state = training.create_train_state(model, tx, keys, tuple(shape), mesh)
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    step = training.make_train_step(
+        model, tx, mesh, (ce,), num_models=num_models, steps_per_call=spc
+    )
+    return mesh, state, step
+
+
+def step_throughput(
+    model_name="resnet32",
+    batch_size=128,
+    num_steps=20,
+    dtype="float32",
+    *,
+    image_shape=(32, 32, 3),
+    num_classes=10,
+    warmup_steps=3,
+    num_models=None,
+    steps_per_call=1,
+    width=None,
+    conv_impl=None,
+):
+    """Images/s of the trainer's jitted SGD train step on fixed random data, after warm-up
+    (``num_models=S``: S models in one vmapped step; ``steps_per_call=N``: ``lax.scan``)."""
+    import jax
+
+    from cce_jax import training
+
+    mesh, state, step = _setup(
+        model_name, num_classes, dtype, width, image_shape, num_models, conv_impl, steps_per_call
+    )
+    lead = tuple(d for d in ((steps_per_call if steps_per_call > 1 else None), num_models) if d)
+    rng, local_b = np.random.default_rng(0), batch_size // jax.process_count()
+    batch = {
+        "image": rng.standard_normal((*lead, local_b, *image_shape), np.float32),
+        "label": rng.integers(0, num_classes, (*lead, local_b)).astype(np.int32),
+    }
+    batch = training.shard_batch(batch, mesh, len(lead))
+    images = batch_size * (num_models or 1)
+    return _timed(
+        step, state, itertools.repeat(batch), num_steps, per_call=steps_per_call, images=images
+    )
+
+
+def pipeline_throughput(
+    pipeline,
+    source,
+    *,
+    model_name="resnet32",
+    width=None,
+    batch_size=128,
+    num_steps=20,
+    dtype="float32",
+):
+    """Images/s of the train step fed by ``cce_jax.data.build(..., pipeline=pipeline)``."""
+    from cce_jax import data as data_lib
+    from cce_jax import training
+
+    cfg = data_lib.default_config()
+    cfg.source, cfg.profile, cfg.ratio, cfg.pipeline = source, "exp", 100.0, pipeline
+    mesh = training.make_mesh()
+    data = data_lib.build(cfg, seed=0, global_batch_size=batch_size, eval_batch_size=500, mesh=mesh)
+    info = data.info
+    _, state, step = _setup(model_name, info.num_classes, dtype, width, info.image_shape)
+    epochs = itertools.chain.from_iterable(map(data.train_epoch, itertools.count()))
+    batches = (training.shard_batch(b, mesh) for b in epochs)
+    return _timed(step, state, batches, num_steps, images=batch_size)
+
+
+def torch_throughput(
+    batch_size=128, num_steps=20, warmup_steps=3, device="cpu", num_classes=10, threads=None
+):
+    """Images/s of the same ResNet-32 SGD step (option-A shortcuts) in PyTorch."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            conv = lambda i, s: nn.Conv2d(i, cout, 3, s, 1, bias=False)
+            layers = [conv(cin, stride), nn.BatchNorm2d(cout), nn.ReLU(), conv(cout, 1)]
+            self.f = nn.Sequential(*layers, nn.BatchNorm2d(cout))
+            self.stride, self.pad = stride, cout - cin
+
+        def forward(self, x):
+            r = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+            r = F.pad(r, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2)) if self.pad else r
+            return F.relu(self.f(x) + r)
+
+    widths = [w for w in (16, 32, 64) for _ in range(5)]
+    blocks = [Block(i, w, 1 + (w != i)) for i, w in zip([16, *widths[:-1]], widths)]
+    stem = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
+    torch.manual_seed(0)
+    model = nn.Sequential(*stem, *blocks, *head).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    x = torch.randn(batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+
+    def steps(n):
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    steps(warmup_steps)
+    t0 = time.perf_counter()
+    steps(num_steps)
+    return num_steps * batch_size / (time.perf_counter() - t0)
+
+
+def _rows(args, modes, width, record):
+    """Measures the rows of ``modes`` in order; ``record(name, images/s, note)`` each."""
+    kw = dict(batch_size=args.batch_size, num_steps=args.num_steps, dtype=args.dtype, width=width)
+    if "synthetic" in modes or not modes:
+        record("synthetic batch, loop", step_throughput(args.model, **kw))
+    for impl in ("xla", "shifted_matmul") if "conv" in modes else ():
+        record(f"conv_impl={impl}", step_throughput(args.model, conv_impl=impl, **kw), "synthetic")
+    for pipe in [m for m in ("tf", "device") if m in modes]:
+        try:
+            ips = pipeline_throughput(pipe, args.source, model_name=args.model, **kw)
+        except Exception as e:  # e.g. no tensorflow on this machine
+            print(f"{pipe} pipeline: skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            continue
+        record(f"{pipe} pipeline, loop", ips, "CIFAR-10-LT r100")
+    if "spc" in modes and args.steps_per_call > 1:
+        ips = step_throughput(args.model, steps_per_call=args.steps_per_call, **kw)
+        record(f"steps_per_call={args.steps_per_call}", ips)
+    for s in [int(x) for x in args.seeds.split(",") if x] if "seeds" in modes else ():
+        record(
+            f"seeds S={s} (vmap)", step_throughput(args.model, num_models=s, **kw), "all S models"
+        )
+    if "torch" in modes and args.model == "resnet32" and not width:
+        _torch_rows(args, record)
+
+
+def _torch_rows(args, record):
+    import jax
+
+    try:
+        import torch
+    except ImportError:
+        return print("torch: not installed (the [bench] extra): skipped")
+    dev = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    threads = [args.torch_threads] if args.torch_threads else [torch.get_num_threads()]
+    if dev == "cpu" and not args.torch_threads and threads[0] > 1:
+        threads.append(1)  # on a busy machine OpenMP threads can spin-wait
+    for n in threads:
+        ips = torch_throughput(args.batch_size, args.num_steps, device=dev, threads=n)
+        record(f"torch {dev} ({n} threads)", ips, f"torch {torch.__version__} float32")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet32")
+    p.add_argument("--width", type=int, default=0, help="first-stage width (0: the model's own)")
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--num_steps", type=int, default=20)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--modes", default="synthetic,conv,tf,device,spc,seeds,torch")
+    p.add_argument("--seeds", default="1,2,4,8", help="model counts S of the seeds mode")
+    p.add_argument("--steps_per_call", type=int, default=8)
+    p.add_argument("--source", default="cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz")
+    p.add_argument("--torch_threads", type=int, default=0, help="torch threads (0: its default)")
+    p.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = p.parse_args()
+
+    import jax
+
+    dev, width, rows = jax.devices()[0], args.width or None, []
+    where = f"{jax.device_count()} {dev.platform} device(s) [{dev.device_kind}]"
+    print(
+        f"{args.model} (width {width or 'default'}) {args.dtype} batch {args.batch_size} on {where}"
+    )
+
+    def record(name, ips, note=""):
+        rows.append({"mode": name, "images_per_s": ips, "note": note})
+        ratio = ips / rows[0]["images_per_s"]  # against the first row of this run
+        print(f"{name:<28} {ips:10.1f} images/s  {ratio:5.2f}x  {note}", flush=True)
+
+    _rows(args, [m for m in args.modes.split(",") if m], width, record)
+    if args.json:
+        out = dict(vars(args), width=width, platform=dev.platform, device_kind=dev.device_kind)
+        out.update(devices=jax.device_count(), cpu_count=os.cpu_count(), jax=jax.__version__)
+        with open(args.json, "w") as f:
+            json.dump(dict(out, rows=rows), f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,462 @@
+"""The report of a grid: rows from the runs' summaries (mean ± sd over seeds), the markdown
+table, its strict-JSON twin, the plots and the segmentation picture grid. Run folders are
+``ROOT/r{ratio}/{loss}/seed{seed}`` or ``ROOT/r{ratio}/{loss}/seeds_0_1/seed_{seed}`` (seeds
+vmapped in one program); ROOT may be a bucket: every file goes through ``etils.epath``.
+"""
+
+import contextlib
+import datetime
+import io
+import itertools
+import json
+import os
+import platform
+import warnings
+
+import numpy as np
+from etils import epath
+
+# The trainer's interface (the one place that names it; experiments.reproduce imports it here).
+from cce_jax.training.config import (  # noqa: F401
+    EXIT_CONFIG_ERROR,
+    EXIT_DIVERGED,
+    RUN_CONTROL_KEYS,
+    config_diff,
+    config_to_dict,
+    flatten,
+)
+from cce_jax.training.config import EXIT_DEADLINE as EXIT_PREEMPTED  # noqa: F401
+from cce_jax.training.report import mean_sd
+from experiments.configs.common import ALL_LOSSES
+
+GRID_IMAGES = 6  # test images in the segmentation picture grid
+IGNORE = 255  # the label of pixels that do not count
+# The columns of a table: (row-metric name, column label).
+METRICS = tuple(zip(
+    ("top1_error", "balanced_accuracy", "many", "medium", "few", "macro_f1"),
+    ("top-1 error %", "balanced acc %", "many %", "medium %", "few %", "macro-F1 %"),
+))  # fmt: skip
+SEG_METRICS = tuple(zip(
+    ("miou", "pixel_accuracy", "balanced_accuracy", "fw_iou", "many", "medium", "few"),
+    ("mIoU %", "pixel acc %", "mean class acc %", "fwIoU %", "many mIoU %", "medium mIoU %",
+     "few mIoU %"),
+))  # fmt: skip
+
+
+def read_json(path):
+    """The JSON data of ``path`` (a local file or a bucket object); None when unreadable."""
+    try:
+        return json.loads(epath.Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def dumps(obj) -> str:
+    """Strict JSON: NaN and infinities become null, numpy values plain JSON."""
+    text = json.dumps(obj, default=lambda x: x.tolist())  # NaN written as NaN, then read as None
+    return json.dumps(json.loads(text, parse_constant=lambda _: None), indent=1, allow_nan=False)
+
+
+def seed_dirs(root, loss, ratio, seed) -> list[tuple[str, str | None]]:
+    """Where a model of (loss, ratio, seed) may live: (model folder, program folder or None)."""
+    base = epath.Path(root) / f"r{float(ratio):g}" / loss
+    out = [(os.fspath(base / f"seed{seed}"), None)]
+    for d in sorted(base.glob("seeds_*")) if base.exists() else ():
+        if str(int(seed)) in d.name.split("_")[1:]:
+            out.append((os.fspath(d / f"seed_{seed}"), os.fspath(d)))
+    return out
+
+
+def seed_status(root, loss, ratio, seed) -> tuple[str, str | None, dict | None]:
+    """("done", folder, summary) | ("failed", folder, failure) | ("todo", None, None)."""
+    failed = None
+    for d, program in seed_dirs(root, loss, ratio, seed):
+        summary = read_json(f"{d}/summary.json")
+        if summary is not None:
+            return "done", d, summary
+        for folder in filter(None, (d, program)):
+            failure = read_json(f"{folder}/failure.json")
+            if failure is not None and failed is None:
+                failed = ("failed", folder, failure)
+    return failed or ("todo", None, None)
+
+
+def grid_on_disk(root) -> tuple[list[str], list[float], list[int]]:
+    """The losses, ratios and seeds of every finished or failed run under ``root``."""
+    root, found = epath.Path(root), set()
+    paths = [*root.glob("r*/*/seed*/*.json"), *root.glob("r*/*/seeds_*/seed_*/summary.json")]
+    for path in paths if root.exists() else ():
+        ratio, loss, *_, name, file = path.relative_to(root).parts
+        seed = name.removeprefix("seed_").removeprefix("seed")
+        if file in ("summary.json", "failure.json") and seed.isdigit() and loss in ALL_LOSSES:
+            with contextlib.suppress(ValueError):
+                found.add((loss, float(ratio[1:]), int(seed)))
+    losses = [x for x in ALL_LOSSES if any(f[0] == x for f in found)]
+    return losses, sorted({f[1] for f in found}), sorted({f[2] for f in found})
+
+
+def failure_reason(f: dict) -> str:
+    where = ", ".join(f"{k} {f[k]}" for k in ("epoch", "step") if f.get(k) is not None)
+    return str(f.get("reason", "failed")) + (f" ({where})" if where else "")
+
+
+def _nanmean(rows):
+    """Mean over seeds per class; None (no test example) stays NaN, later null in JSON."""
+    arr = np.array([[np.nan if a is None else a for a in r] for r in rows], dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        return np.nanmean(arr, 0).tolist()
+
+
+def _row_metrics(s: dict) -> dict:
+    def pct(key):
+        return None if s.get(key) is None else 100.0 * s[key]
+
+    top1 = s.get("test_top1")
+    out = {"top1_error": None if top1 is None else 100.0 * (1.0 - top1)}
+    for name in ("balanced_accuracy", "many", "medium", "few", "macro_f1"):
+        out[name] = pct(f"test_{name}")
+    if s.get("task") == "segmentation":
+        out.update(
+            miou=pct("test_miou"), pixel_accuracy=pct("test_top1"), fw_iou=pct("test_fw_iou")
+        )
+    return out
+
+
+def metrics_of(rows) -> tuple:
+    """The table's columns: :data:`SEG_METRICS` for segmentation rows, else :data:`METRICS`."""
+    return SEG_METRICS if any(r.get("task") == "segmentation" for r in rows) else METRICS
+
+
+def posthoc_best(summaries: list[dict]) -> dict | None:
+    """Post-hoc logit adjustment: the tau with the best mean balanced accuracy over seeds,
+    ``{"tau", "mean", "sd", "per_seed", "tau0_mean", "num_seeds"}`` (in %); None without it."""
+    rows = [s.get("posthoc_logit_adjustment") or [] for s in summaries]
+    tables = [{float(r["tau"]): r.get("balanced_accuracy") for r in t if "tau" in r} for t in rows]
+    if not (tables := [t for t in tables if t]):
+        return None
+    best = None
+    for tau in sorted(set.intersection(*(set(t) for t in tables))):
+        vals = [100.0 * t[tau] for t in tables if t[tau] is not None]
+        mean, sd = mean_sd(vals)
+        if mean is not None and (best is None or mean > best["mean"] + 1e-12):
+            best = {"tau": tau, "mean": mean, "sd": sd, "per_seed": vals}
+    if best is not None:
+        best["tau0_mean"] = mean_sd([100.0 * t[0.0] for t in tables if t.get(0.0) is not None])[0]
+        best["num_seeds"] = len(tables)
+    return best
+
+
+def collect(root, losses, ratios, seeds, *, extra_failures=None) -> list[dict]:
+    """One row per (loss, ratio) with the finished seeds' metrics and the failed seeds;
+    ``extra_failures``: ``{(loss, ratio, seed): (folder, reason)}`` of failures of this
+    command that left no ``failure.json`` (crashes, bad flags)."""
+    rows = []
+    for ratio, loss in itertools.product(ratios, losses):
+        runs, dirs, failed = [], [], []
+        for seed in seeds:
+            status, folder, data = seed_status(root, loss, ratio, seed)
+            if status == "done":
+                runs.append((int(seed), data))
+                dirs.append(folder)
+            elif status == "failed" or (loss, float(ratio), int(seed)) in (extra_failures or {}):
+                folder, reason = (
+                    (folder, failure_reason(data))
+                    if status == "failed"
+                    else extra_failures[(loss, ratio, seed)]
+                )
+                failed.append({"seed": int(seed), "workdir": folder, "reason": reason})
+        if runs or failed:
+            rows.append(_row(loss, ratio, runs, dirs, failed))
+    return rows
+
+
+def _row(loss, ratio, runs, run_dirs, failed) -> dict:
+    summaries = [s for _, s in runs]
+    per_seed = [_row_metrics(s) for s in summaries]
+    stats = {k: mean_sd([m.get(k) for m in per_seed]) for k in (per_seed or [dict(METRICS)])[0]}
+    first = summaries[0] if summaries else {}
+    seg = first.get("task") == "segmentation"
+    keys = ("class_counts", "num_test", "num_test_pixels", "class_names", "config", "versions")
+    acc = _nanmean([s["per_class_accuracy"] for s in summaries]) if runs else None
+    n_train = (first["num_train"] if seg else int(np.sum(first["class_counts"]))) if runs else None
+    return {
+        **{k: first.get(k) for k in keys},
+        "loss": loss,
+        "ratio": float(ratio),
+        "seeds": [seed for seed, _ in runs],
+        "run_dirs": run_dirs,
+        "failed": failed,
+        "stats": {k: {"mean": v[0], "sd": v[1]} for k, v in stats.items()},
+        "posthoc": posthoc_best(summaries),
+        "per_seed": per_seed,
+        "task": first.get("task", "classification"),
+        "per_class_accuracy": acc,
+        "per_class_iou": _nanmean([s["per_class_iou"] for s in summaries]) if seg else None,
+        "wall_time_s": float(sum(s.get("wall_time_s") or 0.0 for s in summaries)),
+        "num_train": n_train,
+        "device": {k: first[k] for k in ("device_count", "device_kind", "platform") if k in first},
+    }  # fmt: skip
+
+
+def _fmt(stat):
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.2f}" + ("" if stat["sd"] is None else f" ± {stat['sd']:.2f}")
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """The markdown table: one line per (loss, ratio)."""
+    metrics = metrics_of(rows)
+    bal = "mean class acc" if metrics is SEG_METRICS else "bal acc"
+    header = " | ".join(label for _, label in metrics)
+    lines = [
+        f"| loss | ratio | n | failed | {header} | post-hoc LA {bal} % (best τ) | min/run |",
+        "|" + "---|" * (len(metrics) + 6),
+    ]
+    for r in rows:
+        cells = " | ".join(_fmt(r["stats"].get(k, {"mean": None})) for k, _ in metrics)
+        n, p = len(r["seeds"]), r.get("posthoc")
+        posthoc = _fmt(p) + f" (τ={p['tau']:g})" if p else "n/a"
+        per_run = f"{r['wall_time_s'] / 60 / n:.1f}" if n else "n/a"
+        lines.append(
+            f"| {r['loss']} | {r['ratio']:g} | {n} | {len(r['failed'])} | {cells} | "
+            f"{posthoc} | {per_run} |"
+        )
+    return lines
+
+
+def config_lines(rows: list[dict]) -> list[str]:
+    """What the runs were: the data source and training counts as their summaries state them,
+    the test split, the loss variants, then every config key of the first run."""
+    done = [r for r in rows if r["config"]]
+    if not done:
+        return []
+    cfg, unit = done[0]["config"], "pixels" if done[0]["task"] == "segmentation" else "images"
+    counts = "; ".join(
+        f"ratio {r['ratio']:g}: {r['num_train']} training images, {unit} per class "
+        f"{r['class_counts']}"
+        for r in {r["ratio"]: r for r in done}.values()
+    )
+    max_test = cfg["data"].get("max_test")
+    split = (
+        f"data.max_test={max_test}: NOT the full test split" if max_test else "the full test split"
+    )
+    variants = {r["loss"]: r["config"]["loss"] for r in done}
+    losses = "; ".join(
+        f"{v} = `{c['name']}` {dict(c['hparams'] or {})}" for v, c in variants.items()
+    )
+    flat = flatten(cfg)
+    keys = ", ".join(f"{k}={flat[k]!r}" for k in sorted(flat) if k not in RUN_CONTROL_KEYS)
+    return [
+        f"- Data: `{cfg['data']['source']}`; {counts}.",
+        f"- Evaluation: {done[0]['num_test']} test images ({split}).",
+        f"- Losses: {losses}.",
+        f"- Config of the first run ({done[0]['loss']}; the others differ in the loss, "
+        f"data.ratio and the seed): `{keys}`.",
+    ]
+
+
+def write_report(name, rows, *, command, grid, out_dir, label=None, note=None) -> str:
+    """Writes ``out_dir/name.md``, its strict-JSON twin and the plots; returns the .md path."""
+    out = epath.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = os.fspath(out / name)
+    lines = _header_lines(name, rows, command, grid, label, note) + table_lines(rows)
+    seg = metrics_of(rows) is SEG_METRICS
+    groups = (
+        "Many/medium/few: the mean IoU of the most, middle and least frequent thirds of the "
+        "classes by training pixels; fwIoU weights the IoUs by test pixels"
+        if seg
+        else "Many/medium/few: classes with >100, 20-100, <20 training images"
+    )
+    lines.append(
+        f"\nmean ± sd over seeds. {groups}. Post-hoc LA: balanced accuracy of `logits - τ "
+        "log(prior)` from the same models at the best τ of (0, 0.5, 1, 1.5, 2), picked on the "
+        "test split (an oracle choice, optimistic).\n"
+    )
+    plots = _plots(base, rows) + (_picture_grid(base, rows) if seg else [])
+    lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+    epath.Path(base + ".md").write_text("\n".join(lines) + "\n")
+    twin = {"suite": name, "command": command, "grid": grid, "rows": rows}
+    epath.Path(base + ".json").write_text(dumps(twin))
+    return base + ".md"
+
+
+def _header_lines(name, rows, command, grid, label, note) -> list[str]:
+    """The title, the command, the config, seeds, hardware and grid lines, failed runs."""
+    done = [r for r in rows if r["config"]]
+    lines = [f"# {name}: {label or grid['config']}", "", f"- Command: `{command}`"]
+    lines.append(f"- Config file: `{grid['config']}`, each run with its loss variant as ")
+    lines[-1] += "`FILE:loss=VARIANT` and `data.ratio`, `seed`, `data.subset_seed` set."
+    lines += config_lines(rows)
+    lines.append(f"- Seeds: {grid['seeds']} (each seed sets the init, the data order and ")
+    lines[-1] += "the crops)." if metrics_of(rows) is SEG_METRICS else "the subset)."
+    if done:
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        lines += [
+            f"- Hardware: devices {done[0]['device']}; versions {done[0]['versions']}; report "
+            f"written on {platform.machine()} with {os.cpu_count()} CPU cores.",
+            f"- Sum of the finished runs' wall times: "
+            f"{sum(r['wall_time_s'] for r in rows) / 60:.1f} min. Generated {now}.",
+        ]
+    failed = [(r, f) for r in rows for f in r["failed"]]
+    total = len(grid["losses"]) * len(grid["ratios"]) * len(grid["seeds"])
+    lines.append(
+        f"- Grid: losses {list(grid['losses'])}, ratios {list(grid['ratios'])}; runs finished: "
+        f"{sum(len(r['seeds']) for r in rows)} of {total}; failed: {len(failed)}."
+    )
+    lines += ([f"- {note}"] if note else []) + [""]
+    if failed:
+        lines += ["**Failed runs** (not in the means):", ""]
+        for r, f in failed:
+            lines.append(f"- {r['loss']} ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} ")
+            lines[-1] += f"(`{f['workdir']}`)"
+        lines.append("")
+    return lines
+
+
+def _axes(**kw):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(**({"figsize": (6, 4)} | kw))
+
+
+def _save(fig, ax, path: str, dpi=90, **labels) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.set(**labels)
+    fig.tight_layout()
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _plots(base: str, rows: list[dict]) -> list[str]:
+    """``base_per_class_r{ratio}.png`` per ratio and, for 2+ ratios, ``base_vs_ratio.png``."""
+    rows = [r for r in rows if r["config"]]
+    ratios, seg, paths = sorted({r["ratio"] for r in rows}), metrics_of(rows) is SEG_METRICS, []
+    what, unit = ("IoU", "pixels") if seg else ("accuracy", "images")
+    for ratio in ratios:
+        fig, ax = _axes()
+        for r in (r for r in rows if r["ratio"] == ratio):
+            counts = np.asarray(r["class_counts"])
+            order = np.argsort(-counts, kind="stable")
+            acc = 100 * np.asarray(r["per_class_iou" if seg else "per_class_accuracy"], float)
+            ax.plot(
+                counts[order], acc[order], marker="o", label=f"{r['loss']} (n={len(r['seeds'])})"
+            )
+        ax.legend(fontsize=7)
+        title = f"per-class {what}, ratio {ratio:g} (mean over seeds)"
+        labels = dict(xlabel=f"training {unit} of the class", ylabel=f"test {what} of the class %")
+        paths.append(
+            _save(fig, ax, f"{base}_per_class_r{ratio:g}.png", xscale="log", title=title, **labels)
+        )
+    if len(ratios) >= 2:
+        fig, ax = _axes()
+        for loss in dict.fromkeys(r["loss"] for r in rows):
+            pts = [(r["ratio"], r["stats"]["balanced_accuracy"]) for r in rows if r["loss"] == loss]
+            x, m = zip(*sorted(p for p in pts if p[1]["mean"] is not None)) if pts else ((), ())
+            y, sd = [v["mean"] for v in m], [v["sd"] or 0.0 for v in m]
+            ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=loss)
+        ax.legend(fontsize=7)
+        labels = dict(xlabel="imbalance ratio n_max / n_min", ylabel="balanced test accuracy %")
+        paths.append(_save(fig, ax, f"{base}_vs_ratio.png", xscale="log", **labels))
+    return paths
+
+
+_COLOURS = (
+    "1f77b4 ff7f0e 2ca02c d62728 9467bd 8c564b e377c2 7f7f7f bcbd22 17becf "
+    "aec7e8 ffbb78 98df8a ff9896 c5b0d5 c49c94 f7b6d2 c7c7c7 dbdb8d 9edae5"
+).split()
+
+
+def label_palette(num_classes: int) -> np.ndarray:
+    """uint8 [256, 3]: a colour per label (matplotlib's tab10, then tab20's light ones, then
+    hues spaced by the golden ratio); 255 (ignore) is white, unused values black.
+
+    >>> pal = label_palette(3)
+    >>> pal[0].tolist(), pal[255].tolist(), pal[3].tolist()
+    ([31, 119, 180], [255, 255, 255], [0, 0, 0])
+    """
+    import colorsys
+
+    if not 1 <= int(num_classes) <= IGNORE:
+        raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
+    pal = np.zeros((256, 3), np.uint8)
+    for c in range(int(num_classes)):
+        hsv = colorsys.hsv_to_rgb((c * 0.618033988749895) % 1.0, 0.65, 0.9)
+        rgb = [int(_COLOURS[c][i : i + 2], 16) for i in (0, 2, 4)] if c < 20 else None
+        pal[c] = rgb or [round(255 * v) for v in hsv]
+    pal[IGNORE] = 255
+    return pal
+
+
+def picture_grid(images, masks, *predictions, num_classes: int, gap: int = 1) -> np.ndarray:
+    """One row per example: the image (uint8 [N, H, W, 1 or 3]), its true label map
+    ([N, H, W]), then each predicted label map ([N, H, W], white where the truth is ignore),
+    in :func:`label_palette`'s colours, ``gap`` white pixels apart.
+
+    >>> g = picture_grid(np.zeros((2, 4, 5, 3), np.uint8), np.zeros((2, 4, 5), np.uint8),
+    ...                  np.ones((2, 4, 5), np.int32), num_classes=2)
+    >>> g.shape, g.dtype
+    ((9, 17, 3), dtype('uint8'))
+    """
+    images, masks = np.asarray(images), np.asarray(masks)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images must be uint8 [N, H, W, 1 or 3], got {images.dtype} {images.shape}"
+        )
+    pal = label_palette(num_classes)
+    columns = [np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images]
+    for labels in (masks, *predictions):
+        if np.shape(labels) != images.shape[:3]:
+            raise ValueError(
+                f"label maps {np.shape(labels)} must be [N, H, W] of images {images.shape}"
+            )
+        labels = np.where(masks == IGNORE, IGNORE, np.clip(labels, 0, IGNORE))
+        columns.append(pal[labels.astype(np.int64)])
+    (n, h, w), g = masks.shape, int(gap)
+    out = np.full((n * (h + g) - g, len(columns) * (w + g) - g, 3), 255, np.uint8)
+    for i, j in itertools.product(range(n), range(len(columns))):
+        out[i * (h + g) : i * (h + g) + h, j * (w + g) : j * (w + g) + w] = columns[j][i]
+    return out
+
+
+def _picture_grid(base: str, rows: list[dict]) -> list[str]:
+    """Input, truth and each loss's prediction (its first seed with a ``predictions.npz``)
+    on the same test images, with a class legend: ``base_pictures.png``."""
+    preds, names, first = [], [], None
+    for r in rows:
+        paths = [epath.Path(f"{d}/predictions.npz") for d in r["run_dirs"]]
+        path = next((p for p in paths if p.exists()), None)
+        if path is None:
+            continue
+        with np.load(io.BytesIO(path.read_bytes())) as z:
+            arrays = {k: z[k] for k in z.files}
+        first = first or arrays
+        preds.append(arrays["predictions"][:GRID_IMAGES])
+        names.append(r["loss"])
+    if first is None:
+        return []
+    from matplotlib.patches import Patch
+
+    k, n = len(rows[0]["class_counts"]), GRID_IMAGES
+    grid = picture_grid(first["images"][:n], first["labels"][:n], *preds, num_classes=k)
+    columns = ["input", "truth", *names]
+    fig, ax = _axes(figsize=(1.0 + 0.9 * len(columns), 1.2 + 0.9 * n), dpi=100)
+    ax.imshow(grid, interpolation="nearest")
+    step = grid.shape[1] / len(columns)
+    ax.set_xticks([step * (i + 0.5) for i in range(len(columns))], columns, rotation=45, fontsize=7)
+    ax.set_yticks([])
+    palette = label_palette(k)
+    class_names = rows[0].get("class_names") or [str(i) for i in range(k)]
+    handles = [Patch(color=palette[i] / 255.0, label=class_names[i]) for i in range(k)]
+    handles.append(Patch(facecolor="white", edgecolor="black", label="ignore"))
+    ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("test images: input, truth, each loss (seed of its first run)", fontsize=8)
+    return [_save(fig, ax, f"{base}_pictures.png", dpi=None)]
