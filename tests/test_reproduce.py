@@ -488,13 +488,14 @@ def test_every_suite_writes_outside_the_checkout_by_default(suite, capsys):
 def test_segmentation_suite_end_to_end(tmp_path, capsys):
     """The segmentation suite on a tiny set: real runs, the mIoU table, the per-class IoU plot
     and the picture grid; prepare_segmentation_data leaves a source of the user's alone."""
-    from cce_jax.data import segmentation as seg
+    from cce_jax.data import Dataset
+    from experiments import make_segmentation_data as seg
 
     rng = np.random.default_rng(0)
     masks = rng.integers(0, 3, (20, 16, 16)).astype(np.uint8)
     masks[:, 8, :] = 255
     images = rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
-    ds = seg.SegmentationDataset(
+    ds = Dataset(
         "t",
         images[:12],
         masks[:12],
