@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,6 +61,20 @@ class FakeData:
             lab = np.zeros((b,), np.int32)
             img[:n], lab[:n] = self.tx[s : s + n], self.ty[s : s + n]
             yield {"image": img, "label": lab, "mask": np.arange(b) < n}
+
+
+class SignalAfter(FakeData):
+    """FakeData whose process gets a SIGTERM once epoch ``epoch`` (1-based) is trained: the
+    run saves after that epoch and stops (Preempted)."""
+
+    def __init__(self, epoch, signum=signal.SIGTERM):
+        super().__init__()
+        self.epoch, self.signum = epoch, signum
+
+    def train_epoch(self, epoch):  # the signal comes as the next epoch's first batch is read
+        if epoch == self.epoch:
+            os.kill(os.getpid(), self.signum)
+        yield from super().train_epoch(epoch)
 
 
 def small_config(**overrides):

@@ -1,40 +1,22 @@
-"""Config checks and the workdir's config contract (no data, no compilation).
+"""Config checks, exit codes and the workdir's config contract (no data, no compilation).
 
-:func:`validate_config` runs before anything is written to a workdir. A workdir belongs to
-the config stored in its ``config.json``; only :data:`RUN_CONTROL_KEYS` may change when a run
-resumes there (:func:`config_diff`).
+:func:`validate_config` runs before anything is written to a workdir; the loss and the data
+source are checked where they are built (:func:`cce_jax.training.train.train_and_evaluate`).
+A workdir belongs to the config stored in its ``config.json``; only :data:`RUN_CONTROL_KEYS`
+may change when a run resumes there (:func:`config_diff`).
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 
 import jax
 
-from cce_jax.data.builder import PIPELINES
-
-__all__ = [
-    "ConfigError",
-    "RUN_CONTROL_KEYS",
-    "PIPELINES",
-    "SCHEDULES",
-    "config_to_dict",
-    "config_diff",
-    "flatten",
-    "closest_key",
-    "is_cot",
-    "loss_names",
-    "seeds_of",
-    "validate_config",
-]
-
 # Keys that may change between a run and its resumption in the same workdir.
 RUN_CONTROL_KEYS = frozenset(
     {
         "num_epochs",
-        "stop_after_epoch",
         "eval_every",
         "checkpoint_every",
         "checkpoint_every_steps",
@@ -42,7 +24,6 @@ RUN_CONTROL_KEYS = frozenset(
         "keep_checkpoints",
         "progress",
         "distributed",
-        "deadline",
         "model.conv_impl",  # changes float rounding only, as a move to another CPU does
         "data.cache_dir",
         "data.data_dir",
@@ -57,7 +38,7 @@ SCHEDULES = ("step", "cosine", "constant")
 EXIT_CONFIG_ERROR = 2  # bad flags, config, data or workdir; nothing trained
 EXIT_DIVERGED = 3  # non-finite loss or gradient; failure.json, the last finite checkpoint kept
 EXIT_IO_ERROR = 74  # EX_IOERR: storage failed (disk full, unreadable checkpoint); nothing lost
-EXIT_DEADLINE = 75  # EX_TEMPFAIL: deadline, SIGTERM or SIGINT; checkpointed, rerun to resume
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM or SIGINT; the exact position saved, rerun resumes
 
 
 class ConfigError(ValueError):
@@ -93,22 +74,6 @@ def config_diff(stored: dict, requested: dict, ignore=()) -> list[str]:
     return [f"{k}: stored {a.get(k, missing)!r}, now {b.get(k, missing)!r}" for k in keys]
 
 
-def closest_key(key: str, config) -> str | None:
-    """The valid dotted config key closest to ``key`` (for "did you mean" messages)."""
-    keys = list(flatten(config_to_dict(config)))
-    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-    if not match:  # e.g. "lr" -> "optimizer.lr"
-        match = [k for k in keys if k.split(".")[-1] == key.split(".")[-1]][:1]
-    return match[0] if match else None
-
-
-def loss_names() -> tuple[str, ...]:
-    """The trainer's loss names: the registry of :mod:`cce_jax.losses` plus ``"cot"``."""
-    from cce_jax import losses
-
-    return tuple(losses.NAMES) + ("cot",)
-
-
 def is_cot(config) -> bool:
     return config.loss.name == "cot" or bool(config.get("cot", False))
 
@@ -119,15 +84,6 @@ def seeds_of(config) -> tuple[int, ...] | None:
     if seeds is None or len(tuple(seeds)) == 0:
         return None
     return tuple(int(s) for s in seeds)
-
-
-def data_task(data_config) -> str:
-    """``"segmentation"`` for the segmentation sources (``seg_folder:``, ``seg_npz:``), else
-    ``"classification"``."""
-    from cce_jax.data.segmentation import SEG_SOURCES
-
-    kind = str(data_config.get("source", "")).partition(":")[0]
-    return "segmentation" if kind in SEG_SOURCES else "classification"
 
 
 def _finite(x) -> bool:
@@ -150,7 +106,6 @@ def validate_config(
     errs = [
         *_model_errors(config),
         *_run_control_errors(config, num_devices, num_processes),
-        *_data_errors(config),
         *_schedule_errors(config.schedule),
         *_optimizer_errors(config.optimizer),
         *_loss_errors(config),
@@ -160,39 +115,21 @@ def validate_config(
 
 
 def _model_errors(config) -> list[str]:
-    """``model.*``, and whether the model's task (classification, segmentation) is the
-    data's."""
+    """``model.*`` (the model's task is checked against the data's once the data is built)."""
     from cce_jax import models
 
-    errs = []
     m = config.model
-    for key, kwargs in (
-        ("name", dict(name=m.name)),
-        ("dtype", dict(name=models.MODEL_NAMES[0], dtype=m.dtype)),
-        ("width", dict(name=models.MODEL_NAMES[0], width=m.get("width"))),
-        ("conv_impl", dict(name=models.MODEL_NAMES[0], conv_impl=m.get("conv_impl", "auto"))),
-    ):
-        try:
-            models.check_model_config(**kwargs)
-        except (ValueError, TypeError) as e:
-            errs.append(f"model.{key}={m.get(key)!r}: {e}")
-    if m.name in models.MODEL_NAMES:
-        task = data_task(config.data)
-        if models.model_task(m.name) != task:
-            fits = (
-                models.CLASSIFIER_NAMES
-                if task == "classification"
-                else models.SEGMENTATION_MODEL_NAMES
-            )
-            errs.append(
-                f"model.name={m.name!r} is a {models.model_task(m.name)} model but "
-                f"data.source={config.data.source!r} is a {task} set: use one of {list(fits)}"
-            )
-    return errs
+    try:
+        models.check_model_config(
+            m.name, dtype=m.dtype, width=m.get("width"), conv_impl=m.get("conv_impl", "xla")
+        )
+    except (ValueError, TypeError) as e:
+        return [f"model: {e}"]
+    return []
 
 
 def _run_control_errors(config, num_devices: int, num_processes: int) -> list[str]:
-    """Batch sizes, epochs, eval/checkpoint intervals, steps per call, seeds, deadline."""
+    """Batch sizes, epochs, eval/checkpoint intervals, steps per call, seeds."""
     errs = []
     for key in ("batch_size", "eval_batch_size"):
         b = int(config[key])
@@ -221,17 +158,7 @@ def _run_control_errors(config, num_devices: int, num_processes: int) -> list[st
                 raise ValueError
         except (TypeError, ValueError):
             errs.append(f"seeds={tuple(seeds)!r} must be distinct integers")
-    if not _finite(config.get("deadline", 0.0) or 0.0):
-        errs.append(f"deadline={config.get('deadline')} must be a finite unix time (0 = none)")
     return errs
-
-
-def _data_errors(config) -> list[str]:
-    """``data.pipeline`` (the data source itself is checked when it is loaded)."""
-    pipeline = config.data.get("pipeline", "auto")
-    if pipeline not in PIPELINES:
-        return [f"data.pipeline={pipeline!r} is not one of {list(PIPELINES)}"]
-    return []
 
 
 def _schedule_errors(sch) -> list[str]:
@@ -268,24 +195,9 @@ def _optimizer_errors(opt) -> list[str]:
 
 
 def _loss_errors(config) -> list[str]:
-    """``loss.*``: the name, its hyperparameters (via :func:`cce_jax.losses.get`), DRW."""
-    from cce_jax import losses
-
+    """DRW's ``loss.*`` (:func:`cce_jax.losses.get` checks the name and the hyperparameters,
+    once, when the trainer builds the loss from the data's class counts)."""
     errs = []
-    name = config.loss.name
-    if name not in loss_names():
-        close = difflib.get_close_matches(str(name), loss_names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        errs.append(f"loss.name={name!r} is not one of {list(loss_names())}{hint}")
-    else:
-        # cce_jax.losses checks the hyperparameters, with placeholder counts; per-class
-        # vectors (class_weights) need the real K and are checked when the data is loaded.
-        hparams = dict(config.loss.get("hparams", {}) or {})
-        hparams.pop("class_weights", None)
-        try:
-            losses.get("ce" if name == "cot" else name, class_counts=[50, 20, 5], **hparams)
-        except (ValueError, TypeError) as e:
-            errs.append(str(e))
     if not _finite(config.loss.drw_beta) or not 0 <= float(config.loss.drw_beta) < 1:
         errs.append(f"loss.drw_beta={config.loss.drw_beta} must be in [0, 1)")
     if int(config.loss.drw_epoch) >= 0 and is_cot(config):

@@ -4,25 +4,12 @@ segmentation run's predicted label maps (predictions.npz)."""
 from __future__ import annotations
 
 import io
-import os
 import sys
 
 import numpy as np
+from etils import epath
 
-from cce_jax.training import workdir as wd
-
-__all__ = [
-    "run_summary",
-    "predictions",
-    "write_run_files",
-    "write_predictions",
-    "read_predictions",
-    "format_table",
-    "aggregate",
-    "SCALAR_METRICS",
-    "mean_sd",
-    "NUM_PREDICTIONS",
-]
+from cce_jax.training import checkpoints as ckpt
 
 SCALAR_METRICS = (
     "test_top1",
@@ -145,31 +132,31 @@ def predictions(model, data, variables, n: int = NUM_PREDICTIONS) -> dict:
     }
 
 
-def write_run_files(workdir: str, summary: dict) -> None:
-    """``summary.json`` (strict JSON, a matrix row per line) and ``per_class.png``."""
-    wd.write_json(os.path.join(workdir, "summary.json"), summary)
+def write_run_files(workdir: epath.Path, summary: dict) -> None:
+    """``summary.json`` (strict JSON) and ``per_class.png``."""
+    ckpt.write(workdir / "summary.json", ckpt.dumps(summary))
     try:
-        plot_per_class(summary, os.path.join(workdir, "per_class.png"))
+        plot_per_class(summary, workdir / "per_class.png")
     except ImportError:  # matplotlib is optional for the trainer
         pass
 
 
-def write_predictions(workdir: str, arrays: dict) -> None:
+def write_predictions(workdir: epath.Path, arrays: dict) -> None:
     """``predictions.npz``: a segmentation run's ``images``, true ``labels`` and predicted
     ``predictions`` (uint8 label maps) of the first test images, for picture grids."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    wd.atomic_write(os.path.join(workdir, "predictions.npz"), buf.getvalue())
+    ckpt.write(workdir / "predictions.npz", buf.getvalue())
 
 
-def read_predictions(workdir: str) -> dict:
+def read_predictions(workdir) -> dict:
     """The arrays :func:`write_predictions` wrote in ``workdir`` (a folder or a bucket URL)."""
-    data = wd.read_bytes(os.path.join(workdir, "predictions.npz"))
+    data = (epath.Path(workdir) / "predictions.npz").read_bytes()
     with np.load(io.BytesIO(data)) as z:
         return {k: z[k] for k in z.files}
 
 
-def plot_per_class(summary: dict, path: str) -> None:
+def plot_per_class(summary: dict, path: epath.Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,7 +186,20 @@ def plot_per_class(summary: dict, path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    wd.atomic_write(path, buf.getvalue())  # a local file or a bucket object
+    ckpt.write(path, buf.getvalue())
+
+
+def epoch_line(row: dict, ev: dict | None, num_epochs) -> str:
+    """An epoch's printed line: train loss, accuracy, lr, speed, and the test metrics."""
+    msg = (
+        f"epoch {row['epoch']}/{num_epochs}: loss {row['train_loss']:.4f} "
+        f"acc {row['train_accuracy']:.4f} lr {row['lr']:.4g} {row['images_per_s']:.0f} img/s"
+    )
+    if ev is not None and "miou" in ev:
+        msg += f" | test mIoU {ev['miou'] or 0:.4f} pixel acc {ev['top1'] or 0:.4f}"
+    elif ev is not None:
+        msg += f" | test top1 {ev['top1']:.4f} bal {ev['balanced_accuracy']:.4f}"
+    return msg
 
 
 def _pct(x):

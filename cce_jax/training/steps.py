@@ -1,5 +1,5 @@
 """The train state and the jitted train and eval steps (the mesh, shardings and host copies:
-:mod:`cce_jax.parallel`, re-exported here).
+:mod:`cce_jax.parallel`).
 
 Data parallelism. Every step is one ``jax.jit`` over a 1-D device mesh with axis ``"data"``
 (``AxisType.Auto``): parameters, BatchNorm statistics and optimizer state are replicated
@@ -29,22 +29,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cce_jax import metrics as metrics_lib
-from cce_jax.parallel import batch_sharding, make_mesh, shard_batch, to_host
-
-__all__ = [
-    "TrainState",
-    "POSTHOC_TAUS",
-    "initialize_distributed",
-    "make_mesh",
-    "batch_sharding",
-    "shard_batch",
-    "to_host",
-    "create_train_state",
-    "make_train_step",
-    "make_eval_step",
-    "evaluate",
-    "split_metrics",
-]
+from cce_jax.parallel import batch_sharding, shard_batch, to_host
 
 # Post-hoc logit adjustment (Menon et al. 2021): argmax of logits - tau * log(prior).
 POSTHOC_TAUS = (0.0, 0.5, 1.0, 1.5, 2.0)
