@@ -67,5 +67,20 @@ def main(argv):
         print(f"summary: {os.path.join(FLAGS.workdir, 'summary.json')}", flush=True)
 
 
+def parse_flags(argv):
+    """absl's parser; a bad flag, config file or ``--config.KEY`` is one line and exit 2."""
+    try:
+        argv = FLAGS(argv)
+        FLAGS.config.get("seed")  # a config file that failed to load raises here
+        return argv
+    except Exception as e:  # flags.Error, an unknown --config.KEY, a missing config file
+        text = " ".join(
+            str(e).replace("\\n", " ").translate({ord(c): None for c in "\\'\""}).split()
+        )
+        what = "no such config key" if isinstance(e, (AttributeError, KeyError)) else "bad flags"
+        print(f"error: {what}: {text[:300]}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -122,8 +122,9 @@ def small_run(tmp_path_factory):
 
     test_training's ``small_config(**overrides)`` trained on its ``FakeData()``, once per
     session for each set of overrides; ``summary`` is what ``train_and_evaluate`` returned
-    (None for a run stopped by a SIGTERM after epoch ``stop_after_epoch``). The shared workdir is read-only: pass
-    ``copy_to`` to get a copy there (the returned workdir) to resume, damage or extend.
+    (None for a run stopped by a SIGTERM after epoch ``stop_after_epoch``). The shared
+    workdir is read-only: pass ``copy_to`` to get a copy there (the returned workdir) to
+    resume, damage or extend.
     """
     from test_training import FakeData, SignalAfter, small_config
 
