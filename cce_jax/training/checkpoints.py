@@ -54,24 +54,26 @@ def first_line(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def storage_errors(what: str, path, then: str = "check the storage, then rerun to resume"):
+def storage_errors(what: str, path, note: str = ""):
     """Turns an ``OSError`` (or an orbax/tensorstore error naming a full disk) into a one-line
-    :class:`StorageError`: ``"{what} {path}: {cause}; {then}"``."""
+    :class:`StorageError`: ``"{what} {path}: {cause}; {note; }{what to do}"``."""
     try:
         yield
     except (StorageError, FileNotFoundError):
         raise
     except Exception as e:
         code = getattr(e, "errno", None)
+        todo = "check the storage, then rerun to resume"
         if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
-            cause, then = "no space left on device", "free space, then rerun to resume"
+            cause, todo = "no space left on device", "free space, then rerun to resume"
         elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
-            cause, then = f"not writable ({first_line(e)})", "make it writable"
+            cause, todo = f"not writable ({first_line(e)})", "make it writable, then rerun"
         elif isinstance(e, OSError) or what.startswith("cannot save"):
             cause = first_line(e)
         else:
             raise
-        raise StorageError(code, f"{what} {os.fspath(path)!r}: {cause}; {then}") from e
+        note = f"{note}; " if note else ""
+        raise StorageError(code, f"{what} {os.fspath(path)!r}: {cause}; {note}{todo}") from e
 
 
 def _strict(x):
