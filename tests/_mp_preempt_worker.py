@@ -42,7 +42,9 @@ def main():
     c = worker_config()
     c.data.pipeline = "device"
 
-    mesh = training.make_mesh()
+    from cce_jax import parallel
+
+    mesh = parallel.make_mesh()
     pipe = data_lib.build(
         c.data,
         seed=int(c.seed),
@@ -55,9 +57,9 @@ def main():
         pipe = Stopping(pipe, tuple(int(x) for x in args.signal_at.split(",")))
     try:
         training.train_and_evaluate(c, args.workdir, data=pipe)
-    except training.DeadlineReached as e:  # Preempted
+    except training.Preempted as e:
         print(f"stop: {e}", flush=True)
-        sys.exit(training.EXIT_DEADLINE)
+        sys.exit(training.EXIT_PREEMPTED)
     ckpts = os.path.join(args.workdir, "checkpoints")
     last = max(int(n) for n in os.listdir(ckpts) if n.isdigit())
     print(f"done: checkpoint {last}", flush=True)

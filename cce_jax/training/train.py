@@ -187,9 +187,13 @@ def build(config, workdir: epath.Path, data=None) -> Job:
     info, mesh = datasets[0].info, parallel.make_mesh()
     task = getattr(info, "task", "classification")
     if models.model_task(config.model.name) != task:
+        fits = (
+            models.SEGMENTATION_MODEL_NAMES if task == "segmentation" else models.CLASSIFIER_NAMES
+        )
         raise ConfigError(
             f"model.name={config.model.name!r} is a {models.model_task(config.model.name)} "
-            f"model but data.source={config.data.source!r} is a {task} set"
+            f"model but data.source={config.data.source!r} is a {task} set: use one of "
+            f"{list(fits)}"
         )
     spe = int(datasets[0].steps_per_epoch)
     if spe < 1:
