@@ -115,7 +115,11 @@ def write(path: epath.Path, data: str | bytes) -> None:
 
 
 def append_line(path: epath.Path, row: dict) -> None:
-    """Appends one strict-JSON row to a JSON-lines file."""
+    """Appends one strict-JSON row to a JSON-lines file (a bucket object: rewritten whole)."""
+    if not is_local(path):
+        with storage_errors("cannot read", path):
+            old = path.read_text() if path.exists() else ""
+        return write(path, old + dumps(row, indent=None))
     with storage_errors("cannot write", path), path.open("a") as f:
         f.write(dumps(row, indent=None))
 
