@@ -93,113 +93,81 @@ def _finite(x) -> bool:
         return False
 
 
-def validate_config(
-    config, *, num_devices: int | None = None, num_processes: int | None = None
-) -> None:
-    """Raises :class:`ConfigError` listing every problem of ``config`` (cheap checks only).
-
-    ``num_devices`` and ``num_processes`` (default: JAX's) are what the batch sizes must be
-    multiples of.
-    """
-    num_devices = jax.device_count() if num_devices is None else num_devices
-    num_processes = jax.process_count() if num_processes is None else num_processes
-    errs = [
-        *_model_errors(config),
-        *_run_control_errors(config, num_devices, num_processes),
-        *_schedule_errors(config.schedule),
-        *_optimizer_errors(config.optimizer),
-        *_loss_errors(config),
-    ]
-    if errs:
-        raise ConfigError("bad config:\n  " + "\n  ".join(errs))
+def _distinct_ints(seeds) -> bool:
+    try:
+        return all(int(s) == s for s in seeds) and len(set(map(int, seeds))) == len(seeds)
+    except (TypeError, ValueError):
+        return False
 
 
-def _model_errors(config) -> list[str]:
-    """``model.*`` (the model's task is checked against the data's once the data is built)."""
+# (key, check of its value, what it must be): the cheap checks of validate_config.
+_CHECKS = (
+    ("num_epochs", lambda v: int(v) >= 1, ">= 1"),
+    ("eval_every", lambda v: int(v) >= 1, ">= 1"),
+    ("checkpoint_every", lambda v: int(v) >= 1, ">= 1"),
+    ("keep_checkpoints", lambda v: int(v) >= 1, ">= 1"),
+    ("checkpoint_every_steps", lambda v: int(v) >= 0, ">= 0 (0 = off)"),
+    ("checkpoint_every_minutes", lambda v: _finite(v) and v >= 0, "finite and >= 0 (0 = off)"),
+    ("steps_per_call", lambda v: int(v) >= 1, ">= 1"),
+    ("seeds", lambda v: _distinct_ints(tuple(v)), "distinct integers"),
+    ("optimizer.lr", lambda v: _finite(v) and v > 0, "finite and > 0"),
+    ("optimizer.momentum", lambda v: _finite(v) and 0 <= v < 1, "finite and in [0, 1)"),
+    ("optimizer.weight_decay", lambda v: _finite(v) and v >= 0, "finite and >= 0"),
+    ("schedule.name", lambda v: v in SCHEDULES, f"one of {list(SCHEDULES)}"),
+    ("schedule.warmup_epochs", lambda v: _finite(v) and v >= 0, "finite and >= 0"),
+    ("schedule.factors", lambda v: all(_finite(f) and f >= 0 for f in v), "finite and >= 0"),
+    (
+        "schedule.boundaries",
+        lambda v: all(map(_finite, v)) and list(v) == sorted(v),
+        "finite and increasing",
+    ),
+    ("loss.drw_beta", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+)
+
+
+def validate_config(config, *, num_devices=None, num_processes=None) -> None:
+    """Raises :class:`ConfigError` listing every problem of ``config`` (cheap checks only;
+    the loss and the data are checked where they are built). The batch sizes must be
+    multiples of ``num_devices`` and ``num_processes`` (default: JAX's)."""
     from cce_jax import models
 
+    errs = []
+    for key, ok, what in _CHECKS:
+        value = _get(config, key)
+        if value is not None and not _safe(ok, value):
+            errs.append(f"{key}={value!r} must be {what}")
+    devices = jax.device_count() if num_devices is None else num_devices
+    processes = jax.process_count() if num_processes is None else num_processes
+    for key in ("batch_size", "eval_batch_size"):
+        if int(config[key]) < 1 or int(config[key]) % devices or int(config[key]) % processes:
+            errs.append(
+                f"{key}={config[key]} must be a positive multiple of the device count "
+                f"({devices}) and of the process count ({processes})"
+            )
+    if len(config.schedule.boundaries) != len(config.schedule.factors):
+        errs.append("schedule.boundaries and schedule.factors must have the same length")
+    if int(config.loss.drw_epoch) >= 0 and is_cot(config):
+        errs.append("loss.drw_epoch (deferred re-weighting) cannot be combined with COT")
     m = config.model
     try:
         models.check_model_config(
             m.name, dtype=m.dtype, width=m.get("width"), conv_impl=m.get("conv_impl", "xla")
         )
     except (ValueError, TypeError) as e:
-        return [f"model: {e}"]
-    return []
+        errs.append(f"model: {e}")
+    if errs:
+        raise ConfigError("bad config:\n  " + "\n  ".join(errs))
 
 
-def _run_control_errors(config, num_devices: int, num_processes: int) -> list[str]:
-    """Batch sizes, epochs, eval/checkpoint intervals, steps per call, seeds."""
-    errs = []
-    for key in ("batch_size", "eval_batch_size"):
-        b = int(config[key])
-        if b < 1 or b % num_devices or b % num_processes:
-            errs.append(
-                f"{key}={b} must be a positive multiple of the device count "
-                f"({num_devices}) and of the process count ({num_processes})"
-            )
-    if int(config.num_epochs) < 1:
-        errs.append(f"num_epochs={config.num_epochs} must be >= 1")
-    for key in ("eval_every", "checkpoint_every", "keep_checkpoints"):
-        if int(config[key]) < 1:
-            errs.append(f"{key}={config[key]} must be >= 1")
-    if int(config.get("checkpoint_every_steps", 0) or 0) < 0:
-        errs.append(f"checkpoint_every_steps={config.checkpoint_every_steps} must be >= 0")
-    minutes = config.get("checkpoint_every_minutes", 0.0) or 0.0
-    if not (_finite(minutes) and float(minutes) >= 0):
-        errs.append(f"checkpoint_every_minutes={minutes} must be finite and >= 0 (0 = off)")
-    if int(config.get("steps_per_call", 1)) < 1:
-        errs.append(f"steps_per_call={config.get('steps_per_call')} must be >= 1")
-    seeds = config.get("seeds", None)
-    if seeds is not None and len(tuple(seeds)):
-        try:
-            values = [int(s) for s in seeds]
-            if any(int(s) != s for s in seeds) or len(set(values)) != len(values):
-                raise ValueError
-        except (TypeError, ValueError):
-            errs.append(f"seeds={tuple(seeds)!r} must be distinct integers")
-    return errs
+def _get(config, key):
+    """``config``'s value at a dotted key, None when it is not set."""
+    for part in key.split("."):
+        config = config.get(part) if config is not None else None
+    return config
 
 
-def _schedule_errors(sch) -> list[str]:
-    """``schedule.*``: the name, the step boundaries and factors, the warm-up."""
-    errs = []
-    if sch.name not in SCHEDULES:
-        errs.append(f"schedule.name={sch.name!r} is not one of {list(SCHEDULES)}")
-    if len(sch.boundaries) != len(sch.factors):
-        errs.append(
-            f"schedule.boundaries {tuple(sch.boundaries)} and schedule.factors "
-            f"{tuple(sch.factors)} must have the same length"
-        )
-    if not all(_finite(b) for b in sch.boundaries) or list(sch.boundaries) != sorted(
-        sch.boundaries
-    ):
-        errs.append(f"schedule.boundaries {tuple(sch.boundaries)} must be finite and increasing")
-    if not all(_finite(f) and float(f) >= 0 for f in sch.factors):
-        errs.append(f"schedule.factors {tuple(sch.factors)} must be finite and >= 0")
-    if not (_finite(sch.warmup_epochs) and float(sch.warmup_epochs) >= 0):
-        errs.append(f"schedule.warmup_epochs={sch.warmup_epochs} must be finite and >= 0")
-    return errs
-
-
-def _optimizer_errors(opt) -> list[str]:
-    """``optimizer.*``: lr, momentum, weight decay."""
-    errs = []
-    if not (_finite(opt.lr) and float(opt.lr) > 0):
-        errs.append(f"optimizer.lr={opt.lr} must be finite and > 0")
-    if not (_finite(opt.momentum) and 0 <= float(opt.momentum) < 1):
-        errs.append(f"optimizer.momentum={opt.momentum} must be finite and in [0, 1)")
-    if not (_finite(opt.weight_decay) and float(opt.weight_decay) >= 0):
-        errs.append(f"optimizer.weight_decay={opt.weight_decay} must be finite and >= 0")
-    return errs
-
-
-def _loss_errors(config) -> list[str]:
-    """DRW's ``loss.*`` (:func:`cce_jax.losses.get` checks the name and the hyperparameters,
-    once, when the trainer builds the loss from the data's class counts)."""
-    errs = []
-    if not _finite(config.loss.drw_beta) or not 0 <= float(config.loss.drw_beta) < 1:
-        errs.append(f"loss.drw_beta={config.loss.drw_beta} must be in [0, 1)")
-    if int(config.loss.drw_epoch) >= 0 and is_cot(config):
-        errs.append("loss.drw_epoch (deferred re-weighting) cannot be combined with COT")
-    return errs
+def _safe(ok, value) -> bool:
+    try:
+        return bool(ok(value))
+    except (TypeError, ValueError):
+        return False
