@@ -3,14 +3,11 @@
   python -m experiments.train --config=experiments/configs/digits.py[:ARG] --workdir=DIR \\
       [--config.KEY=VALUE ...]
 
-Rerunning with the same --workdir resumes from its last checkpoint; ``timeout -s TERM N
-python -m experiments.train ...`` stops within N seconds (saved; the same command continues).
-Multi-process: ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` on every
-process (or ``--config.distributed=True`` for ``jax.distributed.initialize()``'s detection).
-
-Exit codes (``cce_jax.training.EXIT_*``): 0 done, 2 bad flags/config/data/workdir, 3 training
-diverged (``failure.json``), 74 storage failed, 75 stopped by SIGTERM/SIGINT after saving the
-exact position (rerun to resume); every error is one ``error:`` line.
+The same command resumes from the workdir's last checkpoint (``timeout -s TERM N ...`` is a
+time limit). Multi-process: ``--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I`` on every process, or ``--config.distributed=True``. Exit codes
+(``cce_jax.training.EXIT_*``): 0 done, 2 bad flags/config/data/workdir, 3 diverged, 74
+storage failed, 75 stopped by SIGTERM/SIGINT (saved; rerun to resume); errors are one line.
 """
 
 import os
@@ -35,6 +32,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
         logging.set_verbosity(logging.WARNING)
+    import jax
+
     from cce_jax import training
 
     if FLAGS.coordinator_address or FLAGS.config.get("distributed", False):
@@ -51,20 +50,30 @@ def main(argv):
         summary = training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except tuple(e for e, _ in errors) as e:
         code = next(c for t, c in errors if isinstance(e, t))
-        print(f"{'' if code == training.EXIT_PREEMPTED else 'error: '}{e}", file=sys.stderr)
+        stop = code == training.EXIT_PREEMPTED
+        print(f"{'' if stop else 'error: '}{e}", file=sys.stdout if stop else sys.stderr)
         sys.exit(code)
-    import jax
+    if jax.process_index() > 0:
+        return
+    if summary.get("num_seeds"):  # the seeds' tables are in WORKDIR/seed_<s>/summary.json
+        m, b = summary["test_top1"], summary["test_balanced_accuracy"]
+        print(f"{summary['num_seeds']} seeds: top-1 {m['mean']:.4f} ± {m['sd'] or 0:.4f}, ", end="")
+        print(f"balanced accuracy {b['mean']:.4f} ± {b['sd'] or 0:.4f}")
+    else:
+        print(training.format_table(summary))
+    print(f"summary: {os.path.join(FLAGS.workdir, 'summary.json')}", flush=True)
 
-    if jax.process_index() == 0:
-        if "num_seeds" in summary:
-            m, b = summary["test_top1"], summary["test_balanced_accuracy"]
-            print(
-                f"{summary['num_seeds']} seeds: test top-1 {m['mean']:.4f} ± {m['sd'] or 0:.4f}, "
-                f"balanced accuracy {b['mean']:.4f} ± {b['sd'] or 0:.4f}"
-            )
-        else:
-            print(training.format_table(summary))
-        print(f"summary: {os.path.join(FLAGS.workdir, 'summary.json')}", flush=True)
+
+def build_config(train_flags):
+    """The config this command builds from ``train_flags`` (``--config=FILE[:ARG]``,
+    ``--config.KEY=VALUE``, ``--workdir=DIR``), parsed as ``main`` gets it (on a private flag
+    registry: ``config_flags`` finds the overrides in the argv it is given)."""
+    argv = ["experiments.train", *train_flags]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", fv, lock_config=True, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "", flag_values=fv)
+    fv(argv)
+    return fv.config
 
 
 def parse_flags(argv):

@@ -11,6 +11,7 @@ from cce_jax._extras import require
 # A missing extra is one ImportError that names it (not "No module named 'flax'").
 require("train", "cce_jax.training", "flax", "orbax.checkpoint", "ml_collections", "absl")
 
+from cce_jax.parallel import initialize_distributed  # noqa: E402
 from cce_jax.training.checkpoints import CheckpointUnreadable, StorageError  # noqa: E402
 from cce_jax.training.config import (  # noqa: E402
     EXIT_CONFIG_ERROR,
@@ -25,7 +26,6 @@ from cce_jax.training.config import (  # noqa: E402
     validate_config,
 )
 from cce_jax.training.report import format_table, mean_sd  # noqa: E402
-from cce_jax.training.steps import initialize_distributed  # noqa: E402
 from cce_jax.training.train import Preempted, TrainingDiverged, train_and_evaluate  # noqa: E402
 
 __all__ = [

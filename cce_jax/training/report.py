@@ -27,88 +27,59 @@ SEGMENTATION_METRICS = ("test_miou", "test_fw_iou")
 NUM_PREDICTIONS = 16
 
 
-def run_summary(
-    ev: dict,
-    rows: list[dict],
-    *,
-    info,
-    class_counts,
-    config: dict,
-    resumed_from_epoch: int,
-    wall_time_s: float,
-    seeds=None,
-) -> dict:
+def run_summary(ev: dict, rows: list[dict], *, info, config: dict, seeds=None, **extra) -> dict:
     """One model's ``summary.json``: its final test metrics ``ev`` (:func:`steps.evaluate
-    <cce_jax.training.steps.evaluate>`), its metrics rows, the data ``info``, the machine and
-    versions, its ``config``; ``trained_with_seeds`` when it is one of several ``seeds``;
-    a segmentation run adds ``task`` and its pixel metrics (mIoU, fwIoU, per-class IoU)."""
-    summary = {
-        "test_top1": ev["top1"],
-        "test_balanced_accuracy": ev["balanced_accuracy"],
-        "test_many": ev.get("many"),
-        "test_medium": ev.get("medium"),
-        "test_few": ev.get("few"),
-        "test_macro_f1": ev["macro_f1"],
-        "per_class_accuracy": ev["per_class_accuracy"],
-        "posthoc_logit_adjustment": ev.get("posthoc_logit_adjustment"),
-        "class_counts": np.asarray(class_counts).tolist(),
-        "test_class_counts": ev["test_class_counts"],
-        "class_names": list(getattr(info, "class_names", []) or []),
-        "confusion_matrix": ev["confusion_matrix"],
-        "num_train": int(info.num_train),
-        "num_test": int(ev["num_examples"]),
-        "epochs": int(config["num_epochs"]),
-        "final_train_loss": rows[-1]["train_loss"] if rows else None,
-        "final_train_accuracy": rows[-1]["train_accuracy"] if rows else None,
-        "train_time_s_total": float(sum(r.get("epoch_time_s", 0.0) for r in rows)),
-        "wall_time_s": wall_time_s,
-        "resumed_from_epoch": resumed_from_epoch,
-        **_environment(),
-        "config": config,
-    }
-    if seeds:
-        summary["trained_with_seeds"] = list(seeds)
-    if getattr(info, "task", "classification") == "segmentation":
-        summary.update(_segmentation_fields(ev, info))
-    return summary
-
-
-def _segmentation_fields(ev: dict, info) -> dict:
-    """A segmentation run's additions to its summary (``num_test`` becomes the image count)."""
-    return dict(
-        task="segmentation",
-        num_test=int(info.num_test),
-        num_test_pixels=int(ev["num_pixels"]),
-        test_miou=ev["miou"],
-        test_pixel_accuracy=ev["pixel_accuracy"],
-        test_mean_class_accuracy=ev["mean_class_accuracy"],
-        test_fw_iou=ev["fw_iou"],
-        per_class_iou=ev["per_class_iou"],
-        frequency_groups=ev["groups"],
-    )
-
-
-def _environment() -> dict:
-    """The devices and processes the run used and the library versions."""
+    <cce_jax.training.steps.evaluate>`), its metrics ``rows``, the data ``info``, the machine
+    and versions, its ``config`` and ``extra`` (``resumed_from_epoch``, ``wall_time_s``);
+    ``trained_with_seeds`` when it is one of several ``seeds``; a segmentation run adds
+    ``task`` and its pixel metrics (mIoU, fwIoU, per-class IoU)."""
     import flax
     import jax
     import optax
     import orbax.checkpoint as ocp
 
-    return {
-        "device_count": jax.device_count(),
-        "process_count": jax.process_count(),
-        "platform": jax.devices()[0].platform,
-        "device_kind": jax.devices()[0].device_kind,
-        "versions": {
-            "jax": jax.__version__,
-            "flax": flax.__version__,
-            "optax": optax.__version__,
+    keys = ("top1", "balanced_accuracy", "many", "medium", "few", "macro_f1")
+    summary = {f"test_{k}": ev.get(k) for k in keys}
+    for k in ("per_class_accuracy", "posthoc_logit_adjustment", "test_class_counts"):
+        summary[k] = ev.get(k)
+    last = rows[-1] if rows else {}
+    summary.update(
+        confusion_matrix=ev["confusion_matrix"],
+        class_counts=np.asarray(info.class_counts).tolist(),
+        class_names=list(getattr(info, "class_names", []) or []),
+        num_train=int(info.num_train),
+        num_test=int(ev["num_examples"]),
+        epochs=int(config["num_epochs"]),
+        final_train_loss=last.get("train_loss"),
+        final_train_accuracy=last.get("train_accuracy"),
+        train_time_s_total=float(sum(r.get("epoch_time_s", 0.0) for r in rows)),
+        device_count=jax.device_count(),
+        process_count=jax.process_count(),
+        platform=jax.devices()[0].platform,
+        device_kind=jax.devices()[0].device_kind,
+        versions={
+            **{m.__name__: m.__version__ for m in (jax, flax, optax, np)},
             "orbax_checkpoint": getattr(ocp, "__version__", None),
-            "numpy": np.__version__,
             "python": sys.version.split()[0],
         },
-    }
+        config=config,
+        **extra,
+    )
+    if seeds:
+        summary["trained_with_seeds"] = list(seeds)
+    if getattr(info, "task", "classification") == "segmentation":
+        summary.update(
+            task="segmentation",
+            num_test=int(info.num_test),
+            num_test_pixels=int(ev["num_pixels"]),
+            test_miou=ev["miou"],
+            test_pixel_accuracy=ev["pixel_accuracy"],
+            test_mean_class_accuracy=ev["mean_class_accuracy"],
+            test_fw_iou=ev["fw_iou"],
+            per_class_iou=ev["per_class_iou"],
+            frequency_groups=ev["groups"],
+        )
+    return summary
 
 
 def predictions(model, data, variables, n: int = NUM_PREDICTIONS) -> dict:

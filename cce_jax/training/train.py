@@ -532,7 +532,6 @@ def write_summary(job: Job, rows, evals, state, start_epoch: int, t_start: float
             evals[i],
             model_rows,
             info=job.info,
-            class_counts=job.info.class_counts,
             config=job.config_dict(job.seeds[i] if job.seeds else None),
             resumed_from_epoch=start_epoch,
             wall_time_s=time.time() - t_start,
