@@ -292,25 +292,6 @@ def test_drw_and_cot_train(tmp_path):
     assert "train_complement_loss" in rows[0]
 
 
-@pytest.mark.slow
-def test_benchmark_drives_the_trainers_scanned_vmapped_step():
-    # The benchmark stacks its fixed batch as [steps, models, B, ...]: the layout the trainer's
-    # step expects with steps_per_call and num_models (a wrong order fails to trace).
-    from experiments.bench_train_step import step_throughput
-
-    ips = step_throughput(
-        "resnet8",
-        batch_size=8,
-        num_steps=2,
-        image_shape=(8, 8, 3),
-        warmup_steps=1,
-        num_models=2,
-        steps_per_call=2,
-        width=4,
-    )
-    assert np.isfinite(ips) and ips > 0
-
-
 # ----------------------------------------------------------------------------- the command
 
 
