@@ -25,14 +25,16 @@ stage, 16/32/64 channels, stride 2 at stages 2 and 3) and a light decoder that u
 (bilinear) to the resolution of the stage before, concatenates that stage's features (a skip
 connection) and mixes them with a 3x3 conv + BatchNorm + ReLU, twice, back to the input
 resolution; a 1x1 head gives float32 logits ``[B, H, W, K]`` for any H, W (odd sizes
-included). ``fcn20`` has three blocks per stage. ``width``, ``dtype``, ``conv_impl``,
+included). ``fcn20`` has three blocks per stage. ``width``, ``dtype``, ``conv``,
 ``bn_axis_name`` and ``cosine_head`` (a per-pixel cosine head) mean what they mean for the
 ResNets.
 
-``conv_impl`` chooses how the convolutions' weight gradients are computed
-(:mod:`cce_jax.conv`): ``"auto"`` (default) is XLA's own on GPU and TPU and, on the CPU,
-per layer whichever of XLA's and ``"shifted_matmul"`` was measured faster on this machine;
-``"xla"`` and ``"shifted_matmul"`` force one. They differ only in float rounding.
+``conv`` is the convolution the layers call (a hook, ``lax.conv_general_dilated`` by
+default); ``get_model(..., conv_impl="shifted_matmul")`` plugs in the optional
+:mod:`cce_jax.conv` (the weight gradient as matmuls, for CPUs where XLA's is slow). The two
+differ only in float rounding.
+
+To add a model: a module here and its name in :func:`get_model`'s table.
 """
 
 from __future__ import annotations
@@ -43,21 +45,9 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from cce_jax import conv as _conv
-
-__all__ = [
-    "BasicBlock",
-    "CLASSIFIER_NAMES",
-    "CosineDense",
-    "FCN",
-    "MODEL_NAMES",
-    "ResNet",
-    "SEGMENTATION_MODEL_NAMES",
-    "check_model_config",
-    "get_model",
-    "model_task",
-]
+CONV_IMPLS = ("xla", "shifted_matmul")
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -109,10 +99,10 @@ class CosineDense(nn.Module):
 
 
 def _conv_and_norm(m, train: bool):
-    """The convolution and BatchNorm layers of model ``m`` (its dtype, conv_impl, BN axis)."""
+    """The convolution and BatchNorm layers of model ``m`` (its dtype, conv, BN axis)."""
     conv = functools.partial(
         nn.Conv,
-        conv_general_dilated=_conv.conv_fn(m.conv_impl),
+        conv_general_dilated=m.conv,
         use_bias=False,
         padding="SAME",
         dtype=m.dtype,
@@ -159,7 +149,7 @@ class _Backbone(nn.Module):
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
     bn_axis_name: str | None = None
-    conv_impl: str = "auto"
+    conv: Callable = lax.conv_general_dilated
 
 
 class ResNet(_Backbone):
@@ -245,11 +235,13 @@ def get_model(
     cosine_head: bool = False,
     width: int | None = None,
     bn_axis_name: str | None = None,
-    conv_impl: str = "auto",
+    conv_impl: str = "xla",
 ) -> nn.Module:
     """Returns the flax module ``name`` (one of :data:`MODEL_NAMES`).
 
     ``width`` replaces the first stage's channel count (later stages double it).
+    ``conv_impl``: ``"xla"`` (``lax.conv_general_dilated``) or ``"shifted_matmul"``
+    (:func:`cce_jax.conv.conv_general_dilated`).
     ``dtype`` may be a dtype or a string ("float32", "bfloat16"). A classifier
     (:data:`CLASSIFIER_NAMES`) is a :class:`ResNet` (logits ``[B, K]``); a segmentation
     model (:data:`SEGMENTATION_MODEL_NAMES`) is an :class:`FCN` (logits ``[B, H, W, K]``).
@@ -270,6 +262,11 @@ def get_model(
     w0 = int(width) if width else w0
     widths = tuple(w0 * 2**i for i in range(len(stages)))
     module = FCN if name in _SEGMENTATION_SPECS else ResNet
+    conv = lax.conv_general_dilated
+    if conv_impl == "shifted_matmul":
+        from cce_jax import conv as shifted
+
+        conv = shifted.conv_general_dilated
     return module(
         stage_sizes=stages,
         widths=widths,
@@ -279,12 +276,12 @@ def get_model(
         cosine_head=bool(cosine_head),
         dtype=dtype,
         bn_axis_name=bn_axis_name,
-        conv_impl=conv_impl,
+        conv=conv,
     )
 
 
 def check_model_config(
-    name: str, *, dtype=jnp.float32, width: int | None = None, conv_impl: str = "auto"
+    name: str, *, dtype=jnp.float32, width: int | None = None, conv_impl: str = "xla"
 ):
     """Checks a model name, compute dtype, width and conv_impl; returns the dtype.
 
@@ -295,7 +292,8 @@ def check_model_config(
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODEL_NAMES)}")
-    _conv.resolve_conv_impl(conv_impl, backend="cpu")  # raises for an unknown name
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {conv_impl!r}; expected one of {CONV_IMPLS}")
     if width is not None and (isinstance(width, bool) or int(width) != width or int(width) < 1):
         raise ValueError(f"width must be a positive integer or None, got {width!r}")
     names = ("float32", "bfloat16", "float16")
@@ -310,9 +308,4 @@ def check_model_config(
 
 def param_count(params) -> int:
     """Number of scalars in a parameter pytree (works on ``jax.eval_shape`` output)."""
-    return int(
-        sum(
-            int(jnp.size(p)) if not hasattr(p, "size") else int(p.size)
-            for p in jax.tree_util.tree_leaves(params)
-        )
-    )
+    return int(sum(p.size for p in jax.tree.leaves(params)))

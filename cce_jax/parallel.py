@@ -8,6 +8,7 @@ array to the host, :func:`gather_to_host` a sharded one (every process gets all 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -16,14 +17,14 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = [
-    "make_mesh",
-    "batch_sharding",
-    "shard_batch",
-    "to_host",
-    "gather_to_host",
-    "stack_batches",
-]
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+    """``jax.distributed.initialize`` (CPU collectives via gloo); call before using JAX."""
+    with contextlib.suppress(Exception):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kw = dict(coordinator_address=coordinator_address, num_processes=num_processes)
+    kw = {k: v for k, v in dict(kw, process_id=process_id).items() if v is not None}
+    jax.distributed.initialize(**kw)
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:

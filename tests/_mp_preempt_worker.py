@@ -1,6 +1,8 @@
 """Subprocess worker of tests/test_multiprocess_preemption.py: one process of a short
 multi-process digits run (jax.distributed, gloo CPU collectives, one shared workdir),
-optionally stopped by a SIGTERM that THIS process sends itself at a fixed batch.
+optionally stopped by a SIGTERM that THIS process sends itself at a fixed batch; from then on
+it reads each batch 0.25 s late, so the run is still going when JAX's preemption service
+(which polls about once a second) has agreed on the step to stop at.
 
   python tests/_mp_preempt_worker.py --workdir DIR --coordinator HOST:PORT
       --num_processes P --process_id I [--devices N] [--signal_at EPOCH,STEP]
@@ -12,8 +14,25 @@ Exit codes as experiments.train: 0 done, 75 stopped and checkpointed. Prints
 import argparse
 import os
 import sys
+import time
 
 from _worker_env import cpu_devices  # tests/: sys.path[0] of a worker
+
+
+class Slow:
+    """A pipeline whose batches come 0.25 s late once its SIGTERM was sent."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def train_epoch(self, epoch):
+        for i, b in enumerate(self._inner.train_epoch(epoch)):
+            yield b
+            if (epoch, i) >= self._inner._at:
+                time.sleep(0.25)
 
 
 def main():
@@ -42,7 +61,9 @@ def main():
     c = worker_config()
     c.data.pipeline = "device"
 
-    mesh = training.make_mesh()
+    from cce_jax import parallel
+
+    mesh = parallel.make_mesh()
     pipe = data_lib.build(
         c.data,
         seed=int(c.seed),
@@ -52,12 +73,12 @@ def main():
     )
     print(f"steps_per_epoch: {pipe.steps_per_epoch}", flush=True)
     if args.signal_at:
-        pipe = Stopping(pipe, tuple(int(x) for x in args.signal_at.split(",")))
+        pipe = Slow(Stopping(pipe, tuple(int(x) for x in args.signal_at.split(","))))
     try:
         training.train_and_evaluate(c, args.workdir, data=pipe)
-    except training.DeadlineReached as e:  # Preempted
+    except training.Preempted as e:
         print(f"stop: {e}", flush=True)
-        sys.exit(training.EXIT_DEADLINE)
+        sys.exit(training.EXIT_PREEMPTED)
     ckpts = os.path.join(args.workdir, "checkpoints")
     last = max(int(n) for n in os.listdir(ckpts) if n.isdigit())
     print(f"done: checkpoint {last}", flush=True)

@@ -40,7 +40,8 @@ def main():
     import numpy as np  # noqa: E402
     import optax  # noqa: E402
 
-    from cce_jax import models, training  # noqa: E402
+    from cce_jax import models, parallel  # noqa: E402
+    from cce_jax.training import optimizer, steps  # noqa: E402
 
     assert jax.device_count() == args.devices * args.num_processes, jax.devices()
 
@@ -63,9 +64,9 @@ def main():
     }
     cfg.schedule = {"name": "step", "warmup_epochs": 0.0, "boundaries": (), "factors": ()}
 
-    mesh = training.make_mesh()
+    mesh = parallel.make_mesh()
     model = models.get_model("resnet8", num_classes=K, width=4)
-    tx = training.make_optimizer(cfg, steps_per_epoch=args.steps)
+    tx = optimizer.make_optimizer(cfg, steps_per_epoch=args.steps)
 
     def ce(logits, y):
         return optax.softmax_cross_entropy_with_integer_labels(logits, y)
@@ -80,9 +81,9 @@ def main():
     import jax.numpy as jnp  # noqa: E402
 
     fns = (ce, neg_complement) if args.cot else (ce,)
-    state = training.create_train_state(model, tx, jax.random.key(0), (H, H, 3), mesh)
-    step = training.make_train_step(model, tx, mesh, fns)
-    eval_step = training.make_eval_step(model, mesh, K)
+    state = steps.create_train_state(model, tx, jax.random.key(0), (H, H, 3), mesh)
+    step = steps.make_train_step(model, tx, mesh, fns)
+    eval_step = steps.make_eval_step(model, mesh, K)
 
     pi, pc = jax.process_index(), jax.process_count()
     lb = B // pc
@@ -90,11 +91,11 @@ def main():
     losses, accs = [], []
     for s in range(args.steps):
         batch = {"image": images[s, sl], "label": labels[s, sl]}
-        state, m = step(state, training.shard_batch(batch, mesh))
+        state, m = step(state, parallel.shard_batch(batch, mesh))
         jax.block_until_ready(m)
-        losses.append(float(training.to_host(m["loss"])))
-        accs.append(float(training.to_host(m["accuracy"])))
-    ev = training.evaluate(
+        losses.append(float(parallel.to_host(m["loss"])))
+        accs.append(float(parallel.to_host(m["accuracy"])))
+    ev = steps.evaluate(
         eval_step,
         state,
         [{"image": test_x[sl], "label": test_y[sl], "mask": np.arange(B)[sl] < 13}],
@@ -106,11 +107,11 @@ def main():
     flat = {}
     for name, tree in (("params", state.params), ("batch_stats", state.batch_stats)):
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-            flat[name + jax.tree_util.keystr(path)] = training.to_host(leaf)
+            flat[name + jax.tree_util.keystr(path)] = parallel.to_host(leaf)
     flat["losses"] = np.array(losses)
     flat["accs"] = np.array(accs)
     flat["confusion"] = np.array(ev["confusion_matrix"])
-    flat["step"] = training.to_host(state.step)
+    flat["step"] = parallel.to_host(state.step)
     if pi == 0:
         np.savez(args.out, **flat)
     print("ok", jax.device_count(), pc, losses, file=sys.stderr)

@@ -63,7 +63,9 @@ def main():
     seeds = tuple(int(s) for s in args.seeds.split(",") if s)
     c.seeds = seeds
 
-    mesh = training.make_mesh()
+    from cce_jax import parallel
+
+    mesh = parallel.make_mesh()
     kw = dict(global_batch_size=c.batch_size, eval_batch_size=c.eval_batch_size, mesh=mesh)
     pipes = []
     for s in seeds or (int(c.seed),):
@@ -76,9 +78,9 @@ def main():
         pipes[0] = Stopping(pipes[0], at, getattr(signal, args.signal))
     try:
         training.train_and_evaluate(c, args.workdir, data=pipes if seeds else pipes[0])
-    except training.DeadlineReached as e:
+    except training.Preempted as e:
         print(e, flush=True)
-        sys.exit(training.EXIT_DEADLINE)
+        sys.exit(training.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

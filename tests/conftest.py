@@ -122,22 +122,25 @@ def small_run(tmp_path_factory):
 
     test_training's ``small_config(**overrides)`` trained on its ``FakeData()``, once per
     session for each set of overrides; ``summary`` is what ``train_and_evaluate`` returned
-    (None for a run stopped by ``stop_after_epoch``). The shared workdir is read-only: pass
-    ``copy_to`` to get a copy there (the returned workdir) to resume, damage or extend.
+    (None for a run stopped by a SIGTERM after epoch ``stop_after_epoch``). The shared
+    workdir is read-only: pass ``copy_to`` to get a copy there (the returned workdir) to
+    resume, damage or extend.
     """
-    from test_training import FakeData, small_config
+    from test_training import FakeData, SignalAfter, small_config
 
     from cce_jax import training
 
     made = {}
 
-    def get(copy_to=None, **overrides):
-        key = tuple(sorted(overrides.items()))
+    def get(copy_to=None, stop_after_epoch=None, **overrides):
+        key = (stop_after_epoch, *sorted(overrides.items()))
         if key not in made:
             w = tmp_path_factory.mktemp("small_run") / "w"
-            summary = training.train_and_evaluate(
-                small_config(**overrides), str(w), data=FakeData()
-            )
+            data = FakeData() if stop_after_epoch is None else SignalAfter(stop_after_epoch)
+            try:
+                summary = training.train_and_evaluate(small_config(**overrides), str(w), data=data)
+            except training.Preempted:  # a SIGTERM at the end of epoch stop_after_epoch
+                summary = None
             made[key] = (w, summary)
         w, summary = made[key]
         if copy_to is not None:

@@ -6,7 +6,6 @@ within 2e-2 (bfloat16 keeps 8 bits; both accumulate in float32).
 """
 
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -120,8 +119,8 @@ def test_vmap_jit_and_second_use():
 _MESH_CHECK = """
 import jax, jax.numpy as jnp
 from jax import lax
-from cce_jax import conv, training
-mesh = training.make_mesh()
+from cce_jax import conv, parallel
+mesh = parallel.make_mesh()
 assert len(mesh.devices.flat) == jax.device_count(), mesh
 x = jax.device_put(jax.random.normal(jax.random.key(1), (16, 8, 8, 3)),
                    jax.NamedSharding(mesh, jax.P("data")))
@@ -163,68 +162,14 @@ def test_unsupported_cases_are_refused():
         conv.conv_general_dilated(x, w, (1, 1), ((-1, 1), (1, 1)))
     with pytest.raises(NotImplementedError, match="NHWC"):
         conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"))
-    # The measured choice falls back to XLA's convolution for the same call.
-    y = conv.autotuned_conv_general_dilated(
-        x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=NHWC
-    )
-    assert y.shape == (1, 8, 8, 4)
-    with pytest.raises(ValueError, match="unknown conv_impl 'fast'"):
-        conv.resolve_conv_impl("fast")
-    with pytest.raises(ValueError, match="unknown conv_impl"):
-        models.get_model("resnet8", num_classes=3, conv_impl="fast")
+    with pytest.raises(ValueError, match="unknown conv_impl 'auto'"):
+        models.get_model("resnet8", num_classes=3, conv_impl="auto")
 
 
-def test_measured_choice_is_cached_per_machine(tmp_path, monkeypatch):
-    """A convolution above MIN_FLOPS is timed once; the choice is kept in memory and on disk
-    (a second process reads it back) and a failing write is skipped."""
-    monkeypatch.setenv("CCE_JAX_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(conv, "_CHOICES", {})
-    calls = []
-    monkeypatch.setattr(conv, "_measure", lambda *a: calls.append(a) or "shifted_matmul")
-    args = ((16, 16, 16, 16), (3, 3, 16, 16), jnp.float32, (1, 1), ((1, 1), (1, 1)))
-    assert conv.choose(*args) == "shifted_matmul"
-    assert conv.choose(*args) == "shifted_matmul" and len(calls) == 1
-    monkeypatch.setattr(conv, "_CHOICES", {})  # a new process: read from the file
-    assert conv.choose(*args) == "shifted_matmul" and len(calls) == 1
-    stored = json.loads((tmp_path / "conv_choices.json").read_text())
-    assert list(stored.values()) == ["shifted_matmul"] and "(16, 16, 16, 16)" in next(iter(stored))
-    # Small convolutions are not timed: XLA's.
-    assert conv.choose((1, 4, 4, 2), (3, 3, 2, 2), jnp.float32, (1, 1), ((1, 1), (1, 1))) == "xla"
-    assert len(calls) == 1
-    # An unwritable cache folder: the choice is still made, nothing raised.
-    monkeypatch.setenv("CCE_JAX_CACHE_DIR", str(tmp_path / "file"))
-    (tmp_path / "file").write_text("")
-    monkeypatch.setattr(conv, "_CHOICES", {})
-    assert conv.choose(*args) == "shifted_matmul" and len(calls) == 2
-
-
-def test_measured_weight_gradient_is_the_chosen_one(monkeypatch):
-    """conv_impl="auto" on the CPU: forward passes never measure; the backward pass asks
-    :func:`choose` and returns that implementation's weight gradient."""
-    asked = []
-    choice = {"value": "xla"}
-    monkeypatch.setattr(conv, "choose", lambda *a: asked.append(a) or choice["value"])
-    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-    w = jax.random.normal(jax.random.key(2), (3, 3, 3, 4))
-    f = conv.autotuned_conv_general_dilated
-    assert conv.conv_fn("auto") is (
-        f if jax.default_backend() == "cpu" else lax.conv_general_dilated
-    )
-    y = jax.jit(lambda x, w: f(x, w, (1, 1), "SAME", dimension_numbers=NHWC))(x, w)
-    assert _rel(y, _xla(x, w, (1, 1), "SAME")) == 0.0 and not asked
-    loss = lambda w: jnp.sum(jnp.sin(f(x, w, (1, 1), "SAME", dimension_numbers=NHWC)))
-    ref = jax.grad(lambda w: jnp.sum(jnp.sin(_xla(x, w, (1, 1), "SAME"))))(w)
-    assert _rel(jax.grad(loss)(w), ref) == 0.0 and len(asked) == 1  # XLA's own, exactly
-    choice["value"] = "shifted_matmul"
-    got = jax.grad(loss)(w)
-    assert len(asked) == 2 and 0.0 < _rel(got, ref) < 2e-5  # the matmuls: other rounding
-
-
-def test_measure_runs_and_returns_a_choice():
-    assert conv._measure((2, 8, 8, 4), (3, 3, 4, 4), jnp.float32, (1, 1), ((1, 1), (1, 1))) in (
-        "xla",
-        "shifted_matmul",
-    )
+def test_the_model_takes_the_convolution_as_a_hook():
+    assert models.get_model("resnet8", num_classes=3).conv is lax.conv_general_dilated
+    m = models.get_model("resnet8", num_classes=3, conv_impl="shifted_matmul")
+    assert m.conv is conv.conv_general_dilated
 
 
 @pytest.mark.slow

@@ -251,15 +251,17 @@ def test_several_seeds_segmentation(npz_path, tmp_path):
         assert one["predictions"].shape == (10, 16, 16)
 
 
-@pytest.mark.parametrize(
-    "model,source,fits",
-    [("resnet8", "seg_npz:/x.npz", "fcn8"), ("fcn8", "digits", "resnet8")],
-)
-def test_model_and_data_task_must_match(model, source, fits):
-    cfg = seg_config("unused")
-    cfg.model.name, cfg.data.source = model, source
-    with pytest.raises(training.ConfigError, match=f"use one of .*'{fits}'"):
-        training.validate_config(cfg)
+def test_model_and_data_task_must_match(npz_path, tmp_path):
+    """The task comes from the built data (``info.task``); a mismatch writes nothing."""
+    from test_training import FakeData, small_config
+
+    cfg = seg_config(npz_path, **{"model.name": "resnet8"})
+    with pytest.raises(training.ConfigError, match=r"segmentation set: use one of .*'fcn8'"):
+        training.train_and_evaluate(cfg, str(tmp_path / "a"))
+    cfg = small_config(**{"model.name": "fcn8"})
+    with pytest.raises(training.ConfigError, match=r"classification set: use one of .*'resnet8'"):
+        training.train_and_evaluate(cfg, str(tmp_path / "b"), data=FakeData())
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"]
 
 
 _EIGHT_DEVICES = r"""

@@ -4,25 +4,12 @@ segmentation run's predicted label maps (predictions.npz)."""
 from __future__ import annotations
 
 import io
-import os
 import sys
 
 import numpy as np
+from etils import epath
 
-from cce_jax.training import workdir as wd
-
-__all__ = [
-    "run_summary",
-    "predictions",
-    "write_run_files",
-    "write_predictions",
-    "read_predictions",
-    "format_table",
-    "aggregate",
-    "SCALAR_METRICS",
-    "mean_sd",
-    "NUM_PREDICTIONS",
-]
+from cce_jax.training import checkpoints as ckpt
 
 SCALAR_METRICS = (
     "test_top1",
@@ -40,88 +27,59 @@ SEGMENTATION_METRICS = ("test_miou", "test_fw_iou")
 NUM_PREDICTIONS = 16
 
 
-def run_summary(
-    ev: dict,
-    rows: list[dict],
-    *,
-    info,
-    class_counts,
-    config: dict,
-    resumed_from_epoch: int,
-    wall_time_s: float,
-    seeds=None,
-) -> dict:
+def run_summary(ev: dict, rows: list[dict], *, info, config: dict, seeds=None, **extra) -> dict:
     """One model's ``summary.json``: its final test metrics ``ev`` (:func:`steps.evaluate
-    <cce_jax.training.steps.evaluate>`), its metrics rows, the data ``info``, the machine and
-    versions, its ``config``; ``trained_with_seeds`` when it is one of several ``seeds``;
-    a segmentation run adds ``task`` and its pixel metrics (mIoU, fwIoU, per-class IoU)."""
-    summary = {
-        "test_top1": ev["top1"],
-        "test_balanced_accuracy": ev["balanced_accuracy"],
-        "test_many": ev.get("many"),
-        "test_medium": ev.get("medium"),
-        "test_few": ev.get("few"),
-        "test_macro_f1": ev["macro_f1"],
-        "per_class_accuracy": ev["per_class_accuracy"],
-        "posthoc_logit_adjustment": ev.get("posthoc_logit_adjustment"),
-        "class_counts": np.asarray(class_counts).tolist(),
-        "test_class_counts": ev["test_class_counts"],
-        "class_names": list(getattr(info, "class_names", []) or []),
-        "confusion_matrix": ev["confusion_matrix"],
-        "num_train": int(info.num_train),
-        "num_test": int(ev["num_examples"]),
-        "epochs": int(config["num_epochs"]),
-        "final_train_loss": rows[-1]["train_loss"] if rows else None,
-        "final_train_accuracy": rows[-1]["train_accuracy"] if rows else None,
-        "train_time_s_total": float(sum(r.get("epoch_time_s", 0.0) for r in rows)),
-        "wall_time_s": wall_time_s,
-        "resumed_from_epoch": resumed_from_epoch,
-        **_environment(),
-        "config": config,
-    }
-    if seeds:
-        summary["trained_with_seeds"] = list(seeds)
-    if getattr(info, "task", "classification") == "segmentation":
-        summary.update(_segmentation_fields(ev, info))
-    return summary
-
-
-def _segmentation_fields(ev: dict, info) -> dict:
-    """A segmentation run's additions to its summary (``num_test`` becomes the image count)."""
-    return dict(
-        task="segmentation",
-        num_test=int(info.num_test),
-        num_test_pixels=int(ev["num_pixels"]),
-        test_miou=ev["miou"],
-        test_pixel_accuracy=ev["pixel_accuracy"],
-        test_mean_class_accuracy=ev["mean_class_accuracy"],
-        test_fw_iou=ev["fw_iou"],
-        per_class_iou=ev["per_class_iou"],
-        frequency_groups=ev["groups"],
-    )
-
-
-def _environment() -> dict:
-    """The devices and processes the run used and the library versions."""
+    <cce_jax.training.steps.evaluate>`), its metrics ``rows``, the data ``info``, the machine
+    and versions, its ``config`` and ``extra`` (``resumed_from_epoch``, ``wall_time_s``);
+    ``trained_with_seeds`` when it is one of several ``seeds``; a segmentation run adds
+    ``task`` and its pixel metrics (mIoU, fwIoU, per-class IoU)."""
     import flax
     import jax
     import optax
     import orbax.checkpoint as ocp
 
-    return {
-        "device_count": jax.device_count(),
-        "process_count": jax.process_count(),
-        "platform": jax.devices()[0].platform,
-        "device_kind": jax.devices()[0].device_kind,
-        "versions": {
-            "jax": jax.__version__,
-            "flax": flax.__version__,
-            "optax": optax.__version__,
+    keys = ("top1", "balanced_accuracy", "many", "medium", "few", "macro_f1")
+    summary = {f"test_{k}": ev.get(k) for k in keys}
+    for k in ("per_class_accuracy", "posthoc_logit_adjustment", "test_class_counts"):
+        summary[k] = ev.get(k)
+    last = rows[-1] if rows else {}
+    summary.update(
+        confusion_matrix=ev["confusion_matrix"],
+        class_counts=np.asarray(info.class_counts).tolist(),
+        class_names=list(getattr(info, "class_names", []) or []),
+        num_train=int(info.num_train),
+        num_test=int(ev["num_examples"]),
+        epochs=int(config["num_epochs"]),
+        final_train_loss=last.get("train_loss"),
+        final_train_accuracy=last.get("train_accuracy"),
+        train_time_s_total=float(sum(r.get("epoch_time_s", 0.0) for r in rows)),
+        device_count=jax.device_count(),
+        process_count=jax.process_count(),
+        platform=jax.devices()[0].platform,
+        device_kind=jax.devices()[0].device_kind,
+        versions={
+            **{m.__name__: m.__version__ for m in (jax, flax, optax, np)},
             "orbax_checkpoint": getattr(ocp, "__version__", None),
-            "numpy": np.__version__,
             "python": sys.version.split()[0],
         },
-    }
+        config=config,
+        **extra,
+    )
+    if seeds:
+        summary["trained_with_seeds"] = list(seeds)
+    if getattr(info, "task", "classification") == "segmentation":
+        summary.update(
+            task="segmentation",
+            num_test=int(info.num_test),
+            num_test_pixels=int(ev["num_pixels"]),
+            test_miou=ev["miou"],
+            test_pixel_accuracy=ev["pixel_accuracy"],
+            test_mean_class_accuracy=ev["mean_class_accuracy"],
+            test_fw_iou=ev["fw_iou"],
+            per_class_iou=ev["per_class_iou"],
+            frequency_groups=ev["groups"],
+        )
+    return summary
 
 
 def predictions(model, data, variables, n: int = NUM_PREDICTIONS) -> dict:
@@ -145,31 +103,31 @@ def predictions(model, data, variables, n: int = NUM_PREDICTIONS) -> dict:
     }
 
 
-def write_run_files(workdir: str, summary: dict) -> None:
-    """``summary.json`` (strict JSON, a matrix row per line) and ``per_class.png``."""
-    wd.write_json(os.path.join(workdir, "summary.json"), summary)
+def write_run_files(workdir: epath.Path, summary: dict) -> None:
+    """``summary.json`` (strict JSON) and ``per_class.png``."""
+    ckpt.write(workdir / "summary.json", ckpt.dumps(summary))
     try:
-        plot_per_class(summary, os.path.join(workdir, "per_class.png"))
+        plot_per_class(summary, workdir / "per_class.png")
     except ImportError:  # matplotlib is optional for the trainer
         pass
 
 
-def write_predictions(workdir: str, arrays: dict) -> None:
+def write_predictions(workdir: epath.Path, arrays: dict) -> None:
     """``predictions.npz``: a segmentation run's ``images``, true ``labels`` and predicted
     ``predictions`` (uint8 label maps) of the first test images, for picture grids."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    wd.atomic_write(os.path.join(workdir, "predictions.npz"), buf.getvalue())
+    ckpt.write(workdir / "predictions.npz", buf.getvalue())
 
 
-def read_predictions(workdir: str) -> dict:
+def read_predictions(workdir) -> dict:
     """The arrays :func:`write_predictions` wrote in ``workdir`` (a folder or a bucket URL)."""
-    data = wd.read_bytes(os.path.join(workdir, "predictions.npz"))
+    data = (epath.Path(workdir) / "predictions.npz").read_bytes()
     with np.load(io.BytesIO(data)) as z:
         return {k: z[k] for k in z.files}
 
 
-def plot_per_class(summary: dict, path: str) -> None:
+def plot_per_class(summary: dict, path: epath.Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,7 +157,20 @@ def plot_per_class(summary: dict, path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    wd.atomic_write(path, buf.getvalue())  # a local file or a bucket object
+    ckpt.write(path, buf.getvalue())
+
+
+def epoch_line(row: dict, ev: dict | None, num_epochs) -> str:
+    """An epoch's printed line: train loss, accuracy, lr, speed, and the test metrics."""
+    msg = (
+        f"epoch {row['epoch']}/{num_epochs}: loss {row['train_loss']:.4f} "
+        f"acc {row['train_accuracy']:.4f} lr {row['lr']:.4g} {row['images_per_s']:.0f} img/s"
+    )
+    if ev is not None and "miou" in ev:
+        msg += f" | test mIoU {ev['miou'] or 0:.4f} pixel acc {ev['top1'] or 0:.4f}"
+    elif ev is not None:
+        msg += f" | test top1 {ev['top1']:.4f} bal {ev['balanced_accuracy']:.4f}"
+    return msg
 
 
 def _pct(x):

@@ -1,21 +1,14 @@
-"""The train state and the jitted train and eval steps (the mesh, shardings and host copies:
-:mod:`cce_jax.parallel`, re-exported here).
+"""The train state and the jitted train and eval steps over a 1-D ``"data"`` mesh.
 
-Data parallelism. Every step is one ``jax.jit`` over a 1-D device mesh with axis ``"data"``
-(``AxisType.Auto``): parameters, BatchNorm statistics and optimizer state are replicated
-(``NamedSharding(mesh, P())``), the batch is sharded along its batch axis. XLA's SPMD
-partitioner inserts the all-reduces, so the loss is the mean over the *global* batch and its
-gradient is what ``lax.pmean(grads)`` gives in the pmap recipe; BatchNorm's moments are taken
-over the global batch (``BatchNorm(axis_name="batch")`` in the pmap recipe). No ``pmap``.
-
-Several models in one program (``num_models=S``): the state gets a leading axis of size S and
-the step is ``jax.vmap``-ed over it; batches are ``[S, B, ...]``, sharded ``P(None, "data")``.
-Several steps per call (``steps_per_call=N``): ``lax.scan`` over ``[N, ...]`` stacked batches.
+State replicated, batches sharded on their batch axis: XLA's SPMD partitioner inserts the
+all-reduces, so the loss and BatchNorm's moments are those of the global batch (what
+``lax.pmean`` and ``BatchNorm(axis_name=...)`` give in the pmap recipe; docs/training.md).
+``num_models=S``: the state has a leading axis of S models and the step is ``jax.vmap``-ed;
+``steps_per_call=N``: a ``lax.scan`` over N stacked batches.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Any, Callable, Iterable, Sequence
 
@@ -29,22 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cce_jax import metrics as metrics_lib
-from cce_jax.parallel import batch_sharding, make_mesh, shard_batch, to_host
-
-__all__ = [
-    "TrainState",
-    "POSTHOC_TAUS",
-    "initialize_distributed",
-    "make_mesh",
-    "batch_sharding",
-    "shard_batch",
-    "to_host",
-    "create_train_state",
-    "make_train_step",
-    "make_eval_step",
-    "evaluate",
-    "split_metrics",
-]
+from cce_jax.parallel import batch_sharding, shard_batch, to_host
 
 # Post-hoc logit adjustment (Menon et al. 2021): argmax of logits - tau * log(prior).
 POSTHOC_TAUS = (0.0, 0.5, 1.0, 1.5, 2.0)
@@ -56,20 +34,6 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
-
-
-def initialize_distributed(
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-) -> None:
-    """``jax.distributed.initialize`` (CPU collectives via gloo); call before using JAX."""
-    with contextlib.suppress(Exception):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = dict(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
-    )
-    jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
 
 
 def create_train_state(model: nn.Module, tx, rng, image_shape, mesh) -> TrainState:
@@ -116,17 +80,10 @@ def make_train_step(
 ) -> Callable:
     """``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
 
-    ``loss_fns`` is a sequence of per-example losses ``fn(logits, labels)``; each gets one
-    SGD step on the same batch, in order (one for plain training; COT: CE then
-    ``-H_c / K``). The objective is the batch mean; with label maps (segmentation, labels
-    ``[B, H, W]``) the mean over the pixels that have a class (ignore pixels excluded).
-    ``metrics``: ``loss`` and ``accuracy`` of the first loss's forward pass,
-    ``loss_{i}`` for the later ones and ``grad_norm`` (global norm of the first update's
-    gradient; non-finite means the step diverged).
-
-    ``num_models=S``: state and batch carry a leading model axis (vmapped). ``steps_per_call
-    =N``: the batch carries a further leading axis of N batches, trained on in order by a
-    ``lax.scan``; the metrics then have that leading axis too.
+    Each of ``loss_fns`` (per-example losses ``fn(logits, labels)``) gets one SGD step on the
+    batch, in order (COT: CE, then ``-H_c / K``), on the batch mean (label maps: the mean over
+    pixels that have a class). ``metrics``: ``loss``, ``accuracy`` and ``grad_norm`` of the
+    first update, ``loss_{i}`` of the later ones; with ``steps_per_call`` a leading axis.
     """
     step = functools.partial(_train_step, model, tx, tuple(loss_fns))
     if num_models is not None:
@@ -197,14 +154,11 @@ def make_eval_step(
     taus: Sequence[float] = POSTHOC_TAUS,
     num_models: int | None = None,
 ) -> Callable:
-    """``eval_step(state, batch) -> confusion matrices`` (int32 ``[T, K, K]``, masked), jitted.
+    """``eval_step(state, batch) -> confusion matrices`` (int32 ``[(S,) T, K, K]``), jitted.
 
-    Matrix t counts the predictions ``argmax(logits - taus[t] * log(prior))`` (post-hoc logit
-    adjustment, Menon et al. 2021; prior = ``class_counts`` normalised). Without
-    ``class_counts`` only tau 0 (plain argmax of the logits) is computed. Label maps
-    (segmentation, labels ``[B, H, W]``, logits ``[B, H, W, K]``) count pixels; pixels whose
-    label is not a class (the ignore index) and images with ``mask`` False count nothing.
-    ``num_models=S``: state and batch carry a leading model axis; the result is ``[S, T, K, K]``.
+    Matrix t counts ``argmax(logits - taus[t] * log(prior))`` (post-hoc logit adjustment,
+    Menon et al. 2021; prior = ``class_counts`` normalised; without them tau 0 only). Label
+    maps count pixels; ignore pixels and images with ``mask`` False count nothing.
     """
     k = int(num_classes)
     if class_counts is None:
@@ -276,11 +230,9 @@ def evaluate(
 
 
 def split_metrics(cm, class_counts=None, task: str = "classification") -> dict:
-    """The metrics of a confusion matrix: :func:`cce_jax.metrics.from_confusion`; for
-    ``task="segmentation"`` (a pixel matrix, ``class_counts`` = training pixels)
-    :func:`cce_jax.metrics.segmentation_metrics` plus the classification names of the same
-    numbers: ``top1`` = pixel accuracy, ``balanced_accuracy`` = mean class accuracy,
-    ``many``/``medium``/``few`` = the groups' mIoU, ``test_class_counts`` = test pixels."""
+    """The metrics of a confusion matrix (:mod:`cce_jax.metrics`); a segmentation (pixel)
+    matrix adds the classification names of its numbers (``top1`` = pixel accuracy,
+    ``balanced_accuracy`` = mean class accuracy, ``many``/... = the groups' mIoU)."""
     if task == "classification":
         return metrics_lib.from_confusion(cm, class_counts)
     if task != "segmentation":

@@ -25,10 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.width = ml_collections.config_dict.placeholder(int)  # None: the model's own
     c.model.cosine_head = False  # True for LDAM (normalised features x normalised weights)
     c.model.dtype = "float32"  # "bfloat16": mixed precision (params stay float32)
-    # Convolution weight gradient: "auto" (XLA's on GPU/TPU; on the CPU, per layer, whichever
-    # of XLA's and "shifted_matmul" was measured faster on this machine) | "xla" |
-    # "shifted_matmul" (cce_jax.conv).
-    c.model.conv_impl = "auto"
+    # Convolutions: "xla" (lax.conv_general_dilated) | "shifted_matmul" (cce_jax.conv: the
+    # weight gradient as matmuls, faster on CPUs whose XLA weight gradient is slow).
+    c.model.conv_impl = "xla"
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "ce"  # ce focal cb_ce cb_focal ldam la bs cce mse_ol cce_paper cce_code | cot
@@ -59,13 +58,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Run control.
     c.eval_every = 10  # epochs; the last epoch is always evaluated
-    c.checkpoint_every = 1  # epochs; the last (and a stop_after_epoch) epoch always saved
+    c.checkpoint_every = 1  # epochs; the last epoch is always saved
     # Also checkpoint inside long epochs: every N train steps and/or every M minutes (0 = off).
     c.checkpoint_every_steps = 0
     c.checkpoint_every_minutes = 0.0
     c.keep_checkpoints = 2
-    c.stop_after_epoch = -1  # >= 0: stop (checkpointed) after this epoch, as if killed
     c.progress = True  # tqdm bar when stdout is a terminal
     c.distributed = False  # jax.distributed.initialize() (cluster auto-detection)
-    c.deadline = 0.0  # unix seconds; > 0: checkpoint and exit 75 before an epoch would pass it
     return c

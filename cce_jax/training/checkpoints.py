@@ -1,0 +1,313 @@
+"""A run's workdir: the lock, JSON files, and one orbax ``CheckpointManager`` with a digest.
+
+Paths go through ``etils.epath`` (a local folder or a bucket, ``gs://BUCKET/run``). Process 0
+writes the JSON files, each as one atomic write (locally a temporary file and a rename, in a
+bucket one object upload). :func:`storage_errors` is the one place where an ``OSError``
+becomes a one-line :class:`StorageError` (exit code 74).
+
+``checkpoints/<step>/`` holds ``state/`` (the train state), ``progress/`` (JSON: the per-step
+metrics of a partly trained epoch) and ``digest.json`` (the sha256 of every other file,
+written once orbax has committed the step). :meth:`Checkpoints.restore` verifies the digest;
+proven damage (a digest mismatch, files orbax cannot decode) moves the step to
+``corrupt_checkpoints/`` and the next older one is used; any other read error stops the run
+with :class:`CheckpointUnreadable`, nothing moved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import sys
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from cce_jax.training.config import ConfigError
+
+DIGEST_FILE = "digest.json"
+
+
+class StorageError(OSError):
+    """Writing or reading the workdir failed; the message is one line, nothing half-written."""
+
+    def __str__(self):
+        return self.strerror if self.strerror is not None else super().__str__()
+
+
+class CheckpointUnreadable(StorageError):
+    """A checkpoint not proven damaged could not be read; nothing was moved aside."""
+
+
+class _Damaged(Exception):
+    """Proof that a checkpoint's bytes are wrong: a digest mismatch or undecodable files."""
+
+
+def first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
+@contextlib.contextmanager
+def storage_errors(what: str, path, note: str = ""):
+    """Turns an ``OSError`` (or an orbax/tensorstore error naming a full disk) into a one-line
+    :class:`StorageError`: ``"{what} {path}: {cause}; {note; }{what to do}"``."""
+    try:
+        yield
+    except (StorageError, FileNotFoundError):
+        raise
+    except Exception as e:
+        code = getattr(e, "errno", None)
+        todo = "check the storage, then rerun to resume"
+        if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
+            cause, todo = "no space left on device", "free space, then rerun to resume"
+        elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+            cause, todo = f"not writable ({first_line(e)})", "make it writable, then rerun"
+        elif isinstance(e, OSError) or what.startswith("cannot save"):
+            cause = first_line(e)
+        else:
+            raise
+        note = f"{note}; " if note else ""
+        raise StorageError(code, f"{what} {os.fspath(path)!r}: {cause}; {note}{todo}") from e
+
+
+def _strict(x):
+    """NaN/inf -> None, numpy values -> Python, recursively (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    if hasattr(x, "tolist"):
+        return _strict(x.tolist())
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def dumps(obj, indent: int | None = 2) -> str:
+    return json.dumps(_strict(obj), indent=indent, sort_keys=True, allow_nan=False) + "\n"
+
+
+def is_local(path) -> bool:
+    return "://" not in os.fspath(path)
+
+
+def write(path: epath.Path, data: str | bytes) -> None:
+    """Writes ``path`` atomically (locally: a temporary file, fsync, rename)."""
+    with storage_errors("cannot write", path):
+        if is_local(path):  # a bucket object is uploaded whole, never in part
+            tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+            try:
+                with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        elif isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data)
+
+
+def append_line(path: epath.Path, row: dict) -> None:
+    """Appends one strict-JSON row to a JSON-lines file (a bucket object: rewritten whole)."""
+    if not is_local(path):
+        with storage_errors("cannot read", path):
+            old = path.read_text() if path.exists() else ""
+        return write(path, old + dumps(row, indent=None))
+    with storage_errors("cannot write", path), path.open("a") as f:
+        f.write(dumps(row, indent=None))
+
+
+def read_jsonl(path: epath.Path) -> list[dict]:
+    """The rows of a JSON-lines file; a torn last line (a killed writer) is skipped."""
+    with storage_errors("cannot read", path):
+        text = path.read_text() if path.exists() else ""
+    rows = []
+    for line in filter(None, map(str.strip, text.splitlines())):
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
+
+
+class WorkdirLock:
+    """An exclusive ``fcntl`` lock on ``workdir/.lock`` (local disk only) for a run's life;
+    a second run gets a :class:`ConfigError`. The kernel drops it when the process dies."""
+
+    def __init__(self, workdir: epath.Path):
+        self.path, self._fd = workdir / ".lock", None
+
+    def __enter__(self):
+        if not is_local(self.path):
+            return self  # a bucket has no lock that dies with its process
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"workdir {str(self.path.parent)!r} is in use by another run (pid {owner}); "
+                "wait for it or use another --workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def checkpoint_digest(step_dir: epath.Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file of a checkpoint but the digest itself."""
+    out = {}
+    for root, dirs, files in step_dir.walk():
+        dirs.sort()
+        for name in sorted(files):
+            rel = (root / name).relative_to(step_dir).as_posix()
+            if rel != DIGEST_FILE:
+                out[rel] = hashlib.sha256((root / name).read_bytes()).hexdigest()
+    return out
+
+
+class Checkpoints:
+    """One orbax ``CheckpointManager`` (its save policies for the mid-epoch intervals) plus
+    the digest and the fallback to the newest intact checkpoint."""
+
+    def __init__(self, workdir: epath.Path, *, keep: int, every_steps=0, every_minutes=0.0):
+        self.workdir, self.directory = workdir, workdir / "checkpoints"
+        policies = [ocp.checkpoint_managers.FixedIntervalPolicy(int(every_steps))] * (
+            int(every_steps) > 0
+        )
+        if float(every_minutes) > 0:
+            secs = int(round(60 * float(every_minutes)))
+            policies.append(
+                ocp.checkpoint_managers.ContinuousCheckpointingPolicy(minimum_interval_secs=secs)
+            )
+        self.has_interval = bool(policies)
+        self._options = ocp.CheckpointManagerOptions(
+            max_to_keep=int(keep),
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,  # what a save cut short left
+            save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
+        )
+        self._m = None  # made on first use: a refused run creates no folder
+
+    @property
+    def mngr(self) -> ocp.CheckpointManager:
+        if self._m is None:
+            self._m = ocp.CheckpointManager(
+                self.directory, options=self._options, item_names=("state", "progress")
+            )
+        return self._m
+
+    def steps(self) -> list[int]:
+        with storage_errors("cannot list", self.directory):
+            return list(self.mngr.all_steps()) if self.directory.exists() else []
+
+    def should_save(self, step: int) -> bool:
+        """Whether ``checkpoint_every_steps``/``_minutes`` asks for a save at ``step``."""
+        return self.has_interval and self.mngr.should_save(step)
+
+    def save(self, step: int, state, progress: dict) -> None:
+        """Saves ``state`` and the JSON ``progress`` as ``step``, then its digest."""
+        what = f"cannot save the checkpoint of step {step} in"
+        with storage_errors(what, self.directory, "the previous checkpoint is kept"):
+            try:
+                self.mngr.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
+                    ),
+                    force=True,
+                )
+                self.mngr.wait_until_finished()
+            except BaseException:
+                self.close()  # a manager that failed mid-save is not reused
+                raise
+        if jax.process_index() == 0:
+            step_dir = self.directory / str(step)
+            write(step_dir / DIGEST_FILE, dumps({"sha256": checkpoint_digest(step_dir)}))
+
+    def restore(self, like, describe=str):
+        """(state, progress, step) of the newest intact checkpoint, or ``(like, {}, 0)``."""
+        for step in reversed(self.steps()):
+            try:
+                state, progress = self._restore(step, like)
+                return state, progress, step
+            except _Damaged as e:
+                self._quarantine(step)
+                older = [s for s in self.steps() if s < step]
+                then = f"falling back to {describe(older[-1])}" if older else "starting afresh"
+                print(
+                    f"warning: the checkpoint of {describe(step)} in {self.directory} is "
+                    f"damaged ({e}); moved to corrupt_checkpoints/, {then}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            except Exception as e:  # not proven damage: stop loudly, move nothing
+                self.close()
+                raise CheckpointUnreadable(
+                    None,
+                    f"cannot read the checkpoint of {describe(step)} in {self.directory} "
+                    f"({first_line(e)}); nothing was moved or deleted: fix the storage, then "
+                    "rerun to resume",
+                ) from e
+        return like, {}, 0
+
+    def _restore(self, step: int, like):
+        step_dir = self.directory / str(step)
+        verified = (step_dir / DIGEST_FILE).exists()
+        if verified:
+            try:
+                expected = json.loads((step_dir / DIGEST_FILE).read_text())["sha256"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise _Damaged(f"unreadable {DIGEST_FILE}: {first_line(e)}") from e
+            actual = checkpoint_digest(step_dir)  # an OSError here proves nothing
+            bad = sorted(k for k in {*actual, *expected} if actual.get(k) != expected.get(k))
+            if bad:
+                raise _Damaged(f"digest mismatch in {', '.join(bad[:3])}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        try:
+            out = self.mngr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
+                ),
+            )
+        except (OSError, TimeoutError):
+            raise
+        except Exception as e:  # undecodable files of an unverified checkpoint are damage
+            if verified:
+                raise
+            raise _Damaged(first_line(e)) from e
+        return out["state"], dict(out["progress"] or {})
+
+    def _quarantine(self, step: int) -> None:
+        self.close()
+        if jax.process_index() == 0:
+            root = self.workdir / "corrupt_checkpoints"
+            with storage_errors("cannot move aside", self.directory / str(step)):
+                root.mkdir(parents=True, exist_ok=True)
+                dest, i = root / str(step), 1
+                while dest.exists():
+                    dest, i = root / f"{step}.{i}", i + 1
+                (self.directory / str(step)).rename(dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("cce_jax quarantine")
+
+    def close(self) -> None:
+        if self._m is not None:
+            with contextlib.suppress(Exception):
+                self._m.close()
+            self._m = None

@@ -1,0 +1,600 @@
+"""One run: build (data, model, losses, steps), restore, train epoch by epoch, summarize.
+
+:func:`train_and_evaluate` is the whole run, in the shape of flax's ``examples/imagenet``;
+``experiments/train.py`` only parses flags. Where things are chosen, each in one place:
+the data in :func:`build_data` (``cce_jax.data.build``), the model in :func:`build`
+(``cce_jax.models.get_model(config.model.name, ...)``), the loss in :func:`make_losses`
+(``cce_jax.losses.get(config.loss.name, ...)``).
+
+Reproducibility: parameters come from ``jax.random.key(config.seed)``, the data order from
+``data.train_epoch(epoch)``, a pure function of ``(config.seed, epoch)``; the models have no
+dropout, so a resumed run replays the uninterrupted one exactly. With ``config.seeds=(s0,
+...)`` model i is trained exactly as the single run with ``seed=s_i, data.subset_seed=s_i``,
+all models in one vmapped step; each writes ``WORKDIR/seed_<s>/`` and ``WORKDIR/summary.json``
+holds the mean and sd over seeds.
+
+Stops, each loud: a non-finite train loss, gradient or parameter raises
+:class:`TrainingDiverged` (``failure.json``, no summary, the last finite checkpoint kept);
+SIGTERM/SIGINT raise :class:`Preempted` after the step in flight and a checkpoint of the exact
+position. With several processes a signal to any of them reaches all through JAX's
+preemption service (``multihost_utils.reached_preemption_sync_point``, a local check per
+step, no host collective), and all save the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import itertools
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+
+from cce_jax import models, parallel
+from cce_jax.training import checkpoints as ckpt
+from cce_jax.training import config as config_lib
+from cce_jax.training import optimizer as opt_lib
+from cce_jax.training import report
+from cce_jax.training import steps as steps_lib
+from cce_jax.training.config import ConfigError
+
+
+class TrainingDiverged(RuntimeError):
+    """The train loss, gradient or parameters became non-finite; no summary was written."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM or SIGINT: the run finished its step, saved its exact position and stopped."""
+
+
+class StopSignals:
+    """SIGTERM/SIGINT (unless ignored, as SIGINT in a background job) ask the loop to save and
+    stop after the step in flight; a second one exits at once (``128 + signal``), leaving the
+    previous checkpoint. With several processes SIGTERM is JAX's preemption notice (its own
+    handler); SIGINT is passed on as one."""
+
+    def __init__(self):
+        self.by, self._old, self._got = None, {}, False
+
+    def __enter__(self):
+        multi = jax.process_count() > 1
+        sigs = (signal.SIGINT,) if multi else (signal.SIGTERM, signal.SIGINT)
+        for sig in sigs if _main_thread() else ():
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self._got:
+            print(f"second {signal.Signals(signum).name}: exiting", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self._got = True
+        if jax.process_count() > 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier
+        else:
+            self.by = signal.Signals(signum).name
+
+    def requested(self, step: int) -> bool:
+        """Whether to stop before training from global step ``step`` on."""
+        if self.by is None and jax.process_count() > 1:
+            with contextlib.suppress(RuntimeError):  # no preemption service: no notice
+                from jax.experimental import multihost_utils
+
+                if multihost_utils.reached_preemption_sync_point(step):
+                    self.by = "a preemption notice (SIGTERM or SIGINT to a process)"
+        return self.by is not None
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+@dataclasses.dataclass
+class Job:
+    """What a run is built from: its config, data, model, steps and checkpoints."""
+
+    config: Any
+    workdir: epath.Path
+    datasets: list
+    mesh: Any
+    model: Any
+    tx: Any
+    train_steps: dict  # uses DRW -> (one-batch step, steps_per_call-batch step or None)
+    eval_step: Any
+    ckpts: ckpt.Checkpoints
+
+    seeds = property(lambda self: config_lib.seeds_of(self.config))
+    info = property(lambda self: self.datasets[0].info)
+    spe = property(lambda self: int(self.datasets[0].steps_per_epoch))
+    total = property(lambda self: int(self.config.num_epochs) * self.spe)
+    num_models = property(lambda self: len(self.seeds) if self.seeds else None)
+    is_main = property(lambda self: jax.process_index() == 0)
+
+    @property
+    def dirs(self) -> list[epath.Path]:
+        """Each model's folder (with seeds: ``seed_<s>/``)."""
+        return [self.workdir / f"seed_{s}" for s in self.seeds] if self.seeds else [self.workdir]
+
+    def config_dict(self, seed=None) -> dict:
+        """The stored config; with ``seed``, that of the single run the seed's model equals."""
+        d = config_lib.config_to_dict(self.config)
+        if seed is not None:
+            d = dict(d, seed=int(seed), seeds=[], data=dict(d["data"], subset_seed=int(seed)))
+        return d
+
+    def describe(self, step: int) -> str:
+        """A position in words: ``"epoch 2"`` (its end) or ``"epoch 3, step 5/12"``."""
+        e, o = divmod(int(step), self.spe)
+        return f"epoch {e}" if o == 0 else f"epoch {e + 1}, step {o}/{self.spe}"
+
+    def uses_drw(self, epoch: int) -> bool:
+        return self.train_steps[True] is not None and epoch >= int(self.config.loss.drw_epoch)
+
+
+def train_and_evaluate(config, workdir, *, data=None) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming from its last checkpoint) and evaluates.
+
+    Writes ``config.json``, ``metrics.jsonl``, ``summary.json``, ``per_class.png``,
+    ``predictions.npz`` (segmentation) and ``checkpoints/``. Returns the summary (with seeds:
+    the aggregate). ``data`` (a pipeline, or a list of one per seed) replaces ``data.build``.
+
+    Raises:
+      ConfigError: a bad config, data set or workdir, before anything is written.
+      TrainingDiverged: a non-finite train loss, gradient or parameter.
+      Preempted: SIGTERM or SIGINT (the exact position saved; rerun to resume).
+      StorageError: the workdir could not be written or a checkpoint read (one line).
+    """
+    t_start = time.time()
+    config_lib.validate_config(config)
+    workdir = epath.Path(workdir if not ckpt.is_local(workdir) else os.path.abspath(workdir))
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot create the workdir {str(workdir)!r} ({ckpt.first_line(e)}); "
+            "use a writable --workdir"
+        ) from None
+    lock = ckpt.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock, StopSignals() as stop:
+        job = build(config, workdir, data)
+        try:
+            return run(job, stop, t_start)
+        finally:
+            job.ckpts.close()
+
+
+def build(config, workdir: epath.Path, data=None) -> Job:
+    """The data, model, optimizer, losses and jitted steps; every check that needs them
+    (the model's task is the data's, the stored config, the checkpoints) before anything is
+    written."""
+    datasets = build_data(config, data)
+    info, mesh = datasets[0].info, parallel.make_mesh()
+    task = getattr(info, "task", "classification")
+    if models.model_task(config.model.name) != task:
+        fits = (
+            models.SEGMENTATION_MODEL_NAMES if task == "segmentation" else models.CLASSIFIER_NAMES
+        )
+        raise ConfigError(
+            f"model.name={config.model.name!r} is a {models.model_task(config.model.name)} "
+            f"model but data.source={config.data.source!r} is a {task} set: use one of "
+            f"{list(fits)}"
+        )
+    spe = int(datasets[0].steps_per_epoch)
+    if spe < 1:
+        raise ConfigError(
+            f"the train split ({info.num_train}) holds no batch of {config.batch_size}"
+        )
+    model = models.get_model(
+        config.model.name,
+        num_classes=int(info.num_classes),
+        dtype=config.model.dtype,
+        cosine_head=config.model.cosine_head,
+        width=config.model.get("width"),
+        conv_impl=config.model.get("conv_impl", "xla"),
+    )
+    counts = np.asarray(info.class_counts, np.int64)
+    tx = opt_lib.make_optimizer(config, spe)
+    num_models = len(config.seeds) if config_lib.seeds_of(config) else None
+    make = functools.partial(steps_lib.make_train_step, model, tx, mesh, num_models=num_models)
+    n = int(config.get("steps_per_call", 1))
+    train_steps = {
+        drw: (make(fns), make(fns, steps_per_call=n) if n > 1 else None) if fns else None
+        for drw, fns in zip((False, True), make_losses(config, counts))
+    }
+    eval_step = steps_lib.make_eval_step(
+        model, mesh, int(info.num_classes), class_counts=counts, num_models=num_models
+    )
+    ckpts = ckpt.Checkpoints(
+        workdir,
+        keep=int(config.keep_checkpoints),
+        every_steps=int(config.get("checkpoint_every_steps", 0) or 0),
+        every_minutes=float(config.get("checkpoint_every_minutes", 0.0) or 0.0),
+    )
+    job = Job(config, workdir, datasets, mesh, model, tx, train_steps, eval_step, ckpts)
+    _check_workdir(job)
+    return job
+
+
+def build_data(config, data=None) -> list:
+    """One data pipeline per model (seed s: ``seed=s``, ``subset_seed=s``)."""
+    seeds = config_lib.seeds_of(config)
+    if data is not None:
+        datasets = list(data) if isinstance(data, (list, tuple)) else [data]
+    else:
+        from cce_jax import data as data_lib
+
+        kw = dict(
+            global_batch_size=int(config.batch_size),
+            eval_batch_size=int(config.eval_batch_size),
+            mesh=parallel.make_mesh(),
+        )
+        try:
+            if not seeds:
+                return [data_lib.build(config.data, seed=int(config.seed), **kw)]
+            kw["raw"] = data_lib.load_source(config.data)  # one load, shared by the seeds
+            datasets = []
+            for s in seeds:
+                dcfg = config.data.copy_and_resolve_references()
+                with dcfg.unlocked():
+                    dcfg.subset_seed = int(s)
+                datasets.append(data_lib.build(dcfg, seed=int(s), **kw))
+        except Exception as e:  # missing files, tfds without a local copy, bad data keys
+            raise ConfigError(
+                f"could not build the dataset (data.source={config.data.source!r}): "
+                f"{type(e).__name__}: {e}"
+            ) from e
+    if len(datasets) != len(seeds or (0,)):
+        raise ConfigError(f"{len(datasets)} data pipelines for {len(seeds or (0,))} models")
+    first = datasets[0].info.class_counts
+    if any(not np.array_equal(d.info.class_counts, first) for d in datasets):
+        raise ConfigError("the seeds' training splits have different class counts")
+    return datasets
+
+
+def make_losses(config, class_counts) -> tuple[tuple, tuple | None]:
+    """(per-example loss fns before DRW, those from ``loss.drw_epoch`` on or None), each a
+    tuple for :func:`~cce_jax.training.steps.make_train_step` (COT: the base loss, then the
+    negative normalised complement entropy). The one place a loss is chosen and checked."""
+    from cce_jax import losses
+
+    counts = np.asarray(class_counts)
+    hparams = dict(config.loss.get("hparams", {}) or {})
+    name = config.loss.name
+    try:
+        if config_lib.is_cot(config):
+            primary = losses.get("ce" if name == "cot" else name, class_counts=counts, **hparams)
+            k = len(counts)
+            return (primary, lambda logits, y: -losses.complement_entropy(logits, y) / k), None
+        plain = (losses.get(name, class_counts=counts, **hparams),)
+        if int(config.loss.drw_epoch) < 0:
+            return plain, None
+        beta = float(config.loss.drw_beta)
+        w = np.asarray(losses.class_balanced_weights(counts, beta=beta), np.float32)
+        return plain, (losses.get(name, class_counts=counts, **dict(hparams, class_weights=w)),)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"loss {name!r}: {e}") from e
+
+
+def _check_workdir(job: Job) -> None:
+    """The workdir's ``config.json`` is this config's, and its checkpoints fit the run."""
+    steps = job.ckpts.steps()
+    path = job.workdir / "config.json"
+    with ckpt.storage_errors("cannot read", path):
+        text = path.read_text() if path.exists() else None
+    if text is None:
+        if steps:
+            raise ConfigError(
+                f"workdir {str(job.workdir)!r} holds checkpoints but no config.json, so the "
+                "config they were trained with cannot be checked; use another --workdir"
+            )
+    else:
+        try:
+            diff = config_lib.config_diff(json.loads(text), job.config_dict())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"workdir {str(job.workdir)!r}: config.json is unreadable") from e
+        if diff:
+            raise ConfigError(
+                f"workdir {str(job.workdir)!r} holds a run of another config (only run-control "
+                "keys may change on resume):\n  " + "\n  ".join(diff)
+            )
+    if steps and steps[-1] > job.total:
+        raise ConfigError(
+            f"workdir {str(job.workdir)!r} holds a checkpoint at {job.describe(steps[-1])}, "
+            f"beyond num_epochs={job.config.num_epochs}"
+        )
+
+
+def run(job: Job, stop: StopSignals, t_start: float) -> dict:
+    """Restore, then per epoch: train, check, evaluate, log, checkpoint; summarize."""
+    config, spe = job.config, job.spe
+    if job.is_main:
+        _store_configs(job)
+    state, pos, partial = restore(job)
+    start_epoch = pos // spe
+    rows = _reset_files(job, start_epoch)
+    evals = evaluate(job, state) if pos == job.total else None
+    for epoch in range(start_epoch, int(config.num_epochs)):
+        t0 = time.time()
+        state, host, pos = train_epoch(job, state, epoch, pos, partial, stop)
+        partial = None
+        if pos < (epoch + 1) * spe:  # a stop signal
+            save(job, pos, state, host, epoch)
+            raise Preempted(
+                f"stopped by {stop.by} at {job.describe(pos)}; checkpointed in "
+                f"{job.ckpts.directory}; rerun to resume"
+            )
+        check_finite(job, host, epoch)
+        done = epoch + 1 == int(config.num_epochs)
+        evals = evaluate(job, state) if done or (epoch + 1) % int(config.eval_every) == 0 else None
+        log_epoch(job, rows, epoch, host, evals, time.time() - t0)
+        if done or (epoch + 1) % int(config.checkpoint_every) == 0:
+            save(job, pos, state, None, epoch)
+    return write_summary(job, rows, evals, state, start_epoch, t_start)
+
+
+def _store_configs(job: Job) -> None:
+    """``config.json`` (before the first checkpoint), and each seed's in ``seed_<s>/``."""
+    if not (job.workdir / "config.json").exists():
+        ckpt.write(job.workdir / "config.json", ckpt.dumps(job.config_dict()))
+    for s, sub in zip(job.seeds or (), job.dirs):
+        sub.mkdir(exist_ok=True)
+        ckpt.write(sub / "config.json", ckpt.dumps(job.config_dict(s)))
+
+
+def restore(job: Job):
+    """(state, position in steps, host metrics of the partly trained epoch)."""
+    seeds = job.seeds
+    rng = (
+        jnp.stack([jax.random.key(s) for s in seeds])
+        if seeds
+        else jax.random.key(int(job.config.seed))
+    )
+    state = steps_lib.create_train_state(
+        job.model, job.tx, rng, tuple(job.info.image_shape), job.mesh
+    )
+    state, progress, pos = job.ckpts.restore(state, job.describe)
+    if pos:
+        print(f"resumed from {job.ckpts.directory} at {job.describe(pos)}", flush=True)
+    partial = {k: np.asarray(v, np.float32) for k, v in (progress.get("metrics") or {}).items()}
+    if pos % job.spe and not partial:
+        raise ConfigError(f"the checkpoint at {job.describe(pos)} lacks the metrics of its epoch")
+    return state, pos, partial
+
+
+def _reset_files(job: Job, done_epochs: int) -> list[list[dict]]:
+    """Each model's metrics rows of the finished epochs (``metrics.jsonl`` cut to them);
+    unless the run is finished, a stale ``summary.json``/``failure.json`` removed."""
+    all_rows = []
+    for d in job.dirs:
+        path = d / "metrics.jsonl"
+        rows = ckpt.read_jsonl(path)
+        kept = [r for r in rows if int(r.get("epoch", 0)) <= done_epochs]
+        torn = path.exists() and len(path.read_text().splitlines()) != len(rows)
+        if job.is_main and (torn or len(kept) != len(rows)):
+            ckpt.write(path, "".join(ckpt.dumps(r, indent=None) for r in kept))
+        all_rows.append(kept)
+    if job.is_main and done_epochs < int(job.config.num_epochs):
+        for d in job.dirs + ([job.workdir] if job.seeds else []):
+            for name in ("summary.json", "failure.json"):
+                with ckpt.storage_errors("cannot remove", d / name):
+                    (d / name).unlink(missing_ok=True)
+    return all_rows
+
+
+def train_epoch(job: Job, state, epoch: int, pos: int, partial, stop: StopSignals):
+    """Trains epoch ``epoch`` from step ``pos`` on. Returns (state, host metrics of the
+    epoch's steps so far, position); the position is short of the epoch's end only when a
+    stop signal came. Mid-epoch checkpoints as the save policies ask."""
+    single, multi = job.train_steps[job.uses_drw(epoch)]
+    n, end = int(job.config.get("steps_per_call", 1)), (epoch + 1) * job.spe
+    show = bool(job.config.get("progress", True)) and job.is_main and sys.stdout.isatty()
+    bar = _progress(job.spe, f"epoch {epoch + 1}/{job.config.num_epochs}", show)
+    bar.update(pos - epoch * job.spe)
+    history, pending = [], None
+    for chunk in _chunks(_model_batches(job, epoch, start=pos - epoch * job.spe), n):
+        if stop.requested(pos):
+            break
+        if len(chunk) == n and multi is not None:
+            lead = 2 if job.num_models else 1
+            state, m = multi(state, parallel.stack_batches(chunk, job.mesh, lead))
+            history.extend(jax.tree.map(lambda x, i=i: x[i], m) for i in range(n))
+        else:
+            for b in chunk:
+                state, m = single(state, b)
+                history.append(m)
+        if pending is not None:  # keep one call in flight, never an unbounded queue
+            jax.block_until_ready(pending)
+        pending, pos = m, pos + len(chunk)
+        bar.update(len(chunk))
+        if pos < end and job.ckpts.should_save(pos):
+            host = _host_metrics(partial, history)
+            check_finite(job, host, epoch)
+            save(job, pos, state, host, epoch)
+    bar.close()
+    return state, _host_metrics(partial, history), pos
+
+
+def check_finite(job: Job, host: dict, epoch: int) -> None:
+    """:func:`diverged` if a train loss or gradient norm of ``host`` is not finite."""
+    n = len(host.get("loss", ()))
+    bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"])) if n else np.zeros(0)
+    if bad.any():
+        diverged(job, epoch, int(np.argwhere(bad)[0][0]))
+
+
+def diverged(job: Job, epoch: int, step: int):
+    """Writes ``failure.json`` and raises :class:`TrainingDiverged` (step ``step`` of epoch
+    ``epoch``, 0-based)."""
+    steps = job.ckpts.steps()
+    last = steps[-1] if steps else None
+    at = epoch * job.spe + step
+    lr = float(opt_lib.make_lr_schedule(job.config, job.spe)(at))
+    failure = {
+        "reason": "non-finite train loss or gradient",
+        "epoch": epoch + 1,
+        "step": at + 1,
+        "last_finite_checkpoint_epoch": None if last is None else last / job.spe,
+        "last_finite_checkpoint_step": last,
+        "lr": lr,
+    }
+    if job.is_main:
+        for d in job.dirs + ([job.workdir] if job.seeds else []):
+            ckpt.write(d / "failure.json", ckpt.dumps(failure))
+    kept = (
+        f"the last finite checkpoint ({job.describe(last)}) is kept"
+        if last
+        else ("no checkpoint was written")
+    )
+    raise TrainingDiverged(
+        f"training diverged in epoch {epoch + 1} (step {at + 1}, lr {lr:.4g}): non-finite "
+        f"train loss or gradient; {kept}, no summary written. Lower optimizer.lr or check the "
+        "loss hyperparameters."
+    )
+
+
+def save(job: Job, pos: int, state, host, epoch: int) -> None:
+    """Checkpoints ``state`` at step ``pos`` (mid-epoch: with the metrics ``host`` of its
+    epoch so far) unless it is the latest checkpoint; non-finite parameters diverge."""
+    steps = job.ckpts.steps()
+    if steps and steps[-1] == pos:
+        return
+    if not bool(parallel.to_host(_all_finite(state.params))):
+        diverged(job, epoch, max(pos - epoch * job.spe - 1, 0))
+    mid = pos % job.spe and host is not None
+    metrics = {k: v.tolist() for k, v in host.items()} if mid else {}
+    job.ckpts.save(pos, state, {"metrics": metrics})
+
+
+def evaluate(job: Job, state) -> list[dict]:
+    """Each model's test metrics (:func:`~cce_jax.training.steps.evaluate`)."""
+    out = steps_lib.evaluate(
+        job.eval_step,
+        state,
+        _model_batches(job),
+        job.mesh,
+        int(job.info.num_classes),
+        np.asarray(job.info.class_counts, np.int64),
+        num_models=job.num_models,
+        task=getattr(job.info, "task", "classification"),
+    )
+    return [out] if job.num_models is None else out
+
+
+def log_epoch(job: Job, rows: list, epoch: int, host: dict, evals, dt: float) -> None:
+    """Appends each model's row for epoch ``epoch`` to its ``metrics.jsonl`` and prints it."""
+    lr = float(opt_lib.make_lr_schedule(job.config, job.spe)(epoch * job.spe))
+    imgs = job.spe * int(job.config.batch_size) * (job.num_models or 1)
+    for i, (d, model_rows) in enumerate(zip(job.dirs, rows)):
+        mine = host if job.num_models is None else {k: v[:, i] for k, v in host.items()}
+        ev = None if evals is None else evals[i]
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(mine["loss"])),
+            "train_accuracy": float(np.mean(mine["accuracy"])),
+            "lr": lr,
+            "drw": job.uses_drw(epoch),
+            "images_per_s": imgs / dt,
+            "epoch_time_s": dt,
+        }
+        if "loss_1" in mine:
+            row["train_complement_loss"] = float(np.mean(mine["loss_1"]))
+        if ev is not None:
+            row["test"] = {k: v for k, v in ev.items() if k != "confusion_matrix"}
+        model_rows.append(row)
+        if job.is_main:
+            ckpt.append_line(d / "metrics.jsonl", row)
+            tag = f"[seed {job.seeds[i]}] " if job.seeds else ""
+            print(tag + report.epoch_line(row, ev, job.config.num_epochs), flush=True)
+
+
+def write_summary(job: Job, rows, evals, state, start_epoch: int, t_start: float) -> dict:
+    """Each model's ``summary.json`` and ``per_class.png`` (segmentation: also
+    ``predictions.npz``); with seeds, the aggregate ``summary.json``. Returns the summary."""
+    summaries = []
+    for i, (d, model_rows) in enumerate(zip(job.dirs, rows)):
+        summary = report.run_summary(
+            evals[i],
+            model_rows,
+            info=job.info,
+            config=job.config_dict(job.seeds[i] if job.seeds else None),
+            resumed_from_epoch=start_epoch,
+            wall_time_s=time.time() - t_start,
+            seeds=job.seeds,
+        )
+        if job.is_main:
+            report.write_run_files(d, summary)
+            if summary.get("task") == "segmentation":
+                variables = {"params": state.params, "batch_stats": state.batch_stats}
+                if job.num_models is not None:
+                    variables = jax.tree.map(lambda x, i=i: x[i], variables)
+                preds = report.predictions(job.model, job.datasets[i], variables)
+                report.write_predictions(d, preds)
+        summaries.append(summary)
+    if not job.seeds:
+        return summaries[0]
+    agg = dict(report.aggregate(summaries, job.seeds), config=job.config_dict())
+    if job.is_main:
+        ckpt.write(job.workdir / "summary.json", ckpt.dumps(agg))
+    return agg
+
+
+def _model_batches(job: Job, epoch=None, *, start=0):
+    """The batches of an epoch from step ``start`` on (or of the eval split when ``epoch`` is
+    None): one model's, or with seeds all models' stacked on a leading axis. An epoch's order
+    is a pure function of (seed, epoch), so skipping its first ``start`` batches resumes it."""
+    ds = job.datasets
+    its = [d.train_epoch(epoch) if epoch is not None else d.eval_batches() for d in ds]
+    if epoch is not None:
+        its = [itertools.islice(it, start, job.spe) for it in its]
+    for group in zip(*its):
+        if job.num_models is not None:
+            yield parallel.stack_batches(group, job.mesh, 1)
+        else:
+            yield group[0] if epoch is None else parallel.shard_batch(group[0], job.mesh)
+
+
+def _chunks(it, n):
+    """Lists of ``n`` consecutive items of ``it`` (the last may be shorter)."""
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
+
+
+def _host_metrics(partial, history) -> dict:
+    """The per-step train metrics of an epoch so far on the host (``[steps(, S)]``): those
+    restored from a mid-epoch checkpoint (``partial``), then this call's (``history``)."""
+    host = (
+        {k: np.stack([parallel.to_host(h[k]) for h in history]) for k in history[0]}
+        if (history)
+        else {}
+    )
+    for k, v in (partial or {}).items():
+        host[k] = np.concatenate([v, host[k]]) if k in host else v
+    return host
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _progress(total, desc, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, file=sys.stdout)
