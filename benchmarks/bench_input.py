@@ -55,9 +55,9 @@ def main(argv=None) -> int:
     import jax
 
     from benchmarks.bench_train_step import _setup
-    from cce_jax import data, training
+    from cce_jax import data, parallel
 
-    mesh = training.make_mesh()
+    mesh = parallel.make_mesh()
     where = f"{len(jax.devices())} {jax.default_backend()} device(s), {os.cpu_count()} cpu cores"
     print(f"jax {jax.__version__}, {where}, batch {args.batch_size}")
     cfg = data.default_config()

@@ -48,20 +48,19 @@ def _setup(model_name, num_classes, dtype, width, shape, num_models=None, impl=N
     import jax
     import optax
 
-    from cce_jax import models, training
+    from cce_jax import models, parallel
+    from cce_jax.training import optimizer, steps
 
-    mesh = training.make_mesh()
+    mesh = parallel.make_mesh()
     kw = {"conv_impl": impl} if impl else {}  # None: the model's default
     model = models.get_model(model_name, num_classes=num_classes, dtype=dtype, width=width, **kw)
-    decay = optax.add_decayed_weights(2e-4, mask=training.decay_mask)
+    decay = optax.add_decayed_weights(2e-4, mask=optimizer.decay_mask)
     tx = optax.chain(decay, optax.sgd(0.1, momentum=0.9))
     key = jax.random.key(0)
     keys = key if num_models is None else jax.random.split(key, num_models)
-    state = training.create_train_state(model, tx, keys, tuple(shape), mesh)
+    state = steps.create_train_state(model, tx, keys, tuple(shape), mesh)
     ce = optax.softmax_cross_entropy_with_integer_labels
-    step = training.make_train_step(
-        model, tx, mesh, (ce,), num_models=num_models, steps_per_call=spc
-    )
+    step = steps.make_train_step(model, tx, mesh, (ce,), num_models=num_models, steps_per_call=spc)
     return mesh, state, step
 
 
@@ -83,7 +82,7 @@ def step_throughput(
     (``num_models=S``: S models in one vmapped step; ``steps_per_call=N``: ``lax.scan``)."""
     import jax
 
-    from cce_jax import training
+    from cce_jax import parallel
 
     mesh, state, step = _setup(
         model_name, num_classes, dtype, width, image_shape, num_models, conv_impl, steps_per_call
@@ -94,7 +93,7 @@ def step_throughput(
         "image": rng.standard_normal((*lead, local_b, *image_shape), np.float32),
         "label": rng.integers(0, num_classes, (*lead, local_b)).astype(np.int32),
     }
-    batch = training.shard_batch(batch, mesh, len(lead))
+    batch = parallel.shard_batch(batch, mesh, len(lead))
     images = batch_size * (num_models or 1)
     return _timed(
         step, state, itertools.repeat(batch), num_steps, per_call=steps_per_call, images=images
@@ -113,16 +112,16 @@ def pipeline_throughput(
 ):
     """Images/s of the train step fed by ``cce_jax.data.build(..., pipeline=pipeline)``."""
     from cce_jax import data as data_lib
-    from cce_jax import training
+    from cce_jax import parallel
 
     cfg = data_lib.default_config()
     cfg.source, cfg.profile, cfg.ratio, cfg.pipeline = source, "exp", 100.0, pipeline
-    mesh = training.make_mesh()
+    mesh = parallel.make_mesh()
     data = data_lib.build(cfg, seed=0, global_batch_size=batch_size, eval_batch_size=500, mesh=mesh)
     info = data.info
     _, state, step = _setup(model_name, info.num_classes, dtype, width, info.image_shape)
     epochs = itertools.chain.from_iterable(map(data.train_epoch, itertools.count()))
-    batches = (training.shard_batch(b, mesh) for b in epochs)
+    batches = (parallel.shard_batch(b, mesh) for b in epochs)
     return _timed(step, state, batches, num_steps, images=batch_size)
 
 

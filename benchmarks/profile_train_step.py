@@ -82,7 +82,7 @@ def main():
     import numpy as np
 
     from benchmarks.bench_train_step import _setup
-    from cce_jax import training
+    from cce_jax import parallel
 
     shape = (args.image_size, args.image_size, 3)
     mesh, state, step = _setup(
@@ -91,7 +91,7 @@ def main():
     rng = np.random.default_rng(0)
     batch = {"image": rng.standard_normal((args.batch_size, *shape), np.float32)}
     batch["label"] = rng.integers(0, 10, args.batch_size).astype(np.int32)
-    batch = training.shard_batch(batch, mesh)
+    batch = parallel.shard_batch(batch, mesh)
     for _ in range(3):
         state, m = step(state, batch)
     jax.block_until_ready(m)

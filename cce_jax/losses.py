@@ -93,7 +93,7 @@ def _ce(z, labels, class_weights=None):
 # Up to this many classes, sibling reductions over the class axis run as one XLA variadic
 # reduce: on the CPU, XLA does not fuse sibling reductions of the same input, and one pass
 # makes CCE ~2.5x faster at K=19 (segmentation shapes). For long rows (K=100) the plain,
-# vectorised reductions are faster (measured with experiments/bench_losses.py).
+# vectorised reductions are faster (measured with benchmarks/bench_losses.py).
 _VARIADIC_MAX_K = 32
 
 

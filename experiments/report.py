@@ -17,16 +17,16 @@ import numpy as np
 from etils import epath
 
 # The trainer's interface (the one place that names it; experiments.reproduce imports it here).
-from cce_jax.training.config import (  # noqa: F401
+from cce_jax.training import (  # noqa: F401
     EXIT_CONFIG_ERROR,
     EXIT_DIVERGED,
+    EXIT_PREEMPTED,
     RUN_CONTROL_KEYS,
     config_diff,
     config_to_dict,
     flatten,
+    mean_sd,
 )
-from cce_jax.training.config import EXIT_DEADLINE as EXIT_PREEMPTED  # noqa: F401
-from cce_jax.training.report import mean_sd
 from experiments.configs.common import ALL_LOSSES
 
 GRID_IMAGES = 6  # test images in the segmentation picture grid

@@ -64,18 +64,6 @@ def main(argv):
     print(f"summary: {os.path.join(FLAGS.workdir, 'summary.json')}", flush=True)
 
 
-def build_config(train_flags):
-    """The config this command builds from ``train_flags`` (``--config=FILE[:ARG]``,
-    ``--config.KEY=VALUE``, ``--workdir=DIR``), parsed as ``main`` gets it (on a private flag
-    registry: ``config_flags`` finds the overrides in the argv it is given)."""
-    argv = ["experiments.train", *train_flags]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", fv, lock_config=True, sys_argv=argv)
-    flags.DEFINE_string("workdir", None, "", flag_values=fv)
-    fv(argv)
-    return fv.config
-
-
 def parse_flags(argv):
     """absl's parser; a bad flag, config file or ``--config.KEY`` is one line and exit 2."""
     try:
