@@ -223,12 +223,3 @@ def test_an_unusable_bucket_is_one_config_error(bucket):
     )
     with pytest.raises(training.ConfigError, match="cannot create the workdir 'gs://bucket/run'"):
         training.train_and_evaluate(small_config(), RUN, data=FakeData())
-
-
-def test_reproduce_refuses_a_bucket_workdir(capsys):
-    from experiments import reproduce
-
-    with pytest.raises(SystemExit) as e:
-        reproduce.main(["--suite=tiny", "--workdir=gs://bucket/grid", "--dry_run"])
-    assert e.value.code == 2
-    assert "needs a local folder" in capsys.readouterr().err

@@ -121,7 +121,16 @@ def test_config_and_suite():
     c = fashion_mnist_lt.get_config()
     assert c.data.source.startswith("fashion_mnist:") and c.data.n_max == 6000
     assert c.data.augment is True
-    s = reproduce.SUITES["fashion_mnist_lt"]
-    assert s["ratios"] == (100, 10) and len(s["seeds"]) >= 3
-    assert set(s["losses"]) == {"ce", "cce_paper", "cce_code", "mse_ol", "ldam_drw", "la", "bs"}
-    assert (ROOT / s["config"]).is_file()
+    config_file, _, _ = reproduce.SUITES["fashion_mnist_lt"]
+    assert (ROOT / config_file).is_file()
+    runs = fashion_mnist_lt.sweep()
+    assert {r["ratio"] for r in runs} == {100.0, 10.0} and len({r["seed"] for r in runs}) >= 3
+    assert {r["loss"] for r in runs} == {
+        "ce",
+        "cce_paper",
+        "cce_code",
+        "mse_ol",
+        "ldam_drw",
+        "la",
+        "bs",
+    }
