@@ -127,35 +127,30 @@ def read_jsonl(path: epath.Path) -> list[dict]:
     return rows
 
 
-class WorkdirLock:
+@contextlib.contextmanager
+def WorkdirLock(workdir: epath.Path):  # noqa: N802 (used as a class)
     """An exclusive ``fcntl`` lock on ``workdir/.lock`` (local disk only) for a run's life;
     a second run gets a :class:`ConfigError`. The kernel drops it when the process dies."""
-
-    def __init__(self, workdir: epath.Path):
-        self.path, self._fd = workdir / ".lock", None
-
-    def __enter__(self):
-        if not is_local(self.path):
-            return self  # a bucket has no lock that dies with its process
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ConfigError(
-                f"workdir {str(self.path.parent)!r} is in use by another run (pid {owner}); "
-                "wait for it or use another --workdir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+    path = workdir / ".lock"
+    if not is_local(path):  # a bucket has no lock that dies with its process
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(
+            f"workdir {str(workdir)!r} is in use by another run (pid {owner}); "
+            "wait for it or use another --workdir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 def checkpoint_digest(step_dir: epath.Path) -> dict[str, str]:
@@ -174,15 +169,17 @@ class Checkpoints:
     """One orbax ``CheckpointManager`` (its save policies for the mid-epoch intervals) plus
     the digest and the fallback to the newest intact checkpoint."""
 
-    def __init__(self, workdir: epath.Path, *, keep: int, every_steps=0, every_minutes=0.0):
+    def __init__(self, workdir: epath.Path, config):
         self.workdir, self.directory = workdir, workdir / "checkpoints"
+        every_steps = int(config.get("checkpoint_every_steps", 0) or 0)
+        every_minutes = float(config.get("checkpoint_every_minutes", 0.0) or 0.0)
         policies = ocp.checkpoint_managers
         self.policies = [policies.FixedIntervalPolicy(every_steps)] if every_steps > 0 else []
         if every_minutes > 0:
             secs = int(round(60 * every_minutes))
             self.policies.append(policies.ContinuousCheckpointingPolicy(minimum_interval_secs=secs))
         self._options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            max_to_keep=int(config.keep_checkpoints),
             enable_async_checkpointing=False,
             cleanup_tmp_directories=True,  # what a save cut short left
             save_decision_policy=policies.AnySavePolicy(self.policies),

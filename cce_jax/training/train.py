@@ -148,15 +148,36 @@ def train_and_evaluate(config, workdir, *, data=None) -> dict:
             "use a writable --workdir"
         ) from None
     lock = ckpt.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock, StopSignals() as stop:
-        job = build(config, workdir, data)
-        try:
-            return run(job, stop, t_start)
-        finally:
-            job.ckpts.close()
+    ckpts = ckpt.Checkpoints(workdir, config)
+    with lock, StopSignals() as stop, contextlib.closing(ckpts):
+        job = build(config, workdir, ckpts, data)
+        if job.is_main:
+            _store_configs(job)
+        state, pos, partial = restore(job)
+        start_epoch, num_epochs = pos // job.spe, int(config.num_epochs)
+        rows = _reset_files(job, start_epoch)
+        evals = evaluate(job, state) if pos == job.total else None
+        for epoch in range(start_epoch, num_epochs):
+            t0 = time.time()
+            state, host, pos = train_epoch(job, state, epoch, pos, partial, stop)
+            partial = None
+            if pos < (epoch + 1) * job.spe:  # a stop signal
+                save(job, pos, state, host, epoch)
+                raise Preempted(
+                    f"stopped by {stop.by} at {job.describe(pos)}; checkpointed in "
+                    f"{ckpts.directory}; rerun to resume"
+                )
+            check_finite(job, host, epoch)
+            done = epoch + 1 == num_epochs
+            due = done or (epoch + 1) % int(config.eval_every) == 0
+            evals = evaluate(job, state) if due else None
+            log_epoch(job, rows, epoch, host, evals, time.time() - t0)
+            if done or (epoch + 1) % int(config.checkpoint_every) == 0:
+                save(job, pos, state, None, epoch)
+        return write_summary(job, rows, evals, state, start_epoch, t_start)
 
 
-def build(config, workdir: epath.Path, data=None) -> Job:
+def build(config, workdir: epath.Path, ckpts, data=None) -> Job:
     """The data, model, optimizer, losses and jitted steps, and every check that needs them
     (the model's task is the data's, the stored config, the checkpoints)."""
     datasets = build_data(config, data)
@@ -190,12 +211,6 @@ def build(config, workdir: epath.Path, data=None) -> Job:
     }
     eval_step = steps_lib.make_eval_step(
         model, mesh, int(info.num_classes), class_counts=counts, num_models=num_models
-    )
-    ckpts = ckpt.Checkpoints(
-        workdir,
-        keep=int(config.keep_checkpoints),
-        every_steps=int(config.get("checkpoint_every_steps", 0) or 0),
-        every_minutes=float(config.get("checkpoint_every_minutes", 0.0) or 0.0),
     )
     job = Job(config, workdir, datasets, mesh, model, tx, train_steps, eval_step, ckpts)
     _check_workdir(job)
@@ -288,34 +303,6 @@ def _check_workdir(job: Job) -> None:
             f"workdir {where!r} holds a checkpoint at {job.describe(steps[-1])}, "
             f"beyond num_epochs={job.config.num_epochs}"
         )
-
-
-def run(job: Job, stop: StopSignals, t_start: float) -> dict:
-    """Restore, then per epoch: train, check, evaluate, log, checkpoint; summarize."""
-    config, spe = job.config, job.spe
-    if job.is_main:
-        _store_configs(job)
-    state, pos, partial = restore(job)
-    start_epoch = pos // spe
-    rows = _reset_files(job, start_epoch)
-    evals = evaluate(job, state) if pos == job.total else None
-    for epoch in range(start_epoch, int(config.num_epochs)):
-        t0 = time.time()
-        state, host, pos = train_epoch(job, state, epoch, pos, partial, stop)
-        partial = None
-        if pos < (epoch + 1) * spe:  # a stop signal
-            save(job, pos, state, host, epoch)
-            raise Preempted(
-                f"stopped by {stop.by} at {job.describe(pos)}; checkpointed in "
-                f"{job.ckpts.directory}; rerun to resume"
-            )
-        check_finite(job, host, epoch)
-        done = epoch + 1 == int(config.num_epochs)
-        evals = evaluate(job, state) if done or (epoch + 1) % int(config.eval_every) == 0 else None
-        log_epoch(job, rows, epoch, host, evals, time.time() - t0)
-        if done or (epoch + 1) % int(config.checkpoint_every) == 0:
-            save(job, pos, state, None, epoch)
-    return write_summary(job, rows, evals, state, start_epoch, t_start)
 
 
 def _store_configs(job: Job) -> None:
