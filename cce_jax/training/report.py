@@ -58,17 +58,10 @@ def run_summary(ev: dict, rows: list[dict], *, info, config: dict, seeds=None, *
     if seeds:
         summary["trained_with_seeds"] = list(seeds)
     if getattr(info, "task", "classification") == "segmentation":
-        summary.update(
-            task="segmentation",
-            num_test=int(info.num_test),
-            num_test_pixels=int(ev["num_pixels"]),
-            test_miou=ev["miou"],
-            test_pixel_accuracy=ev["pixel_accuracy"],
-            test_mean_class_accuracy=ev["mean_class_accuracy"],
-            test_fw_iou=ev["fw_iou"],
-            per_class_iou=ev["per_class_iou"],
-            frequency_groups=ev["groups"],
-        )
+        pixel = ("miou", "pixel_accuracy", "mean_class_accuracy", "fw_iou")
+        summary.update({f"test_{k}": ev[k] for k in pixel}, task="segmentation")
+        summary.update(num_test=int(info.num_test), num_test_pixels=int(ev["num_pixels"]))
+        summary.update(per_class_iou=ev["per_class_iou"], frequency_groups=ev["groups"])
     return summary
 
 

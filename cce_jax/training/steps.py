@@ -212,10 +212,8 @@ def evaluate(
 def split_metrics(cm, class_counts=None, task: str = "classification") -> dict:
     """The metrics of a confusion matrix; a segmentation (pixel) matrix adds the
     classification names of its numbers (top1 = pixel accuracy, ...; docs/training.md)."""
-    if task == "classification":
-        return metrics_lib.from_confusion(cm, class_counts)
     if task != "segmentation":
-        raise ValueError(f"task: expected 'classification' or 'segmentation', got {task!r}")
+        return metrics_lib.from_confusion(cm, class_counts)
     out = metrics_lib.segmentation_metrics(cm, class_counts)
     out.update(
         top1=out["pixel_accuracy"],

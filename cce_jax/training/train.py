@@ -319,9 +319,8 @@ def restore(job: Job):
     seeds = job.seeds
     keys = [jax.random.key(s) for s in seeds or (int(job.config.seed),)]
     rng = jnp.stack(keys) if seeds else keys[0]
-    state = steps_lib.create_train_state(
-        job.model, job.tx, rng, tuple(job.info.image_shape), job.mesh
-    )
+    shape = tuple(job.info.image_shape)
+    state = steps_lib.create_train_state(job.model, job.tx, rng, shape, job.mesh)
     state, progress, pos = job.ckpts.restore(state, job.describe)
     if pos:
         print(f"resumed from {job.ckpts.directory} at {job.describe(pos)}", flush=True)
@@ -431,17 +430,10 @@ def save(job: Job, pos: int, state, host, epoch: int) -> None:
 
 def evaluate(job: Job, state) -> list[dict]:
     """Each model's test metrics (:func:`~cce_jax.training.steps.evaluate`)."""
-    info = job.info
-    out = steps_lib.evaluate(
-        job.eval_step,
-        state,
-        _model_batches(job),
-        job.mesh,
-        int(info.num_classes),
-        np.asarray(info.class_counts, np.int64),
-        num_models=job.num_models,
-        task=getattr(info, "task", "classification"),
-    )
+    info, counts = job.info, np.asarray(job.info.class_counts, np.int64)
+    args = (job.eval_step, state, _model_batches(job), job.mesh, int(info.num_classes), counts)
+    task = getattr(info, "task", "classification")
+    out = steps_lib.evaluate(*args, num_models=job.num_models, task=task)
     return [out] if job.num_models is None else out
 
 
