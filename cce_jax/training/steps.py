@@ -97,7 +97,8 @@ def _train_step(model, tx, loss_fns, state, batch):
     for i, loss_fn in enumerate(loss_fns):
         state, loss, logits, grad_norm = _sgd_update(model, tx, loss_fn, state, batch)
         if i == 0:
-            accuracy = _accuracy(logits, batch["label"])
+            hit = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+            accuracy = _valid_mean(hit, batch["label"], logits.shape[-1])
             metrics.update(loss=loss, grad_norm=grad_norm, accuracy=accuracy)
         else:
             metrics[f"loss_{i}"] = loss
@@ -122,11 +123,6 @@ def _sgd_update(model, tx, loss_fn, state, batch):
     params = optax.apply_updates(state.params, updates)
     new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new, loss, logits, optax.tree.norm(grads)
-
-
-def _accuracy(logits, labels):
-    hit = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return _valid_mean(hit, labels, logits.shape[-1])
 
 
 def make_eval_step(
