@@ -3,6 +3,7 @@ segmentation run's predicted label maps (predictions.npz)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 
@@ -83,10 +84,8 @@ def predictions(model, data, variables, n: int = NUM_PREDICTIONS) -> dict:
 def write_run_files(workdir: epath.Path, summary: dict) -> None:
     """``summary.json`` (strict JSON) and ``per_class.png``."""
     ckpt.write(workdir / "summary.json", ckpt.dumps(summary))
-    try:
+    with contextlib.suppress(ImportError):  # matplotlib is optional for the trainer
         plot_per_class(summary, workdir / "per_class.png")
-    except ImportError:  # matplotlib is optional for the trainer
-        pass
 
 
 def write_predictions(workdir: epath.Path, arrays: dict) -> None:

@@ -184,9 +184,7 @@ def evaluate(
     leading = num_models is not None
     total = None
     for batch in batches:
-        batch = dict(batch)
-        if "mask" not in batch:
-            batch["mask"] = np.ones(np.shape(batch["label"]), bool)
+        batch = {"mask": np.ones(np.shape(batch["label"]), bool), **batch}
         cm = to_host(eval_step(state, shard_batch(batch, mesh, leading))).astype(np.int64)
         total = cm if total is None else total + cm
     if total is None:
