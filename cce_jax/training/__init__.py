@@ -1,10 +1,5 @@
-"""Data-parallel training, evaluation and checkpointing (flax.linen + optax + orbax).
-
-Reading order: :mod:`~cce_jax.training.train` (:func:`train_and_evaluate`, the whole run),
-:mod:`~cce_jax.training.steps` (the train state, the jitted steps),
-:mod:`~cce_jax.training.checkpoints` (the workdir's files and the orbax checkpoints),
-:mod:`~cce_jax.training.config` (config checks, exit codes), ``optimizer``, ``report``.
-"""
+"""Data-parallel training, evaluation and checkpointing (flax.linen + optax + orbax); start
+with :func:`~cce_jax.training.train.train_and_evaluate` (docs/training.md)."""
 
 from cce_jax._extras import require
 

@@ -1,16 +1,9 @@
 """A run's workdir: the lock, JSON files, and one orbax ``CheckpointManager`` with a digest.
 
-Paths go through ``etils.epath`` (a local folder or a bucket, ``gs://BUCKET/run``). Process 0
-writes the JSON files, each as one atomic write (locally a temporary file and a rename, in a
-bucket one object upload). :func:`storage_errors` is the one place where an ``OSError``
-becomes a one-line :class:`StorageError` (exit code 74).
-
-``checkpoints/<step>/`` holds ``state/`` (the train state), ``progress/`` (JSON: the per-step
-metrics of a partly trained epoch) and ``digest.json`` (the sha256 of every other file,
-written once orbax has committed the step). :meth:`Checkpoints.restore` verifies the digest;
-proven damage (a digest mismatch, files orbax cannot decode) moves the step to
-``corrupt_checkpoints/`` and the next older one is used; any other read error stops the run
-with :class:`CheckpointUnreadable`, nothing moved.
+Paths go through ``etils.epath`` (a folder or a bucket); :func:`storage_errors` is the one place
+an ``OSError`` becomes a one-line :class:`StorageError` (exit 74). A checkpoint
+``checkpoints/<step>/`` holds ``state/``, ``progress/`` (the metrics of a partly trained epoch)
+and ``digest.json``; damage and the fallback are described in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -27,6 +20,7 @@ import sys
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from cce_jax.training.config import ConfigError
 
@@ -55,8 +49,7 @@ def first_line(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def storage_errors(what: str, path, note: str = ""):
-    """Turns an ``OSError`` (or an orbax/tensorstore error naming a full disk) into a one-line
-    :class:`StorageError`: ``"{what} {path}: {cause}; {note; }{what to do}"``."""
+    """An ``OSError`` (or an orbax error naming a full disk) as a one-line StorageError."""
     try:
         yield
     except (StorageError, FileNotFoundError):
@@ -96,22 +89,21 @@ def is_local(path) -> bool:
 
 
 def write(path: epath.Path, data: str | bytes) -> None:
-    """Writes ``path`` atomically (locally: a temporary file, fsync, rename)."""
+    """Writes ``path`` atomically: locally a temporary file, fsync, rename; a bucket object
+    is uploaded whole."""
+    text = isinstance(data, str)
     with storage_errors("cannot write", path):
-        if is_local(path):  # a bucket object is uploaded whole, never in part
-            tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-            try:
-                with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-        elif isinstance(data, bytes):
-            path.write_bytes(data)
-        else:
-            path.write_text(data)
+        if not is_local(path):
+            return path.write_text(data) if text else path.write_bytes(data)
+        tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+        try:
+            with open(tmp, "w" if text else "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def append_line(path: epath.Path, row: dict) -> None:
@@ -135,35 +127,30 @@ def read_jsonl(path: epath.Path) -> list[dict]:
     return rows
 
 
-class WorkdirLock:
+@contextlib.contextmanager
+def WorkdirLock(workdir: epath.Path):  # noqa: N802 (used as a class)
     """An exclusive ``fcntl`` lock on ``workdir/.lock`` (local disk only) for a run's life;
     a second run gets a :class:`ConfigError`. The kernel drops it when the process dies."""
-
-    def __init__(self, workdir: epath.Path):
-        self.path, self._fd = workdir / ".lock", None
-
-    def __enter__(self):
-        if not is_local(self.path):
-            return self  # a bucket has no lock that dies with its process
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ConfigError(
-                f"workdir {str(self.path.parent)!r} is in use by another run (pid {owner}); "
-                "wait for it or use another --workdir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+    path = workdir / ".lock"
+    if not is_local(path):  # a bucket has no lock that dies with its process
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(
+            f"workdir {str(workdir)!r} is in use by another run (pid {owner}); "
+            "wait for it or use another --workdir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 def checkpoint_digest(step_dir: epath.Path) -> dict[str, str]:
@@ -182,22 +169,20 @@ class Checkpoints:
     """One orbax ``CheckpointManager`` (its save policies for the mid-epoch intervals) plus
     the digest and the fallback to the newest intact checkpoint."""
 
-    def __init__(self, workdir: epath.Path, *, keep: int, every_steps=0, every_minutes=0.0):
+    def __init__(self, workdir: epath.Path, config):
         self.workdir, self.directory = workdir, workdir / "checkpoints"
-        policies = [ocp.checkpoint_managers.FixedIntervalPolicy(int(every_steps))] * (
-            int(every_steps) > 0
-        )
-        if float(every_minutes) > 0:
-            secs = int(round(60 * float(every_minutes)))
-            policies.append(
-                ocp.checkpoint_managers.ContinuousCheckpointingPolicy(minimum_interval_secs=secs)
-            )
-        self.has_interval = bool(policies)
+        every_steps = int(config.get("checkpoint_every_steps", 0) or 0)
+        every_minutes = float(config.get("checkpoint_every_minutes", 0.0) or 0.0)
+        policies = ocp.checkpoint_managers
+        self.policies = [policies.FixedIntervalPolicy(every_steps)] if every_steps > 0 else []
+        if every_minutes > 0:
+            secs = int(round(60 * every_minutes))
+            self.policies.append(policies.ContinuousCheckpointingPolicy(minimum_interval_secs=secs))
         self._options = ocp.CheckpointManagerOptions(
-            max_to_keep=int(keep),
+            max_to_keep=int(config.keep_checkpoints),
             enable_async_checkpointing=False,
             cleanup_tmp_directories=True,  # what a save cut short left
-            save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
+            save_decision_policy=policies.AnySavePolicy(self.policies),
         )
         self._m = None  # made on first use: a refused run creates no folder
 
@@ -215,20 +200,17 @@ class Checkpoints:
 
     def should_save(self, step: int) -> bool:
         """Whether ``checkpoint_every_steps``/``_minutes`` asks for a save at ``step``."""
-        return self.has_interval and self.mngr.should_save(step)
+        return bool(self.policies) and self.mngr.should_save(step)
 
     def save(self, step: int, state, progress: dict) -> None:
         """Saves ``state`` and the JSON ``progress`` as ``step``, then its digest."""
         what = f"cannot save the checkpoint of step {step} in"
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
+        )
         with storage_errors(what, self.directory, "the previous checkpoint is kept"):
             try:
-                self.mngr.save(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
-                    ),
-                    force=True,
-                )
+                self.mngr.save(step, args=args, force=True)
                 self.mngr.wait_until_finished()
             except BaseException:
                 self.close()  # a manager that failed mid-save is not reused
@@ -241,8 +223,7 @@ class Checkpoints:
         """(state, progress, step) of the newest intact checkpoint, or ``(like, {}, 0)``."""
         for step in reversed(self.steps()):
             try:
-                state, progress = self._restore(step, like)
-                return state, progress, step
+                return (*self._restore(step, like), step)
             except _Damaged as e:
                 self._quarantine(step)
                 older = [s for s in self.steps() if s < step]
@@ -276,13 +257,11 @@ class Checkpoints:
             if bad:
                 raise _Damaged(f"digest mismatch in {', '.join(bad[:3])}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
+        )
         try:
-            out = self.mngr.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
-                ),
-            )
+            out = self.mngr.restore(step, args=args)
         except (OSError, TimeoutError):
             raise
         except Exception as e:  # undecodable files of an unverified checkpoint are damage
@@ -302,8 +281,6 @@ class Checkpoints:
                     dest, i = root / f"{step}.{i}", i + 1
                 (self.directory / str(step)).rename(dest)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices("cce_jax quarantine")
 
     def close(self) -> None:

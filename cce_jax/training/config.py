@@ -1,34 +1,19 @@
-"""Config checks, exit codes and the workdir's config contract (no data, no compilation).
-
-:func:`validate_config` runs before anything is written to a workdir; the loss and the data
-source are checked where they are built (:func:`cce_jax.training.train.train_and_evaluate`).
-A workdir belongs to the config stored in its ``config.json``; only :data:`RUN_CONTROL_KEYS`
-may change when a run resumes there (:func:`config_diff`).
-"""
+"""Config checks, exit codes and the workdir's config contract (no data, no compilation)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
 import jax
 
-# Keys that may change between a run and its resumption in the same workdir.
+# Keys that may change between a run and its resumption in the same workdir (model.conv_impl
+# changes float rounding only, as a move to another CPU does).
 RUN_CONTROL_KEYS = frozenset(
-    {
-        "num_epochs",
-        "eval_every",
-        "checkpoint_every",
-        "checkpoint_every_steps",
-        "checkpoint_every_minutes",
-        "keep_checkpoints",
-        "progress",
-        "distributed",
-        "model.conv_impl",  # changes float rounding only, as a move to another CPU does
-        "data.cache_dir",
-        "data.data_dir",
-        "data.download",
-    }
+    "num_epochs eval_every checkpoint_every checkpoint_every_steps checkpoint_every_minutes "
+    "keep_checkpoints progress distributed model.conv_impl data.cache_dir data.data_dir "
+    "data.download".split()
 )
 
 SCHEDULES = ("step", "cosine", "constant")
@@ -49,11 +34,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     out = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
+        out.update(
+            flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v}
+        )
     return out
 
 
@@ -80,24 +63,15 @@ def is_cot(config) -> bool:
 
 def seeds_of(config) -> tuple[int, ...] | None:
     """``config.seeds`` as a tuple of ints, or None for a single run."""
-    seeds = config.get("seeds", None)
-    if seeds is None or len(tuple(seeds)) == 0:
-        return None
-    return tuple(int(s) for s in seeds)
+    return tuple(int(s) for s in config.get("seeds", None) or ()) or None
 
 
-def _finite(x) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
+def _finite(x) -> bool:  # a TypeError/ValueError counts as False (_safe)
+    return math.isfinite(float(x))
 
 
 def _distinct_ints(seeds) -> bool:
-    try:
-        return all(int(s) == s for s in seeds) and len(set(map(int, seeds))) == len(seeds)
-    except (TypeError, ValueError):
-        return False
+    return all(int(s) == s for s in seeds) and len(set(map(int, seeds))) == len(seeds)
 
 
 # (key, check of its value, what it must be): the cheap checks of validate_config.
@@ -133,7 +107,9 @@ def validate_config(config, *, num_devices=None, num_processes=None) -> None:
 
     errs = []
     for key, ok, what in _CHECKS:
-        value = _get(config, key)
+        value = functools.reduce(
+            lambda c, k: None if c is None else c.get(k), key.split("."), config
+        )
         if value is not None and not _safe(ok, value):
             errs.append(f"{key}={value!r} must be {what}")
     devices = jax.device_count() if num_devices is None else num_devices
@@ -157,13 +133,6 @@ def validate_config(config, *, num_devices=None, num_processes=None) -> None:
         errs.append(f"model: {e}")
     if errs:
         raise ConfigError("bad config:\n  " + "\n  ".join(errs))
-
-
-def _get(config, key):
-    """``config``'s value at a dotted key, None when it is not set."""
-    for part in key.split("."):
-        config = config.get(part) if config is not None else None
-    return config
 
 
 def _safe(ok, value) -> bool:

@@ -11,20 +11,10 @@ __all__ = ["make_lr_schedule", "make_optimizer", "decay_mask"]
 
 
 def make_lr_schedule(config, steps_per_epoch: int, updates_per_step: int = 1) -> Callable:
-    """``lr(count)`` from ``config.optimizer.lr`` and ``config.schedule`` (an optax schedule).
-
-    ``count`` counts optimizer updates; with ``updates_per_step`` updates per batch (COT: 2)
-    the schedule is indexed by the batch ``count // updates_per_step``.
-
-    * ``"step"``: from epoch ``boundaries[i]`` on, ``lr * factors[i]`` (factors are relative to
-      the base lr, not cumulative: LDAM ``(160, 180), (0.01, 0.0001)``; CCE ``(100, 150),
-      (0.1, 0.01)``), an ``optax.join_schedules`` of constant schedules;
-    * ``"cosine"``: ``optax.cosine_decay_schedule`` from ``lr`` to 0 over the epochs after
-      the warm-up;
-    * ``"constant"``;
-
-    times a linear warm-up factor ``(step + 1) / warmup_steps`` (``optax.linear_schedule``)
-    over the first ``schedule.warmup_epochs`` epochs.
+    """``lr(count)`` from ``config.optimizer.lr`` and ``config.schedule`` (docs/training.md):
+    ``"step"`` (from epoch ``boundaries[i]`` on, ``lr * factors[i]``), ``"cosine"`` (to 0 after
+    the warm-up) or ``"constant"``, times a linear warm-up over ``schedule.warmup_epochs``.
+    ``count`` counts optimizer updates, ``updates_per_step`` per batch (COT: 2).
     """
     base = float(config.optimizer.lr)
     sch = config.schedule
@@ -60,11 +50,8 @@ def decay_mask(params):
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD + momentum with coupled L2 weight decay (PyTorch ``SGD(weight_decay=...)``).
-
-    ``optimizer.decay_all=True`` decays every parameter, else only the kernels
-    (:func:`decay_mask`).
-    """
+    """SGD + momentum with coupled L2 weight decay (PyTorch ``SGD(weight_decay=...)``) on the
+    kernels (:func:`decay_mask`), or on every parameter with ``optimizer.decay_all``."""
     from cce_jax.training.config import is_cot
 
     opt = config.optimizer

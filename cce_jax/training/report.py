@@ -3,43 +3,34 @@ segmentation run's predicted label maps (predictions.npz)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 
+import flax
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 from etils import epath
 
+from cce_jax import parallel
 from cce_jax.training import checkpoints as ckpt
 
-SCALAR_METRICS = (
-    "test_top1",
-    "test_balanced_accuracy",
-    "test_many",
-    "test_medium",
-    "test_few",
-    "test_macro_f1",
-    "final_train_loss",
-)
+_KEYS = ("top1", "balanced_accuracy", "many", "medium", "few", "macro_f1")
+SCALAR_METRICS = tuple(f"test_{k}" for k in _KEYS) + ("final_train_loss",)
 # Segmentation runs add these (test_top1 is then the pixel accuracy, test_balanced_accuracy
 # the mean class accuracy, test_many/medium/few the mIoU of the pixel-frequency groups).
 SEGMENTATION_METRICS = ("test_miou", "test_fw_iou")
-# A segmentation run stores its predicted label maps of this many test images.
-NUM_PREDICTIONS = 16
+NUM_PREDICTIONS = 16  # the test images whose label maps a segmentation run stores
 
 
 def run_summary(ev: dict, rows: list[dict], *, info, config: dict, seeds=None, **extra) -> dict:
-    """One model's ``summary.json``: its final test metrics ``ev`` (:func:`steps.evaluate
-    <cce_jax.training.steps.evaluate>`), its metrics ``rows``, the data ``info``, the machine
-    and versions, its ``config`` and ``extra`` (``resumed_from_epoch``, ``wall_time_s``);
-    ``trained_with_seeds`` when it is one of several ``seeds``; a segmentation run adds
-    ``task`` and its pixel metrics (mIoU, fwIoU, per-class IoU)."""
-    import flax
-    import jax
-    import optax
-    import orbax.checkpoint as ocp
-
-    keys = ("top1", "balanced_accuracy", "many", "medium", "few", "macro_f1")
-    summary = {f"test_{k}": ev.get(k) for k in keys}
+    """One model's ``summary.json`` from its final test metrics ``ev``, its metrics ``rows``,
+    the data ``info``, its ``config`` and ``extra``; ``trained_with_seeds`` when it is one of
+    several ``seeds``; a segmentation run adds ``task`` and its pixel metrics."""
+    summary = {f"test_{k}": ev.get(k) for k in _KEYS}
     for k in ("per_class_accuracy", "posthoc_logit_adjustment", "test_class_counts"):
         summary[k] = ev.get(k)
     last = rows[-1] if rows else {}
@@ -68,29 +59,16 @@ def run_summary(ev: dict, rows: list[dict], *, info, config: dict, seeds=None, *
     if seeds:
         summary["trained_with_seeds"] = list(seeds)
     if getattr(info, "task", "classification") == "segmentation":
-        summary.update(
-            task="segmentation",
-            num_test=int(info.num_test),
-            num_test_pixels=int(ev["num_pixels"]),
-            test_miou=ev["miou"],
-            test_pixel_accuracy=ev["pixel_accuracy"],
-            test_mean_class_accuracy=ev["mean_class_accuracy"],
-            test_fw_iou=ev["fw_iou"],
-            per_class_iou=ev["per_class_iou"],
-            frequency_groups=ev["groups"],
-        )
+        pixel = ("miou", "pixel_accuracy", "mean_class_accuracy", "fw_iou")
+        summary.update({f"test_{k}": ev[k] for k in pixel}, task="segmentation")
+        summary.update(num_test=int(info.num_test), num_test_pixels=int(ev["num_pixels"]))
+        summary.update(per_class_iou=ev["per_class_iou"], frequency_groups=ev["groups"])
     return summary
 
 
 def predictions(model, data, variables, n: int = NUM_PREDICTIONS) -> dict:
-    """A segmentation ``model``'s label maps (with ``variables``, one model's) for the first
-    ``n`` test images of ``data``, with the images and true maps: the arrays of
-    ``predictions.npz`` (:func:`write_predictions`)."""
-    import jax
-    import jax.numpy as jnp
-
-    from cce_jax import parallel
-
+    """The arrays of ``predictions.npz``: a segmentation ``model``'s label maps for the first
+    ``n`` test images of ``data``, with the images and the true maps."""
     images, truth = (a[:n] for a in data.test_split())
     variables = jax.tree.map(parallel.to_host, variables)
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(
@@ -106,15 +84,11 @@ def predictions(model, data, variables, n: int = NUM_PREDICTIONS) -> dict:
 def write_run_files(workdir: epath.Path, summary: dict) -> None:
     """``summary.json`` (strict JSON) and ``per_class.png``."""
     ckpt.write(workdir / "summary.json", ckpt.dumps(summary))
-    try:
+    with contextlib.suppress(ImportError):  # matplotlib is optional for the trainer
         plot_per_class(summary, workdir / "per_class.png")
-    except ImportError:  # matplotlib is optional for the trainer
-        pass
 
 
 def write_predictions(workdir: epath.Path, arrays: dict) -> None:
-    """``predictions.npz``: a segmentation run's ``images``, true ``labels`` and predicted
-    ``predictions`` (uint8 label maps) of the first test images, for picture grids."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     ckpt.write(workdir / "predictions.npz", buf.getvalue())
@@ -122,8 +96,7 @@ def write_predictions(workdir: epath.Path, arrays: dict) -> None:
 
 def read_predictions(workdir) -> dict:
     """The arrays :func:`write_predictions` wrote in ``workdir`` (a folder or a bucket URL)."""
-    data = (epath.Path(workdir) / "predictions.npz").read_bytes()
-    with np.load(io.BytesIO(data)) as z:
+    with np.load(io.BytesIO((epath.Path(workdir) / "predictions.npz").read_bytes())) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -135,8 +108,7 @@ def plot_per_class(summary: dict, path: epath.Path) -> None:
 
     seg = summary.get("task") == "segmentation"
     counts = np.asarray(summary["class_counts"])
-    values = summary["per_class_iou" if seg else "per_class_accuracy"]
-    acc = np.asarray([np.nan if a is None else a for a in values], float)
+    acc = _nan(summary["per_class_iou" if seg else "per_class_accuracy"])
     names = summary.get("class_names") or [str(i) for i in range(len(counts))]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(counts)), 3.2), dpi=100)
     x = np.arange(len(counts))
@@ -177,46 +149,31 @@ def _pct(x):
     return "  n/a" if x is None else f"{100 * x:5.1f}"
 
 
-def _format_segmentation(summary: dict) -> str:
-    names = summary.get("class_names") or [str(i) for i in range(len(summary["class_counts"]))]
-    width = max(5, max(len(str(n)) for n in names))
-    lines = [f"{'class':<{width}}  train px  test px  IoU %  acc %"]
-    for n, c, t, iou, a in zip(
-        names,
-        summary["class_counts"],
-        summary["test_class_counts"],
-        summary["per_class_iou"],
-        summary["per_class_accuracy"],
-    ):
-        lines.append(f"{str(n):<{width}}  {c:8d}  {t:7d}  {_pct(iou)}  {_pct(a)}")
-    lines.append(
-        f"mIoU {_pct(summary['test_miou'])}  pixel acc {_pct(summary['test_top1'])}  "
-        f"mean class acc {_pct(summary['test_balanced_accuracy'])}  fwIoU "
-        f"{_pct(summary['test_fw_iou'])}  many/medium/few mIoU {_pct(summary['test_many'])}/"
-        f"{_pct(summary['test_medium'])}/{_pct(summary['test_few'])}"
-    )
-    return "\n".join(lines)
-
-
 def format_table(summary: dict) -> str:
     """Per-class accuracy against the training count, then the headline numbers
     (segmentation: per-class IoU and accuracy against the training pixels, then mIoU)."""
-    if summary.get("task") == "segmentation":
-        return _format_segmentation(summary)
-    names = summary.get("class_names") or [str(i) for i in range(len(summary["class_counts"]))]
-    width = max(5, max(len(str(n)) for n in names))
-    lines = [f"{'class':<{width}}  train  test  acc %"]
-    for n, c, t, a in zip(
-        names, summary["class_counts"], summary["test_class_counts"], summary["per_class_accuracy"]
-    ):
-        lines.append(f"{str(n):<{width}}  {c:5d}  {t:4d}  {_pct(a)}")
+    s, seg = summary, summary.get("task") == "segmentation"
+    names = s.get("class_names") or [str(i) for i in range(len(s["class_counts"]))]
+    w = max(5, max(len(str(n)) for n in names))
+    cols = zip(names, s["class_counts"], s["test_class_counts"], s["per_class_accuracy"])
+    groups = f"{_pct(s['test_many'])}/{_pct(s['test_medium'])}/{_pct(s['test_few'])}"
+    if seg:
+        lines = [f"{'class':<{w}}  train px  test px  IoU %  acc %"]
+        for (n, c, t, a), iou in zip(cols, s["per_class_iou"]):
+            lines.append(f"{str(n):<{w}}  {c:8d}  {t:7d}  {_pct(iou)}  {_pct(a)}")
+        lines.append(
+            f"mIoU {_pct(s['test_miou'])}  pixel acc {_pct(s['test_top1'])}  mean class acc "
+            f"{_pct(s['test_balanced_accuracy'])}  fwIoU {_pct(s['test_fw_iou'])}  "
+            f"many/medium/few mIoU {groups}"
+        )
+        return "\n".join(lines)
+    lines = [f"{'class':<{w}}  train  test  acc %"]
+    lines += [f"{str(n):<{w}}  {c:5d}  {t:4d}  {_pct(a)}" for n, c, t, a in cols]
     lines.append(
-        f"top-1 {_pct(summary['test_top1'])}  balanced {_pct(summary['test_balanced_accuracy'])}  "
-        f"macro-F1 {_pct(summary['test_macro_f1'])}  many/medium/few {_pct(summary['test_many'])}/"
-        f"{_pct(summary['test_medium'])}/{_pct(summary['test_few'])}"
+        f"top-1 {_pct(s['test_top1'])}  balanced {_pct(s['test_balanced_accuracy'])}  "
+        f"macro-F1 {_pct(s['test_macro_f1'])}  many/medium/few {groups}"
     )
-    posthoc = summary.get("posthoc_logit_adjustment") or []
-    if posthoc:
+    if posthoc := s.get("posthoc_logit_adjustment") or []:
         best = max(posthoc, key=lambda r: r["balanced_accuracy"] or 0)
         lines.append(
             "post-hoc logit adjustment, balanced acc by tau: "
@@ -239,6 +196,10 @@ def mean_sd(values) -> tuple[float | None, float | None]:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
 
 
+def _nan(values) -> np.ndarray:
+    return np.asarray([np.nan if a is None else a for a in values], float)
+
+
 def aggregate(summaries: list[dict], seeds) -> dict:
     """Mean and sd (ddof 1) over seeds of the scalar metrics, plus the per-seed values."""
     out = {"seeds": [int(s) for s in seeds], "num_seeds": len(summaries)}
@@ -247,14 +208,10 @@ def aggregate(summaries: list[dict], seeds) -> dict:
         values = [s.get(key) for s in summaries]
         mean, sd = mean_sd(values)
         out[key] = {"mean": mean, "sd": sd, "per_seed": values}
-    out["per_class_accuracy_mean"] = np.mean(
-        [[np.nan if a is None else a for a in s["per_class_accuracy"]] for s in summaries], 0
-    ).tolist()
+    for key in ("per_class_accuracy", "per_class_iou")[: 1 + seg]:
+        out[f"{key}_mean"] = np.mean([_nan(s[key]) for s in summaries], 0).tolist()
     if seg:
         out["task"] = "segmentation"
-        out["per_class_iou_mean"] = np.mean(
-            [[np.nan if a is None else a for a in s["per_class_iou"]] for s in summaries], 0
-        ).tolist()
     out["class_counts"] = summaries[0]["class_counts"]
     out["wall_time_s"] = summaries[0]["wall_time_s"]
     return out

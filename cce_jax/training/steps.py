@@ -1,11 +1,6 @@
-"""The train state and the jitted train and eval steps over a 1-D ``"data"`` mesh.
-
-State replicated, batches sharded on their batch axis: XLA's SPMD partitioner inserts the
-all-reduces, so the loss and BatchNorm's moments are those of the global batch (what
-``lax.pmean`` and ``BatchNorm(axis_name=...)`` give in the pmap recipe; docs/training.md).
-``num_models=S``: the state has a leading axis of S models and the step is ``jax.vmap``-ed;
-``steps_per_call=N``: a ``lax.scan`` over N stacked batches.
-"""
+"""The train state and the jitted train and eval steps over a 1-D ``"data"`` mesh: state
+replicated, batches sharded on their batch axis (XLA inserts the all-reduces, so the loss and
+BatchNorm's moments are the global batch's; docs/training.md)."""
 
 from __future__ import annotations
 
@@ -37,12 +32,8 @@ class TrainState:
 
 
 def create_train_state(model: nn.Module, tx, rng, image_shape, mesh) -> TrainState:
-    """Parameters, BatchNorm statistics and optimizer state, replicated on ``mesh``.
-
-    ``rng`` is one key, or a stacked array of S keys: then S states are made with
-    ``jax.vmap`` (state i equals the state made from key i alone).
-    """
-    replicated = NamedSharding(mesh, P())
+    """The state replicated on ``mesh``; with S stacked keys ``rng``, S states (``jax.vmap``,
+    state i equals the state made from key i alone)."""
 
     def init(key):
         variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
@@ -55,12 +46,12 @@ def create_train_state(model: nn.Module, tx, rng, image_shape, mesh) -> TrainSta
         )
 
     fn = init if jnp.ndim(rng) == 0 else jax.vmap(init)
-    return jax.jit(fn, out_shardings=replicated)(rng)
+    return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))(rng)
 
 
 def _valid_mean(values, labels, num_classes: int):
-    """The batch mean of per-example values; for label maps (``labels`` [B, H, W]) the mean
-    over the pixels whose label is a class (ignore pixels, e.g. 255, excluded; 0 when none)."""
+    """The batch mean; for label maps the mean over the pixels whose label is a class (0 when
+    none)."""
     if labels.ndim <= 1:
         return jnp.mean(values)
     valid = (labels >= 0) & (labels < num_classes)
@@ -78,13 +69,10 @@ def make_train_step(
     steps_per_call: int = 1,
     donate: bool = True,
 ) -> Callable:
-    """``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
-
-    Each of ``loss_fns`` (per-example losses ``fn(logits, labels)``) gets one SGD step on the
-    batch, in order (COT: CE, then ``-H_c / K``), on the batch mean (label maps: the mean over
-    pixels that have a class). ``metrics``: ``loss``, ``accuracy`` and ``grad_norm`` of the
-    first update, ``loss_{i}`` of the later ones; with ``steps_per_call`` a leading axis.
-    """
+    """``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``: one SGD step
+    per loss fn ``fn(logits, labels)``, in order (COT: CE, then ``-H_c / K``). ``metrics``:
+    ``loss``, ``accuracy``, ``grad_norm`` of the first, ``loss_{i}`` of the later ones.
+    ``num_models=S``: vmapped over S models; ``steps_per_call=N``: a scan over N batches."""
     step = functools.partial(_train_step, model, tx, tuple(loss_fns))
     if num_models is not None:
         step = jax.vmap(step)
@@ -105,13 +93,12 @@ def make_train_step(
 
 
 def _train_step(model, tx, loss_fns, state, batch):
-    """One batch: an update per loss fn, in order, then the step count; the metrics of
-    :func:`make_train_step`."""
     metrics = {}
     for i, loss_fn in enumerate(loss_fns):
         state, loss, logits, grad_norm = _sgd_update(model, tx, loss_fn, state, batch)
         if i == 0:
-            accuracy = _accuracy(logits, batch["label"])
+            hit = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+            accuracy = _valid_mean(hit, batch["label"], logits.shape[-1])
             metrics.update(loss=loss, grad_norm=grad_norm, accuracy=accuracy)
         else:
             metrics[f"loss_{i}"] = loss
@@ -119,8 +106,7 @@ def _train_step(model, tx, loss_fns, state, batch):
 
 
 def _sgd_update(model, tx, loss_fn, state, batch):
-    """One optimizer update of ``state`` on ``batch``: (new state, loss, logits of the
-    forward pass, global norm of the gradient)."""
+    """(new state, loss, logits, gradient norm) of one update."""
 
     def objective(params):
         logits, new_vars = model.apply(
@@ -139,12 +125,6 @@ def _sgd_update(model, tx, loss_fn, state, batch):
     return new, loss, logits, optax.tree.norm(grads)
 
 
-def _accuracy(logits, labels):
-    """The fraction of examples (label maps: of class pixels) whose argmax is the label."""
-    hit = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return _valid_mean(hit, labels, logits.shape[-1])
-
-
 def make_eval_step(
     model: nn.Module,
     mesh,
@@ -154,12 +134,9 @@ def make_eval_step(
     taus: Sequence[float] = POSTHOC_TAUS,
     num_models: int | None = None,
 ) -> Callable:
-    """``eval_step(state, batch) -> confusion matrices`` (int32 ``[(S,) T, K, K]``), jitted.
-
-    Matrix t counts ``argmax(logits - taus[t] * log(prior))`` (post-hoc logit adjustment,
-    Menon et al. 2021; prior = ``class_counts`` normalised; without them tau 0 only). Label
-    maps count pixels; ignore pixels and images with ``mask`` False count nothing.
-    """
+    """``eval_step(state, batch) -> confusion matrices`` (int32 ``[(S,) T, K, K]``), jitted:
+    matrix t counts ``argmax(logits - taus[t] * log(prior))`` (without ``class_counts``: tau 0
+    only). Label maps count pixels; ignore pixels and ``mask`` False count nothing."""
     k = int(num_classes)
     if class_counts is None:
         taus = (0.0,)
@@ -199,18 +176,15 @@ def evaluate(
     num_models: int | None = None,
     task: str = "classification",
 ):
-    """Full-split metrics (:func:`split_metrics`) of the plain argmax, plus
-    ``posthoc_logit_adjustment``: ``[{"tau", "top1", "balanced_accuracy"}, ...]`` (and
-    ``"miou"`` for segmentation) when ``class_counts`` is given. With ``num_models=S``, a
-    list of S such dicts."""
+    """Full-split metrics (:func:`split_metrics`), with ``class_counts`` plus
+    ``posthoc_logit_adjustment`` (per tau: top1, balanced accuracy, segmentation mIoU); with
+    ``num_models=S`` a list of S such dicts."""
     if class_counts is None:
         taus = (0.0,)
     leading = num_models is not None
     total = None
     for batch in batches:
-        batch = dict(batch)
-        if "mask" not in batch:
-            batch["mask"] = np.ones(np.shape(batch["label"]), bool)
+        batch = {"mask": np.ones(np.shape(batch["label"]), bool), **batch}
         cm = to_host(eval_step(state, shard_batch(batch, mesh, leading))).astype(np.int64)
         total = cm if total is None else total + cm
     if total is None:
@@ -230,13 +204,10 @@ def evaluate(
 
 
 def split_metrics(cm, class_counts=None, task: str = "classification") -> dict:
-    """The metrics of a confusion matrix (:mod:`cce_jax.metrics`); a segmentation (pixel)
-    matrix adds the classification names of its numbers (``top1`` = pixel accuracy,
-    ``balanced_accuracy`` = mean class accuracy, ``many``/... = the groups' mIoU)."""
-    if task == "classification":
-        return metrics_lib.from_confusion(cm, class_counts)
+    """The metrics of a confusion matrix; a segmentation (pixel) matrix adds the
+    classification names of its numbers (top1 = pixel accuracy, ...; docs/training.md)."""
     if task != "segmentation":
-        raise ValueError(f"task: expected 'classification' or 'segmentation', got {task!r}")
+        return metrics_lib.from_confusion(cm, class_counts)
     out = metrics_lib.segmentation_metrics(cm, class_counts)
     out.update(
         top1=out["pixel_accuracy"],

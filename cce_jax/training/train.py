@@ -1,24 +1,9 @@
 """One run: build (data, model, losses, steps), restore, train epoch by epoch, summarize.
 
-:func:`train_and_evaluate` is the whole run, in the shape of flax's ``examples/imagenet``;
-``experiments/train.py`` only parses flags. Where things are chosen, each in one place:
-the data in :func:`build_data` (``cce_jax.data.build``), the model in :func:`build`
-(``cce_jax.models.get_model(config.model.name, ...)``), the loss in :func:`make_losses`
-(``cce_jax.losses.get(config.loss.name, ...)``).
-
-Reproducibility: parameters come from ``jax.random.key(config.seed)``, the data order from
-``data.train_epoch(epoch)``, a pure function of ``(config.seed, epoch)``; the models have no
-dropout, so a resumed run replays the uninterrupted one exactly. With ``config.seeds=(s0,
-...)`` model i is trained exactly as the single run with ``seed=s_i, data.subset_seed=s_i``,
-all models in one vmapped step; each writes ``WORKDIR/seed_<s>/`` and ``WORKDIR/summary.json``
-holds the mean and sd over seeds.
-
-Stops, each loud: a non-finite train loss, gradient or parameter raises
-:class:`TrainingDiverged` (``failure.json``, no summary, the last finite checkpoint kept);
-SIGTERM/SIGINT raise :class:`Preempted` after the step in flight and a checkpoint of the exact
-position. With several processes a signal to any of them reaches all through JAX's
-preemption service (``multihost_utils.reached_preemption_sync_point``, a local check per
-step, no host collective), and all save the same step.
+:func:`train_and_evaluate` is the whole run, in the shape of flax's ``examples/imagenet``; the
+data is chosen in :func:`build_data`, the model in :func:`build`, the loss in
+:func:`make_losses` (docs/training.md). Resume, seeds, divergence and preemption:
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -31,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -38,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from cce_jax import models, parallel
 from cce_jax.training import checkpoints as ckpt
@@ -57,19 +45,17 @@ class Preempted(RuntimeError):
 
 
 class StopSignals:
-    """SIGTERM/SIGINT (unless ignored, as SIGINT in a background job) ask the loop to save and
-    stop after the step in flight; a second one exits at once (``128 + signal``), leaving the
-    previous checkpoint. With several processes SIGTERM is JAX's preemption notice (its own
-    handler); SIGINT is passed on as one."""
+    """SIGTERM/SIGINT ask the loop to save and stop after the step in flight; a second one
+    exits at once (``128 + signal``). With several processes SIGTERM is JAX's preemption
+    notice (its own handler) and SIGINT is passed on as one."""
 
     def __init__(self):
         self.by, self._old, self._got = None, {}, False
 
     def __enter__(self):
-        multi = jax.process_count() > 1
-        sigs = (signal.SIGINT,) if multi else (signal.SIGTERM, signal.SIGINT)
-        for sig in sigs if _main_thread() else ():
-            if signal.getsignal(sig) != signal.SIG_IGN:
+        sigs = (signal.SIGINT,) if jax.process_count() > 1 else (signal.SIGTERM, signal.SIGINT)
+        for sig in sigs if threading.current_thread() is threading.main_thread() else ():
+            if signal.getsignal(sig) != signal.SIG_IGN:  # as SIGINT in a background job
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -87,8 +73,6 @@ class StopSignals:
         """Whether to stop before training from global step ``step`` on."""
         if self.by is None and jax.process_count() > 1:
             with contextlib.suppress(RuntimeError):  # no preemption service: no notice
-                from jax.experimental import multihost_utils
-
                 if multihost_utils.reached_preemption_sync_point(step):
                     self.by = "a preemption notice (SIGTERM or SIGINT to a process)"
         return self.by is not None
@@ -97,12 +81,6 @@ class StopSignals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old = {}
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 @dataclasses.dataclass
@@ -128,8 +106,12 @@ class Job:
 
     @property
     def dirs(self) -> list[epath.Path]:
-        """Each model's folder (with seeds: ``seed_<s>/``)."""
         return [self.workdir / f"seed_{s}" for s in self.seeds] if self.seeds else [self.workdir]
+
+    @property
+    def result_dirs(self) -> list[epath.Path]:
+        """Where summary.json/failure.json go: each model's folder, with seeds the workdir."""
+        return self.dirs + ([self.workdir] if self.seeds else [])
 
     def config_dict(self, seed=None) -> dict:
         """The stored config; with ``seed``, that of the single run the seed's model equals."""
@@ -139,7 +121,7 @@ class Job:
         return d
 
     def describe(self, step: int) -> str:
-        """A position in words: ``"epoch 2"`` (its end) or ``"epoch 3, step 5/12"``."""
+        """``"epoch 2"`` (its end) or ``"epoch 3, step 5/12"``."""
         e, o = divmod(int(step), self.spe)
         return f"epoch {e}" if o == 0 else f"epoch {e + 1}, step {o}/{self.spe}"
 
@@ -148,21 +130,16 @@ class Job:
 
 
 def train_and_evaluate(config, workdir, *, data=None) -> dict:
-    """Trains ``config`` in ``workdir`` (resuming from its last checkpoint) and evaluates.
+    """Trains ``config`` in ``workdir`` (resuming from its last checkpoint), evaluates and
+    returns the summary (with seeds: the aggregate). ``data`` (a pipeline, or one per seed)
+    replaces ``data.build``.
 
-    Writes ``config.json``, ``metrics.jsonl``, ``summary.json``, ``per_class.png``,
-    ``predictions.npz`` (segmentation) and ``checkpoints/``. Returns the summary (with seeds:
-    the aggregate). ``data`` (a pipeline, or a list of one per seed) replaces ``data.build``.
-
-    Raises:
-      ConfigError: a bad config, data set or workdir, before anything is written.
-      TrainingDiverged: a non-finite train loss, gradient or parameter.
-      Preempted: SIGTERM or SIGINT (the exact position saved; rerun to resume).
-      StorageError: the workdir could not be written or a checkpoint read (one line).
+    Raises ConfigError (before anything is written), TrainingDiverged, Preempted (rerun to
+    resume) or StorageError (one line).
     """
     t_start = time.time()
     config_lib.validate_config(config)
-    workdir = epath.Path(workdir if not ckpt.is_local(workdir) else os.path.abspath(workdir))
+    workdir = epath.Path(os.path.abspath(workdir) if ckpt.is_local(workdir) else workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -171,43 +148,58 @@ def train_and_evaluate(config, workdir, *, data=None) -> dict:
             "use a writable --workdir"
         ) from None
     lock = ckpt.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock, StopSignals() as stop:
-        job = build(config, workdir, data)
-        try:
-            return run(job, stop, t_start)
-        finally:
-            job.ckpts.close()
+    ckpts = ckpt.Checkpoints(workdir, config)
+    with lock, StopSignals() as stop, contextlib.closing(ckpts):
+        job = build(config, workdir, ckpts, data)
+        if job.is_main:
+            _store_configs(job)
+        state, pos, partial = restore(job)
+        start_epoch, num_epochs = pos // job.spe, int(config.num_epochs)
+        rows = _reset_files(job, start_epoch)
+        evals = evaluate(job, state) if pos == job.total else None
+        for epoch in range(start_epoch, num_epochs):
+            t0 = time.time()
+            state, host, pos = train_epoch(job, state, epoch, pos, partial, stop)
+            partial = None
+            if pos < (epoch + 1) * job.spe:  # a stop signal
+                save(job, pos, state, host, epoch)
+                raise Preempted(
+                    f"stopped by {stop.by} at {job.describe(pos)}; checkpointed in "
+                    f"{ckpts.directory}; rerun to resume"
+                )
+            check_finite(job, host, epoch)
+            done = epoch + 1 == num_epochs
+            due = done or (epoch + 1) % int(config.eval_every) == 0
+            evals = evaluate(job, state) if due else None
+            log_epoch(job, rows, epoch, host, evals, time.time() - t0)
+            if done or (epoch + 1) % int(config.checkpoint_every) == 0:
+                save(job, pos, state, None, epoch)
+        return write_summary(job, rows, evals, state, start_epoch, t_start)
 
 
-def build(config, workdir: epath.Path, data=None) -> Job:
-    """The data, model, optimizer, losses and jitted steps; every check that needs them
-    (the model's task is the data's, the stored config, the checkpoints) before anything is
-    written."""
+def build(config, workdir: epath.Path, ckpts, data=None) -> Job:
+    """The data, model, optimizer, losses and jitted steps, and every check that needs them
+    (the model's task is the data's, the stored config, the checkpoints)."""
     datasets = build_data(config, data)
-    info, mesh = datasets[0].info, parallel.make_mesh()
+    info, mesh, name = datasets[0].info, parallel.make_mesh(), config.model.name
     task = getattr(info, "task", "classification")
-    if models.model_task(config.model.name) != task:
-        fits = (
-            models.SEGMENTATION_MODEL_NAMES if task == "segmentation" else models.CLASSIFIER_NAMES
-        )
+    if models.model_task(name) != task:
+        seg = task == "segmentation"
+        fits = models.SEGMENTATION_MODEL_NAMES if seg else models.CLASSIFIER_NAMES
         raise ConfigError(
-            f"model.name={config.model.name!r} is a {models.model_task(config.model.name)} "
-            f"model but data.source={config.data.source!r} is a {task} set: use one of "
-            f"{list(fits)}"
+            f"model.name={name!r} is a {models.model_task(name)} model but "
+            f"data.source={config.data.source!r} is a {task} set: use one of {list(fits)}"
         )
     spe = int(datasets[0].steps_per_epoch)
     if spe < 1:
         raise ConfigError(
             f"the train split ({info.num_train}) holds no batch of {config.batch_size}"
         )
+    m = config.model
     model = models.get_model(
-        config.model.name,
-        num_classes=int(info.num_classes),
-        dtype=config.model.dtype,
-        cosine_head=config.model.cosine_head,
-        width=config.model.get("width"),
-        conv_impl=config.model.get("conv_impl", "xla"),
-    )
+        name, num_classes=int(info.num_classes), dtype=m.dtype, cosine_head=m.cosine_head,
+        width=m.get("width"), conv_impl=m.get("conv_impl", "xla"),
+    )  # fmt: skip
     counts = np.asarray(info.class_counts, np.int64)
     tx = opt_lib.make_optimizer(config, spe)
     num_models = len(config.seeds) if config_lib.seeds_of(config) else None
@@ -219,12 +211,6 @@ def build(config, workdir: epath.Path, data=None) -> Job:
     }
     eval_step = steps_lib.make_eval_step(
         model, mesh, int(info.num_classes), class_counts=counts, num_models=num_models
-    )
-    ckpts = ckpt.Checkpoints(
-        workdir,
-        keep=int(config.keep_checkpoints),
-        every_steps=int(config.get("checkpoint_every_steps", 0) or 0),
-        every_minutes=float(config.get("checkpoint_every_minutes", 0.0) or 0.0),
     )
     job = Job(config, workdir, datasets, mesh, model, tx, train_steps, eval_step, ckpts)
     _check_workdir(job)
@@ -293,59 +279,30 @@ def make_losses(config, class_counts) -> tuple[tuple, tuple | None]:
 
 def _check_workdir(job: Job) -> None:
     """The workdir's ``config.json`` is this config's, and its checkpoints fit the run."""
-    steps = job.ckpts.steps()
-    path = job.workdir / "config.json"
+    steps, path, where = job.ckpts.steps(), job.workdir / "config.json", str(job.workdir)
     with ckpt.storage_errors("cannot read", path):
         text = path.read_text() if path.exists() else None
-    if text is None:
-        if steps:
-            raise ConfigError(
-                f"workdir {str(job.workdir)!r} holds checkpoints but no config.json, so the "
-                "config they were trained with cannot be checked; use another --workdir"
-            )
-    else:
-        try:
-            diff = config_lib.config_diff(json.loads(text), job.config_dict())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"workdir {str(job.workdir)!r}: config.json is unreadable") from e
-        if diff:
-            raise ConfigError(
-                f"workdir {str(job.workdir)!r} holds a run of another config (only run-control "
-                "keys may change on resume):\n  " + "\n  ".join(diff)
-            )
+    if text is None and steps:
+        raise ConfigError(
+            f"workdir {where!r} holds checkpoints but no config.json, so the config they were "
+            "trained with cannot be checked; use another --workdir"
+        )
+    try:
+        diff = (
+            config_lib.config_diff(json.loads(text), job.config_dict()) if text is not None else []
+        )
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"workdir {where!r}: config.json is unreadable") from e
+    if diff:
+        raise ConfigError(
+            f"workdir {where!r} holds a run of another config (only run-control keys may "
+            "change on resume):\n  " + "\n  ".join(diff)
+        )
     if steps and steps[-1] > job.total:
         raise ConfigError(
-            f"workdir {str(job.workdir)!r} holds a checkpoint at {job.describe(steps[-1])}, "
+            f"workdir {where!r} holds a checkpoint at {job.describe(steps[-1])}, "
             f"beyond num_epochs={job.config.num_epochs}"
         )
-
-
-def run(job: Job, stop: StopSignals, t_start: float) -> dict:
-    """Restore, then per epoch: train, check, evaluate, log, checkpoint; summarize."""
-    config, spe = job.config, job.spe
-    if job.is_main:
-        _store_configs(job)
-    state, pos, partial = restore(job)
-    start_epoch = pos // spe
-    rows = _reset_files(job, start_epoch)
-    evals = evaluate(job, state) if pos == job.total else None
-    for epoch in range(start_epoch, int(config.num_epochs)):
-        t0 = time.time()
-        state, host, pos = train_epoch(job, state, epoch, pos, partial, stop)
-        partial = None
-        if pos < (epoch + 1) * spe:  # a stop signal
-            save(job, pos, state, host, epoch)
-            raise Preempted(
-                f"stopped by {stop.by} at {job.describe(pos)}; checkpointed in "
-                f"{job.ckpts.directory}; rerun to resume"
-            )
-        check_finite(job, host, epoch)
-        done = epoch + 1 == int(config.num_epochs)
-        evals = evaluate(job, state) if done or (epoch + 1) % int(config.eval_every) == 0 else None
-        log_epoch(job, rows, epoch, host, evals, time.time() - t0)
-        if done or (epoch + 1) % int(config.checkpoint_every) == 0:
-            save(job, pos, state, None, epoch)
-    return write_summary(job, rows, evals, state, start_epoch, t_start)
 
 
 def _store_configs(job: Job) -> None:
@@ -360,14 +317,10 @@ def _store_configs(job: Job) -> None:
 def restore(job: Job):
     """(state, position in steps, host metrics of the partly trained epoch)."""
     seeds = job.seeds
-    rng = (
-        jnp.stack([jax.random.key(s) for s in seeds])
-        if seeds
-        else jax.random.key(int(job.config.seed))
-    )
-    state = steps_lib.create_train_state(
-        job.model, job.tx, rng, tuple(job.info.image_shape), job.mesh
-    )
+    keys = [jax.random.key(s) for s in seeds or (int(job.config.seed),)]
+    rng = jnp.stack(keys) if seeds else keys[0]
+    shape = tuple(job.info.image_shape)
+    state = steps_lib.create_train_state(job.model, job.tx, rng, shape, job.mesh)
     state, progress, pos = job.ckpts.restore(state, job.describe)
     if pos:
         print(f"resumed from {job.ckpts.directory} at {job.describe(pos)}", flush=True)
@@ -390,7 +343,7 @@ def _reset_files(job: Job, done_epochs: int) -> list[list[dict]]:
             ckpt.write(path, "".join(ckpt.dumps(r, indent=None) for r in kept))
         all_rows.append(kept)
     if job.is_main and done_epochs < int(job.config.num_epochs):
-        for d in job.dirs + ([job.workdir] if job.seeds else []):
+        for d in job.result_dirs:
             for name in ("summary.json", "failure.json"):
                 with ckpt.storage_errors("cannot remove", d / name):
                     (d / name).unlink(missing_ok=True)
@@ -398,21 +351,21 @@ def _reset_files(job: Job, done_epochs: int) -> list[list[dict]]:
 
 
 def train_epoch(job: Job, state, epoch: int, pos: int, partial, stop: StopSignals):
-    """Trains epoch ``epoch`` from step ``pos`` on. Returns (state, host metrics of the
-    epoch's steps so far, position); the position is short of the epoch's end only when a
-    stop signal came. Mid-epoch checkpoints as the save policies ask."""
+    """Trains epoch ``epoch`` from step ``pos`` on, checkpointing as the save policies ask.
+    Returns (state, host metrics of the epoch so far, position: short of the epoch's end
+    only when a stop signal came)."""
     single, multi = job.train_steps[job.uses_drw(epoch)]
     n, end = int(job.config.get("steps_per_call", 1)), (epoch + 1) * job.spe
     show = bool(job.config.get("progress", True)) and job.is_main and sys.stdout.isatty()
-    bar = _progress(job.spe, f"epoch {epoch + 1}/{job.config.num_epochs}", show)
+    desc = f"epoch {epoch + 1}/{job.config.num_epochs}"
+    bar = tqdm(total=job.spe, desc=desc, leave=False, disable=not show, file=sys.stdout)
     bar.update(pos - epoch * job.spe)
-    history, pending = [], None
-    for chunk in _chunks(_model_batches(job, epoch, start=pos - epoch * job.spe), n):
+    history, pending, batches = [], None, _model_batches(job, epoch, start=pos - epoch * job.spe)
+    while chunk := list(itertools.islice(batches, n)):
         if stop.requested(pos):
             break
         if len(chunk) == n and multi is not None:
-            lead = 2 if job.num_models else 1
-            state, m = multi(state, parallel.stack_batches(chunk, job.mesh, lead))
+            state, m = multi(state, parallel.stack_batches(chunk, job.mesh, 1 + bool(job.seeds)))
             history.extend(jax.tree.map(lambda x, i=i: x[i], m) for i in range(n))
         else:
             for b in chunk:
@@ -432,15 +385,13 @@ def train_epoch(job: Job, state, epoch: int, pos: int, partial, stop: StopSignal
 
 def check_finite(job: Job, host: dict, epoch: int) -> None:
     """:func:`diverged` if a train loss or gradient norm of ``host`` is not finite."""
-    n = len(host.get("loss", ()))
-    bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"])) if n else np.zeros(0)
+    bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"])) if host else np.zeros(0)
     if bad.any():
         diverged(job, epoch, int(np.argwhere(bad)[0][0]))
 
 
 def diverged(job: Job, epoch: int, step: int):
-    """Writes ``failure.json`` and raises :class:`TrainingDiverged` (step ``step`` of epoch
-    ``epoch``, 0-based)."""
+    """Writes ``failure.json`` and raises :class:`TrainingDiverged` (0-based step of epoch)."""
     steps = job.ckpts.steps()
     last = steps[-1] if steps else None
     at = epoch * job.spe + step
@@ -454,17 +405,13 @@ def diverged(job: Job, epoch: int, step: int):
         "lr": lr,
     }
     if job.is_main:
-        for d in job.dirs + ([job.workdir] if job.seeds else []):
+        for d in job.result_dirs:
             ckpt.write(d / "failure.json", ckpt.dumps(failure))
-    kept = (
-        f"the last finite checkpoint ({job.describe(last)}) is kept"
-        if last
-        else ("no checkpoint was written")
-    )
+    kept = f"the last finite checkpoint ({job.describe(last)}) is kept" if last else None
     raise TrainingDiverged(
         f"training diverged in epoch {epoch + 1} (step {at + 1}, lr {lr:.4g}): non-finite "
-        f"train loss or gradient; {kept}, no summary written. Lower optimizer.lr or check the "
-        "loss hyperparameters."
+        f"train loss or gradient; {kept or 'no checkpoint was written'}, no summary written. "
+        "Lower optimizer.lr or check the loss hyperparameters."
     )
 
 
@@ -483,16 +430,10 @@ def save(job: Job, pos: int, state, host, epoch: int) -> None:
 
 def evaluate(job: Job, state) -> list[dict]:
     """Each model's test metrics (:func:`~cce_jax.training.steps.evaluate`)."""
-    out = steps_lib.evaluate(
-        job.eval_step,
-        state,
-        _model_batches(job),
-        job.mesh,
-        int(job.info.num_classes),
-        np.asarray(job.info.class_counts, np.int64),
-        num_models=job.num_models,
-        task=getattr(job.info, "task", "classification"),
-    )
+    info, counts = job.info, np.asarray(job.info.class_counts, np.int64)
+    args = (job.eval_step, state, _model_batches(job), job.mesh, int(info.num_classes), counts)
+    task = getattr(info, "task", "classification")
+    out = steps_lib.evaluate(*args, num_models=job.num_models, task=task)
     return [out] if job.num_models is None else out
 
 
@@ -555,11 +496,10 @@ def write_summary(job: Job, rows, evals, state, start_epoch: int, t_start: float
 
 
 def _model_batches(job: Job, epoch=None, *, start=0):
-    """The batches of an epoch from step ``start`` on (or of the eval split when ``epoch`` is
-    None): one model's, or with seeds all models' stacked on a leading axis. An epoch's order
-    is a pure function of (seed, epoch), so skipping its first ``start`` batches resumes it."""
-    ds = job.datasets
-    its = [d.train_epoch(epoch) if epoch is not None else d.eval_batches() for d in ds]
+    """The batches of an epoch from step ``start`` on (an epoch's order is a pure function of
+    (seed, epoch)), or of the eval split when ``epoch`` is None; with seeds, all models'
+    stacked on a leading axis."""
+    its = [d.train_epoch(epoch) if epoch is not None else d.eval_batches() for d in job.datasets]
     if epoch is not None:
         its = [itertools.islice(it, start, job.spe) for it in its]
     for group in zip(*its):
@@ -569,18 +509,12 @@ def _model_batches(job: Job, epoch=None, *, start=0):
             yield group[0] if epoch is None else parallel.shard_batch(group[0], job.mesh)
 
 
-def _chunks(it, n):
-    """Lists of ``n`` consecutive items of ``it`` (the last may be shorter)."""
-    while chunk := list(itertools.islice(it, n)):
-        yield chunk
-
-
 def _host_metrics(partial, history) -> dict:
-    """The per-step train metrics of an epoch so far on the host (``[steps(, S)]``): those
-    restored from a mid-epoch checkpoint (``partial``), then this call's (``history``)."""
+    """An epoch's per-step train metrics on the host (``[steps(, S)]``): those restored from
+    a mid-epoch checkpoint (``partial``), then this call's (``history``)."""
     host = (
         {k: np.stack([parallel.to_host(h[k]) for h in history]) for k in history[0]}
-        if (history)
+        if history
         else {}
     )
     for k, v in (partial or {}).items():
@@ -590,11 +524,4 @@ def _host_metrics(partial, history) -> dict:
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def _progress(total, desc, enabled):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, file=sys.stdout)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
