@@ -1,8 +1,6 @@
-"""The report of a grid: rows from the runs' summaries (mean ± sd over seeds), the markdown
-table, its strict-JSON twin, the plots and the segmentation picture grid. Run folders are
-``ROOT/r{ratio}/{loss}/seed{seed}`` or ``ROOT/r{ratio}/{loss}/seeds_0_1/seed_{seed}`` (seeds
-vmapped in one program); ROOT may be a bucket: every file goes through ``etils.epath``.
-"""
+"""A grid's report: rows (mean ± sd over seeds), the markdown table, its JSON twin, plots and
+the picture grid, from ``ROOT/r{ratio}/{loss}/seed{seed}`` or ``.../seeds_0_1/seed_{seed}``
+(ROOT may be a bucket: every file goes through ``etils.epath``)."""
 
 import contextlib
 import datetime
@@ -16,7 +14,6 @@ import warnings
 import numpy as np
 from etils import epath
 
-# The trainer's interface (the one place that names it; experiments.reproduce imports it here).
 from cce_jax.training import (  # noqa: F401
     EXIT_CONFIG_ERROR,
     EXIT_DIVERGED,
@@ -29,9 +26,7 @@ from cce_jax.training import (  # noqa: F401
 )
 from experiments.configs.common import ALL_LOSSES
 
-GRID_IMAGES = 6  # test images in the segmentation picture grid
-IGNORE = 255  # the label of pixels that do not count
-# The columns of a table: (row-metric name, column label).
+GRID_IMAGES, IGNORE = 6, 255  # test images in the picture grid; the label that does not count
 METRICS = tuple(zip(
     ("top1_error", "balanced_accuracy", "many", "medium", "few", "macro_f1"),
     ("top-1 error %", "balanced acc %", "many %", "medium %", "few %", "macro-F1 %"),
@@ -44,7 +39,7 @@ SEG_METRICS = tuple(zip(
 
 
 def read_json(path):
-    """The JSON data of ``path`` (a local file or a bucket object); None when unreadable."""
+    """The JSON data of ``path``; None when unreadable."""
     try:
         return json.loads(epath.Path(path).read_text())
     except (OSError, ValueError):
@@ -53,7 +48,7 @@ def read_json(path):
 
 def dumps(obj) -> str:
     """Strict JSON: NaN and infinities become null, numpy values plain JSON."""
-    text = json.dumps(obj, default=lambda x: x.tolist())  # NaN written as NaN, then read as None
+    text = json.dumps(obj, default=lambda x: x.tolist())
     return json.dumps(json.loads(text, parse_constant=lambda _: None), indent=1, allow_nan=False)
 
 
@@ -101,7 +96,7 @@ def failure_reason(f: dict) -> str:
 
 
 def _nanmean(rows):
-    """Mean over seeds per class; None (no test example) stays NaN, later null in JSON."""
+    """Mean over seeds per class; None (no test example) stays NaN (null in JSON)."""
     arr = np.array([[np.nan if a is None else a for a in r] for r in rows], dtype=float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
@@ -109,28 +104,23 @@ def _nanmean(rows):
 
 
 def _row_metrics(s: dict) -> dict:
-    def pct(key):
-        return None if s.get(key) is None else 100.0 * s[key]
-
+    pct = lambda key: None if s.get(key) is None else 100.0 * s[key]  # noqa: E731
     top1 = s.get("test_top1")
     out = {"top1_error": None if top1 is None else 100.0 * (1.0 - top1)}
-    for name in ("balanced_accuracy", "many", "medium", "few", "macro_f1"):
-        out[name] = pct(f"test_{name}")
+    out |= {k: pct(f"test_{k}") for k in ("balanced_accuracy", "many", "medium", "few", "macro_f1")}
     if s.get("task") == "segmentation":
-        out.update(
+        out |= dict(
             miou=pct("test_miou"), pixel_accuracy=pct("test_top1"), fw_iou=pct("test_fw_iou")
         )
     return out
 
 
 def metrics_of(rows) -> tuple:
-    """The table's columns: :data:`SEG_METRICS` for segmentation rows, else :data:`METRICS`."""
     return SEG_METRICS if any(r.get("task") == "segmentation" for r in rows) else METRICS
 
 
 def posthoc_best(summaries: list[dict]) -> dict | None:
-    """Post-hoc logit adjustment: the tau with the best mean balanced accuracy over seeds,
-    ``{"tau", "mean", "sd", "per_seed", "tau0_mean", "num_seeds"}`` (in %); None without it."""
+    """Post-hoc logit adjustment's tau of the best mean balanced accuracy over seeds (in %)."""
     rows = [s.get("posthoc_logit_adjustment") or [] for s in summaries]
     tables = [{float(r["tau"]): r.get("balanced_accuracy") for r in t if "tau" in r} for t in rows]
     if not (tables := [t for t in tables if t]):
@@ -148,10 +138,9 @@ def posthoc_best(summaries: list[dict]) -> dict | None:
 
 
 def collect(root, losses, ratios, seeds, *, extra_failures=None) -> list[dict]:
-    """One row per (loss, ratio) with the finished seeds' metrics and the failed seeds;
-    ``extra_failures``: ``{(loss, ratio, seed): (folder, reason)}`` of failures of this
-    command that left no ``failure.json`` (crashes, bad flags)."""
-    rows = []
+    """One row per (loss, ratio): the finished seeds' metrics and the failed seeds (also
+    ``extra_failures[(loss, ratio, seed)] = (folder, reason)``, failures without failure.json)."""
+    rows, extra_failures = [], extra_failures or {}
     for ratio, loss in itertools.product(ratios, losses):
         runs, dirs, failed = [], [], []
         for seed in seeds:
@@ -159,12 +148,11 @@ def collect(root, losses, ratios, seeds, *, extra_failures=None) -> list[dict]:
             if status == "done":
                 runs.append((int(seed), data))
                 dirs.append(folder)
-            elif status == "failed" or (loss, float(ratio), int(seed)) in (extra_failures or {}):
-                folder, reason = (
-                    (folder, failure_reason(data))
-                    if status == "failed"
-                    else extra_failures[(loss, ratio, seed)]
-                )
+            elif status == "failed" or (loss, float(ratio), int(seed)) in extra_failures:
+                if status == "failed":
+                    reason = failure_reason(data)
+                else:
+                    folder, reason = extra_failures[(loss, ratio, seed)]
                 failed.append({"seed": int(seed), "workdir": folder, "reason": reason})
         if runs or failed:
             rows.append(_row(loss, ratio, runs, dirs, failed))
