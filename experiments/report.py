@@ -313,10 +313,12 @@ def _axes(**kw):
     return plt.subplots(**({"figsize": (6, 4)} | kw))
 
 
-def _save(fig, ax, path: str, dpi=90, **labels) -> str:
+def _save(fig, ax, path: str, dpi=90, legend=True, **labels) -> str:
     import matplotlib.pyplot as plt
 
     ax.set(**labels)
+    if legend:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     with epath.Path(path).open("wb") as f:
         fig.savefig(f, format="png", dpi=dpi)
@@ -335,14 +337,12 @@ def _plots(base: str, rows: list[dict]) -> list[str]:
             counts = np.asarray(r["class_counts"])
             order = np.argsort(-counts, kind="stable")
             acc = 100 * np.asarray(r["per_class_iou" if seg else "per_class_accuracy"], float)
-            ax.plot(
-                counts[order], acc[order], marker="o", label=f"{r['loss']} (n={len(r['seeds'])})"
-            )
-        ax.legend(fontsize=7)
+            label = f"{r['loss']} (n={len(r['seeds'])})"
+            ax.plot(counts[order], acc[order], marker="o", label=label)
         title = f"per-class {what}, ratio {ratio:g} (mean over seeds)"
         labels = dict(xlabel=f"training {unit} of the class", ylabel=f"test {what} of the class %")
         paths.append(
-            _save(fig, ax, f"{base}_per_class_r{ratio:g}.png", xscale="log", title=title, **labels)
+            _save(fig, ax, f"{base}_per_class_r{ratio:g}.png", title=title, xscale="log", **labels)
         )
     if len(ratios) >= 2:
         fig, ax = _axes()
@@ -351,35 +351,28 @@ def _plots(base: str, rows: list[dict]) -> list[str]:
             x, m = zip(*sorted(p for p in pts if p[1]["mean"] is not None)) if pts else ((), ())
             y, sd = [v["mean"] for v in m], [v["sd"] or 0.0 for v in m]
             ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=loss)
-        ax.legend(fontsize=7)
-        labels = dict(xlabel="imbalance ratio n_max / n_min", ylabel="balanced test accuracy %")
-        paths.append(_save(fig, ax, f"{base}_vs_ratio.png", xscale="log", **labels))
+        labels = dict(
+            xlabel="imbalance ratio n_max / n_min", ylabel="balanced test accuracy %", xscale="log"
+        )
+        paths.append(_save(fig, ax, f"{base}_vs_ratio.png", **labels))
     return paths
-
-
-_COLOURS = (
-    "1f77b4 ff7f0e 2ca02c d62728 9467bd 8c564b e377c2 7f7f7f bcbd22 17becf "
-    "aec7e8 ffbb78 98df8a ff9896 c5b0d5 c49c94 f7b6d2 c7c7c7 dbdb8d 9edae5"
-).split()
 
 
 def label_palette(num_classes: int) -> np.ndarray:
     """uint8 [256, 3]: a colour per label (matplotlib's tab10, then tab20's light ones, then
-    hues spaced by the golden ratio); 255 (ignore) is white, unused values black.
-
-    >>> pal = label_palette(3)
-    >>> pal[0].tolist(), pal[255].tolist(), pal[3].tolist()
-    ([31, 119, 180], [255, 255, 255], [0, 0, 0])
-    """
+    hues spaced by the golden ratio); 255 (ignore) is white, unused values black."""
     import colorsys
+
+    from matplotlib import colormaps
 
     if not 1 <= int(num_classes) <= IGNORE:
         raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
+    tab20 = colormaps["tab20"].colors
+    hues = [colorsys.hsv_to_rgb((c * 0.618033988749895) % 1, 0.65, 0.9) for c in range(20, 255)]
     pal = np.zeros((256, 3), np.uint8)
-    for c in range(int(num_classes)):
-        hsv = colorsys.hsv_to_rgb((c * 0.618033988749895) % 1.0, 0.65, 0.9)
-        rgb = [int(_COLOURS[c][i : i + 2], 16) for i in (0, 2, 4)] if c < 20 else None
-        pal[c] = rgb or [round(255 * v) for v in hsv]
+    pal[: int(num_classes)] = np.round(255 * np.array([*tab20[0::2], *tab20[1::2], *hues]))[
+        : int(num_classes)
+    ]
     pal[IGNORE] = 255
     return pal
 
@@ -387,13 +380,7 @@ def label_palette(num_classes: int) -> np.ndarray:
 def picture_grid(images, masks, *predictions, num_classes: int, gap: int = 1) -> np.ndarray:
     """One row per example: the image (uint8 [N, H, W, 1 or 3]), its true label map
     ([N, H, W]), then each predicted label map ([N, H, W], white where the truth is ignore),
-    in :func:`label_palette`'s colours, ``gap`` white pixels apart.
-
-    >>> g = picture_grid(np.zeros((2, 4, 5, 3), np.uint8), np.zeros((2, 4, 5), np.uint8),
-    ...                  np.ones((2, 4, 5), np.int32), num_classes=2)
-    >>> g.shape, g.dtype
-    ((9, 17, 3), dtype('uint8'))
-    """
+    in :func:`label_palette`'s colours, ``gap`` white pixels apart."""
     images, masks = np.asarray(images), np.asarray(masks)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(
@@ -447,4 +434,4 @@ def _picture_grid(base: str, rows: list[dict]) -> list[str]:
     handles.append(Patch(facecolor="white", edgecolor="black", label="ignore"))
     ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("test images: input, truth, each loss (seed of its first run)", fontsize=8)
-    return [_save(fig, ax, f"{base}_pictures.png", dpi=None)]
+    return [_save(fig, ax, f"{base}_pictures.png", dpi=None, legend=False)]
