@@ -28,11 +28,14 @@ def classify(hlo_text: str) -> dict:
         elif cur is not None:
             cur.append(line)
 
+    def conv(text):
+        labels = re.search(r"dim_labels=(\S+?)[,} ]", text)
+        return "conv " + (labels.group(1) if labels else "")
+
     def kind_of(comp, depth=0):
         body = "\n".join(comps.get(comp, []))
         if "convolution(" in body:
-            labels = re.search(r"dim_labels=(\S+?)[,} ]", body)
-            return "conv " + (labels.group(1) if labels else "")
+            return conv(body)
         if re.search(r" dot\(", body):
             return "dot"
         if "transpose(" in body or "slice(" in body:
@@ -54,13 +57,9 @@ def classify(hlo_text: str) -> dict:
             name, op = m.groups()
             if op == "fusion":
                 kinds[name] = kind_of(re.search(r"calls=%?([\w.\-]+)", line).group(1))
-            elif op == "convolution":
-                labels = re.search(r"dim_labels=(\S+?)[,} ]", line)
-                kinds[name] = "conv " + (labels.group(1) if labels else "")
-            elif op in ("transpose", "copy", "slice"):
-                kinds[name] = "transpose"
             else:
-                kinds[name] = op
+                kinds[name] = conv(line) if op == "convolution" else op
+                kinds[name] = "transpose" if op in ("transpose", "copy", "slice") else kinds[name]
     return kinds
 
 
