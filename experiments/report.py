@@ -169,17 +169,11 @@ def _row(loss, ratio, runs, run_dirs, failed) -> dict:
     acc = _nanmean([s["per_class_accuracy"] for s in summaries]) if runs else None
     n_train = (first["num_train"] if seg else int(np.sum(first["class_counts"]))) if runs else None
     return {
-        **{k: first.get(k) for k in keys},
-        "loss": loss,
-        "ratio": float(ratio),
-        "seeds": [seed for seed, _ in runs],
-        "run_dirs": run_dirs,
-        "failed": failed,
+        **{k: first.get(k) for k in keys}, "loss": loss, "ratio": float(ratio),
+        "seeds": [seed for seed, _ in runs], "run_dirs": run_dirs, "failed": failed,
         "stats": {k: {"mean": v[0], "sd": v[1]} for k, v in stats.items()},
-        "posthoc": posthoc_best(summaries),
-        "per_seed": per_seed,
-        "task": first.get("task", "classification"),
-        "per_class_accuracy": acc,
+        "posthoc": posthoc_best(summaries), "per_seed": per_seed,
+        "task": first.get("task", "classification"), "per_class_accuracy": acc,
         "per_class_iou": _nanmean([s["per_class_iou"] for s in summaries]) if seg else None,
         "wall_time_s": float(sum(s.get("wall_time_s") or 0.0 for s in summaries)),
         "num_train": n_train,
@@ -198,10 +192,8 @@ def table_lines(rows: list[dict]) -> list[str]:
     metrics = metrics_of(rows)
     bal = "mean class acc" if metrics is SEG_METRICS else "bal acc"
     header = " | ".join(label for _, label in metrics)
-    lines = [
-        f"| loss | ratio | n | failed | {header} | post-hoc LA {bal} % (best τ) | min/run |",
-        "|" + "---|" * (len(metrics) + 6),
-    ]
+    lines = [f"| loss | ratio | n | failed | {header} | post-hoc LA {bal} % (best τ) | min/run |"]
+    lines.append("|" + "---|" * (len(metrics) + 6))
     for r in rows:
         cells = " | ".join(_fmt(r["stats"].get(k, {"mean": None})) for k, _ in metrics)
         n, p = len(r["seeds"]), r.get("posthoc")

@@ -328,8 +328,8 @@ def _parser():
     p.add_argument("--suite", required=True, choices=sorted(SUITES))
     p.add_argument("--quick", action="store_true", help="the suite's reduced CPU protocol")
     p.add_argument("--losses", type=lambda s: s.split(","), help="comma list of loss variants")
-    p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], help="comma list")
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma list")
+    for name, kind in (("--ratios", float), ("--seeds", int)):
+        p.add_argument(name, type=lambda s, k=kind: [k(x) for x in s.split(",")], help="comma list")
     p.add_argument("--workdir", help="run folders, or gs://BUCKET/DIR (default: the suite's)")
     p.add_argument("--results_dir", help="report folder (default WORKDIR/results)")
     p.add_argument("--source", help="data.source of every run (segmentation: the CIFAR-10 copy)")
@@ -357,8 +357,7 @@ def main(argv=None):
     extra = dict(a[9:].split("=", 1) for a in rest if a.startswith("--config.") and "=" in a)
     if len(extra) != len(rest):  # --config.KEY=VALUE: to every run
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    unknown = sorted(set(args.losses or ()) - set(LOSSES))
-    if unknown:
+    if unknown := sorted(set(args.losses or ()) - set(LOSSES)):
         parser.error(f"unknown loss variant(s) {unknown}; known: {', '.join(LOSSES)}")
     try:
         code = _run(Plan(args, extra, argv), args)
@@ -373,13 +372,10 @@ def _run(plan: Plan, args) -> int:
     """Checks the stored configs, runs the missing seeds, writes the report."""
     programs, n_todo = programs_to_run(plan, args.vmap_seeds)
     jobs = args.jobs or min(plan.suite.get("jobs", 1), os.cpu_count() or 1)
-    print(
-        f"{plan.name}: {len(plan.runs)} runs in the grid, {len(plan.runs) - n_todo} finished or "
-        f"failed before, {n_todo} to run in {len(programs)} program(s) "
-        f"({'vmapped seeds, ' if args.vmap_seeds else ''}{jobs} at a time); runs: {plan.root}; "
-        f"report: {plan.results_dir}",
-        flush=True,
-    )
+    print(f"{plan.name}: {len(plan.runs)} runs in the grid, {len(plan.runs) - n_todo} finished or "
+          f"failed before, {n_todo} to run in {len(programs)} program(s) "
+          f"({'vmapped seeds, ' if args.vmap_seeds else ''}{jobs} at a time); runs: {plan.root}; "
+          f"report: {plan.results_dir}", flush=True)  # fmt: skip
     if args.dry_run:
         print(f"config: {plan.path}; every run: {plan.extra or 'no other overrides'}")
         for i, p in enumerate(programs):
