@@ -218,10 +218,9 @@ def config_lines(rows: list[dict]) -> list[str]:
         f"{r['class_counts']}"
         for r in {r["ratio"]: r for r in done}.values()
     )
-    max_test = cfg["data"].get("max_test")
-    split = (
-        f"data.max_test={max_test}: NOT the full test split" if max_test else "the full test split"
-    )
+    split = "the full test split"
+    if max_test := cfg["data"].get("max_test"):
+        split = f"data.max_test={max_test}: NOT {split}"
     variants = {r["loss"]: r["config"]["loss"] for r in done}
     losses = "; ".join(
         f"{v} = `{c['name']}` {dict(c['hparams'] or {})}" for v, c in variants.items()
@@ -239,9 +238,8 @@ def config_lines(rows: list[dict]) -> list[str]:
 
 def write_report(name, rows, *, command, grid, out_dir, label=None, note=None) -> str:
     """Writes ``out_dir/name.md``, its strict-JSON twin and the plots; returns the .md path."""
-    out = epath.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    base = os.fspath(out / name)
+    epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+    base = os.fspath(epath.Path(out_dir) / name)
     lines = _header_lines(name, rows, command, grid, label, note) + table_lines(rows)
     seg = metrics_of(rows) is SEG_METRICS
     groups = (
@@ -290,8 +288,8 @@ def _header_lines(name, rows, command, grid, label, note) -> list[str]:
     if failed:
         lines += ["**Failed runs** (not in the means):", ""]
         for r, f in failed:
-            lines.append(f"- {r['loss']} ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} ")
-            lines[-1] += f"(`{f['workdir']}`)"
+            where = f"ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} (`{f['workdir']}`)"
+            lines.append(f"- {r['loss']} {where}")
         lines.append("")
     return lines
 
