@@ -2,11 +2,9 @@
 
   python -m benchmarks.bench_input [--archive ../shared/data/cifar10-jpeg.tar.gz] [--reps=3]
 
-On CIFAR-10-LT-sized data (the offline CIFAR-10 JPEG copy, exp profile, ratio 100: 12,406
-training images, batch 128, pad-crop-flip on), alternating the two pipelines ``--reps`` times
-so both see the same machine load: images/s of the pipeline alone (tf: numpy batches on the
-host; device: batches on the device) and of the pipeline feeding the trainer's ResNet-8
-(width 16) train step; each as a ratio device / tf (> 1: the device pipeline is faster).
+CIFAR-10-LT (offline JPEG copy, exp profile, ratio 100), batch 128, pad-crop-flip, the two
+pipelines alternated ``--reps`` times: images/s of each alone and feeding the trainer's
+ResNet-8 (width 16) step, each as a ratio device / tf (> 1: the device pipeline is faster).
 """
 
 import argparse
@@ -15,8 +13,7 @@ import os
 import statistics
 import time
 
-# Before TensorFlow/JAX load: no oneDNN/absl start-up chatter (a user's own setting wins).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow/JAX load
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
@@ -66,11 +63,11 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     raw = data.load_source(cfg)
     print(f"load (extract + Pillow decode, or the cached .npz): {time.perf_counter() - t0:.1f}s")
+    kw = dict(seed=0, global_batch_size=args.batch_size, eval_batch_size=500, raw=raw, mesh=mesh)
     pipes = {}
     for kind in ("tf", "device"):
         cfg.pipeline = kind
-        kw = dict(global_batch_size=args.batch_size, eval_batch_size=500, raw=raw, mesh=mesh)
-        pipes[kind] = data.build(cfg, seed=0, **kw)
+        pipes[kind] = data.build(cfg, **kw)
     info = pipes["tf"].info
     _, state, step = _setup("resnet8", info.num_classes, "float32", args.width, info.image_shape)
     for d in pipes.values():  # warm-up: the tf.data graph, the compiles

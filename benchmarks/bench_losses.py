@@ -2,10 +2,9 @@
 
     python -m benchmarks.bench_losses [--repeats 200] [--rounds 5]
 
-Each loss is timed as ``jit(value_and_grad(mean(loss)))`` on the default backend and divided
-by the time of ``optax.losses.softmax_cross_entropy_with_integer_labels`` measured the same
-way in the same run: the median over ``repeats`` calls after compilation, the best of
-``rounds`` interleaved rounds (so background load hits the baseline and the loss alike).
+Each loss: ``jit(value_and_grad(mean(loss)))`` on the default backend, the median over
+``repeats`` calls after compilation, the best of ``rounds`` interleaved rounds, divided by
+the time of ``optax.losses.softmax_cross_entropy_with_integer_labels`` in the same run.
 Prints a markdown table.
 """
 
@@ -20,26 +19,17 @@ import optax
 
 from cce_jax import losses
 
-SHAPES = {
-    "B=1024,K=10": ((1024,), 10),
-    "B=1024,K=100": ((1024,), 100),
-    "seg 8x64x64,K=19": ((8, 64, 64), 19),
-}
+SHAPES = {"B=1024,K=10": ((1024,), 10), "B=1024,K=100": ((1024,), 100),
+          "seg 8x64x64,K=19": ((8, 64, 64), 19)}  # fmt: skip
 
 
-def _timer(fn, z, y, repeats):
-    grad_fn = jax.jit(jax.value_and_grad(lambda zz: jnp.mean(fn(zz, y))))
-    jax.block_until_ready(grad_fn(z))  # compile
-
-    def run():
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(grad_fn(z))
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
-
-    return run
+def _median_time(grad_fn, z, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(grad_fn(z))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def main():
@@ -47,7 +37,6 @@ def main():
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-
     print(f"backend={jax.default_backend()} jax={jax.__version__} machine={platform.machine()}")
     rows = {}
     for shape_name, (lead, k) in SHAPES.items():
@@ -59,13 +48,12 @@ def main():
         for name in losses.NAMES:
             if name not in losses.PRESETS:  # cce_paper, cce_code: `cce` with fixed hparams
                 fns[name] = losses.get(name, class_counts=counts)
-        timers = {name: _timer(fn, z, y, args.repeats) for name, fn in fns.items()}
-        best = {name: float("inf") for name in fns}
-        for _ in range(args.rounds):
-            for name, run in timers.items():
-                best[name] = min(best[name], run())
-        rows[shape_name] = best
-
+        mean = lambda f: lambda zz: jnp.mean(f(zz, y))  # noqa: E731
+        grads = {n: jax.jit(jax.value_and_grad(mean(f))) for n, f in fns.items()}
+        jax.block_until_ready([g(z) for g in grads.values()])  # compile
+        rows[shape_name] = {n: float("inf") for n in fns}
+        for name, g in [*grads.items()] * args.rounds:  # interleaved rounds
+            rows[shape_name][name] = min(rows[shape_name][name], _median_time(g, z, args.repeats))
     print("| loss | " + " | ".join(SHAPES) + " |\n|---|" + "---|" * len(SHAPES))
     for name in rows[next(iter(SHAPES))]:
         times = [(rows[sh][name], rows[sh]["optax_ce"]) for sh in SHAPES]

@@ -4,15 +4,11 @@
       [--num_steps=20] [--dtype=float32] [--modes=synthetic,conv,tf,device,spc,seeds,torch]
       [--seeds=1,2,4,8] [--steps_per_call=8] [--source=cifar10_jpeg:PATH] [--json=FILE]
 
-Every row is images/s of the trainer's jitted, data-parallel step (forward, CE, backward, SGD
-momentum 0.9 + weight decay on kernels, BatchNorm update; ResNet-32 CIFAR shapes by default),
-measured in this run, and its ratio to the first row: ``synthetic`` (one fixed device batch,
-the model's default ``conv_impl``), ``conv`` (each ``conv_impl`` forced: ``xla``,
-``shifted_matmul``), ``tf`` / ``device`` (CIFAR-10-LT exp ratio 100 through
-``cce_jax.data.build(pipeline=...)``), ``spc`` (``steps_per_call`` steps per call),
-``seeds`` (S vmapped models, images/s of all of them) and ``torch`` (the same ResNet-32 in
-PyTorch, the [bench] extra, on the device JAX uses: a ratio > 1 means JAX is faster). Each
-row waits for the device after every call and times ``num_steps`` steps after warm-up.
+Each row: images/s of the trainer's jitted SGD step (ResNet-32 CIFAR shapes by default) after
+warm-up, waiting for every call, and its ratio to this run's first row. Modes: ``synthetic``
+(one fixed batch), ``conv`` (each ``conv_impl``), ``tf``/``device`` (CIFAR-10-LT r100 through
+``cce_jax.data.build``), ``spc`` (``steps_per_call`` steps a call), ``seeds`` (S vmapped
+models) and ``torch`` (the same ResNet-32 in PyTorch, the [bench] extra).
 """
 
 import argparse
@@ -21,15 +17,13 @@ import json
 import os
 import time
 
-# Before TensorFlow/JAX load: no oneDNN/absl start-up chatter (a user's own setting wins).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow/JAX load
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np
 
 
 def _timed(step, state, batches, num_steps, warmup_steps=3, per_call=1, images=128):
-    """Images/s of ``num_steps`` steps after ``warmup_steps``, waiting for every call."""
     import jax
 
     for _ in range(warmup_steps):
@@ -54,8 +48,9 @@ def _setup(model_name, num_classes, dtype, width, shape, num_models=None, impl=N
     mesh = parallel.make_mesh()
     kw = {"conv_impl": impl} if impl else {}  # None: the model's default
     model = models.get_model(model_name, num_classes=num_classes, dtype=dtype, width=width, **kw)
-    decay = optax.add_decayed_weights(2e-4, mask=optimizer.decay_mask)
-    tx = optax.chain(decay, optax.sgd(0.1, momentum=0.9))
+    tx = optax.chain(
+        optax.add_decayed_weights(2e-4, mask=optimizer.decay_mask), optax.sgd(0.1, momentum=0.9)
+    )
     key = jax.random.key(0)
     keys = key if num_models is None else jax.random.split(key, num_models)
     state = steps.create_train_state(model, tx, keys, tuple(shape), mesh)
@@ -64,70 +59,38 @@ def _setup(model_name, num_classes, dtype, width, shape, num_models=None, impl=N
     return mesh, state, step
 
 
-def step_throughput(
-    model_name="resnet32",
-    batch_size=128,
-    num_steps=20,
-    dtype="float32",
-    *,
-    image_shape=(32, 32, 3),
-    num_classes=10,
-    warmup_steps=3,
-    num_models=None,
-    steps_per_call=1,
-    width=None,
-    conv_impl=None,
-):
-    """Images/s of the trainer's jitted SGD train step on fixed random data, after warm-up
-    (``num_models=S``: S models in one vmapped step; ``steps_per_call=N``: ``lax.scan``)."""
+def step_throughput(a, width, num_models=None, spc=1, impl=None, source=None):
+    """Images/s of the step of ``a.model`` on one fixed random batch (``source``: fed by
+    ``cce_jax.data.build``'s ``pipeline``, CIFAR-10-LT r100 of ``a.source``)."""
     import jax
 
-    from cce_jax import parallel
-
-    mesh, state, step = _setup(
-        model_name, num_classes, dtype, width, image_shape, num_models, conv_impl, steps_per_call
-    )
-    lead = tuple(d for d in ((steps_per_call if steps_per_call > 1 else None), num_models) if d)
-    rng, local_b = np.random.default_rng(0), batch_size // jax.process_count()
-    batch = {
-        "image": rng.standard_normal((*lead, local_b, *image_shape), np.float32),
-        "label": rng.integers(0, num_classes, (*lead, local_b)).astype(np.int32),
-    }
-    batch = parallel.shard_batch(batch, mesh, len(lead))
-    images = batch_size * (num_models or 1)
-    return _timed(
-        step, state, itertools.repeat(batch), num_steps, per_call=steps_per_call, images=images
-    )
-
-
-def pipeline_throughput(
-    pipeline,
-    source,
-    *,
-    model_name="resnet32",
-    width=None,
-    batch_size=128,
-    num_steps=20,
-    dtype="float32",
-):
-    """Images/s of the train step fed by ``cce_jax.data.build(..., pipeline=pipeline)``."""
     from cce_jax import data as data_lib
     from cce_jax import parallel
 
-    cfg = data_lib.default_config()
-    cfg.source, cfg.profile, cfg.ratio, cfg.pipeline = source, "exp", 100.0, pipeline
-    mesh = parallel.make_mesh()
-    data = data_lib.build(cfg, seed=0, global_batch_size=batch_size, eval_batch_size=500, mesh=mesh)
-    info = data.info
-    _, state, step = _setup(model_name, info.num_classes, dtype, width, info.image_shape)
-    epochs = itertools.chain.from_iterable(map(data.train_epoch, itertools.count()))
-    batches = (parallel.shard_batch(b, mesh) for b in epochs)
-    return _timed(step, state, batches, num_steps, images=batch_size)
+    shape, k, mesh = (32, 32, 3), 10, parallel.make_mesh()
+    if source:
+        cfg = data_lib.default_config()
+        cfg.source, cfg.profile, cfg.ratio, cfg.pipeline = a.source, "exp", 100.0, source
+        data = data_lib.build(
+            cfg, seed=0, global_batch_size=a.batch_size, eval_batch_size=500, mesh=mesh
+        )
+        shape, k = data.info.image_shape, data.info.num_classes
+        epochs = itertools.chain.from_iterable(map(data.train_epoch, itertools.count()))
+        batches = (parallel.shard_batch(b, mesh) for b in epochs)
+    _, state, step = _setup(a.model, k, a.dtype, width, shape, num_models, impl, spc)
+    if not source:
+        lead = tuple(d for d in ((spc if spc > 1 else None), num_models) if d)
+        rng, local_b = np.random.default_rng(0), a.batch_size // jax.process_count()
+        batch = {
+            "image": rng.standard_normal((*lead, local_b, *shape), np.float32),
+            "label": rng.integers(0, k, (*lead, local_b)).astype(np.int32),
+        }
+        batches = itertools.repeat(parallel.shard_batch(batch, mesh, len(lead)))
+    images = a.batch_size * (num_models or 1)
+    return _timed(step, state, batches, a.num_steps, per_call=spc, images=images)
 
 
-def torch_throughput(
-    batch_size=128, num_steps=20, warmup_steps=3, device="cpu", num_classes=10, threads=None
-):
+def torch_throughput(batch_size=128, num_steps=20, warmup_steps=3, device="cpu", threads=None):
     """Images/s of the same ResNet-32 SGD step (option-A shortcuts) in PyTorch."""
     import torch
     import torch.nn.functional as F
@@ -152,12 +115,12 @@ def torch_throughput(
     widths = [w for w in (16, 32, 64) for _ in range(5)]
     blocks = [Block(i, w, 1 + (w != i)) for i, w in zip([16, *widths[:-1]], widths)]
     stem = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
-    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
     torch.manual_seed(0)
     model = nn.Sequential(*stem, *blocks, *head).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
     x = torch.randn(batch_size, 3, 32, 32, device=device)
-    y = torch.randint(0, num_classes, (batch_size,), device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
 
     def steps(n):
         for _ in range(n):
@@ -175,30 +138,24 @@ def torch_throughput(
 
 def _rows(args, modes, width, record):
     """Measures the rows of ``modes`` in order; ``record(name, images/s, note)`` each."""
-    kw = dict(batch_size=args.batch_size, num_steps=args.num_steps, dtype=args.dtype, width=width)
     if "synthetic" in modes or not modes:
-        record("synthetic batch, loop", step_throughput(args.model, **kw))
+        record("synthetic batch, loop", step_throughput(args, width))
     for impl in ("xla", "shifted_matmul") if "conv" in modes else ():
-        record(f"conv_impl={impl}", step_throughput(args.model, conv_impl=impl, **kw), "synthetic")
+        record(f"conv_impl={impl}", step_throughput(args, width, impl=impl), "synthetic")
     for pipe in [m for m in ("tf", "device") if m in modes]:
         try:
-            ips = pipeline_throughput(pipe, args.source, model_name=args.model, **kw)
+            ips = step_throughput(args, width, source=pipe)
         except Exception as e:  # e.g. no tensorflow on this machine
             print(f"{pipe} pipeline: skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
             continue
         record(f"{pipe} pipeline, loop", ips, "CIFAR-10-LT r100")
     if "spc" in modes and args.steps_per_call > 1:
-        ips = step_throughput(args.model, steps_per_call=args.steps_per_call, **kw)
+        ips = step_throughput(args, width, spc=args.steps_per_call)
         record(f"steps_per_call={args.steps_per_call}", ips)
     for s in [int(x) for x in args.seeds.split(",") if x] if "seeds" in modes else ():
-        record(
-            f"seeds S={s} (vmap)", step_throughput(args.model, num_models=s, **kw), "all S models"
-        )
-    if "torch" in modes and args.model == "resnet32" and not width:
-        _torch_rows(args, record)
-
-
-def _torch_rows(args, record):
+        record(f"seeds S={s} (vmap)", step_throughput(args, width, num_models=s), "all S models")
+    if "torch" not in modes or args.model != "resnet32" or width:
+        return
     import jax
 
     try:
@@ -206,7 +163,7 @@ def _torch_rows(args, record):
     except ImportError:
         return print("torch: not installed (the [bench] extra): skipped")
     dev = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
-    threads = [args.torch_threads] if args.torch_threads else [torch.get_num_threads()]
+    threads = [args.torch_threads or torch.get_num_threads()]
     if dev == "cpu" and not args.torch_threads and threads[0] > 1:
         threads.append(1)  # on a busy machine OpenMP threads can spin-wait
     for n in threads:

@@ -3,13 +3,10 @@
   python -m benchmarks.profile_train_step [--model=resnet32] [--width=0] [--batch_size=128]
       [--conv_impl=xla] [--steps=4] [--trace_dir=/tmp/cce_jax_profile]
 
-Builds the trainer's jitted SGD step (benchmarks.bench_train_step's) on one fixed
-random batch, runs it under ``jax.profiler`` (a Perfetto trace), and sums each XLA op's own
-time over the traced steps and over the CPU threads, grouped by what its fused computation
-does: ``conv DIMS`` (a convolution, by dimension labels), ``dot``, ``transpose`` (layout
-copies, slices and relayouts), ``reduce``, ``elementwise``. Prints ms per step and the share
-of each group. The shares, not the absolute times, are the result: the op times of two
-threads overlap, so their sum exceeds the step's wall time.
+Runs benchmarks.bench_train_step's step on one random batch under ``jax.profiler`` and sums
+each XLA op's own time (over steps and CPU threads) by what its computation does: ``conv
+DIMS``, ``dot``, ``transpose`` (copies, slices, relayouts), ``reduce``, ``elementwise``. The
+shares are the result: the op times of two threads overlap.
 """
 
 import argparse
@@ -31,11 +28,14 @@ def classify(hlo_text: str) -> dict:
         elif cur is not None:
             cur.append(line)
 
+    def conv(text):
+        labels = re.search(r"dim_labels=(\S+?)[,} ]", text)
+        return "conv " + (labels.group(1) if labels else "")
+
     def kind_of(comp, depth=0):
         body = "\n".join(comps.get(comp, []))
         if "convolution(" in body:
-            labels = re.search(r"dim_labels=(\S+?)[,} ]", body)
-            return "conv " + (labels.group(1) if labels else "")
+            return conv(body)
         if re.search(r" dot\(", body):
             return "dot"
         if "transpose(" in body or "slice(" in body:
@@ -57,13 +57,9 @@ def classify(hlo_text: str) -> dict:
             name, op = m.groups()
             if op == "fusion":
                 kinds[name] = kind_of(re.search(r"calls=%?([\w.\-]+)", line).group(1))
-            elif op == "convolution":
-                labels = re.search(r"dim_labels=(\S+?)[,} ]", line)
-                kinds[name] = "conv " + (labels.group(1) if labels else "")
-            elif op in ("transpose", "copy", "slice"):
-                kinds[name] = "transpose"
             else:
-                kinds[name] = op
+                kinds[name] = conv(line) if op == "convolution" else op
+                kinds[name] = "transpose" if op in ("transpose", "copy", "slice") else kinds[name]
     return kinds
 
 
@@ -92,16 +88,14 @@ def main():
     batch = {"image": rng.standard_normal((args.batch_size, *shape), np.float32)}
     batch["label"] = rng.integers(0, 10, args.batch_size).astype(np.int32)
     batch = parallel.shard_batch(batch, mesh)
-    for _ in range(3):
-        state, m = step(state, batch)
-    jax.block_until_ready(m)
     kinds = classify(step.lower(state, batch).compile().as_text())
-
-    shutil.rmtree(args.trace_dir, ignore_errors=True)
-    jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
-    for _ in range(args.steps):
-        state, m = step(state, batch)
-        jax.block_until_ready(m)
+    for n in (3, args.steps):  # warm-up, then the traced steps
+        if n == args.steps:
+            shutil.rmtree(args.trace_dir, ignore_errors=True)
+            jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
+        for _ in range(n):
+            state, m = step(state, batch)
+            jax.block_until_ready(m)
     jax.profiler.stop_trace()
     (trace,) = glob.glob(f"{args.trace_dir}/**/*perfetto_trace.json.gz", recursive=True)
     events = json.load(gzip.open(trace))

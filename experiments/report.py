@@ -1,8 +1,6 @@
-"""The report of a grid: rows from the runs' summaries (mean ± sd over seeds), the markdown
-table, its strict-JSON twin, the plots and the segmentation picture grid. Run folders are
-``ROOT/r{ratio}/{loss}/seed{seed}`` or ``ROOT/r{ratio}/{loss}/seeds_0_1/seed_{seed}`` (seeds
-vmapped in one program); ROOT may be a bucket: every file goes through ``etils.epath``.
-"""
+"""A grid's report: rows (mean ± sd over seeds), the markdown table, its JSON twin, plots and
+the picture grid, from ``ROOT/r{ratio}/{loss}/seed{seed}`` or ``.../seeds_0_1/seed_{seed}``
+(ROOT may be a bucket: every file goes through ``etils.epath``)."""
 
 import contextlib
 import datetime
@@ -16,7 +14,6 @@ import warnings
 import numpy as np
 from etils import epath
 
-# The trainer's interface (the one place that names it; experiments.reproduce imports it here).
 from cce_jax.training import (  # noqa: F401
     EXIT_CONFIG_ERROR,
     EXIT_DIVERGED,
@@ -29,9 +26,7 @@ from cce_jax.training import (  # noqa: F401
 )
 from experiments.configs.common import ALL_LOSSES
 
-GRID_IMAGES = 6  # test images in the segmentation picture grid
-IGNORE = 255  # the label of pixels that do not count
-# The columns of a table: (row-metric name, column label).
+GRID_IMAGES, IGNORE = 6, 255  # test images in the picture grid; the label that does not count
 METRICS = tuple(zip(
     ("top1_error", "balanced_accuracy", "many", "medium", "few", "macro_f1"),
     ("top-1 error %", "balanced acc %", "many %", "medium %", "few %", "macro-F1 %"),
@@ -44,7 +39,7 @@ SEG_METRICS = tuple(zip(
 
 
 def read_json(path):
-    """The JSON data of ``path`` (a local file or a bucket object); None when unreadable."""
+    """The JSON data of ``path``; None when unreadable."""
     try:
         return json.loads(epath.Path(path).read_text())
     except (OSError, ValueError):
@@ -53,7 +48,7 @@ def read_json(path):
 
 def dumps(obj) -> str:
     """Strict JSON: NaN and infinities become null, numpy values plain JSON."""
-    text = json.dumps(obj, default=lambda x: x.tolist())  # NaN written as NaN, then read as None
+    text = json.dumps(obj, default=lambda x: x.tolist())
     return json.dumps(json.loads(text, parse_constant=lambda _: None), indent=1, allow_nan=False)
 
 
@@ -101,7 +96,7 @@ def failure_reason(f: dict) -> str:
 
 
 def _nanmean(rows):
-    """Mean over seeds per class; None (no test example) stays NaN, later null in JSON."""
+    """Mean over seeds per class; None (no test example) stays NaN (null in JSON)."""
     arr = np.array([[np.nan if a is None else a for a in r] for r in rows], dtype=float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
@@ -109,28 +104,23 @@ def _nanmean(rows):
 
 
 def _row_metrics(s: dict) -> dict:
-    def pct(key):
-        return None if s.get(key) is None else 100.0 * s[key]
-
+    pct = lambda key: None if s.get(key) is None else 100.0 * s[key]  # noqa: E731
     top1 = s.get("test_top1")
     out = {"top1_error": None if top1 is None else 100.0 * (1.0 - top1)}
-    for name in ("balanced_accuracy", "many", "medium", "few", "macro_f1"):
-        out[name] = pct(f"test_{name}")
+    out |= {k: pct(f"test_{k}") for k in ("balanced_accuracy", "many", "medium", "few", "macro_f1")}
     if s.get("task") == "segmentation":
-        out.update(
+        out |= dict(
             miou=pct("test_miou"), pixel_accuracy=pct("test_top1"), fw_iou=pct("test_fw_iou")
         )
     return out
 
 
 def metrics_of(rows) -> tuple:
-    """The table's columns: :data:`SEG_METRICS` for segmentation rows, else :data:`METRICS`."""
     return SEG_METRICS if any(r.get("task") == "segmentation" for r in rows) else METRICS
 
 
 def posthoc_best(summaries: list[dict]) -> dict | None:
-    """Post-hoc logit adjustment: the tau with the best mean balanced accuracy over seeds,
-    ``{"tau", "mean", "sd", "per_seed", "tau0_mean", "num_seeds"}`` (in %); None without it."""
+    """Post-hoc logit adjustment's tau of the best mean balanced accuracy over seeds (in %)."""
     rows = [s.get("posthoc_logit_adjustment") or [] for s in summaries]
     tables = [{float(r["tau"]): r.get("balanced_accuracy") for r in t if "tau" in r} for t in rows]
     if not (tables := [t for t in tables if t]):
@@ -148,10 +138,9 @@ def posthoc_best(summaries: list[dict]) -> dict | None:
 
 
 def collect(root, losses, ratios, seeds, *, extra_failures=None) -> list[dict]:
-    """One row per (loss, ratio) with the finished seeds' metrics and the failed seeds;
-    ``extra_failures``: ``{(loss, ratio, seed): (folder, reason)}`` of failures of this
-    command that left no ``failure.json`` (crashes, bad flags)."""
-    rows = []
+    """One row per (loss, ratio): the finished seeds' metrics and the failed seeds (also
+    ``extra_failures[(loss, ratio, seed)] = (folder, reason)``, failures without failure.json)."""
+    rows, extra_failures = [], extra_failures or {}
     for ratio, loss in itertools.product(ratios, losses):
         runs, dirs, failed = [], [], []
         for seed in seeds:
@@ -159,12 +148,11 @@ def collect(root, losses, ratios, seeds, *, extra_failures=None) -> list[dict]:
             if status == "done":
                 runs.append((int(seed), data))
                 dirs.append(folder)
-            elif status == "failed" or (loss, float(ratio), int(seed)) in (extra_failures or {}):
-                folder, reason = (
-                    (folder, failure_reason(data))
-                    if status == "failed"
-                    else extra_failures[(loss, ratio, seed)]
-                )
+            elif status == "failed" or (loss, float(ratio), int(seed)) in extra_failures:
+                if status == "failed":
+                    reason = failure_reason(data)
+                else:
+                    folder, reason = extra_failures[(loss, ratio, seed)]
                 failed.append({"seed": int(seed), "workdir": folder, "reason": reason})
         if runs or failed:
             rows.append(_row(loss, ratio, runs, dirs, failed))
@@ -181,17 +169,11 @@ def _row(loss, ratio, runs, run_dirs, failed) -> dict:
     acc = _nanmean([s["per_class_accuracy"] for s in summaries]) if runs else None
     n_train = (first["num_train"] if seg else int(np.sum(first["class_counts"]))) if runs else None
     return {
-        **{k: first.get(k) for k in keys},
-        "loss": loss,
-        "ratio": float(ratio),
-        "seeds": [seed for seed, _ in runs],
-        "run_dirs": run_dirs,
-        "failed": failed,
+        **{k: first.get(k) for k in keys}, "loss": loss, "ratio": float(ratio),
+        "seeds": [seed for seed, _ in runs], "run_dirs": run_dirs, "failed": failed,
         "stats": {k: {"mean": v[0], "sd": v[1]} for k, v in stats.items()},
-        "posthoc": posthoc_best(summaries),
-        "per_seed": per_seed,
-        "task": first.get("task", "classification"),
-        "per_class_accuracy": acc,
+        "posthoc": posthoc_best(summaries), "per_seed": per_seed,
+        "task": first.get("task", "classification"), "per_class_accuracy": acc,
         "per_class_iou": _nanmean([s["per_class_iou"] for s in summaries]) if seg else None,
         "wall_time_s": float(sum(s.get("wall_time_s") or 0.0 for s in summaries)),
         "num_train": n_train,
@@ -210,10 +192,8 @@ def table_lines(rows: list[dict]) -> list[str]:
     metrics = metrics_of(rows)
     bal = "mean class acc" if metrics is SEG_METRICS else "bal acc"
     header = " | ".join(label for _, label in metrics)
-    lines = [
-        f"| loss | ratio | n | failed | {header} | post-hoc LA {bal} % (best τ) | min/run |",
-        "|" + "---|" * (len(metrics) + 6),
-    ]
+    lines = [f"| loss | ratio | n | failed | {header} | post-hoc LA {bal} % (best τ) | min/run |"]
+    lines.append("|" + "---|" * (len(metrics) + 6))
     for r in rows:
         cells = " | ".join(_fmt(r["stats"].get(k, {"mean": None})) for k, _ in metrics)
         n, p = len(r["seeds"]), r.get("posthoc")
@@ -238,10 +218,9 @@ def config_lines(rows: list[dict]) -> list[str]:
         f"{r['class_counts']}"
         for r in {r["ratio"]: r for r in done}.values()
     )
-    max_test = cfg["data"].get("max_test")
-    split = (
-        f"data.max_test={max_test}: NOT the full test split" if max_test else "the full test split"
-    )
+    split = "the full test split"
+    if max_test := cfg["data"].get("max_test"):
+        split = f"data.max_test={max_test}: NOT {split}"
     variants = {r["loss"]: r["config"]["loss"] for r in done}
     losses = "; ".join(
         f"{v} = `{c['name']}` {dict(c['hparams'] or {})}" for v, c in variants.items()
@@ -259,9 +238,8 @@ def config_lines(rows: list[dict]) -> list[str]:
 
 def write_report(name, rows, *, command, grid, out_dir, label=None, note=None) -> str:
     """Writes ``out_dir/name.md``, its strict-JSON twin and the plots; returns the .md path."""
-    out = epath.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    base = os.fspath(out / name)
+    epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+    base = os.fspath(epath.Path(out_dir) / name)
     lines = _header_lines(name, rows, command, grid, label, note) + table_lines(rows)
     seg = metrics_of(rows) is SEG_METRICS
     groups = (
@@ -310,8 +288,8 @@ def _header_lines(name, rows, command, grid, label, note) -> list[str]:
     if failed:
         lines += ["**Failed runs** (not in the means):", ""]
         for r, f in failed:
-            lines.append(f"- {r['loss']} ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} ")
-            lines[-1] += f"(`{f['workdir']}`)"
+            where = f"ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} (`{f['workdir']}`)"
+            lines.append(f"- {r['loss']} {where}")
         lines.append("")
     return lines
 
@@ -325,10 +303,12 @@ def _axes(**kw):
     return plt.subplots(**({"figsize": (6, 4)} | kw))
 
 
-def _save(fig, ax, path: str, dpi=90, **labels) -> str:
+def _save(fig, ax, path: str, dpi=90, legend=True, **labels) -> str:
     import matplotlib.pyplot as plt
 
     ax.set(**labels)
+    if legend:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     with epath.Path(path).open("wb") as f:
         fig.savefig(f, format="png", dpi=dpi)
@@ -347,14 +327,12 @@ def _plots(base: str, rows: list[dict]) -> list[str]:
             counts = np.asarray(r["class_counts"])
             order = np.argsort(-counts, kind="stable")
             acc = 100 * np.asarray(r["per_class_iou" if seg else "per_class_accuracy"], float)
-            ax.plot(
-                counts[order], acc[order], marker="o", label=f"{r['loss']} (n={len(r['seeds'])})"
-            )
-        ax.legend(fontsize=7)
+            label = f"{r['loss']} (n={len(r['seeds'])})"
+            ax.plot(counts[order], acc[order], marker="o", label=label)
         title = f"per-class {what}, ratio {ratio:g} (mean over seeds)"
         labels = dict(xlabel=f"training {unit} of the class", ylabel=f"test {what} of the class %")
         paths.append(
-            _save(fig, ax, f"{base}_per_class_r{ratio:g}.png", xscale="log", title=title, **labels)
+            _save(fig, ax, f"{base}_per_class_r{ratio:g}.png", title=title, xscale="log", **labels)
         )
     if len(ratios) >= 2:
         fig, ax = _axes()
@@ -363,35 +341,28 @@ def _plots(base: str, rows: list[dict]) -> list[str]:
             x, m = zip(*sorted(p for p in pts if p[1]["mean"] is not None)) if pts else ((), ())
             y, sd = [v["mean"] for v in m], [v["sd"] or 0.0 for v in m]
             ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=loss)
-        ax.legend(fontsize=7)
-        labels = dict(xlabel="imbalance ratio n_max / n_min", ylabel="balanced test accuracy %")
-        paths.append(_save(fig, ax, f"{base}_vs_ratio.png", xscale="log", **labels))
+        labels = dict(
+            xlabel="imbalance ratio n_max / n_min", ylabel="balanced test accuracy %", xscale="log"
+        )
+        paths.append(_save(fig, ax, f"{base}_vs_ratio.png", **labels))
     return paths
-
-
-_COLOURS = (
-    "1f77b4 ff7f0e 2ca02c d62728 9467bd 8c564b e377c2 7f7f7f bcbd22 17becf "
-    "aec7e8 ffbb78 98df8a ff9896 c5b0d5 c49c94 f7b6d2 c7c7c7 dbdb8d 9edae5"
-).split()
 
 
 def label_palette(num_classes: int) -> np.ndarray:
     """uint8 [256, 3]: a colour per label (matplotlib's tab10, then tab20's light ones, then
-    hues spaced by the golden ratio); 255 (ignore) is white, unused values black.
-
-    >>> pal = label_palette(3)
-    >>> pal[0].tolist(), pal[255].tolist(), pal[3].tolist()
-    ([31, 119, 180], [255, 255, 255], [0, 0, 0])
-    """
+    hues spaced by the golden ratio); 255 (ignore) is white, unused values black."""
     import colorsys
+
+    from matplotlib import colormaps
 
     if not 1 <= int(num_classes) <= IGNORE:
         raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
+    tab20 = colormaps["tab20"].colors
+    hues = [colorsys.hsv_to_rgb((c * 0.618033988749895) % 1, 0.65, 0.9) for c in range(20, 255)]
     pal = np.zeros((256, 3), np.uint8)
-    for c in range(int(num_classes)):
-        hsv = colorsys.hsv_to_rgb((c * 0.618033988749895) % 1.0, 0.65, 0.9)
-        rgb = [int(_COLOURS[c][i : i + 2], 16) for i in (0, 2, 4)] if c < 20 else None
-        pal[c] = rgb or [round(255 * v) for v in hsv]
+    pal[: int(num_classes)] = np.round(255 * np.array([*tab20[0::2], *tab20[1::2], *hues]))[
+        : int(num_classes)
+    ]
     pal[IGNORE] = 255
     return pal
 
@@ -399,13 +370,7 @@ def label_palette(num_classes: int) -> np.ndarray:
 def picture_grid(images, masks, *predictions, num_classes: int, gap: int = 1) -> np.ndarray:
     """One row per example: the image (uint8 [N, H, W, 1 or 3]), its true label map
     ([N, H, W]), then each predicted label map ([N, H, W], white where the truth is ignore),
-    in :func:`label_palette`'s colours, ``gap`` white pixels apart.
-
-    >>> g = picture_grid(np.zeros((2, 4, 5, 3), np.uint8), np.zeros((2, 4, 5), np.uint8),
-    ...                  np.ones((2, 4, 5), np.int32), num_classes=2)
-    >>> g.shape, g.dtype
-    ((9, 17, 3), dtype('uint8'))
-    """
+    in :func:`label_palette`'s colours, ``gap`` white pixels apart."""
     images, masks = np.asarray(images), np.asarray(masks)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(
@@ -459,4 +424,4 @@ def _picture_grid(base: str, rows: list[dict]) -> list[str]:
     handles.append(Patch(facecolor="white", edgecolor="black", label="ignore"))
     ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("test images: input, truth, each loss (seed of its first run)", fontsize=8)
-    return [_save(fig, ax, f"{base}_pictures.png", dpi=None)]
+    return [_save(fig, ax, f"{base}_pictures.png", dpi=None, legend=False)]

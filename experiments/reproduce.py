@@ -5,14 +5,12 @@
       [--ratios=100] [--seeds=0,1,2] [--workdir=DIR|gs://BUCKET/DIR] [--results_dir=DIR] \\
       [--source=SOURCE] [--jobs=N] [--vmap_seeds] [--dry_run] [--config.KEY=VALUE ...]
 
-A suite is a config file's ``sweep()``: runs, each ``--config=FILE:loss=VARIANT`` with config
-overrides, in ``WORKDIR/SUITE/r{ratio}/{loss}/seed{seed}`` (``--vmap_seeds``: a (loss,
-ratio)'s missing seeds in one program, ``.../seeds_0_1/seed_{s}``), output in ``train.log``.
-A run folder is reused only if its stored config equals the one built here (run-control keys
-aside), else one ``error:`` line (exit 2). Failed runs are listed (exit 1); a diverged one is
-not retried. SIGTERM/SIGINT reach every program, each checkpoints, exit 75; the same command
-resumes. The report (``SUITE.md``, ``SUITE.json``, plots; default ``WORKDIR/results``) covers
-every finished run of the suite's folder: a rerun of a subset keeps the other rows.
+A suite is a config file's ``sweep()``: runs ``--config=FILE:loss=VARIANT`` with overrides in
+``WORKDIR/SUITE/r{ratio}/{loss}/seed{seed}`` (``--vmap_seeds``: ``.../seeds_0_1/seed_{s}``).
+A run folder is reused only if its stored config equals the one built here, else ``error:``
+(exit 2). Failed runs are listed (exit 1). SIGTERM/SIGINT: every program checkpoints, exit
+75; the same command resumes. The report (``SUITE.md``, ``.json``, plots; default
+``WORKDIR/results``) covers every finished run of the suite's folder.
 """
 
 import argparse
@@ -35,26 +33,15 @@ from etils import epath
 
 from experiments import report
 from experiments.configs.common import LOSSES
-from experiments.report import (
-    EXIT_CONFIG_ERROR,
-    EXIT_DIVERGED,
-    EXIT_PREEMPTED,
-    config_diff,
-    config_to_dict,
-    read_json,
-)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Suite: (config file, its --quick config or None, keyword arguments of its sweep()).
-_C = "experiments/configs/"
-SUITES = {
-    "digits": (_C + "digits_lt.py", None, {}),
-    "cifar10_lt": (_C + "cifar10_lt.py", _C + "cifar10_lt_quick.py", {}),
-    "cifar10_step": (_C + "cifar10_lt.py", _C + "cifar10_lt_quick.py", {"profile": "step"}),
-    "fashion_mnist_lt": (_C + "fashion_mnist_lt.py", None, {}),
-    "segmentation": (_C + "segmentation.py", None, {}),
-    "tiny": (_C + "tiny.py", None, {}),
-}
+_C, _Q = "experiments/configs/", "experiments/configs/cifar10_lt_quick.py"
+SUITES = {"digits": (_C + "digits_lt.py", None, {}), "cifar10_lt": (_C + "cifar10_lt.py", _Q, {}),
+          "cifar10_step": (_C + "cifar10_lt.py", _Q, {"profile": "step"}),
+          "fashion_mnist_lt": (_C + "fashion_mnist_lt.py", None, {}),
+          "segmentation": (_C + "segmentation.py", None, {}),
+          "tiny": (_C + "tiny.py", None, {})}  # fmt: skip
 TRAIN_COMMAND = (sys.executable, "-m", "experiments.train")  # tests substitute a fake one
 
 
@@ -64,7 +51,6 @@ class ReproduceError(Exception):
 
 @functools.cache
 def load_module(path: str):
-    """The config file at ``path`` (relative to the repo root) as a module."""
     full = path if os.path.isabs(path) else os.path.join(REPO, path)
     spec = importlib.util.spec_from_file_location(f"_grid_config_{abs(hash(full))}", full)
     module = importlib.util.module_from_spec(spec)
@@ -84,8 +70,7 @@ def _value(current, text: str):
 
 
 def build(path: str, arg: str, overrides: dict):
-    """The ConfigDict experiments.train builds from ``--config=path:arg`` and ``overrides``
-    (flat keys; string values are parsed as the flags are)."""
+    """The ConfigDict experiments.train builds from ``--config=path:arg`` and ``overrides``."""
     c = load_module(path).get_config(arg)
     for key, value in overrides.items():
         *parents, name = key.split(".")
@@ -124,11 +109,9 @@ class Plan:
         quick = "REDUCED (quick) protocol — not the paper protocol"
         self.label = self.suite.get("label") or (quick if self.quick else "paper protocol")
         self.epochs = extra.pop("num_epochs", None)  # before the loss variant (DRW)
-        self.extra = extra
-        self.seg_source = None
-        if args.source and hasattr(module, "data_dir"):
-            self.seg_source = args.source  # the CIFAR-10 copy the set is drawn from
-        elif args.source:
+        self.extra, seg = extra, hasattr(module, "data_dir")
+        self.seg_source = args.source if seg else None  # the CIFAR-10 copy the set is drawn from
+        if args.source and not seg:
             self.extra["data.source"] = args.source
 
     def arg(self, run) -> str:
@@ -147,7 +130,7 @@ class Plan:
 
     @functools.cache
     def expected(self, i: int) -> dict:
-        return config_to_dict(self.config(self.runs[i]))
+        return report.config_to_dict(self.config(self.runs[i]))
 
     def flags(self, run, seeds=None) -> list[str]:
         arg = self.arg(run)
@@ -166,37 +149,32 @@ def _mismatch(folder, diff) -> str:
 
 
 def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
-    """The programs for the seeds of the grid that are neither finished nor failed (seeds
-    outermost) and how many runs those are; refuses any folder that holds another config."""
+    """The programs for the grid's seeds neither finished nor failed and how many runs those
+    are; refuses any folder that holds another config."""
     missing, errors = collections.defaultdict(list), []
     for i, run in enumerate(plan.runs):
         loss, ratio, seed = run["loss"], run["ratio"], run["seed"]
         status, folder, data = report.seed_status(plan.root, loss, ratio, seed)
-        want = plan.expected(i)
         stored = [(folder, data.get("config", {}), ("seeds",))] if status == "done" else []
-        if status != "done":
-            for d, program in report.seed_dirs(plan.root, loss, ratio, seed):
-                found = read_json(f"{d}/config.json")
-                stored += [(d, found, ("seeds",) if program else ())] if found else []
-        errors += [
-            _mismatch(d, diff) for d, c, ign in stored if (diff := config_diff(c, want, ign))
-        ]
+        for d, program in report.seed_dirs(plan.root, loss, ratio, seed) if not stored else ():
+            found = report.read_json(f"{d}/config.json")
+            stored += [(d, found, ("seeds",) if program else ())] if found else []
+        diffs = [(d, report.config_diff(c, plan.expected(i), ign)) for d, c, ign in stored]
+        errors += [_mismatch(d, diff) for d, diff in diffs if diff]
         if status == "todo":
             missing[(loss, ratio)].append(run)
     programs = []
     for runs in missing.values():
         seeds = [r["seed"] for r in runs] if vmap and len(runs) > 1 else None
         for run in [runs[0]] if seeds else runs:
-            folder = f"r{run['ratio']:g}/{run['loss']}/" + (
-                "seeds_" + "_".join(map(str, seeds)) if seeds else f"seed{run['seed']}"
-            )
-            prog = dict(run, seeds=seeds or [run["seed"]], workdir=f"{plan.root}/{folder}")
+            name = "seeds_" + "_".join(map(str, seeds)) if seeds else f"seed{run['seed']}"
+            workdir = f"{plan.root}/r{run['ratio']:g}/{run['loss']}/{name}"
+            prog = dict(run, seeds=seeds or [run["seed"]], workdir=workdir)
             prog["flags"] = plan.flags(run, seeds)
-            prog["label"] = f"{run['loss']} r{run['ratio']:g} seed{'s' if seeds else ''} " + (
-                ",".join(map(str, prog["seeds"]))
-            )
-            if seeds and (found := read_json(f"{prog['workdir']}/config.json")):
-                diff = config_diff(found, config_to_dict(plan.config(run, seeds)))
+            what = f"seed{'s' if seeds else ''} " + ",".join(map(str, prog["seeds"]))
+            prog["label"] = f"{run['loss']} r{run['ratio']:g} {what}"
+            if seeds and (found := report.read_json(f"{prog['workdir']}/config.json")):
+                diff = report.config_diff(found, report.config_to_dict(plan.config(run, seeds)))
                 errors += [_mismatch(prog["workdir"], diff)] if diff else []
             programs.append(prog)
     if errors:
@@ -208,8 +186,8 @@ def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
 
 
 def prepare_segmentation_data(plan: Plan) -> None:
-    """Makes the suite's generated segmentation set when the runs read it and it is missing,
-    from ``--source`` (default: the offline CIFAR-10 copy where it exists, else tfds)."""
+    """Makes the suite's segmentation set when the runs read it and it is missing, from
+    ``--source`` (default: the offline CIFAR-10 copy where it exists, else tfds)."""
     if not hasattr(module := load_module(plan.path), "data_dir"):
         return
     kind, _, path = str(plan.config(plan.runs[0]).data.source).partition(":")
@@ -229,7 +207,7 @@ def prepare_segmentation_data(plan: Plan) -> None:
 
 class Pool:
     """Train programs, ``jobs`` at a time, each in its own process group; a SIGTERM or SIGINT
-    of this process goes once to every running program, and then no new one starts."""
+    goes once to every running program, and then no new one starts."""
 
     def __init__(self, cmd_prefix, env, jobs: int, logs: str | None):
         self.cmd_prefix, self.env, self.jobs, self.logs = cmd_prefix, env, jobs, logs
@@ -248,7 +226,7 @@ class Pool:
                 os.killpg(proc.pid, signal.SIGTERM)
 
     def run_one(self, prog, total):
-        """Runs one program; returns (prog, exit code or None when not started, seconds, tail)."""
+        """(prog, exit code or None when not started, seconds, the log's tail)."""
         if self.stopped:
             return prog, None, 0.0, []
         cmd = [*self.cmd_prefix, f"--workdir={prog['workdir']}", *prog["flags"]]
@@ -257,8 +235,7 @@ class Pool:
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         t0 = time.time()
         with open(log_path, "a") as log:
-            log.write("# " + shlex.join(cmd) + "\n")
-            log.flush()
+            print("# " + shlex.join(cmd), file=log, flush=True)
             with self.lock:
                 proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=log,
                                         start_new_session=True)  # fmt: skip
@@ -274,7 +251,6 @@ class Pool:
             return prog, rc, time.time() - t0, log.read().splitlines()[-40:]
 
     def run(self, programs, on_end):
-        """Runs ``programs`` in order, calls ``on_end(prog, rc, seconds, tail)`` after each."""
         handlers = {s: signal.signal(s, self.stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             with concurrent.futures.ThreadPoolExecutor(self.jobs) as pool:
@@ -294,10 +270,10 @@ def outcome(prog, rc, tail, stopped) -> str:
     folders = [f"{prog['workdir']}/seed_{s}" for s in prog["seeds"]] if many else [prog["workdir"]]
     if rc == 0 and all(epath.Path(f"{d}/summary.json").exists() for d in folders):
         return "finished"
-    if rc in (0, EXIT_PREEMPTED) or (stopped and rc != EXIT_DIVERGED):
+    if rc in (0, report.EXIT_PREEMPTED) or (stopped and rc != report.EXIT_DIVERGED):
         return "stopped"
-    if rc == EXIT_DIVERGED:
-        failure = read_json(f"{prog['workdir']}/failure.json")
+    if rc == report.EXIT_DIVERGED:
+        failure = report.read_json(f"{prog['workdir']}/failure.json")
         return report.failure_reason(failure) if failure else "diverged (exit 3, no failure.json)"
     errors = [line for line in tail if line.startswith("error:")]
     last = errors[-1] if errors else next((x for x in reversed(tail) if x.strip()), "")
@@ -308,11 +284,11 @@ def _report(plan: Plan, failures: dict) -> tuple[list[dict], str]:
     """Rewrites the report from every finished or failed run of the suite's folder."""
     losses, ratios, seeds = report.grid_on_disk(plan.root)
     grid = {"losses": list(dict.fromkeys(plan.losses + losses)), "config": plan.path}
-    grid.update(
+    grid |= dict(
         ratios=list(dict.fromkeys(plan.ratios + ratios)), seeds=sorted({*plan.seeds, *seeds})
     )
     rows = report.collect(
-        plan.root, grid["losses"], grid["ratios"], grid["seeds"], extra_failures=failures
+        plan.root, *(grid[k] for k in ("losses", "ratios", "seeds")), extra_failures=failures
     )
     shown = [(r, s) for r in rows for s in r["seeds"] + [f["seed"] for f in r["failed"]]]
     outside = sum(not plan.in_grid(r["loss"], r["ratio"], s) for r, s in shown)
@@ -338,11 +314,9 @@ def _finish(plan: Plan, rows, path, stopped) -> int:
     print(f"report: {path}", flush=True)
     if stopped:
         left = len(plan.runs) - n_done - len(failed)
-        print(
-            f"stopped by {stopped[0]}: {n_done} runs finished, {left} left (checkpointed); ", end=""
-        )
-        print("rerun the same command to resume", flush=True)
-        return EXIT_PREEMPTED
+        print(f"stopped by {stopped[0]}: {n_done} runs finished, {left} left (checkpointed); "
+              "rerun the same command to resume", flush=True)  # fmt: skip
+        return report.EXIT_PREEMPTED
     if failed:
         why = "a diverged run, with failure.json, is not retried: delete its folder to retry"
         print(f"{len(failed)} of {len(plan.runs)} runs failed ({why})", file=sys.stderr)
@@ -354,8 +328,8 @@ def _parser():
     p.add_argument("--suite", required=True, choices=sorted(SUITES))
     p.add_argument("--quick", action="store_true", help="the suite's reduced CPU protocol")
     p.add_argument("--losses", type=lambda s: s.split(","), help="comma list of loss variants")
-    p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], help="comma list")
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma list")
+    for name, kind in (("--ratios", float), ("--seeds", int)):
+        p.add_argument(name, type=lambda s, k=kind: [k(x) for x in s.split(",")], help="comma list")
     p.add_argument("--workdir", help="run folders, or gs://BUCKET/DIR (default: the suite's)")
     p.add_argument("--results_dir", help="report folder (default WORKDIR/results)")
     p.add_argument("--source", help="data.source of every run (segmentation: the CIFAR-10 copy)")
@@ -383,14 +357,13 @@ def main(argv=None):
     extra = dict(a[9:].split("=", 1) for a in rest if a.startswith("--config.") and "=" in a)
     if len(extra) != len(rest):  # --config.KEY=VALUE: to every run
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    unknown = sorted(set(args.losses or ()) - set(LOSSES))
-    if unknown:
+    if unknown := sorted(set(args.losses or ()) - set(LOSSES)):
         parser.error(f"unknown loss variant(s) {unknown}; known: {', '.join(LOSSES)}")
     try:
         code = _run(Plan(args, extra, argv), args)
     except ReproduceError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        code = EXIT_CONFIG_ERROR
+        code = report.EXIT_CONFIG_ERROR
     if code:
         sys.exit(code)
 
@@ -399,13 +372,10 @@ def _run(plan: Plan, args) -> int:
     """Checks the stored configs, runs the missing seeds, writes the report."""
     programs, n_todo = programs_to_run(plan, args.vmap_seeds)
     jobs = args.jobs or min(plan.suite.get("jobs", 1), os.cpu_count() or 1)
-    print(
-        f"{plan.name}: {len(plan.runs)} runs in the grid, {len(plan.runs) - n_todo} finished or "
-        f"failed before, {n_todo} to run in {len(programs)} program(s) "
-        f"({'vmapped seeds, ' if args.vmap_seeds else ''}{jobs} at a time); runs: {plan.root}; "
-        f"report: {plan.results_dir}",
-        flush=True,
-    )
+    print(f"{plan.name}: {len(plan.runs)} runs in the grid, {len(plan.runs) - n_todo} finished or "
+          f"failed before, {n_todo} to run in {len(programs)} program(s) "
+          f"({'vmapped seeds, ' if args.vmap_seeds else ''}{jobs} at a time); runs: {plan.root}; "
+          f"report: {plan.results_dir}", flush=True)  # fmt: skip
     if args.dry_run:
         print(f"config: {plan.path}; every run: {plan.extra or 'no other overrides'}")
         for i, p in enumerate(programs):

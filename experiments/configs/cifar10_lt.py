@@ -1,14 +1,11 @@
-"""CIFAR-10-LT, the paper protocol: exp profile, imbalance ratio 100, ResNet-32, 200 epochs.
+"""CIFAR-10-LT, the paper protocol: exp profile, ratio 100, ResNet-32, 200 epochs, batch 128.
 
   python -m experiments.train --config=experiments/configs/cifar10_lt.py:loss=cce_paper \
       --workdir=runs/c10lt
   python -m experiments.reproduce --suite=cifar10_lt     # or --suite=cifar10_step
 
-Data: ``tfds:cifar10`` (the [tfds] extra); offline
-``--config.data.source=cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz``. Applies the exp
-profile: on your own data set ``--config.data.profile=none`` keeps every image. Batch 128,
-SGD lr 0.1, momentum 0.9, weight decay 2e-4, 5 warm-up epochs, LDAM's step decay (x0.01 from
-epoch 160, x0.0001 from 180); the CCE paper's: ``--config.schedule.boundaries='(100,150)'
+Data ``tfds:cifar10`` (offline: ``--config.data.source=cifar10_jpeg:PATH``); LDAM's step
+decay; the CCE paper's: ``--config.schedule.boundaries='(100,150)'
 --config.schedule.factors='(0.1,0.01)'``.
 """
 

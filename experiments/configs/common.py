@@ -1,27 +1,17 @@
-"""What the configs share: the ``FILE:ARG`` argument, the loss variants and the grids.
-
-``get_config(arg)`` takes big_vision-style ``"key=value,..."`` arguments: ``loss`` names a
-variant of :data:`LOSSES`, ``epochs`` sets ``num_epochs`` first (DRW starts at a fraction of
-it). A config with a suite has a ``sweep()`` beside it: the suite's runs (:func:`grid`).
+"""What the configs share: the ``FILE:ARG`` argument (big_vision-style ``"loss=VARIANT,
+epochs=N"``), the loss variants and the grids (a suite's ``sweep()`` returns :func:`grid`).
 """
 
 import itertools
 import os
 import tempfile
 
-# Loss variants: the trainer's loss name, its hyperparameters and other settings. ``drw`` is
-# the fraction of the epochs after which DRW switches class-balanced weights on (160 of 200 in
-# the LDAM-DRW protocol).
+# Loss variants; ``drw``: the fraction of the epochs after which DRW starts (LDAM-DRW: 160/200).
 LOSSES = {
     "ce": {"loss": "ce"},
     "focal": {"loss": "focal", "hparams": {"gamma": 2.0}},
     "cb_focal": {"loss": "cb_focal", "hparams": {"beta": 0.9999, "gamma": 2.0}},
-    "ldam_drw": {
-        "loss": "ldam",
-        "hparams": {"max_margin": 0.5, "scale": 30.0},
-        "cosine_head": True,
-        "drw": 0.8,
-    },
+    "ldam_drw": {"loss": "ldam", "hparams": {"max_margin": 0.5, "scale": 30.0}, "drw": 0.8},
     "la": {"loss": "la", "hparams": {"tau": 1.0}},
     "bs": {"loss": "bs"},
     "cot": {"loss": "cot"},
@@ -29,11 +19,10 @@ LOSSES = {
     "cce_code": {"loss": "cce", "hparams": {"gamma": 1.0, "normalizer": "k"}},
     "mse_ol": {"loss": "mse_ol", "hparams": {"alpha": 5.0}},
 }
-# Every variant, in the order a grid runs them (the losses of the quick protocol first).
-ALL_LOSSES = ("ce", "cce_paper", "cce_code", "mse_ol", "ldam_drw", "la", "bs", "focal")
-ALL_LOSSES += ("cb_focal", "cot")
+LOSSES["ldam_drw"]["cosine_head"] = True
+# Every variant, in the order a grid runs them.
+ALL_LOSSES = tuple("ce cce_paper cce_code mse_ol ldam_drw la bs focal cb_focal cot".split())
 TMP = tempfile.gettempdir()
-# Runs of hours to days (resumable) go to a folder that survives a reboot.
 RUNS_HOME = os.path.join(os.path.expanduser("~"), "cce_jax_runs")
 
 
@@ -53,8 +42,7 @@ def parse_arg(arg, **defaults) -> dict:
 
 
 def finish(c, arg, hparams=None):
-    """Applies ``get_config``'s argument to ``c``: ``epochs``, then the ``loss`` variant with
-    its hyperparameters (and ``hparams[variant]`` on top, a config's own values)."""
+    """Applies ``arg``: ``epochs``, then the ``loss`` variant (``hparams[variant]`` on top)."""
     a = parse_arg(arg, loss="", epochs=0)
     if a["epochs"]:
         c.num_epochs = a["epochs"]
@@ -73,8 +61,7 @@ def finish(c, arg, hparams=None):
 
 def grid(losses, ratios, seeds, profile="exp", epochs=0) -> list[dict]:
     """One run per (seed, ratio, loss), seeds outermost: ``{"loss", "ratio", "seed", "arg",
-    "overrides"}`` (``arg`` for ``get_config``, ``overrides`` flat config keys). The seed sets
-    the initialisation, the data order and which training examples survive the imbalance."""
+    "overrides"}`` (``arg`` for ``get_config``, ``overrides`` flat config keys)."""
     runs = []
     for seed, ratio, loss in itertools.product(seeds, ratios, losses):
         arg = f"loss={loss}" + (f",epochs={epochs}" if epochs else "")

@@ -2,11 +2,8 @@
 
   python -m experiments.reproduce --suite=digits      # ce, cce (both signs), mse_ol, la, bs
 
-digits.py at imbalance ratio 50 (the exp profile; ``data.profile=none`` keeps every image of
-your own data): 116 training images in the largest class, 2 in the smallest, 321 in all; the
-full test split (596 images). 15 epochs, lr x0.1 from epoch 10 and x0.01 from 13; test
-metrics and a checkpoint only at the end (a run is mostly start-up and compilation). At ratio
-10 the losses differ within the seed spread; at 50 the rare classes make the difference.
+digits.py at ratio 50 (321 training images, 116 to 2 per class), the full test split, 15
+epochs; test metrics and a checkpoint only at the end.
 """
 
 from experiments.configs import common, digits
@@ -27,11 +24,6 @@ def sweep(losses=("ce", "cce_paper", "cce_code", "mse_ol", "la", "bs"), ratios=(
 def get_config(arg=None):
     c = digits.get_config()
     c.data.ratio = 50.0
-    c.num_epochs = 15
-    c.schedule.warmup_epochs = 1.0
-    c.schedule.boundaries = (10, 13)
-    c.schedule.factors = (0.1, 0.01)
-    c.eval_every = 1000
-    c.checkpoint_every = 1000
-    c.progress = False
+    c.update(num_epochs=15, eval_every=1000, checkpoint_every=1000, progress=False)
+    c.schedule.update(warmup_epochs=1.0, boundaries=(10, 13), factors=(0.1, 0.01))
     return common.finish(c, arg)
