@@ -155,6 +155,13 @@ def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
     for i, run in enumerate(plan.runs):
         loss, ratio, seed = run["loss"], run["ratio"], run["seed"]
         status, folder, data = report.seed_status(plan.root, loss, ratio, seed)
+        have = data.get("config", {}).get("num_epochs") if status == "done" else None
+        if have is not None and have != (want := plan.expected(i)["num_epochs"]):
+            # A finished run of fewer epochs continues to ``want``; one of more is refused.
+            errors += [_mismatch(folder, [f"num_epochs: stored {have}, now {want}"])] * (
+                have > want
+            )
+            status = "todo"
         stored = [(folder, data.get("config", {}), ("seeds",))] if status == "done" else []
         for d, program in report.seed_dirs(plan.root, loss, ratio, seed) if not stored else ():
             found = report.read_json(f"{d}/config.json")

@@ -271,3 +271,116 @@ def test_an_ignored_sigint_stays_ignored():
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def _tree(w):
+    return {p: p.read_bytes() for p in sorted(Path(w).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage", ["a-file", "unlistable", "no-step-found"])
+def test_a_workdir_whose_checkpoints_cannot_be_listed_never_starts_over(
+    tmp_path, monkeypatch, damage, small_run
+):
+    w, _ = small_run(copy_to=tmp_path / "w", stop_after_epoch=2)
+    if damage == "a-file":  # checkpoints/ replaced by a plain file
+        import shutil
+
+        shutil.rmtree(w / "checkpoints")
+        (w / "checkpoints").write_text("x")
+    elif damage == "unlistable":
+        import orbax.checkpoint as ocp
+
+        monkeypatch.setattr(ocp.CheckpointManager, "all_steps", _eio)
+    else:  # a listing that comes back empty while the folder holds entries
+        import orbax.checkpoint as ocp
+
+        monkeypatch.setattr(ocp.CheckpointManager, "all_steps", lambda self: [])
+    before = _tree(w)
+    with pytest.raises(training.StorageError) as e:
+        training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and str(w / "checkpoints") in msg, msg
+    assert "cannot list the checkpoints" in msg and "nothing was changed" in msg
+    assert _tree(w) == before  # metrics.jsonl keeps its 2 rows
+
+
+def test_a_checkpoint_folder_with_only_a_cut_short_save_starts_afresh(tmp_path, reference):
+    w = tmp_path / "w"
+    (w / "checkpoints" / f"{SPE}.orbax-checkpoint-tmp-1" / "state").mkdir(parents=True)
+    again = training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    assert again["resumed_from_epoch"] == 0
+    _assert_same_run(reference[0], w, reference[1], again)
+
+
+_FULL_DISK = """
+import errno, sys
+from orbax.checkpoint._src.serialization import serialization
+
+async def full(*args, **kwargs):  # what tensorstore's write meets on a full disk
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+serialization.async_serialize_from_host = full
+from absl import app
+from experiments import train
+sys.argv[0] = "train"
+app.run(train.main, flags_parser=train.parse_flags)
+"""
+
+
+def test_a_full_disk_is_one_stderr_line_without_orbax_thread_noise(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    r = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, "--config=experiments/configs/digits.py",
+         f"--workdir={tmp_path / 'w'}", "--config.num_epochs=1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == training.EXIT_IO_ERROR, r.stderr[-3000:]
+    assert len(lines) <= 3 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[-1].startswith("error: cannot save the checkpoint of step ")
+    assert "no space left on device" in lines[-1]
+
+
+def _restored_divergence(w, *, scale):
+    """The newest checkpoint of a copy of the stopped run, without its digest and with its
+    parameters times ``scale`` (NaN: non-finite; 1e30: finite, diverges on the first step)."""
+    import orbax.checkpoint as ocp
+
+    newest = max(int(p.name) for p in (w / "checkpoints").iterdir())
+    mngr = ocp.CheckpointManager(w / "checkpoints", item_names=("state", "progress"))
+    out = mngr.restore(newest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), progress=ocp.args.JsonRestore()
+    ))  # fmt: skip
+    state = dict(out["state"])
+    state["params"] = jax.tree.map(lambda x: np.asarray(x) * scale, state["params"])
+    mngr.delete(newest)
+    mngr.save(newest, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dict(out["progress"]))
+    ), force=True)  # fmt: skip
+    mngr.wait_until_finished()
+    mngr.close()
+    assert not (w / "checkpoints" / str(newest) / "digest.json").exists()
+    return newest
+
+
+def test_an_unverified_non_finite_checkpoint_is_damage_and_falls_back(tmp_path, capsys, small_run):
+    w, _ = small_run(copy_to=tmp_path / "w", stop_after_epoch=2)
+    newest = _restored_divergence(w, scale=np.nan)
+    capsys.readouterr()
+    training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "no digest.json and non-finite values" in warnings[0], err
+    assert (w / "corrupt_checkpoints" / str(newest)).exists()
+    assert not (w / "failure.json").exists()
+
+
+def test_a_divergence_right_after_a_restore_names_the_checkpoint(tmp_path, small_run):
+    w, _ = small_run(copy_to=tmp_path / "w", stop_after_epoch=2)
+    newest = _restored_divergence(w, scale=1e30)
+    with pytest.raises(training.TrainingDiverged) as e:
+        training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    msg = str(e.value)
+    assert "first step after resuming from the checkpoint of epoch 2" in msg, msg
+    assert str(w / "checkpoints") in msg and f"move {newest}/" in msg
+    assert "optimizer.lr" not in msg

@@ -602,3 +602,23 @@ def test_picture_grid():
     assert len({tuple(c) for c in report.label_palette(40)[:40]}) == 40
     with pytest.raises(ValueError, match="must be \\[N, H, W\\]"):
         report.picture_grid(images, masks[:1], num_classes=3)
+
+
+def test_a_longer_schedule_continues_the_finished_runs(fake, capsys):
+    # A finished run is reused only at the num_epochs asked for: more epochs continue it (the
+    # trainer resumes from its last checkpoint), fewer are refused; never a table of runs of
+    # another length.
+    assert fake("--losses=ce") == 0
+    seed0 = fake.root / "r10" / "ce" / "seed0"
+    epochs = json.loads((seed0 / "summary.json").read_text())["config"]["num_epochs"]
+    capsys.readouterr()
+    assert fake("--losses=ce", f"--config.num_epochs={epochs + 1}") == 0
+    assert "0 finished or failed before, 1 to run" in capsys.readouterr().out
+    calls = (seed0 / "calls.txt").read_text().splitlines()
+    assert len(calls) == 2 and f"epochs={epochs + 1}" in calls[-1]
+    twin = json.loads((fake.results / "fake.json").read_text())
+    assert json.loads((seed0 / "summary.json").read_text())["config"]["num_epochs"] == epochs + 1
+    assert twin["rows"][0]["seeds"] == [0]
+    assert fake("--losses=ce", f"--config.num_epochs={epochs}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"num_epochs: stored {epochs + 1}, now {epochs}" in err[0], err

@@ -11,17 +11,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import hashlib
 import json
 import math
 import os
 import sys
+import tempfile
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from cce_jax import parallel
 from cce_jax.training.config import ConfigError
 
 DIGEST_FILE = "digest.json"
@@ -153,6 +157,34 @@ def WorkdirLock(workdir: epath.Path):  # noqa: N802 (used as a class)
         os.close(fd)  # closing drops the flock
 
 
+@contextlib.contextmanager
+def _held_stderr():
+    """Holds what orbax's threads write to stderr during a save (tracebacks of a full disk)
+    in a temporary file: replayed if the save succeeds, dropped if it fails, as the
+    StorageError's one line says what happened."""
+    sys.stderr.flush()
+    saved, held = os.dup(2), tempfile.TemporaryFile()
+    os.dup2(held.fileno(), 2)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        gc.collect()  # asyncio reports its unretrieved task exceptions here
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if not failed:
+            held.seek(0)
+            os.write(2, held.read())
+        held.close()
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def checkpoint_digest(step_dir: epath.Path) -> dict[str, str]:
     """``{relative path: sha256}`` of every file of a checkpoint but the digest itself."""
     out = {}
@@ -195,8 +227,19 @@ class Checkpoints:
         return self._m
 
     def steps(self) -> list[int]:
-        with storage_errors("cannot list", self.directory):
-            return list(self.mngr.all_steps()) if self.directory.exists() else []
+        """The saved steps; [] only when provably none (no ``checkpoints`` entry, or a folder
+        with at most saves cut short): a listing that fails or finds no step among entries
+        is an error."""
+        d = self.directory
+        with storage_errors("cannot list the checkpoints in", d, "nothing was changed"):
+            if not d.exists():
+                return []
+            if not d.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+            steps = list(self.mngr.all_steps())
+            if not steps and not all(map(ocp.path.step.is_tmp_checkpoint, d.iterdir())):
+                raise OSError(errno.EIO, "it holds entries but no checkpoint orbax can list")
+        return steps
 
     def should_save(self, step: int) -> bool:
         """Whether ``checkpoint_every_steps``/``_minutes`` asks for a save at ``step``."""
@@ -209,12 +252,13 @@ class Checkpoints:
             state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
         )
         with storage_errors(what, self.directory, "the previous checkpoint is kept"):
-            try:
-                self.mngr.save(step, args=args, force=True)
-                self.mngr.wait_until_finished()
-            except BaseException:
-                self.close()  # a manager that failed mid-save is not reused
-                raise
+            with _held_stderr():
+                try:
+                    self.mngr.save(step, args=args, force=True)
+                    self.mngr.wait_until_finished()
+                except BaseException:
+                    self.close()  # a manager that failed mid-save is not reused
+                    raise
         if jax.process_index() == 0:
             step_dir = self.directory / str(step)
             write(step_dir / DIGEST_FILE, dumps({"sha256": checkpoint_digest(step_dir)}))
@@ -268,6 +312,8 @@ class Checkpoints:
             if verified:
                 raise
             raise _Damaged(first_line(e)) from e
+        if not verified and not bool(parallel.to_host(all_finite(out["state"]))):
+            raise _Damaged(f"no {DIGEST_FILE} and non-finite values")
         return out["state"], dict(out["progress"] or {})
 
     def _quarantine(self, step: int) -> None:

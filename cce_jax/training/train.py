@@ -96,6 +96,7 @@ class Job:
     train_steps: dict  # uses DRW -> (one-batch step, steps_per_call-batch step or None)
     eval_step: Any
     ckpts: ckpt.Checkpoints
+    restored: int = 0  # the step restored from a checkpoint (0: none)
 
     seeds = property(lambda self: config_lib.seeds_of(self.config))
     info = property(lambda self: self.datasets[0].info)
@@ -322,6 +323,7 @@ def restore(job: Job):
     shape = tuple(job.info.image_shape)
     state = steps_lib.create_train_state(job.model, job.tx, rng, shape, job.mesh)
     state, progress, pos = job.ckpts.restore(state, job.describe)
+    job.restored = pos
     if pos:
         print(f"resumed from {job.ckpts.directory} at {job.describe(pos)}", flush=True)
     partial = {k: np.asarray(v, np.float32) for k, v in (progress.get("metrics") or {}).items()}
@@ -407,6 +409,12 @@ def diverged(job: Job, epoch: int, step: int):
     if job.is_main:
         for d in job.result_dirs:
             ckpt.write(d / "failure.json", ckpt.dumps(failure))
+    if job.restored and at == job.restored:  # the restored state, not the hyperparameters
+        raise TrainingDiverged(
+            f"training diverged on the first step after resuming from the checkpoint of "
+            f"{job.describe(at)} in {job.ckpts.directory}: that checkpoint is likely damaged; "
+            f"move {at}/ out of it and rerun to resume from an older one"
+        )
     kept = f"the last finite checkpoint ({job.describe(last)}) is kept" if last else None
     raise TrainingDiverged(
         f"training diverged in epoch {epoch + 1} (step {at + 1}, lr {lr:.4g}): non-finite "
@@ -421,7 +429,7 @@ def save(job: Job, pos: int, state, host, epoch: int) -> None:
     steps = job.ckpts.steps()
     if steps and steps[-1] == pos:
         return
-    if not bool(parallel.to_host(_all_finite(state.params))):
+    if not bool(parallel.to_host(ckpt.all_finite(state.params))):
         diverged(job, epoch, max(pos - epoch * job.spe - 1, 0))
     mid = pos % job.spe and host is not None
     metrics = {k: v.tolist() for k, v in host.items()} if mid else {}
@@ -520,8 +528,3 @@ def _host_metrics(partial, history) -> dict:
     for k, v in (partial or {}).items():
         host[k] = np.concatenate([v, host[k]]) if k in host else v
     return host
-
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
