@@ -15,6 +15,7 @@ import inspect
 import io
 import json
 import os
+import pathlib
 import shutil
 import sys
 import tempfile
@@ -53,15 +54,11 @@ def pixel_count_report(ds: Dataset) -> dict:
     }
 
 
-def _save_png(path: str, array: np.ndarray) -> None:
-    from PIL import Image
-
-    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG")
-
-
 def write_seg_folder(ds: Dataset, folder: str) -> None:
     """Writes ``ds`` in the layout ``seg_folder:`` reads (PNG images and label maps; the
     training files named by the training ids, the test files ``<position>``, 5+ digits)."""
+    from PIL import Image
+
     if os.path.isdir(folder) and os.listdir(folder):
         raise ValueError(f"{folder}: exists and is not empty")
     for s in map(str, ds.train_ids):
@@ -71,18 +68,16 @@ def write_seg_folder(ds: Dataset, folder: str) -> None:
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "classes.txt"), "w", encoding="utf-8") as f:
         f.write("".join(f"{n}\n" for n in ds.class_names))
-    for split, stems in (
-        ("train", [str(i) for i in ds.train_ids]),
-        ("test", [f"{i:0{width}d}" for i in range(len(ds.test_images))]),
-    ):
+    test_stems = [f"{i:0{width}d}" for i in range(len(ds.test_images))]
+    for split, stems in (("train", map(str, ds.train_ids)), ("test", test_stems)):
         for sub in ("images", "labels"):
             os.makedirs(os.path.join(folder, split, sub), exist_ok=True)
         x, m = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
         for stem, img, mask in zip(stems, x, m):
-            _save_png(
-                f"{folder}/{split}/images/{stem}.png", img[..., 0] if img.shape[-1] == 1 else img
-            )
-            _save_png(f"{folder}/{split}/labels/{stem}.png", mask)
+            img = img[..., 0] if img.shape[-1] == 1 else img
+            for sub, array in (("images", img), ("labels", mask)):
+                path = f"{folder}/{split}/{sub}/{stem}.png"
+                Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG")
 
 
 def save_seg_npz(ds: Dataset, path: str) -> None:
@@ -212,14 +207,11 @@ def make_cifar_segmentation(
 
 def _stats_markdown(report: dict, settings: dict) -> str:
     lines = [
-        "# CIFAR-10 segmentation set: per-class pixel counts",
-        "",
-        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
-        "",
+        "# CIFAR-10 segmentation set: per-class pixel counts\n",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + "\n",
         f"{report['train_images']} training and {report['test_images']} test images of "
         f"{report['image_shape']}; ignore (255) pixels: {report['train_ignore_pixels']} "
-        f"(train), {report['test_ignore_pixels']} (test).",
-        "",
+        f"(train), {report['test_ignore_pixels']} (test).\n",
         "| class | name | train pixels | test pixels |",
         "|---|---|---|---|",
     ]
@@ -230,14 +222,17 @@ def _stats_markdown(report: dict, settings: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _defaults() -> dict:
+    """The keyword settings of :func:`make_cifar_segmentation` and their defaults."""
+    params = inspect.signature(make_cifar_segmentation).parameters.values()
+    return {p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY}
+
+
 def _full_settings(settings: dict) -> dict:
     """Every setting of :func:`make_cifar_segmentation` (defaults filled in), JSON-ready."""
-    params = inspect.signature(make_cifar_segmentation).parameters
-    defaults = {n: p.default for n, p in params.items() if p.kind == p.KEYWORD_ONLY}
-    unknown = sorted(set(settings) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown settings {unknown}; expected some of {sorted(defaults)}")
-    full = {**defaults, **settings}
+    if unknown := sorted(set(settings) - set(_defaults())):
+        raise ValueError(f"unknown settings {unknown}; expected some of {sorted(_defaults())}")
+    full = {**_defaults(), **settings}
     out = {n: (float(v) if n == "ratio" else int(v)) for n, v in full.items() if n != "cells"}
     return {**out, "cells": [int(c) for c in full["cells"]], "generator_version": GENERATOR_VERSION}
 
@@ -262,11 +257,9 @@ def write_cifar_segmentation(cifar, out_dir: str, *, formats=("folder", "npz"), 
         if "npz" in formats:
             save_seg_npz(ds, os.path.join(tmp, "cifar10_seg.npz"))
         report = pixel_count_report(ds)
-        with open(os.path.join(tmp, "stats.json"), "w") as f:
-            json.dump({"settings": full, "formats": list(formats), **report}, f, indent=1)
-            f.write("\n")
-        with open(os.path.join(tmp, "stats.md"), "w") as f:
-            f.write(_stats_markdown(report, full))
+        stats = {"settings": full, "formats": list(formats), **report}
+        pathlib.Path(tmp, "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+        pathlib.Path(tmp, "stats.md").write_text(_stats_markdown(report, full))
         os.rename(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -295,8 +288,7 @@ def ensure_cifar_segmentation(out_dir: str, *, cifar, formats=("folder", "npz"),
     with open(stats_path) as f:
         stats = json.load(f)
     have = {**stats.get("settings", {}), "formats": stats.get("formats")}
-    diff = sorted(k for k in want if have.get(k) != want[k])
-    if diff:
+    if diff := sorted(k for k in want if have.get(k) != want[k]):
         raise ValueError(
             f"{out_dir}: holds a set made with other settings ({', '.join(diff)}); delete it "
             "or choose another folder"
@@ -304,27 +296,23 @@ def ensure_cifar_segmentation(out_dir: str, *, cifar, formats=("folder", "npz"),
     return stats
 
 
-def _parser() -> argparse.ArgumentParser:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m experiments.make_segmentation_data",
-        description="Writes the long-tailed CIFAR-10 segmentation set (see the module docstring).",
+        description=__doc__.splitlines()[0] + " Settings: see make_cifar_segmentation.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, help="output folder (must not exist)")
     p.add_argument("--archive", default=OFFLINE_ARCHIVE, help="the CIFAR-10 JPEG archive")
     p.add_argument("--cache_dir", default="~/.cache/cce_jax", help="its decoded copy")
-    for name, value in (("num_train", 2000), ("num_test", 500), ("size", 32), ("seed", 0)):
-        p.add_argument(f"--{name}", type=int, default=value)
-    p.add_argument("--test_seed", type=int, default=0)
-    p.add_argument("--ratio", type=float, default=200.0, help="most / least training pixels")
-    p.add_argument("--cells", default="2,6", help="fewest,most regions per image")
     p.add_argument("--formats", default="folder,npz", help="folder and/or npz")
-    return p
-
-
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    cells = tuple(int(c) for c in args.cells.split(",") if c.strip().isdigit())
-    if len(cells) != 2 or len(args.cells.split(",")) != 2:
+    for name, value in _defaults().items():
+        if name != "cells":
+            p.add_argument(f"--{name}", type=type(value), default=value)
+    p.add_argument("--cells", default="2,6", help="FEWEST,MOST regions per image")
+    args = p.parse_args(argv)
+    cells = args.cells.split(",")
+    if len(cells) != 2 or not all(c.strip().isdigit() for c in cells):
         print(
             f"error: --cells must be two integers FEWEST,MOST, got {args.cells!r}", file=sys.stderr
         )
@@ -332,16 +320,14 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     cifar = load_cifar10_jpeg(args.archive, args.cache_dir)
     t1 = time.perf_counter()
-    names = ("num_train", "num_test", "size", "ratio", "seed", "test_seed")
+    settings = {k: getattr(args, k) for k in _defaults()} | {"cells": tuple(map(int, cells))}
     formats = tuple(f for f in args.formats.split(",") if f)
     try:
-        settings = {k: getattr(args, k) for k in names}
-        write_cifar_segmentation(cifar, args.out, formats=formats, cells=cells, **settings)
+        write_cifar_segmentation(cifar, args.out, formats=formats, **settings)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with open(os.path.join(args.out, "stats.md")) as f:
-        print(f.read(), end="")
+    print(pathlib.Path(args.out, "stats.md").read_text(), end="")
     took = f"{time.perf_counter() - t1:.1f} s (CIFAR-10 loaded in {t1 - t0:.1f} s)"
     print(f"\nwrote {os.path.abspath(args.out)} in {took}")
     return 0
