@@ -23,20 +23,6 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import numpy as np
 
 
-def _timed(step, state, batches, num_steps, warmup_steps=3, per_call=1, images=128):
-    import jax
-
-    for _ in range(warmup_steps):
-        state, m = step(state, next(batches))
-    jax.block_until_ready((state, m))
-    calls = max(1, num_steps // per_call)
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        state, m = step(state, next(batches))
-        jax.block_until_ready(m)
-    return calls * per_call * images / (time.perf_counter() - t0)
-
-
 def _setup(model_name, num_classes, dtype, width, shape, num_models=None, impl=None, spc=1):
     """The trainer's SGD train step and state for ``model_name`` on every device."""
     import jax
@@ -59,9 +45,20 @@ def _setup(model_name, num_classes, dtype, width, shape, num_models=None, impl=N
     return mesh, state, step
 
 
+def random_batch(mesh, batch_size, shape, num_classes, lead=()):
+    """One fixed random batch of this process (``lead``: leading axes), sharded on ``mesh``."""
+    from cce_jax import parallel
+
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.standard_normal((*lead, batch_size, *shape), np.float32)}
+    batch["label"] = rng.integers(0, num_classes, (*lead, batch_size)).astype(np.int32)
+    return parallel.shard_batch(batch, mesh, len(lead))
+
+
 def step_throughput(a, width, num_models=None, spc=1, impl=None, source=None):
     """Images/s of the step of ``a.model`` on one fixed random batch (``source``: fed by
-    ``cce_jax.data.build``'s ``pipeline``, CIFAR-10-LT r100 of ``a.source``)."""
+    ``cce_jax.data.build``'s ``pipeline``, CIFAR-10-LT r100 of ``a.source``), after 3 warm-up
+    calls, waiting for every call."""
     import jax
 
     from cce_jax import data as data_lib
@@ -80,14 +77,17 @@ def step_throughput(a, width, num_models=None, spc=1, impl=None, source=None):
     _, state, step = _setup(a.model, k, a.dtype, width, shape, num_models, impl, spc)
     if not source:
         lead = tuple(d for d in ((spc if spc > 1 else None), num_models) if d)
-        rng, local_b = np.random.default_rng(0), a.batch_size // jax.process_count()
-        batch = {
-            "image": rng.standard_normal((*lead, local_b, *shape), np.float32),
-            "label": rng.integers(0, k, (*lead, local_b)).astype(np.int32),
-        }
-        batches = itertools.repeat(parallel.shard_batch(batch, mesh, len(lead)))
-    images = a.batch_size * (num_models or 1)
-    return _timed(step, state, batches, a.num_steps, per_call=spc, images=images)
+        batch = random_batch(mesh, a.batch_size // jax.process_count(), shape, k, lead)
+        batches = itertools.repeat(batch)
+    for _ in range(3):
+        state, m = step(state, next(batches))
+    jax.block_until_ready((state, m))
+    calls = max(1, a.num_steps // spc)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        state, m = step(state, next(batches))
+        jax.block_until_ready(m)
+    return calls * spc * a.batch_size * (num_models or 1) / (time.perf_counter() - t0)
 
 
 def torch_throughput(batch_size=128, num_steps=20, warmup_steps=3, device="cpu", threads=None):

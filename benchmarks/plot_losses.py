@@ -24,17 +24,9 @@ K = 10
 COUNTS = np.round(5000 * 0.01 ** (np.arange(K) / (K - 1))).astype(int)  # CIFAR-10-LT, ratio 100
 P = np.linspace(0.002, 0.998, 499)
 CE_STYLE = {"color": "0.4", "ls": "--", "lw": 1.2}
-CCE = [  # label, hyperparameters, style
-    (
-        r"CCE paper: $\gamma=-1$, $/(K-1)$",
-        dict(gamma=-1.0, normalizer="k_minus_1"),
-        {"color": "C1"},
-    ),
-    (
-        r"CCE public code: $\gamma=+1$, $/K$",
-        dict(gamma=1.0, normalizer="k"),
-        {"color": "C2", "ls": ":"},
-    ),
+CCE = [  # label, loss name (losses.PRESETS), style
+    (r"CCE paper: $\gamma=-1$, $/(K-1)$", "cce_paper", {"color": "C1"}),
+    (r"CCE public code: $\gamma=+1$, $/K$", "cce_code", {"color": "C2", "ls": ":"}),
 ]
 
 
@@ -80,8 +72,8 @@ def _confuser(out_dir):
     zc[:, 1], zc[:, 0] = np.log(c), np.log(c + K - 2)  # p_g = 0.5
     fig, ax = plt.subplots(1, 1, figsize=(5.2, 3.4))
     labels = jnp.zeros((len(share),), jnp.int32)
-    for label, kw, style in [("CE", None, CE_STYLE), *CCE]:
-        fn = losses.get("cce", **kw) if kw else losses.get("ce")
+    for label, name, style in [("CE", "ce", CE_STYLE), *CCE]:
+        fn = losses.get(name)
         grad = jax.grad(lambda zz, fn=fn: jnp.sum(fn(zz, labels)))(jnp.asarray(zc))
         ax.plot(share, np.asarray(grad)[:, 1], label=label, **style)
     ax.axvline(1 / (K - 1), color="0.7", lw=0.8)
@@ -97,7 +89,7 @@ def plot_all(out_dir: str) -> list:
     os.makedirs(out_dir, exist_ok=True)
     fig, _ = _figure([], "cross entropy (K=10, wrong-class logits equal)", ce_style={"color": "C0"})
     paths = [_save(fig, out_dir, "ce")]
-    curves = [(label, _curve(losses.get("cce", **kw), 0), st) for label, kw, st in CCE]
+    curves = [(label, _curve(losses.get(name), 0), st) for label, name, st in CCE]
     title = "complement cross entropy, both signs (wrong-class logits equal)"
     paths += [_save(_figure(curves, title)[0], out_dir, "cce"), _confuser(out_dir)]
     focal = [(r"focal $\gamma=2$", _curve(losses.get("focal", gamma=2.0), 0), {"color": "C3"})]

@@ -75,19 +75,14 @@ def main():
     args = p.parse_args()
 
     import jax
-    import numpy as np
 
-    from benchmarks.bench_train_step import _setup
-    from cce_jax import parallel
+    from benchmarks.bench_train_step import _setup, random_batch
 
     shape = (args.image_size, args.image_size, 3)
     mesh, state, step = _setup(
         args.model, 10, "float32", args.width or None, shape, impl=args.conv_impl
     )
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.standard_normal((args.batch_size, *shape), np.float32)}
-    batch["label"] = rng.integers(0, 10, args.batch_size).astype(np.int32)
-    batch = parallel.shard_batch(batch, mesh)
+    batch = random_batch(mesh, args.batch_size, shape, 10)
     kinds = classify(step.lower(state, batch).compile().as_text())
     for n in (3, args.steps):  # warm-up, then the traced steps
         if n == args.steps:

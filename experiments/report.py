@@ -14,16 +14,7 @@ import warnings
 import numpy as np
 from etils import epath
 
-from cce_jax.training import (  # noqa: F401
-    EXIT_CONFIG_ERROR,
-    EXIT_DIVERGED,
-    EXIT_PREEMPTED,
-    RUN_CONTROL_KEYS,
-    config_diff,
-    config_to_dict,
-    flatten,
-    mean_sd,
-)
+from cce_jax.training import RUN_CONTROL_KEYS, flatten, mean_sd
 from experiments.configs.common import ALL_LOSSES
 
 GRID_IMAGES, IGNORE = 6, 255  # test images in the picture grid; the label that does not count
@@ -264,12 +255,16 @@ def write_report(name, rows, *, command, grid, out_dir, label=None, note=None) -
 def _header_lines(name, rows, command, grid, label, note) -> list[str]:
     """The title, the command, the config, seeds, hardware and grid lines, failed runs."""
     done = [r for r in rows if r["config"]]
-    lines = [f"# {name}: {label or grid['config']}", "", f"- Command: `{command}`"]
-    lines.append(f"- Config file: `{grid['config']}`, each run with its loss variant as ")
-    lines[-1] += "`FILE:loss=VARIANT` and `data.ratio`, `seed`, `data.subset_seed` set."
-    lines += config_lines(rows)
-    lines.append(f"- Seeds: {grid['seeds']} (each seed sets the init, the data order and ")
-    lines[-1] += "the crops)." if metrics_of(rows) is SEG_METRICS else "the subset)."
+    varies = "the crops" if metrics_of(rows) is SEG_METRICS else "the subset"
+    lines = [
+        f"# {name}: {label or grid['config']}",
+        "",
+        f"- Command: `{command}`",
+        f"- Config file: `{grid['config']}`, each run with its loss variant as "
+        "`FILE:loss=VARIANT` and `data.ratio`, `seed`, `data.subset_seed` set.",
+        *config_lines(rows),
+        f"- Seeds: {grid['seeds']} (each seed sets the init, the data order and {varies}).",
+    ]
     if done:
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         lines += [

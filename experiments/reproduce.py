@@ -31,6 +31,7 @@ import time
 
 from etils import epath
 
+from cce_jax import training
 from experiments import report
 from experiments.configs.common import LOSSES
 
@@ -130,7 +131,7 @@ class Plan:
 
     @functools.cache
     def expected(self, i: int) -> dict:
-        return report.config_to_dict(self.config(self.runs[i]))
+        return training.config_to_dict(self.config(self.runs[i]))
 
     def flags(self, run, seeds=None) -> list[str]:
         arg = self.arg(run)
@@ -153,37 +154,39 @@ def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
     are; refuses any folder that holds another config."""
     missing, errors = collections.defaultdict(list), []
     for i, run in enumerate(plan.runs):
-        loss, ratio, seed = run["loss"], run["ratio"], run["seed"]
-        status, folder, data = report.seed_status(plan.root, loss, ratio, seed)
-        have = data.get("config", {}).get("num_epochs") if status == "done" else None
-        if have is not None and have != (want := plan.expected(i)["num_epochs"]):
-            # A finished run of fewer epochs continues to ``want``; one of more is refused.
-            errors += [_mismatch(folder, [f"num_epochs: stored {have}, now {want}"])] * (
-                have > want
-            )
-            status = "todo"
-        stored = [(folder, data.get("config", {}), ("seeds",))] if status == "done" else []
-        for d, program in report.seed_dirs(plan.root, loss, ratio, seed) if not stored else ():
-            found = report.read_json(f"{d}/config.json")
-            stored += [(d, found, ("seeds",) if program else ())] if found else []
-        diffs = [(d, report.config_diff(c, plan.expected(i), ign)) for d, c, ign in stored]
-        errors += [_mismatch(d, diff) for d, diff in diffs if diff]
+        where = plan.root, run["loss"], run["ratio"], run["seed"]
+        status, folder, data = report.seed_status(*where)
+        if status == "done":
+            stored = [(folder, data.get("config", {}), ("seeds",))]
+            have, want = stored[0][1].get("num_epochs"), plan.expected(i)["num_epochs"]
+            if have is not None and have != want:  # fewer epochs continue, more are refused
+                if have > want:
+                    errors.append(_mismatch(folder, [f"num_epochs: stored {have}, now {want}"]))
+                status = "todo"
+        else:
+            found = [
+                (d, report.read_json(f"{d}/config.json"), p) for d, p in report.seed_dirs(*where)
+            ]
+            stored = [(d, config, ("seeds",) if p else ()) for d, config, p in found if config]
+        for d, config, ignore in stored:
+            if diff := training.config_diff(config, plan.expected(i), ignore):
+                errors.append(_mismatch(d, diff))
         if status == "todo":
-            missing[(loss, ratio)].append(run)
+            missing[(run["loss"], run["ratio"])].append(run)
     programs = []
     for runs in missing.values():
         seeds = [r["seed"] for r in runs] if vmap and len(runs) > 1 else None
         for run in [runs[0]] if seeds else runs:
             name = "seeds_" + "_".join(map(str, seeds)) if seeds else f"seed{run['seed']}"
             workdir = f"{plan.root}/r{run['ratio']:g}/{run['loss']}/{name}"
-            prog = dict(run, seeds=seeds or [run["seed"]], workdir=workdir)
-            prog["flags"] = plan.flags(run, seeds)
-            what = f"seed{'s' if seeds else ''} " + ",".join(map(str, prog["seeds"]))
-            prog["label"] = f"{run['loss']} r{run['ratio']:g} {what}"
-            if seeds and (found := report.read_json(f"{prog['workdir']}/config.json")):
-                diff = report.config_diff(found, report.config_to_dict(plan.config(run, seeds)))
-                errors += [_mismatch(prog["workdir"], diff)] if diff else []
-            programs.append(prog)
+            what = f"seed{'s' if seeds else ''} " + ",".join(map(str, seeds or [run["seed"]]))
+            label = f"{run['loss']} r{run['ratio']:g} {what}"
+            prog = dict(run, seeds=seeds or [run["seed"]], workdir=workdir, label=label)
+            programs.append(dict(prog, flags=plan.flags(run, seeds)))
+            if seeds and (found := report.read_json(f"{workdir}/config.json")):
+                want = training.config_to_dict(plan.config(run, seeds))
+                if diff := training.config_diff(found, want):
+                    errors.append(_mismatch(workdir, diff))
     if errors:
         more = f" ({len(errors) - 1} more folders differ too)" if len(errors) > 1 else ""
         raise ReproduceError(errors[0] + more)
@@ -277,9 +280,9 @@ def outcome(prog, rc, tail, stopped) -> str:
     folders = [f"{prog['workdir']}/seed_{s}" for s in prog["seeds"]] if many else [prog["workdir"]]
     if rc == 0 and all(epath.Path(f"{d}/summary.json").exists() for d in folders):
         return "finished"
-    if rc in (0, report.EXIT_PREEMPTED) or (stopped and rc != report.EXIT_DIVERGED):
+    if rc in (0, training.EXIT_PREEMPTED) or (stopped and rc != training.EXIT_DIVERGED):
         return "stopped"
-    if rc == report.EXIT_DIVERGED:
+    if rc == training.EXIT_DIVERGED:
         failure = report.read_json(f"{prog['workdir']}/failure.json")
         return report.failure_reason(failure) if failure else "diverged (exit 3, no failure.json)"
     errors = [line for line in tail if line.startswith("error:")]
@@ -323,7 +326,7 @@ def _finish(plan: Plan, rows, path, stopped) -> int:
         left = len(plan.runs) - n_done - len(failed)
         print(f"stopped by {stopped[0]}: {n_done} runs finished, {left} left (checkpointed); "
               "rerun the same command to resume", flush=True)  # fmt: skip
-        return report.EXIT_PREEMPTED
+        return training.EXIT_PREEMPTED
     if failed:
         why = "a diverged run, with failure.json, is not retried: delete its folder to retry"
         print(f"{len(failed)} of {len(plan.runs)} runs failed ({why})", file=sys.stderr)
@@ -370,7 +373,7 @@ def main(argv=None):
         code = _run(Plan(args, extra, argv), args)
     except ReproduceError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        code = report.EXIT_CONFIG_ERROR
+        code = training.EXIT_CONFIG_ERROR
     if code:
         sys.exit(code)
 
