@@ -67,8 +67,9 @@ def seed_status(root, loss, ratio, seed) -> tuple[str, str | None, dict | None]:
     return failed or ("todo", None, None)
 
 
-def grid_on_disk(root) -> tuple[list[str], list[float], list[int]]:
-    """The losses, ratios and seeds of every finished or failed run under ``root``."""
+def grid_on_disk(root, losses=(), ratios=(), seeds=()) -> tuple[list, list, list]:
+    """The losses, ratios and seeds given, then those of every finished or failed run under
+    ``root``."""
     root, found = epath.Path(root), set()
     paths = [*root.glob("r*/*/seed*/*.json"), *root.glob("r*/*/seeds_*/seed_*/summary.json")]
     for path in paths if root.exists() else ():
@@ -77,8 +78,10 @@ def grid_on_disk(root) -> tuple[list[str], list[float], list[int]]:
         if file in ("summary.json", "failure.json") and seed.isdigit() and loss in ALL_LOSSES:
             with contextlib.suppress(ValueError):
                 found.add((loss, float(ratio[1:]), int(seed)))
-    losses = [x for x in ALL_LOSSES if any(f[0] == x for f in found)]
-    return losses, sorted({f[1] for f in found}), sorted({f[2] for f in found})
+    on_disk = [x for x in ALL_LOSSES if any(f[0] == x for f in found)]
+    losses = list(dict.fromkeys([*losses, *on_disk]))
+    ratios = list(dict.fromkeys([*ratios, *sorted({f[1] for f in found})]))
+    return losses, ratios, sorted({*seeds, *(f[2] for f in found)})
 
 
 def failure_reason(f: dict) -> str:

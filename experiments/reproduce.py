@@ -215,31 +215,30 @@ def prepare_segmentation_data(plan: Plan) -> None:
     ensure_cifar_segmentation(folder, cifar=lambda: data.load_source(cfg))
 
 
+def _terminate(proc):  # the process group; SIGTERM, as a background job ignores SIGINT
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+
+
 class Pool:
     """Train programs, ``jobs`` at a time, each in its own process group; a SIGTERM or SIGINT
     goes once to every running program, and then no new one starts."""
 
-    def __init__(self, cmd_prefix, env, jobs: int, logs: str | None):
-        self.cmd_prefix, self.env, self.jobs, self.logs = cmd_prefix, env, jobs, logs
+    def __init__(self, env, jobs: int, logs: str | None):
+        self.env, self.jobs, self.logs = env, jobs, logs
         self.running, self.stopped, self.lock, self.started = set(), [], threading.Lock(), 0
 
-    def stop(self, signum, frame=None):
+    def stop(self, signum, frame=None):  # once: a second signal would skip the checkpoint
         with self.lock:
+            for proc in self.running if not self.stopped else ():
+                _terminate(proc)
             self.stopped.append(signal.Signals(signum).name)
-            for proc in self.running:
-                self._signal(proc)
-
-    def _signal(self, proc):  # under the lock: once, as a second signal skips the checkpoint
-        if not getattr(proc, "signalled", False):
-            proc.signalled = True
-            with contextlib.suppress(ProcessLookupError):  # SIGTERM: a background job ignores INT
-                os.killpg(proc.pid, signal.SIGTERM)
 
     def run_one(self, prog, total):
         """(prog, exit code or None when not started, seconds, the log's tail)."""
         if self.stopped:
             return prog, None, 0.0, []
-        cmd = [*self.cmd_prefix, f"--workdir={prog['workdir']}", *prog["flags"]]
+        cmd = [*TRAIN_COMMAND, f"--workdir={prog['workdir']}", *prog["flags"]]
         where = prog["workdir"] if self.logs is None else f"{self.logs}/{prog['workdir']}"
         log_path = os.path.join(where.replace("://", "/"), "train.log")  # a bucket: logs here
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -251,7 +250,7 @@ class Pool:
                                         start_new_session=True)  # fmt: skip
                 self.running.add(proc)
                 if self.stopped:
-                    self._signal(proc)
+                    _terminate(proc)
                 self.started += 1
             print(f"[{self.started}/{total}] {prog['label']}: {prog['workdir']}", flush=True)
             rc = proc.wait()
@@ -292,14 +291,8 @@ def outcome(prog, rc, tail, stopped) -> str:
 
 def _report(plan: Plan, failures: dict) -> tuple[list[dict], str]:
     """Rewrites the report from every finished or failed run of the suite's folder."""
-    losses, ratios, seeds = report.grid_on_disk(plan.root)
-    grid = {"losses": list(dict.fromkeys(plan.losses + losses)), "config": plan.path}
-    grid |= dict(
-        ratios=list(dict.fromkeys(plan.ratios + ratios)), seeds=sorted({*plan.seeds, *seeds})
-    )
-    rows = report.collect(
-        plan.root, *(grid[k] for k in ("losses", "ratios", "seeds")), extra_failures=failures
-    )
+    losses, ratios, seeds = report.grid_on_disk(plan.root, plan.losses, plan.ratios, plan.seeds)
+    rows = report.collect(plan.root, losses, ratios, seeds, extra_failures=failures)
     shown = [(r, s) for r in rows for s in r["seeds"] + [f["seed"] for f in r["failed"]]]
     outside = sum(not plan.in_grid(r["loss"], r["ratio"], s) for r, s in shown)
     note = outside and (
@@ -307,6 +300,7 @@ def _report(plan: Plan, failures: dict) -> tuple[list[dict], str]:
         f"the table shows every finished or failed run of {plan.root}, {outside} of them made "
         "by earlier commands outside this grid."
     )
+    grid = dict(losses=losses, config=plan.path, ratios=ratios, seeds=seeds)  # the JSON's order
     kwargs = dict(command=plan.command, grid=grid, label=plan.label, note=note or None)
     return rows, report.write_report(plan.name, rows, out_dir=plan.results_dir, **kwargs)
 
@@ -394,7 +388,7 @@ def _run(plan: Plan, args) -> int:
         return 0
     prepare_segmentation_data(plan)
     logs = os.path.join(tempfile.gettempdir(), "cce_jax_logs") if "://" in plan.root else None
-    pool = Pool(list(TRAIN_COMMAND), _env(plan, jobs), jobs, logs)
+    pool = Pool(_env(plan, jobs), jobs, logs)
     failures = {}
 
     def on_end(prog, rc, secs, tail):
