@@ -10,7 +10,7 @@ Prints a markdown table.
 
 import argparse
 import platform
-import time
+import timeit
 
 import jax
 import jax.numpy as jnp
@@ -21,15 +21,6 @@ from cce_jax import losses
 
 SHAPES = {"B=1024,K=10": ((1024,), 10), "B=1024,K=100": ((1024,), 100),
           "seg 8x64x64,K=19": ((8, 64, 64), 19)}  # fmt: skip
-
-
-def _median_time(grad_fn, z, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(grad_fn(z))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def main():
@@ -53,7 +44,10 @@ def main():
         jax.block_until_ready([g(z) for g in grads.values()])  # compile
         rows[shape_name] = {n: float("inf") for n in fns}
         for name, g in [*grads.items()] * args.rounds:  # interleaved rounds
-            rows[shape_name][name] = min(rows[shape_name][name], _median_time(g, z, args.repeats))
+            times = timeit.repeat(
+                lambda g=g: jax.block_until_ready(g(z)), number=1, repeat=args.repeats
+            )
+            rows[shape_name][name] = min(rows[shape_name][name], float(np.median(times)))
     print("| loss | " + " | ".join(SHAPES) + " |\n|---|" + "---|" * len(SHAPES))
     for name in rows[next(iter(SHAPES))]:
         times = [(rows[sh][name], rows[sh]["optax_ce"]) for sh in SHAPES]

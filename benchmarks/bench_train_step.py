@@ -1,8 +1,6 @@
 """Train-step throughput of the accelerator paths, against the same step in PyTorch.
 
-  python -m benchmarks.bench_train_step [--model=resnet32] [--width=0] [--batch_size=128]
-      [--num_steps=20] [--dtype=float32] [--modes=synthetic,conv,tf,device,spc,seeds,torch]
-      [--seeds=1,2,4,8] [--steps_per_call=8] [--source=cifar10_jpeg:PATH] [--json=FILE]
+  python -m benchmarks.bench_train_step [--model=resnet32] [--modes=synthetic,conv,...]  # --help
 
 Each row: images/s of the trainer's jitted SGD step (ResNet-32 CIFAR shapes by default) after
 warm-up, waiting for every call, and its ratio to this run's first row. Modes: ``synthetic``

@@ -1,7 +1,6 @@
 """Where the train step's time goes: XLA op times of a profiled step, grouped by kind.
 
-  python -m benchmarks.profile_train_step [--model=resnet32] [--width=0] [--batch_size=128]
-      [--conv_impl=xla] [--steps=4] [--trace_dir=/tmp/cce_jax_profile]
+  python -m benchmarks.profile_train_step [--model=resnet32] [--conv_impl=xla]  # --help: all
 
 Runs benchmarks.bench_train_step's step on one random batch under ``jax.profiler`` and sums
 each XLA op's own time (over steps and CPU threads) by what its computation does: ``conv
