@@ -4,7 +4,6 @@ the picture grid, from ``ROOT/r{ratio}/{loss}/seed{seed}`` or ``.../seeds_0_1/se
 
 import contextlib
 import datetime
-import io
 import itertools
 import json
 import os
@@ -15,6 +14,7 @@ import numpy as np
 from etils import epath
 
 from cce_jax.training import RUN_CONTROL_KEYS, flatten, mean_sd
+from cce_jax.training.report import read_predictions
 from experiments.configs.common import ALL_LOSSES
 
 GRID_IMAGES, IGNORE = 6, 255  # test images in the picture grid; the label that does not count
@@ -395,12 +395,10 @@ def _picture_grid(base: str, rows: list[dict]) -> list[str]:
     on the same test images, with a class legend: ``base_pictures.png``."""
     preds, names, first = [], [], None
     for r in rows:
-        paths = [epath.Path(f"{d}/predictions.npz") for d in r["run_dirs"]]
-        path = next((p for p in paths if p.exists()), None)
-        if path is None:
+        found = [d for d in r["run_dirs"] if epath.Path(f"{d}/predictions.npz").exists()]
+        if not found:
             continue
-        with np.load(io.BytesIO(path.read_bytes())) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = read_predictions(found[0])
         first = first or arrays
         preds.append(arrays["predictions"][:GRID_IMAGES])
         names.append(r["loss"])
