@@ -116,7 +116,7 @@ def _encoder(m, x, conv, norm) -> list:
     """The stem and the stages of basic blocks of model ``m`` (called inside its compact
     ``__call__``); returns every stage's output, the deepest last."""
     x = jnp.asarray(x, m.dtype)
-    x = nn.relu(norm(name="stem_bn")(conv(m.stem_width, (3, 3), name="stem_conv")(x)))
+    x = nn.relu(norm(name="stem_bn")(conv(m.widths[0], (3, 3), name="stem_conv")(x)))
     outputs = []
     for i, (n_blocks, width) in enumerate(zip(m.stage_sizes, m.widths)):
         for j in range(n_blocks):
@@ -140,8 +140,7 @@ class _Backbone(nn.Module):
     """The fields of the ResNet stem and stages that the classifier and the FCN share."""
 
     stage_sizes: Sequence[int]
-    widths: Sequence[int]
-    stem_width: int
+    widths: Sequence[int]  # per stage; the stem has the first stage's width
     num_classes: int
     shortcut: str = "A"
     cosine_head: bool = False
@@ -253,7 +252,6 @@ def get_model(
     return module(
         stage_sizes=stages,
         widths=widths,
-        stem_width=w0,
         num_classes=int(num_classes),
         shortcut=shortcut,
         cosine_head=bool(cosine_head),
