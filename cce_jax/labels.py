@@ -116,35 +116,32 @@ def check_labels(labels: ArrayLike, num_classes: int, *, where: ArrayLike | None
         or num_classes < 1
     ):
         raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
-    if not (_validate.is_concrete(labels) and _validate.is_concrete(where)):
-        labels = jnp.asarray(labels)
-        if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
-        bad = (labels < 0) | (labels >= num_classes)
+    concrete = _validate.is_concrete(labels) and _validate.is_concrete(where)
+    labels = np.asarray(labels) if concrete else jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
+    bad = (labels < 0) | (labels >= num_classes)
+    if not concrete:  # under jit: a checkify check
         if where is not None:
             bad = bad & jnp.asarray(where)
         checkify.check(~jnp.any(bad), f"labels outside [0, {num_classes})")
         return
-    host = np.asarray(labels)
-    if not np.issubdtype(host.dtype, np.integer):
-        raise TypeError(f"`labels` must hold integer class ids, got dtype {host.dtype}.")
-    beyond = (host < np.iinfo(np.int32).min) | (host > np.iinfo(np.int32).max)
+    beyond = (labels < np.iinfo(np.int32).min) | (labels > np.iinfo(np.int32).max)
     if beyond.any():
         raise ValueError(
-            f"{int(beyond.sum())} of {host.size} labels are beyond the int32 range that JAX "
+            f"{int(beyond.sum())} of {labels.size} labels are beyond the int32 range that JAX "
             "uses (without x64 they would wrap to other classes): "
-            f"first {host[beyond][:5].tolist()}"
+            f"first {labels[beyond][:5].tolist()}"
         )
-    bad = (host < 0) | (host >= num_classes)
     if where is not None:
         where_host = np.asarray(where, dtype=bool)
-        if where_host.shape != host.shape:
-            raise ValueError(f"`where` has shape {where_host.shape}, labels {host.shape}.")
+        if where_host.shape != labels.shape:
+            raise ValueError(f"`where` has shape {where_host.shape}, labels {labels.shape}.")
         bad &= where_host
     if bad.any():
         raise ValueError(
-            f"{int(bad.sum())} of {host.size} labels are outside [0, {num_classes}): "
-            f"first bad values {host[bad][:5].tolist()}"
+            f"{int(bad.sum())} of {labels.size} labels are outside [0, {num_classes}): "
+            f"first bad values {labels[bad][:5].tolist()}"
         )
 
 
