@@ -6,6 +6,8 @@ arguments that are concrete (numpy arrays, Python lists): those are skipped for 
 
 from __future__ import annotations
 
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,45 +125,32 @@ def finish(loss, valid):
     return jnp.where(valid, loss, 0.0)
 
 
-def real(
-    value,
-    owner: str,
-    name: str,
-    *,
-    minimum=None,
-    maximum=None,
-    min_open: bool = False,
-    max_open: bool = False,
-):
+_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt}
+
+
+def real(value, owner: str, name: str, *, bounds=()):
     """Checks a real-valued hyperparameter; a traced value passes unchecked.
 
     Raises a one-line ``ValueError`` naming ``owner`` (the loss) and ``name`` for a value that
     is not a real number (a string such as ``'nan'``, a bool, an array with more than one
-    element), not finite, or outside the range. Returns ``value`` unchanged.
+    element), not finite, or outside ``bounds`` (pairs such as ``(">=", 0.0)``). Returns
+    ``value`` unchanged.
     """
     if not is_concrete(value):
         return value
-    lo = "" if minimum is None else f"{'>' if min_open else '>='} {minimum}"
-    hi = "" if maximum is None else f"{'<' if max_open else '<='} {maximum}"
-    bounds = " and ".join(b for b in (lo, hi) if b)
-    want = "a finite real number" + (f" {bounds}" if bounds else "")
+    limits = " and ".join(f"{op} {bound}" for op, bound in bounds)
+    want = f"a finite real number {limits}".rstrip()
     is_real_scalar = isinstance(value, (int, float, np.integer, np.floating)) or (
         isinstance(value, (np.ndarray, jax.Array))
         and value.ndim == 0
         and (jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating))
     )
-    is_bool = isinstance(value, (bool, np.bool_))
-    number = float(value) if is_real_scalar and not is_bool else None
-    if number is None:
+    if not is_real_scalar or isinstance(value, (bool, np.bool_)):
         raise ValueError(
             f"{owner}: `{name}` must be {want}, got {value!r} ({type(value).__name__})."
         )
-    ok = np.isfinite(number)
-    if ok and minimum is not None:
-        ok = number > minimum if min_open else number >= minimum
-    if ok and maximum is not None:
-        ok = number < maximum if max_open else number <= maximum
-    if not ok:
+    number = float(value)
+    if not (np.isfinite(number) and all(_COMPARE[op](number, b) for op, b in bounds)):
         raise ValueError(f"{owner}: `{name}` must be {want}, got {value!r}.")
     return value
 

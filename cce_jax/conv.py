@@ -9,12 +9,10 @@ weight gradient is, tap by tap::
 
 that is ``kh * kw`` matrix products of a strided view of the padded input
 (``[N*Ho*Wo, Cin]``) with the output gradient (``[N*Ho*Wo, Cout]``).
-:func:`conv_general_dilated` computes exactly that inside a ``jax.custom_vjp``; its forward
-pass and its input gradient are XLA's own convolution. It is a drop-in for
-``lax.conv_general_dilated`` (``flax.linen.Conv(conv_general_dilated=...)``) for the case
-every model here uses: NHWC input, HWIO kernel, no dilation, one feature group; any other
-case raises ``NotImplementedError``. The models use it with ``model.conv_impl=
-"shifted_matmul"`` (:func:`cce_jax.models.get_model`); measured speeds: docs/training.md.
+:func:`conv_general_dilated` computes exactly that inside a ``jax.custom_vjp``, a drop-in for
+``lax.conv_general_dilated`` (``flax.linen.Conv(conv_general_dilated=...)``) in the case every
+model here uses. The models use it with ``model.conv_impl="shifted_matmul"``
+(:func:`cce_jax.models.get_model`); measured speeds: docs/training.md.
 """
 
 from __future__ import annotations
@@ -29,21 +27,6 @@ from jax import lax
 __all__ = ["conv_general_dilated"]
 
 _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-
-
-def _dimension_numbers(dimension_numbers, lhs_shape, rhs_shape):
-    """The NHWC/HWIO/NHWC dimension numbers, or ``NotImplementedError`` for any other layout."""
-    if len(lhs_shape) != 4 or len(rhs_shape) != 4:
-        raise NotImplementedError(
-            f"shifted_matmul convolution is 2-D only (rank-4 operands), got lhs {lhs_shape}, "
-            f"rhs {rhs_shape}"
-        )
-    dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers or _NHWC)
-    if dn != _NHWC:
-        raise NotImplementedError(
-            f"shifted_matmul convolution supports NHWC/HWIO/NHWC only, got {dimension_numbers}"
-        )
-    return dn
 
 
 def conv_general_dilated(
@@ -77,18 +60,29 @@ def conv_general_dilated(
     >>> bool(jnp.allclose(jax.grad(f)(w), jax.grad(g)(w), rtol=1e-6))
     True
     """
-    strides, pads = _supported(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        batch_group_count,
-        preferred_element_type,
-    )
+    if _explicitly_sharded(lhs):
+        raise NotImplementedError(
+            "shifted_matmul convolution: operands on a mesh with Explicit axes; use "
+            "lax.conv_general_dilated (conv_impl='xla')"
+        )
+    lhs_shape, rhs_shape = jnp.shape(lhs), jnp.shape(rhs)
+    if len(lhs_shape) != 4 or len(rhs_shape) != 4:
+        raise NotImplementedError(
+            f"shifted_matmul convolution is 2-D only (rank-4 operands), got lhs {lhs_shape}, "
+            f"rhs {rhs_shape}"
+        )
+    if lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers or _NHWC) != _NHWC:
+        raise NotImplementedError(
+            f"shifted_matmul convolution supports NHWC/HWIO/NHWC only, got {dimension_numbers}"
+        )
+    for name, dil in (("lhs_dilation", lhs_dilation), ("rhs_dilation", rhs_dilation)):
+        if dil is not None and tuple(dil) != (1, 1):
+            raise NotImplementedError(f"shifted_matmul convolution: {name} must be 1, got {dil}")
+    if feature_group_count != 1 or batch_group_count != 1:
+        raise NotImplementedError("shifted_matmul convolution: one feature/batch group only")
+    if preferred_element_type is not None:
+        raise NotImplementedError("shifted_matmul convolution: no preferred_element_type")
+    strides, pads = _strides_and_pads(window_strides, padding, lhs_shape, rhs_shape)
     return _conv(strides, pads, precision)(lhs, rhs)
 
 
@@ -101,39 +95,12 @@ def _explicitly_sharded(x) -> bool:
     return any(t == jax.sharding.AxisType.Explicit for t in types)
 
 
-def _supported(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    preferred_element_type,
-):
-    """(strides, explicit pads) of a supported call; ``NotImplementedError`` otherwise."""
-    if _explicitly_sharded(lhs):
-        raise NotImplementedError(
-            "shifted_matmul convolution: operands on a mesh with Explicit axes; use "
-            "lax.conv_general_dilated (conv_impl='xla')"
-        )
-    lhs_shape, rhs_shape = jnp.shape(lhs), jnp.shape(rhs)
-    _dimension_numbers(dimension_numbers, lhs_shape, rhs_shape)
-    for name, dil in (("lhs_dilation", lhs_dilation), ("rhs_dilation", rhs_dilation)):
-        if dil is not None and tuple(dil) != (1, 1):
-            raise NotImplementedError(f"shifted_matmul convolution: {name} must be 1, got {dil}")
-    if feature_group_count != 1 or batch_group_count != 1:
-        raise NotImplementedError("shifted_matmul convolution: one feature/batch group only")
-    if preferred_element_type is not None:
-        raise NotImplementedError("shifted_matmul convolution: no preferred_element_type")
+def _strides_and_pads(window_strides, padding, lhs_shape, rhs_shape):
+    """The strides and the explicit (non-negative) pads of a 2-D convolution."""
     strides = tuple(int(s) for s in window_strides)
     if isinstance(padding, str):
-        pads = lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], strides, padding)
-    else:
-        pads = padding
-    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+        padding = lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     if len(strides) != 2 or len(pads) != 2:
         raise ValueError(f"2-D convolution needs 2 strides and 2 pads, got {strides}, {pads}")
     if min(min(p) for p in pads) < 0:

@@ -1,8 +1,5 @@
-"""Label builders and label checks.
-
-The builders are written for one example and `jax.vmap`-ed over any leading shape, so the
-same code serves classification ([B]) and segmentation ([B, H, W]) labels.
-"""
+"""Label builders and label checks, for labels of any shape: classification ([B]) and
+segmentation ([B, H, W]) alike."""
 
 from __future__ import annotations
 
@@ -54,12 +51,6 @@ def class_ranks(class_counts: ArrayLike, *, order: str = "rarest_largest") -> ja
     return ranks
 
 
-def _outlying_label(label: jax.Array, values: jax.Array) -> jax.Array:
-    """Teacher vector of one example: ``values[label]`` at the true class, 0 elsewhere."""
-    hot = jnp.arange(values.shape[0]) == label
-    return jnp.where(hot, values, 0.0)
-
-
 def outlying_labels(
     labels: ArrayLike, class_counts: ArrayLike, *, alpha: float = 1.0, order: str = "rarest_largest"
 ) -> jax.Array:
@@ -94,9 +85,7 @@ def outlying_labels(
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
     values = alpha * class_ranks(class_counts, order=order).astype(jnp.float32)
-    flat = labels.reshape(-1)
-    out = jax.vmap(_outlying_label, in_axes=(0, None))(flat, values)
-    out = out.reshape(labels.shape + values.shape)
+    out = jnp.where(jnp.arange(len(values)) == labels[..., None], values, 0.0)
     chex.assert_shape(out, labels.shape + (len(values),))
     chex.assert_type(out, jnp.float32)
     return out
@@ -105,10 +94,9 @@ def outlying_labels(
 def check_labels(labels: ArrayLike, num_classes: int, *, where: ArrayLike | None = None) -> None:
     """Checks that every (unmasked) label is an integer class id in ``[0, num_classes)``.
 
-    The losses cannot raise inside ``jit`` on label *values*: they treat a label outside
-    ``[0, K)`` like a masked entry (loss 0, gradient 0), which is what an ignore index such as
-    255 in segmentation wants, and what hides a bug anywhere else. Data pipelines call this
-    check on their labels.
+    The losses cannot raise inside ``jit`` on label values: they treat a label outside
+    ``[0, K)`` as masked, what an ignore index such as 255 wants and what hides a bug anywhere
+    else. Data pipelines call this check on their labels.
 
     Eagerly (concrete arrays) it raises ``ValueError`` naming the bad values. Under ``jit`` it
     adds a :mod:`jax.experimental.checkify` check: wrap the jitted function with
@@ -128,52 +116,45 @@ def check_labels(labels: ArrayLike, num_classes: int, *, where: ArrayLike | None
         or num_classes < 1
     ):
         raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
-    if not _validate.is_concrete(labels) or (
-        where is not None and not _validate.is_concrete(where)
-    ):
-        labels = jnp.asarray(labels)
-        if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
-        bad = (labels < 0) | (labels >= num_classes)
+    concrete = _validate.is_concrete(labels) and _validate.is_concrete(where)
+    labels = np.asarray(labels) if concrete else jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
+    bad = (labels < 0) | (labels >= num_classes)
+    if not concrete:  # under jit: a checkify check
         if where is not None:
             bad = bad & jnp.asarray(where)
         checkify.check(~jnp.any(bad), f"labels outside [0, {num_classes})")
         return
-    host = np.asarray(labels)
-    if not np.issubdtype(host.dtype, np.integer):
-        raise TypeError(f"`labels` must hold integer class ids, got dtype {host.dtype}.")
-    beyond = (host < np.iinfo(np.int32).min) | (host > np.iinfo(np.int32).max)
+    beyond = (labels < np.iinfo(np.int32).min) | (labels > np.iinfo(np.int32).max)
     if beyond.any():
         raise ValueError(
-            f"{int(beyond.sum())} of {host.size} labels are beyond the int32 range that JAX "
+            f"{int(beyond.sum())} of {labels.size} labels are beyond the int32 range that JAX "
             "uses (without x64 they would wrap to other classes): "
-            f"first {host[beyond][:5].tolist()}"
+            f"first {labels[beyond][:5].tolist()}"
         )
-    bad = (host < 0) | (host >= num_classes)
     if where is not None:
         where_host = np.asarray(where, dtype=bool)
-        if where_host.shape != host.shape:
-            raise ValueError(f"`where` has shape {where_host.shape}, labels {host.shape}.")
+        if where_host.shape != labels.shape:
+            raise ValueError(f"`where` has shape {where_host.shape}, labels {labels.shape}.")
         bad &= where_host
     if bad.any():
         raise ValueError(
-            f"{int(bad.sum())} of {host.size} labels are outside [0, {num_classes}): "
-            f"first bad values {host[bad][:5].tolist()}"
+            f"{int(bad.sum())} of {labels.size} labels are outside [0, {num_classes}): "
+            f"first bad values {labels[bad][:5].tolist()}"
         )
 
 
 def check_class_counts(class_counts: ArrayLike, *, integer: bool = False) -> None:
     """Checks per-class counts: finite and ``> 0`` (and whole numbers with ``integer=True``).
 
-    The losses check ``class_counts`` when they are concrete (a list, a numpy array, or the array
-    :func:`cce_jax.losses.get` holds). A *traced* ``class_counts`` (an argument of a jitted
-    function) cannot be checked inside ``jit`` without :mod:`jax.experimental.checkify`; there
-    a negative count gives NaN. Call this check on such counts: eagerly it raises
-    ``ValueError``; under ``jit`` it adds a checkify check (wrap the function with
-    ``checkify.checkify`` and call ``err.throw()``).
-
-    Float counts are accepted (every loss but :func:`cce_jax.losses.class_balanced_weights`
-    depends only on the ratios of the counts); ``integer=True`` also refuses non-integer values.
+    The losses check concrete ``class_counts`` themselves; a *traced* one (an argument of a
+    jitted function) cannot be checked inside ``jit``, and a negative count gives NaN. Call this
+    check on such counts: eagerly it raises ``ValueError``; under ``jit`` it adds a
+    :mod:`jax.experimental.checkify` check (wrap the function with ``checkify.checkify`` and
+    call ``err.throw()``). Float counts are accepted (every loss but
+    :func:`cce_jax.losses.class_balanced_weights` depends only on their ratios);
+    ``integer=True`` also refuses non-integer values.
 
     Example:
       >>> import cce_jax
@@ -183,18 +164,16 @@ def check_class_counts(class_counts: ArrayLike, *, integer: bool = False) -> Non
       ...
       ValueError: every entry of `class_counts` must be > 0, got [5000.0, -1.0].
     """
-    k = _validate.counts_length(class_counts)
+    # The shape and dtype; the values too when they are concrete.
+    _validate.class_vector(
+        class_counts, _validate.counts_length(class_counts), "class_counts", positive=True
+    )
     if _validate.is_concrete(class_counts):
-        _validate.class_vector(class_counts, k, "class_counts", positive=True)
         host = np.asarray(class_counts, np.float64)
         if integer and np.any(host != np.round(host)):
             raise ValueError(f"`class_counts` must be whole numbers, got {host.tolist()}.")
         return
     counts = jnp.asarray(class_counts)
-    if not (
-        jnp.issubdtype(counts.dtype, jnp.integer) or jnp.issubdtype(counts.dtype, jnp.floating)
-    ):
-        raise TypeError(f"`class_counts` must be numeric, got dtype {counts.dtype}.")
     ok = jnp.all(jnp.isfinite(counts) & (counts > 0))
     checkify.check(ok, "class_counts must be finite and > 0")
     if integer:

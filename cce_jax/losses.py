@@ -2,10 +2,10 @@ r"""Losses for class-imbalanced classification.
 
 Every loss here is pure and unreduced, in the manner of ``optax.losses``:
 
-* ``logits`` has the class axis at ``axis`` (default -1) and otherwise the shape of
-  ``labels`` ([B], [B, H, W] for segmentation, anything); the result has the shape of
-  ``labels``. Reduce it yourself (usually ``jnp.mean`` or a masked mean).
-* ``labels`` are integer class ids.
+* ``logits`` has the class axis at ``axis`` (default -1) and otherwise the shape of the
+  integer class ids ``labels`` ([B], [B, H, W] for segmentation, anything); the result, the
+  per-entry loss, has the shape of ``labels``. Reduce it yourself (usually ``jnp.mean`` or a
+  masked mean).
 * ``where`` (bool, shape of ``labels``) masks entries: a masked entry's loss is 0 and its
   gradient is exactly 0, whatever its logits hold.
 * Labels outside ``[0, K)`` cannot raise inside ``jit``; such an entry is treated exactly as
@@ -16,22 +16,18 @@ Every loss here is pure and unreduced, in the manner of ``optax.losses``:
 * Hyperparameters are keyword-only and checked when given concretely (a one-line
   ``ValueError`` naming the loss and the hyperparameter); :func:`get` checks them all when the
   loss is built. Bad dtypes and shapes raise at trace time.
-* ``class_counts`` are positive, finite reals (float counts are accepted: every loss but
-  :func:`class_balanced_weights`, which refuses non-integer values, depends only on their
-  ratios, so a prior works too). Their values are checked when they are concrete (a list, a
-  numpy array, or the array :func:`get` holds); a *traced* ``class_counts`` (passed as an
-  argument of a jitted function) cannot be checked inside ``jit``: check it with
-  :func:`cce_jax.labels.check_class_counts`.
+* ``class_counts`` are positive, finite reals; every loss but :func:`class_balanced_weights`
+  (which refuses non-integer counts) depends only on their ratios, so a prior works too.
+  Their values are checked when they are concrete (a list, a numpy array, the array
+  :func:`get` holds); a *traced* ``class_counts`` (an argument of a jitted function) cannot be
+  checked inside ``jit``: check it with :func:`cce_jax.labels.check_class_counts`.
 
 **Numerical domain** (tested at its edges, for the loss and its gradient, with and without
 ``jit``, K = 10). Everything is computed from log-sum-exps, with no epsilon and no division by
-``1 - p``. Loss and gradient are finite for
-
-* float16 logits: every finite value, for every loss;
-* float32 and bfloat16 logits: ``|z| <= 1e38`` for every loss but these two:
-  ``ldam_loss``: ``|z| <= 1e38 / scale`` (the logits are multiplied by ``scale``; tested with
-  the default 30); ``mse_outlying_loss``: ``|z| <= 1e19`` (a mean of squares, which overflows
-  float32 from ``|z - t| ~ 1.8e19``).
+``1 - p``. Loss and gradient are finite for every finite float16 logit, and for float32 and
+bfloat16 logits with ``|z| <= 1e38``, except for ``ldam_loss``: ``|z| <= 1e38 / scale`` (it
+multiplies the logits by ``scale``; tested with the default 30) and ``mse_outlying_loss``:
+``|z| <= 1e19`` (a mean of squares, which overflows float32 from ``|z - t| ~ 1.8e19``).
 
 A ``-inf`` logit on a wrong class (a way to mask classes out) is exact: that class has
 ``p = q = 0`` and contributes 0 (``0 log 0 = 0``); loss and gradient stay finite, for every
@@ -83,11 +79,13 @@ NORMALIZERS = ("k_minus_1", "k")
 # --- cores: canonical inputs (class axis last, float32, labels in range) ---------------------
 
 
+def _weighted(loss, class_weights, labels):
+    return loss if class_weights is None else loss * class_weights[labels]
+
+
 def _ce(z, labels, class_weights=None):
     loss = optax.losses.softmax_cross_entropy_with_integer_labels(z, labels)
-    if class_weights is not None:
-        loss = loss * class_weights[labels]
-    return loss
+    return _weighted(loss, class_weights, labels)
 
 
 # Up to this many classes, sibling reductions over the class axis run as one XLA variadic
@@ -171,26 +169,18 @@ def _complement_parts_jvp(primals, tangents):
 
 
 # Rules for the hyperparameters, shared by the functions and by `get`:
-# name -> check(value, owner); focal's `gamma` differs from CCE's.
-def _real(**bounds):
-    return lambda value, owner, name: _validate.real(value, owner, name, **bounds)
-
-
-def _choice(choices):
-    return lambda value, owner, name: _validate.choice(value, owner, name, choices)
-
-
+# name -> check(value, owner, name); focal's `gamma` differs from CCE's.
 _HPARAM_RULES = {
-    "gamma": _real(),
-    "normalizer": _choice(NORMALIZERS),
-    "alpha": _real(minimum=0.0, min_open=True),
-    "order": _choice(labels_lib.ORDERS),
-    "beta": _real(minimum=0.0, maximum=1.0, max_open=True),
-    "max_margin": _real(minimum=0.0),
-    "scale": _real(minimum=0.0, min_open=True),
-    "tau": _real(),
+    "gamma": _validate.real,
+    "normalizer": functools.partial(_validate.choice, choices=NORMALIZERS),
+    "alpha": functools.partial(_validate.real, bounds=[(">", 0.0)]),
+    "order": functools.partial(_validate.choice, choices=labels_lib.ORDERS),
+    "beta": functools.partial(_validate.real, bounds=[(">=", 0.0), ("<", 1.0)]),
+    "max_margin": functools.partial(_validate.real, bounds=[(">=", 0.0)]),
+    "scale": functools.partial(_validate.real, bounds=[(">", 0.0)]),
+    "tau": _validate.real,
 }
-_FOCAL_RULES = dict(_HPARAM_RULES, gamma=_real(minimum=0.0))
+_FOCAL_RULES = dict(_HPARAM_RULES, gamma=functools.partial(_validate.real, bounds=[(">=", 0.0)]))
 
 
 def _check_hparams(owner: str, rules=None, **values) -> None:
@@ -232,9 +222,6 @@ def cross_entropy(
       axis: the class axis of ``logits``.
       where: optional bool mask, the shape of ``labels``.
 
-    Returns:
-      float32 per-entry loss, the shape of ``labels``.
-
     References:
       The standard softmax cross entropy; see ``optax.losses``.
 
@@ -258,10 +245,10 @@ def complement_entropy(
       q_j = \frac{p_j}{1 - p_g} \;(j \ne g), \qquad
       H_c(z, g) = -\sum_{j \ne g} q_j \log q_j, \qquad 0 \le H_c \le \log(K - 1)
 
-    ``q`` is computed in log space, ``log q = log_softmax`` of the logits with the true class
-    left out, which is exact and finite for any finite logits: unlike ``p / (1 - p_g)``, it does
-    not overflow when ``p_g -> 1``. Natural log. A wrong class at ``-inf`` has ``q = 0`` and
-    contributes 0; with every wrong class at ``-inf`` (or ``K = 1``) ``H_c = 0``.
+    ``log q`` is the log-softmax of the logits with the true class left out: exact and finite
+    for any finite logits, even when ``p_g -> 1`` (where ``p / (1 - p_g)`` overflows). Natural
+    log. A wrong class at ``-inf`` has ``q = 0`` and contributes 0; with every wrong class at
+    ``-inf`` (or ``K = 1``) ``H_c = 0``.
 
     Args:
       logits: [..., K, ...] floating logits, ``K >= 2``.
@@ -304,17 +291,15 @@ def complement_cross_entropy(
     with :func:`complement_entropy` ``H_c`` and ``n = K - 1`` (``normalizer="k_minus_1"``) or
     ``n = K`` (``normalizer="k"``).
 
-    **Sign.** The paper writes ``gamma = -1`` and ``n = K - 1``: minimising CCE *maximises* the
-    complement entropy, flattening ("neutralising") the wrong-class probabilities, as the
-    paper's text describes. That is the default. The authors' public PyTorch code instead adds
-    ``+ H_c / K`` (it *lowers* the complement entropy and uses ``K``): reach it with
-    ``gamma=1.0, normalizer="k"``. Which sign helps is measured in
-    ``experiments/results/`` (suite ``cifar10_lt``). ``gamma=0`` is plain cross entropy.
+    **Sign.** The paper writes ``gamma = -1`` and ``n = K - 1`` (the default): minimising CCE
+    *maximises* the complement entropy, flattening ("neutralising") the wrong-class
+    probabilities. The authors' public PyTorch code adds ``+ H_c / K`` instead (it *lowers* the
+    complement entropy): ``gamma=1.0, normalizer="k"``. Which sign helps is measured in
+    ``experiments/results/`` (suite ``cifar10_lt``). ``gamma=0`` is cross entropy.
 
-    **Numerics.** The public code computes ``p / (1 - p_g) + 1e-7``, which overflows to inf/NaN
-    once a prediction is confident (logits of scale ~30 in float32). Here ``log q`` is a
-    log-softmax over the wrong classes: finite loss and gradients for ``|z| <= 1e38`` and for
-    wrong classes at ``-inf`` (see the module docstring).
+    **Numerics.** The public code's ``p / (1 - p_g) + 1e-7`` overflows to inf/NaN once a
+    prediction is confident; here ``log q`` is a log-softmax over the wrong classes: finite loss
+    and gradients for ``|z| <= 1e38`` and wrong classes at ``-inf`` (see the module docstring).
 
     Args:
       logits: [..., K, ...] floating logits, ``K >= 2``.
@@ -323,9 +308,6 @@ def complement_cross_entropy(
       normalizer: ``"k_minus_1"`` (paper) or ``"k"`` (public code).
       axis: the class axis.
       where: optional bool mask, the shape of ``labels``.
-
-    Returns:
-      float32 per-entry loss, the shape of ``labels``.
 
     References:
       Kim, Lee, Jeon. Imbalanced Image Classification with Complement Cross Entropy.
@@ -382,9 +364,6 @@ def mse_outlying_loss(
       axis: the class axis.
       where: optional bool mask, the shape of ``labels``.
 
-    Returns:
-      float32 per-entry loss, the shape of ``labels``.
-
     References:
       Kato, Hotta. MSE Loss with Outlying Label for Imbalanced Classification.
       arXiv:2107.02393, 2021.
@@ -431,9 +410,6 @@ def focal_loss(
       axis: the class axis.
       where: optional bool mask, the shape of ``labels``.
 
-    Returns:
-      float32 per-entry loss, the shape of ``labels``.
-
     References:
       Lin, Goyal, Girshick, He, Dollar. Focal Loss for Dense Object Detection. ICCV 2017.
 
@@ -457,9 +433,7 @@ def focal_loss(
     safe = jnp.where(miss > 0, miss, 1.0)
     modulator = jnp.where(miss > 0, safe**gamma, jnp.where(gamma > 0, 0.0, 1.0))
     loss = jnp.where(finite, modulator * ce_f, ce)
-    if w is not None:
-        loss = loss * w[labels]
-    return _validate.finish(loss, valid)
+    return _validate.finish(_weighted(loss, w, labels), valid)
 
 
 def class_balanced_weights(class_counts: ArrayLike, *, beta: float = 0.9999) -> jax.Array:
@@ -537,9 +511,6 @@ def ldam_loss(
       axis: the class axis.
       where: optional bool mask, the shape of ``labels``.
 
-    Returns:
-      float32 per-entry loss, the shape of ``labels``.
-
     References:
       Cao, Wei, Gaidon, Arechiga, Ma. Learning Imbalanced Datasets with Label-Distribution-Aware
       Margin Loss. NeurIPS 2019.
@@ -559,9 +530,7 @@ def ldam_loss(
     # Only the true-class logit moves: CE = softplus(lse_{j != g}(s z_j) - s (z_g - m_g)).
     z_g, lse_wrong, _ = _complement_parts(scale * z, labels)
     loss = jax.nn.softplus(lse_wrong - z_g + scale * margins[labels])
-    if w is not None:
-        loss = loss * w[labels]
-    return _validate.finish(loss, valid)
+    return _validate.finish(_weighted(loss, w, labels), valid)
 
 
 def logit_adjusted_loss(
@@ -587,9 +556,6 @@ def logit_adjusted_loss(
       tau: adjustment strength (the paper's default 1).
       axis: the class axis.
       where: optional bool mask, the shape of ``labels``.
-
-    Returns:
-      float32 per-entry loss, the shape of ``labels``.
 
     References:
       Menon, Jayasumana, Rawat, Jain, Veit, Kumar. Long-tail learning via logit adjustment.
@@ -630,9 +596,6 @@ def balanced_softmax_loss(
       axis: the class axis.
       where: optional bool mask, the shape of ``labels``.
 
-    Returns:
-      float32 per-entry loss, the shape of ``labels``.
-
     References:
       Ren, Yu, Sheng, Ma, Zhao, Yi, Li. Balanced Meta-Softmax for Long-Tailed Visual
       Recognition. NeurIPS 2020.
@@ -651,37 +614,17 @@ def balanced_softmax_loss(
 
 # --- registry --------------------------------------------------------------------------------
 
-
-def _class_balanced(loss_fn):
-    """`loss_fn` with class-balanced weights built from the counts (``beta`` hyperparameter)."""
-
-    def build(class_counts, *, beta: float = 0.9999, **hparams):
-        weights = class_balanced_weights(class_counts, beta=beta)
-        return functools.partial(loss_fn, class_weights=weights, **hparams)
-
-    build.__signature__ = inspect.Signature(
-        [inspect.Parameter("beta", inspect.Parameter.KEYWORD_ONLY, default=0.9999)]
-        + [
-            p
-            for name, p in inspect.signature(loss_fn).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-            and name not in ("class_weights", "axis", "where")
-        ]
-    )
-    return build
-
-
-# name -> (loss function, needs class_counts, builder or None)
+# name -> (loss function, needs class_counts, class-balanced weights from the counts)
 _REGISTRY = {
-    "ce": (cross_entropy, False, None),
-    "focal": (focal_loss, False, None),
-    "cb_ce": (cross_entropy, True, _class_balanced(cross_entropy)),
-    "cb_focal": (focal_loss, True, _class_balanced(focal_loss)),
-    "ldam": (ldam_loss, True, None),
-    "la": (logit_adjusted_loss, True, None),
-    "bs": (balanced_softmax_loss, True, None),
-    "cce": (complement_cross_entropy, False, None),
-    "mse_ol": (mse_outlying_loss, True, None),
+    "ce": (cross_entropy, False, False),
+    "focal": (focal_loss, False, False),
+    "cb_ce": (cross_entropy, True, True),
+    "cb_focal": (focal_loss, True, True),
+    "ldam": (ldam_loss, True, False),
+    "la": (logit_adjusted_loss, True, False),
+    "bs": (balanced_softmax_loss, True, False),
+    "cce": (complement_cross_entropy, False, False),
+    "mse_ol": (mse_outlying_loss, True, False),
 }
 # Names of the result tables that fix hyperparameters of a loss above: name -> (loss, hparams).
 PRESETS = {
@@ -705,56 +648,80 @@ RECIPES = {
 NAMES = tuple(_REGISTRY) + tuple(PRESETS)
 
 
-def _hparam_names(fn) -> set:
-    sig = getattr(fn, "__signature__", None) or inspect.signature(fn)
-    return {
-        name
-        for name, p in sig.parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("axis", "where")
-    }
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_get_hparams(name: str, loss_fn, class_counts, hparams: dict) -> None:
-    """Checks every hyperparameter given to :func:`get`: names, types, finiteness, ranges."""
+def _resolve(name, hparams: dict) -> tuple[str, dict]:
+    """The registry name of ``name`` and its hyperparameters (a preset fixes some)."""
+    if isinstance(name, str) and name in RECIPES:
+        raise ValueError(f"loss {name!r}: {RECIPES[name]}.")
+    if not isinstance(name, str) or name not in NAMES:
+        raise ValueError(
+            f"unknown loss {name!r}{_did_you_mean(str(name), NAMES)}; "
+            f"known losses: {', '.join(NAMES)}."
+        )
+    if name not in PRESETS:
+        return name, hparams
+    base, fixed = PRESETS[name]
+    clash = sorted(set(hparams) & set(fixed))
+    if clash:
+        raise ValueError(
+            f"loss {name!r} is {base!r} with {fixed}; to choose {clash[0]!r}, use {base!r}."
+        )
+    return base, {**fixed, **hparams}
+
+
+def _check_get_args(name: str, base: str, class_counts, hparams: dict) -> None:
+    """Checks what :func:`get` was given: hyperparameter names, types, finiteness, ranges, and
+    ``class_counts`` (for the losses that need them)."""
     owner = f"loss {name!r}"
+    loss_fn, needs_counts, class_balanced = _REGISTRY[base]
+    if needs_counts and class_counts is None:
+        raise ValueError(f"{owner} needs `class_counts` (the per-class training-sample counts).")
+    allowed = {
+        hp
+        for hp, p in inspect.signature(loss_fn).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and hp not in ("axis", "where")
+    }
+    if class_balanced:
+        allowed = allowed - {"class_weights"} | {"beta"}
+    allowed = sorted(allowed)
+    unknown = sorted(set(hparams) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{owner}: unknown hyperparameter {unknown[0]!r}{_did_you_mean(unknown[0], allowed)}; "
+            f"it takes {allowed}."
+        )
     rules = _FOCAL_RULES if loss_fn is focal_loss else _HPARAM_RULES
-    for hp, value in hparams.items():
-        if hp == "class_weights":
-            if value is None:
-                continue
-            try:
-                arr = np.asarray(value)
-                k = (
-                    _validate.counts_length(class_counts)
-                    if class_counts is not None
-                    else (arr.shape[0] if arr.ndim == 1 else -1)
-                )
-                _validate.class_vector(value, k, "class_weights", positive=False)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{owner}: {e}") from None
+    _check_hparams(owner, rules, **{hp: v for hp, v in hparams.items() if hp != "class_weights"})
+    try:
+        weights = hparams.get("class_weights")
+        if needs_counts:
+            k = _validate.counts_length(class_counts)
         else:
-            rules[hp](value, owner, hp)
+            k = np.shape(weights)[0] if np.ndim(weights) == 1 else -1
+        _validate.class_vector(weights, k, "class_weights", positive=False)  # None passes
+        if needs_counts:
+            _validate.class_vector(class_counts, k, "class_counts", positive=True)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{owner}: {e}") from None
 
 
 def get(name: str, *, class_counts: ArrayLike | None = None, **hparams) -> Callable[..., jax.Array]:
     """Builds ``fn(logits, labels, where=None)`` for a loss name and its hyperparameters.
 
-    Everything is checked here, when the loss is built, before any training step: the name,
-    ``class_counts`` (for the losses that need them), and every hyperparameter: unknown names
-    (the message gives the closest valid one), wrong types (``gamma="nan"``), non-finite values
-    (``gamma=float("nan")``), values out of range (``alpha=0``) and invalid choices
-    (``normalizer="bad"``) each raise a one-line ``ValueError`` naming the loss and the
-    hyperparameter.
+    Everything is checked here, before any training step: the name, ``class_counts`` and every
+    hyperparameter (its name, type, finiteness, range or choice). A problem raises a one-line
+    ``ValueError`` naming the loss and the hyperparameter (and the closest valid name).
 
     Args:
-      name: one of :data:`NAMES`: ``ce, focal, cb_ce, cb_focal, ldam, la, bs, cce, mse_ol,
-        cce_paper, cce_code``. ``cb_*`` are cross entropy / focal with
+      name: one of :data:`NAMES`. ``cb_ce`` and ``cb_focal`` are cross entropy and focal with
         :func:`class_balanced_weights` (hyperparameter ``beta``). The names of the result
-        tables work as they are: ``cce_paper`` is ``cce`` with ``gamma=-1.0,
-        normalizer="k_minus_1"`` (the paper's sign), ``cce_code`` is ``cce`` with
-        ``gamma=1.0, normalizer="k"`` (the public code's sign) (:data:`PRESETS`);
-        ``ldam_drw`` and ``cot`` are training recipes, and the error says what to run
-        (:data:`RECIPES`).
+        tables work as they are: ``cce_paper`` and ``cce_code`` are ``cce`` with the paper's
+        and the public code's sign (:data:`PRESETS`); ``ldam_drw`` and ``cot`` are training
+        recipes, and the error says what to run (:data:`RECIPES`).
       class_counts: [K] per-class training-sample counts; required by ``cb_ce, cb_focal, ldam,
         la, bs, mse_ol``, ignored by the others.
       **hparams: the keyword-only hyperparameters of the loss function (not ``axis`` or
@@ -781,47 +748,16 @@ def get(name: str, *, class_counts: ArrayLike | None = None, **hparams) -> Calla
       ...
       ValueError: loss 'focal': `gamma` must be a finite real number >= 0.0, got 'nan' (str).
     """
-    if isinstance(name, str) and name in RECIPES:
-        raise ValueError(f"loss {name!r}: {RECIPES[name]}.")
-    if not isinstance(name, str) or name not in NAMES:
-        close = difflib.get_close_matches(str(name), NAMES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown loss {name!r}{hint}; known losses: {', '.join(NAMES)}.")
-    if name in PRESETS:
-        base, fixed = PRESETS[name]
-        for hp in sorted(set(hparams) & set(fixed)):
-            raise ValueError(
-                f"loss {name!r} is {base!r} with {fixed}; to choose {hp!r}, use {base!r}."
-            )
-        hparams = {**fixed, **hparams}
-    else:
-        base = name
-    loss_fn, needs_counts, builder = _REGISTRY[base]
-    if needs_counts and class_counts is None:
-        raise ValueError(
-            f"loss {name!r} needs `class_counts` (the per-class training-sample counts)."
-        )
-    allowed = _hparam_names(builder or loss_fn)
-    for hp in sorted(set(hparams) - allowed):
-        close = difflib.get_close_matches(hp, sorted(allowed), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"loss {name!r}: unknown hyperparameter {hp!r}{hint}; it takes {sorted(allowed)}."
-        )
-    _check_get_hparams(name, loss_fn, class_counts if needs_counts else None, hparams)
-    if needs_counts:
-        try:
-            _validate.class_vector(
-                class_counts, _validate.counts_length(class_counts), "class_counts", positive=True
-            )
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"loss {name!r}: {e}") from None
-    if builder is not None:
-        fn = builder(class_counts, **hparams)
+    base, hparams = _resolve(name, hparams)
+    _check_get_args(name, base, class_counts, hparams)
+    loss_fn, needs_counts, class_balanced = _REGISTRY[base]
+    kwargs = dict(hparams)
+    if class_balanced:
+        beta = kwargs.pop("beta", 0.9999)
+        kwargs["class_weights"] = class_balanced_weights(class_counts, beta=beta)
     elif needs_counts:
-        fn = functools.partial(loss_fn, class_counts=jnp.asarray(class_counts), **hparams)
-    else:
-        fn = functools.partial(loss_fn, **hparams)
+        kwargs["class_counts"] = jnp.asarray(class_counts)
+    fn = functools.partial(loss_fn, **kwargs)
 
     def loss(logits: ArrayLike, labels: ArrayLike, where: ArrayLike | None = None) -> jax.Array:
         return fn(logits, labels, where=where)

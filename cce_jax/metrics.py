@@ -8,11 +8,9 @@ Shot groups follow the long-tail literature (Liu et al. 2019, OLTR): "many" = cl
 more than 100 training images, "medium" = 20 to 100, "few" = fewer than 20. A group with
 no class, or whose classes have no test example, is reported as ``None`` (never NaN).
 
-Semantic segmentation uses the same layout with pixels in place of examples:
-:func:`confusion_update` accumulates a pixel confusion matrix on device (jittable, an ignore
-mask and out-of-range labels skipped) and :func:`segmentation_metrics` turns it into per-class
-IoU, mIoU, pixel accuracy, mean class accuracy, frequency-weighted IoU and the mIoU of the
-many/medium/few classes by training pixel frequency (:func:`pixel_frequency_groups`).
+Semantic segmentation uses the same layout with pixels in place of examples: a pixel
+confusion matrix accumulated on device (:func:`confusion_update`) gives IoU-based metrics
+(:func:`segmentation_metrics`).
 """
 
 from __future__ import annotations
@@ -63,8 +61,27 @@ def shot_groups(class_counts, *, many_threshold: int = 100, few_threshold: int =
     return many, ~(many | few), few
 
 
-def _none_if_nan(x: float) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
+def _none_if_nan(x) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _mean(values, sel) -> float | None:
+    """The mean of ``values[sel]``; ``None`` when nothing is selected (never NaN)."""
+    return _none_if_nan(values[sel].mean()) if sel.any() else None
+
+
+def _square(cm: np.ndarray) -> np.ndarray:
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
+    return cm
+
+
+def _groups(counts, name: str, k: int, grouping) -> dict:
+    """``{"many": mask, "medium": mask, "few": mask}``: ``grouping`` of the ``[k]`` counts."""
+    counts = np.asarray(counts)
+    if counts.shape != (k,):
+        raise ValueError(f"{name} has shape {counts.shape}, expected ({k},)")
+    return dict(zip(("many", "medium", "few"), grouping(counts)))
 
 
 def from_confusion(cm, class_counts=None) -> dict[str, Any]:
@@ -77,34 +94,27 @@ def from_confusion(cm, class_counts=None) -> dict[str, Any]:
     group, ``None`` if empty; only with ``class_counts``), ``num_examples``,
     ``test_class_counts``, ``confusion_matrix`` (nested lists).
     """
-    cm = np.asarray(cm, np.int64)
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
+    cm = _square(np.asarray(cm, np.int64))
     support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
     tp = np.diag(cm).astype(np.float64)
     total = int(cm.sum())
     present = support > 0
     recall = np.where(present, tp / np.maximum(support, 1), np.nan)
-    denom = support + predicted
+    denom = support + cm.sum(axis=0)
     f1_defined = denom > 0
     f1 = np.where(f1_defined, 2 * tp / np.maximum(denom, 1), np.nan)
     out: dict[str, Any] = {
         "top1": _none_if_nan(tp.sum() / total) if total else None,
-        "balanced_accuracy": _none_if_nan(recall[present].mean()) if present.any() else None,
+        "balanced_accuracy": _mean(recall, present),
         "per_class_accuracy": [_none_if_nan(r) for r in recall],
-        "macro_f1": _none_if_nan(f1[f1_defined].mean()) if f1_defined.any() else None,
+        "macro_f1": _mean(f1, f1_defined),
         "num_examples": total,
         "test_class_counts": support.tolist(),
         "confusion_matrix": cm.tolist(),
     }
     if class_counts is not None:
-        counts = np.asarray(class_counts)
-        if counts.shape != (cm.shape[0],):
-            raise ValueError(f"class_counts has shape {counts.shape}, expected ({cm.shape[0]},)")
-        for name, group in zip(("many", "medium", "few"), shot_groups(counts)):
-            sel = group & present
-            out[name] = _none_if_nan(recall[sel].mean()) if sel.any() else None
+        for name, group in _groups(class_counts, "class_counts", len(cm), shot_groups).items():
+            out[name] = _mean(recall, group & present)
     return out
 
 
@@ -200,8 +210,7 @@ def pixel_frequency_groups(pixel_counts):
         raise ValueError(f"pixel_counts must be a non-empty 1-D array, got shape {n.shape}")
     k = n.size
     order = np.lexsort((np.arange(k), -n.astype(np.float64)))  # count desc, index asc
-    rank = np.empty(k, np.int64)
-    rank[order] = np.arange(k)
+    rank = np.argsort(order)  # the inverse permutation: each class's position in `order`
     third = k // 3
     many = rank < third
     few = rank >= k - third
@@ -234,46 +243,29 @@ def segmentation_metrics(confusion, pixel_counts=None) -> dict[str, Any]:
     >>> m["per_class_iou"], m["miou"], m["pixel_accuracy"]
     ([0.75, 0.8], 0.775, 0.875)
     """
-    cm = np.asarray(confusion)
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        raise ValueError(f"confusion matrix must be square, got shape {cm.shape}")
+    cm = _square(np.asarray(confusion))
     if cm.size and (not np.issubdtype(cm.dtype, np.integer) or cm.min() < 0):
         raise ValueError("confusion matrix must hold non-negative integer counts")
+    accuracy = from_confusion(cm)
     cm = cm.astype(np.int64)
-    k = cm.shape[0]
-    tp = np.diag(cm).astype(np.float64)
-    truth = cm.sum(axis=1)
-    pred = cm.sum(axis=0)
-    total = int(cm.sum())
-    union = truth + pred - np.diag(cm)
-    defined = union > 0
-    present = truth > 0
-    iou = np.where(defined, tp / np.maximum(union, 1), np.nan)
-    acc = np.where(present, tp / np.maximum(truth, 1), np.nan)
-
-    def mean(values, sel):
-        return _none_if_nan(values[sel].mean()) if sel.any() else None
-
+    truth, total = cm.sum(axis=1), int(cm.sum())
+    union = truth + cm.sum(axis=0) - np.diag(cm)
+    defined, present = union > 0, truth > 0
+    iou = np.where(defined, np.diag(cm).astype(np.float64) / np.maximum(union, 1), np.nan)
     out: dict[str, Any] = {
-        "miou": mean(iou, defined),
+        "miou": _mean(iou, defined),
         "per_class_iou": [_none_if_nan(v) for v in iou],
-        "pixel_accuracy": _none_if_nan(tp.sum() / total) if total else None,
-        "mean_class_accuracy": mean(acc, present),
-        "per_class_accuracy": [_none_if_nan(v) for v in acc],
-        "fw_iou": (_none_if_nan(float((truth[present] / total * iou[present]).sum())))
-        if total
-        else None,
+        "pixel_accuracy": accuracy["top1"],
+        "mean_class_accuracy": accuracy["balanced_accuracy"],
+        "per_class_accuracy": accuracy["per_class_accuracy"],
+        "fw_iou": _none_if_nan((truth[present] / total * iou[present]).sum()) if total else None,
         "num_pixels": total,
         "test_pixel_counts": truth.tolist(),
         "confusion_matrix": cm.tolist(),
     }
     if pixel_counts is not None:
-        counts = np.asarray(pixel_counts)
-        if counts.shape != (k,):
-            raise ValueError(f"pixel_counts has shape {counts.shape}, expected ({k},)")
-        groups = pixel_frequency_groups(counts)
-        out["groups"] = {}
-        for name, group in zip(("many", "medium", "few"), groups):
-            out[f"{name}_miou"] = mean(iou, group & defined)
-            out["groups"][name] = np.nonzero(group)[0].tolist()
+        groups = _groups(pixel_counts, "pixel_counts", len(cm), pixel_frequency_groups)
+        out["groups"] = {name: np.nonzero(group)[0].tolist() for name, group in groups.items()}
+        for name, group in groups.items():
+            out[f"{name}_miou"] = _mean(iou, group & defined)
     return out

@@ -8,8 +8,9 @@
 * ``resnet34``: the CIFAR-style ResNet-34 of the CCE paper: a 3x3 stride-1 stem with 64
   channels, no max-pool, basic blocks [3, 4, 6, 3] with 64/128/256/512 channels, 1x1
   projection shortcuts ("option B"); 21.3M parameters for 10 classes.
-* ``resnet8``: a small CPU model, the ResNet-32 layout with one block per stage.
-* ``resnet20``: the ResNet-32 layout with three blocks per stage.
+* ``resnet8`` and ``resnet20``: the ResNet-32 layout with one and three blocks per stage.
+* ``fcn8`` and ``fcn20`` (:data:`SEGMENTATION_MODEL_NAMES`): the :class:`FCN` on the
+  encoder of ``resnet8`` and ``resnet20``, logits ``[B, H, W, K]`` for any H, W.
 
 ``width`` overrides the channel count of the first stage (later stages double it), so
 ``get_model("resnet8", num_classes=10, width=8)`` is a narrow 8/16/32 network.
@@ -18,16 +19,6 @@ The final layer is either a dense layer or, with ``cosine_head=True``, a cosine-
 one (``normalize(features) @ normalize(W)``, each logit in [-1, 1]; LDAM's scale ``s``
 multiplies it inside the loss). ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``);
 parameters and BatchNorm statistics stay float32 and the logits are returned as float32.
-
-**Segmentation** (``FCN``, :data:`SEGMENTATION_MODEL_NAMES`): ``fcn8`` is a small fully
-convolutional network for dense prediction: the ResNet-8 encoder (stem and one basic block per
-stage, 16/32/64 channels, stride 2 at stages 2 and 3) and a light decoder that upsamples
-(bilinear) to the resolution of the stage before, concatenates that stage's features (a skip
-connection) and mixes them with a 3x3 conv + BatchNorm + ReLU, twice, back to the input
-resolution; a 1x1 head gives float32 logits ``[B, H, W, K]`` for any H, W (odd sizes
-included). ``fcn20`` has three blocks per stage. ``width``, ``dtype``, ``conv``,
-``bn_axis_name`` and ``cosine_head`` (a per-pixel cosine head) mean what they mean for the
-ResNets.
 
 ``conv`` is the convolution the layers call (a hook, ``lax.conv_general_dilated`` by
 default); ``get_model(..., conv_impl="shifted_matmul")`` plugs in the optional
@@ -125,7 +116,7 @@ def _encoder(m, x, conv, norm) -> list:
     """The stem and the stages of basic blocks of model ``m`` (called inside its compact
     ``__call__``); returns every stage's output, the deepest last."""
     x = jnp.asarray(x, m.dtype)
-    x = nn.relu(norm(name="stem_bn")(conv(m.stem_width, (3, 3), name="stem_conv")(x)))
+    x = nn.relu(norm(name="stem_bn")(conv(m.widths[0], (3, 3), name="stem_conv")(x)))
     outputs = []
     for i, (n_blocks, width) in enumerate(zip(m.stage_sizes, m.widths)):
         for j in range(n_blocks):
@@ -137,12 +128,19 @@ def _encoder(m, x, conv, norm) -> list:
     return outputs
 
 
+def _head(m, x):
+    """The last layer of model ``m`` (dense, or cosine with ``cosine_head``): float32 logits."""
+    if m.cosine_head:
+        return CosineDense(m.num_classes, name="head")(x)
+    x = nn.Dense(m.num_classes, dtype=m.dtype, param_dtype=jnp.float32, name="head")(x)
+    return x.astype(jnp.float32)
+
+
 class _Backbone(nn.Module):
     """The fields of the ResNet stem and stages that the classifier and the FCN share."""
 
     stage_sizes: Sequence[int]
-    widths: Sequence[int]
-    stem_width: int
+    widths: Sequence[int]  # per stage; the stem has the first stage's width
     num_classes: int
     shortcut: str = "A"
     cosine_head: bool = False
@@ -159,11 +157,7 @@ class ResNet(_Backbone):
     def __call__(self, x, train: bool = False):
         conv, norm = _conv_and_norm(self, train)
         x = _encoder(self, x, conv, norm)[-1]
-        x = jnp.mean(x, axis=(1, 2))
-        if self.cosine_head:
-            return CosineDense(self.num_classes, name="head")(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
-        return x.astype(jnp.float32)
+        return _head(self, jnp.mean(x, axis=(1, 2)))
 
 
 class FCN(_Backbone):
@@ -183,34 +177,27 @@ class FCN(_Backbone):
         conv, norm = _conv_and_norm(self, train)
         skips = _encoder(self, x, conv, norm)
         x = skips[-1]
-        for i in range(len(skips) - 2, -1, -1):
-            skip = skips[i]
+        for i, skip in reversed(list(enumerate(skips[:-1]))):
             b, h, w, _ = skip.shape
             x = jax.image.resize(x, (b, h, w, x.shape[-1]), "bilinear").astype(self.dtype)
             x = jnp.concatenate([x, skip], axis=-1)
             x = conv(skip.shape[-1], (3, 3), name=f"up{i + 1}_conv")(x)
             x = norm(name=f"up{i + 1}_bn")(x)
             x = nn.relu(x)
-        if self.cosine_head:
-            return CosineDense(self.num_classes, name="head")(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
-        return x.astype(jnp.float32)
+        return _head(self, x)
 
 
-# name -> (stage_sizes, first-stage width, shortcut, stem width = first-stage width)
+# name -> (module, stage_sizes, first-stage width = stem width, shortcut)
 _SPECS = {
-    "resnet8": ((1, 1, 1), 16, "A"),
-    "resnet20": ((3, 3, 3), 16, "A"),
-    "resnet32": ((5, 5, 5), 16, "A"),
-    "resnet34": ((3, 4, 6, 3), 64, "B"),
+    "resnet8": (ResNet, (1, 1, 1), 16, "A"),
+    "resnet20": (ResNet, (3, 3, 3), 16, "A"),
+    "resnet32": (ResNet, (5, 5, 5), 16, "A"),
+    "resnet34": (ResNet, (3, 4, 6, 3), 64, "B"),
+    "fcn8": (FCN, (1, 1, 1), 16, "A"),
+    "fcn20": (FCN, (3, 3, 3), 16, "A"),
 }
-# Segmentation models: the same spec, an FCN (logits [B, H, W, K]) instead of a classifier.
-_SEGMENTATION_SPECS = {
-    "fcn8": ((1, 1, 1), 16, "A"),
-    "fcn20": ((3, 3, 3), 16, "A"),
-}
-CLASSIFIER_NAMES = tuple(_SPECS)
-SEGMENTATION_MODEL_NAMES = tuple(_SEGMENTATION_SPECS)
+CLASSIFIER_NAMES = tuple(name for name, spec in _SPECS.items() if spec[0] is ResNet)
+SEGMENTATION_MODEL_NAMES = tuple(name for name, spec in _SPECS.items() if spec[0] is FCN)
 MODEL_NAMES = CLASSIFIER_NAMES + SEGMENTATION_MODEL_NAMES
 
 
@@ -220,11 +207,9 @@ def model_task(name: str) -> str:
     >>> model_task("resnet32"), model_task("fcn8")
     ('classification', 'segmentation')
     """
-    if name in _SPECS:
-        return "classification"
-    if name in _SEGMENTATION_SPECS:
-        return "segmentation"
-    raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODEL_NAMES)}")
+    if name not in _SPECS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODEL_NAMES)}")
+    return "segmentation" if _SPECS[name][0] is FCN else "classification"
 
 
 def get_model(
@@ -239,9 +224,7 @@ def get_model(
 ) -> nn.Module:
     """Returns the flax module ``name`` (one of :data:`MODEL_NAMES`).
 
-    ``width`` replaces the first stage's channel count (later stages double it).
-    ``conv_impl``: ``"xla"`` (``lax.conv_general_dilated``) or ``"shifted_matmul"``
-    (:func:`cce_jax.conv.conv_general_dilated`).
+    ``conv_impl``: ``"xla"`` or ``"shifted_matmul"``; ``width``: see the module docstring.
     ``dtype`` may be a dtype or a string ("float32", "bfloat16"). A classifier
     (:data:`CLASSIFIER_NAMES`) is a :class:`ResNet` (logits ``[B, K]``); a segmentation
     model (:data:`SEGMENTATION_MODEL_NAMES`) is an :class:`FCN` (logits ``[B, H, W, K]``).
@@ -258,10 +241,9 @@ def get_model(
     dtype = check_model_config(name, dtype=dtype, width=width, conv_impl=conv_impl)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    stages, w0, shortcut = {**_SPECS, **_SEGMENTATION_SPECS}[name]
+    module, stages, w0, shortcut = _SPECS[name]
     w0 = int(width) if width else w0
     widths = tuple(w0 * 2**i for i in range(len(stages)))
-    module = FCN if name in _SEGMENTATION_SPECS else ResNet
     conv = lax.conv_general_dilated
     if conv_impl == "shifted_matmul":
         from cce_jax import conv as shifted
@@ -270,7 +252,6 @@ def get_model(
     return module(
         stage_sizes=stages,
         widths=widths,
-        stem_width=w0,
         num_classes=int(num_classes),
         shortcut=shortcut,
         cosine_head=bool(cosine_head),
