@@ -136,32 +136,16 @@ class DeviceData(SplitViews):
         if "data" not in mesh.axis_names:
             raise ValueError(f"mesh: needs a 'data' axis, got axes {mesh.axis_names}")
         d = int(mesh.shape["data"])
-        for name, value in (
-            ("global_batch_size", global_batch_size),
-            ("eval_batch_size", eval_batch_size),
-        ):
-            if int(value) < 1 or int(value) % d:
-                raise ValueError(
-                    f"{name}={value} must be a positive multiple of the {d} devices of the "
-                    "'data' mesh axis (pipeline='device')"
-                )
-        self._split, self.info, self.augment = split, split.info, split.augment
         self.mesh, self.num_devices = mesh, d
-        n = split.info.num_train
-        self._global_b, self._local_b = int(global_batch_size), int(global_batch_size) // d
-        self.steps_per_epoch = n // self._global_b
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"global_batch_size={global_batch_size} exceeds the {n} training examples "
-                "(batches drop the remainder)"
-            )
+        devices = f"the {d} devices of the 'data' mesh axis (pipeline='device')"
+        super().__init__(split, global_batch_size, eval_batch_size, d, devices)
         self._seed32 = int(seed) & 0xFFFFFFFF
         self._data_sharding = NamedSharding(mesh, P("data"))
         self._plan_sharding = NamedSharding(mesh, P(None, "data"))
         # Label maps stay uint8 on the devices (a quarter of int32's memory); batches are int32.
         dense = bool(split.train_labels.shape[1:])
         self._label = (np.uint8, IGNORE_INDEX) if dense else (np.int32, 0)
-        n_pad = self._place_train(n, d)
+        n_pad = self._place_train(split.info.num_train, d)
         self._place_test(int(eval_batch_size))
         self._a, self._b = jnp.asarray(split.a), jnp.asarray(split.b)
         self._plan_fn, self._batch_fn, self._eval_fn = _compiled(

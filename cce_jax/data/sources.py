@@ -1,9 +1,7 @@
 """Data sources: ONE registry, :data:`SOURCES` (name -> loader), each returning a :class:`Dataset`.
 
-A source string is ``NAME`` or ``NAME:ARGUMENT``; see :data:`SOURCES` and docs/data.md ("Add a
-source"). Labels are ``[N]`` class ids (classification) or ``[N, H, W]`` uint8 label maps
-(segmentation, :data:`IGNORE_INDEX` = pixels that count for nothing): the task is the labels'
-``ndim``. Only ``tfds`` imports tensorflow / tensorflow_datasets, lazily.
+A source string is ``NAME`` or ``NAME:ARGUMENT`` (docs/data.md, "Add a source"). Only ``tfds``
+imports tensorflow / tensorflow_datasets, lazily.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cce_jax import _extras
-from cce_jax.data.imbalance import id_str
+from cce_jax.data.imbalance import class_rank, id_str
 
 IGNORE_INDEX = 255  # label-map pixels that count for nothing (void, boundaries, padding)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -85,26 +83,20 @@ def _checked(ds: Dataset, where: str, key: str = "labels") -> Dataset:
     for split in ("train", "test"):
         x, y = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
         lab = f"{split}_{key}"
-        problems = [
-            (x.dtype != np.uint8, f"{split}_images must be uint8, got {x.dtype}"),
-            (
-                x.ndim != 4 or 0 in x.shape[1:],
-                f"{split}_images must have shape [N, H, W, C], got {x.shape}",
-            ),
-            (len(x) == 0, f"{split}_images is empty"),
-            (
-                y.ndim > 1 and (y.dtype != np.uint8 or y.shape != x.shape[:3]),
-                f"{lab} has shape {y.shape} {y.dtype}; label maps must be uint8 [N, H, W]",
-            ),
-            (
-                y.ndim < 2 and (y.ndim != 1 or y.dtype.kind not in "iu"),
-                f"{lab} must be a 1-D integer array, got {y.dtype} {y.shape}",
-            ),
-            (len(y) != len(x), f"{lab} has {len(y)} entries but {split}_images {len(x)}"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise ValueError(f"{where}: {message}")
+        if x.dtype != np.uint8:
+            raise ValueError(f"{where}: {split}_images must be uint8, got {x.dtype}")
+        if x.ndim != 4 or 0 in x.shape[1:]:
+            raise ValueError(f"{where}: {split}_images must have shape [N, H, W, C], got {x.shape}")
+        if len(x) == 0:
+            raise ValueError(f"{where}: {split}_images is empty")
+        if y.ndim > 1 and (y.dtype != np.uint8 or y.shape != x.shape[:3]):
+            raise ValueError(
+                f"{where}: {lab} has shape {y.shape} {y.dtype}; label maps must be uint8 [N, H, W]"
+            )
+        if y.ndim < 2 and (y.ndim != 1 or y.dtype.kind not in "iu"):
+            raise ValueError(f"{where}: {lab} must be a 1-D integer array, got {y.dtype} {y.shape}")
+        if len(y) != len(x):
+            raise ValueError(f"{where}: {lab} has {len(y)} entries but {split}_images {len(x)}")
         check_labels(y, len(ds.class_names), f"{where}: {lab}")
     if ds.train_images.shape[1:] != ds.test_images.shape[1:]:
         shapes = ds.train_images.shape[1:], ds.test_images.shape[1:]
@@ -114,13 +106,6 @@ def _checked(ds: Dataset, where: str, key: str = "labels") -> Dataset:
     if len(set(ds.train_ids)) != len(ds.train_ids):
         raise ValueError(f"{where}: train_ids must be unique")
     return ds
-
-
-def _default_names(labels) -> list:
-    """ "0".."K-1", K = 1 + the largest training label (label maps: other than 255)."""
-    y = np.asarray(labels).reshape(-1)
-    y = y[y != IGNORE_INDEX] if np.ndim(labels) > 1 else y
-    return [str(i) for i in range(int(y.max(initial=0)) + 1)] if y.dtype.kind in "iu" else ["0"]
 
 
 # -- tfds, digits, Fashion-MNIST ------------------------------------------------------------
@@ -184,21 +169,13 @@ def load_digits() -> Dataset:
 
     d = sk_load_digits()
     images, labels = d.images.astype(np.uint8)[..., None], d.target.astype(np.int64)
-    rank = np.zeros(len(labels), np.int64)
-    for c in np.unique(labels):
-        pos = np.nonzero(labels == c)[0]
-        rank[pos] = np.arange(len(pos))
-    tr, te = np.nonzero(rank % 3 != 2)[0], np.nonzero(rank % 3 == 2)[0]
+    test = class_rank(labels) % 3 == 2
+    tr, te = np.nonzero(~test)[0], np.nonzero(test)[0]
     ids = [f"digits:{i}" for i in tr]
     names = tuple(str(i) for i in range(10))
     return Dataset(
         "digits", images[tr], labels[tr], ids, images[te], labels[te], names, 16.0, (0.0,), (1.0,)
     )
-
-
-FASHION_MNIST_CLASSES = tuple(
-    "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot".split(",")
-)
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -245,8 +222,9 @@ def load_fashion_mnist(folder: str) -> Dataset:
             raise ValueError(f"source: {folder} has no {stem}-ubyte.gz (nor {stem}-ubyte)")
         arrays.append(read_idx(found[0]))
     (tr_x, tr_y, te_x, te_y), ids = arrays, [f"train:{i}" for i in range(len(arrays[1]))]
+    names = "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot"
     tr, te = (tr_x[..., None], tr_y.astype(np.int64)), (te_x[..., None], te_y.astype(np.int64))
-    ds = Dataset("fashion_mnist", *tr, ids, *te, FASHION_MNIST_CLASSES)
+    ds = Dataset("fashion_mnist", *tr, ids, *te, tuple(names.split(",")))
     return _checked(ds, f"source: {folder}")
 
 
@@ -287,7 +265,9 @@ def load_npz(path: str, key: str | None = None) -> Dataset:
     x, y = ({s: a[f"{s}_{k}"] for s in ("train", "test")} for k in ("images", key))
     x = {s: v[..., None] if v.ndim == 3 else v for s, v in x.items()}
     y = {s: v.astype(np.int64) if v.ndim == 1 and v.dtype.kind in "iu" else v for s, v in y.items()}
-    cn = a.get("class_names", np.asarray(_default_names(y["train"])))
+    known = y["train"][y["train"] != IGNORE_INDEX] if y["train"].ndim > 1 else y["train"]
+    k = int(known.max(initial=0)) + 1 if known.dtype.kind in "iu" else 1  # default "0".."K-1"
+    cn = a.get("class_names", np.asarray([str(i) for i in range(k)]))
     if cn.ndim != 1 or len(cn) == 0:
         raise ValueError(f"{where}: class_names must be a 1-D array of K names, got {cn.shape}")
     ids = a["train_ids"].ravel().tolist() if "train_ids" in a else range(len(x["train"]))
@@ -301,47 +281,41 @@ def load_npz(path: str, key: str | None = None) -> Dataset:
 # -- image folders: the CIFAR-10 JPEG archive, segmentation folders ---------------------------
 
 
-def _decode(blob: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(blob)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
 def _decode_archive(archive: str) -> dict:
     """The arrays of a ``train|test/<class>/*.jpg`` archive: its members read with tarfile in
     order, decoded with Pillow in a thread pool."""
-    members: dict = {}
+    from PIL import Image
+
+    def decode(blob):
+        with Image.open(io.BytesIO(blob)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+    members = []  # (split, class, file name, bytes)
     try:
         with tarfile.open(archive, "r:*") as tar:
             for m in tar:
                 parts = os.path.normpath(m.name).split(os.sep)
                 if m.isfile() and len(parts) == 3 and parts[2].lower().endswith(IMAGE_EXTENSIONS):
-                    members.setdefault(tuple(parts[:2]), []).append(
-                        (parts[2], tar.extractfile(m).read())
-                    )
+                    members.append((*parts, tar.extractfile(m).read()))
     except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
         raise ValueError(f"source: cannot read {archive!r}; the archive looks corrupt ({e})") from e
-    names = sorted(c for s, c in members if s == "train")
-    if not names or not any(s == "test" for s, _ in members):
+    names = sorted({c for s, c, *_ in members if s == "train"})
+    if not names or not any(s == "test" for s, *_ in members):
         raise ValueError(f"source: {archive!r} has no train/<class>/ and test/<class>/ images")
+    label = {c: y for y, c in enumerate(names)}
     out = {"class_names": np.asarray(names)}
     for split in ("train", "test"):
-        files = [
-            (f"{split}/{c}/{f}", blob, y)
-            for y, c in enumerate(names)
-            for f, blob in sorted(members.get((split, c), []))
-        ]
+        files = sorted((c, f, blob) for s, c, f, blob in members if s == split and c in label)
         with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
             try:
-                images = list(pool.map(_decode, [blob for _, blob, _ in files]))
+                images = list(pool.map(decode, [blob for *_, blob in files]))
             except (OSError, ValueError, SyntaxError) as e:  # PIL's errors are OSErrors
                 raise ValueError(f"source: cannot decode the images of {split}/ ({e})") from e
         if len({im.shape for im in images}) != 1:
             raise ValueError(f"source: the images of {split}/ differ in shape")
         out[f"{split}_images"] = np.stack(images)
-        out[f"{split}_labels"] = np.asarray([y for *_, y in files], np.int64)
-        out[f"{split}_ids"] = np.asarray([rel for rel, *_ in files])
+        out[f"{split}_labels"] = np.asarray([label[c] for c, *_ in files], np.int64)
+        out[f"{split}_ids"] = np.asarray([f"{split}/{c}/{f}" for c, f, _ in files])
     return out
 
 
@@ -574,8 +548,3 @@ def load_source(config) -> Dataset:
             stamp = (os.stat(arg).st_mtime_ns, os.stat(arg).st_size)
     options = tuple((k, config.get(k)) for k in ("data_dir", "cache_dir", "download"))
     return _load(kind, arg, stamp, options)
-
-
-def clear_cache() -> None:
-    """Forgets the data sets cached by :func:`load_source`."""
-    _load.cache_clear()
