@@ -5,7 +5,8 @@
 * :mod:`~cce_jax.data.imbalance`: ``class_counts``, ``select_indices``, ``epoch_plan``;
 * :mod:`~cce_jax.data.builder`: ``default_config``, ``make_split``, ``build``;
 * :mod:`~cce_jax.data.device_pipeline` (``pipeline="device"``) and
-  :mod:`~cce_jax.data.tf_pipeline` (``pipeline="tf"``): the batches.
+  :mod:`~cce_jax.data.tf_pipeline` (``pipeline="tf"``): the batches; ``default_mesh`` and
+  ``stack_batches`` are :func:`cce_jax.parallel.make_mesh` and ``stack_batches``.
 
 ``import cce_jax.data`` imports neither tensorflow nor tensorflow_datasets.
 """
@@ -20,7 +21,6 @@ from cce_jax.data.builder import (
     make_split,
     tf_available,
 )
-from cce_jax.data.device_pipeline import default_mesh, stack_batches
 from cce_jax.data.imbalance import PAD, class_counts, epoch_plan, select_indices
 from cce_jax.data.sources import (
     CIFAR10_MEAN,
@@ -36,3 +36,5 @@ from cce_jax.data.sources import (
     load_tfds,
     parse_source,
 )
+from cce_jax.parallel import make_mesh as default_mesh
+from cce_jax.parallel import stack_batches

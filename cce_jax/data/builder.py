@@ -94,12 +94,17 @@ class SplitViews:
                 raise ValueError(f"{name}={value} must be a positive multiple of {what}")
         self._split, self.info, self.augment = split, split.info, split.augment
         self._global_b, self._local_b = int(global_batch_size), int(global_batch_size) // parts
+        self._eval_b = int(eval_batch_size)
         self.steps_per_epoch = split.info.num_train // self._global_b
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"global_batch_size={global_batch_size} exceeds the {split.info.num_train} "
                 "training examples (batches drop the remainder)"
             )
+
+    def num_eval_batches(self) -> int:
+        """Batches yielded by ``eval_batches()``; the same on every process."""
+        return -(-self.info.num_test // self._eval_b)
 
     def train_split(self) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 images, int32 labels) of the kept train subset (host)."""

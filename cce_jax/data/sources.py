@@ -367,16 +367,8 @@ def load_cifar10_jpeg(archive: str, cache_dir: str = CACHE_DIR) -> Dataset:
             file=sys.stderr,
             flush=True,
         )
-    with np.load(npz) as z:
-        a = {k: z[k] for k in z.files}
-    return Dataset(
-        "cifar10_jpeg",
-        *(a["train_images"], a["train_labels"].astype(np.int64), a["train_ids"].tolist()),
-        *(a["test_images"], a["test_labels"].astype(np.int64)),
-        tuple(str(n) for n in a["class_names"].tolist()),
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
-    )
+    ds = load_npz(npz)
+    return dataclasses.replace(ds, name="cifar10_jpeg", mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
 
 def _read_image(path: str, label: bool) -> np.ndarray:
@@ -417,19 +409,20 @@ def _read_classes(folder: str) -> tuple:
     return names
 
 
-def _pair_files(img_dir: str, lab_dir: str, split: str) -> list:
-    """The stems of ``img_dir``'s images, each with a label map ``lab_dir/<stem>.png``."""
+def _read_split(folder: str, split: str, num_classes: int):
+    """(images, label maps, stems) of ``folder/split``: every image ``images/<stem>.*`` with
+    its label map ``labels/<stem>.png`` and nothing else."""
+    img_dir, lab_dir = (os.path.join(folder, split, sub) for sub in ("images", "labels"))
     for d in (img_dir, lab_dir):
         if not os.path.isdir(d):
             raise ValueError(f"{d}: missing (expected {split}/images/ and {split}/labels/)")
-    images = sorted(f for f in os.listdir(img_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not images:
-        raise ValueError(f"{img_dir}: no .png/.jpg/.jpeg images")
     stems = {}
-    for f in images:
+    for f in sorted(f for f in os.listdir(img_dir) if f.lower().endswith(IMAGE_EXTENSIONS)):
         if os.path.splitext(f)[0] in stems:
             raise ValueError(f"{os.path.join(img_dir, f)}: a second image of that stem")
         stems[os.path.splitext(f)[0]] = f
+    if not stems:
+        raise ValueError(f"{img_dir}: no .png/.jpg/.jpeg images")
     for f in sorted(f for f in os.listdir(lab_dir) if not f.startswith(".")):
         stem, ext = os.path.splitext(f)
         if ext.lower() != ".png" or stem not in stems:
@@ -442,11 +435,6 @@ def _pair_files(img_dir: str, lab_dir: str, split: str) -> list:
             raise ValueError(
                 f"{os.path.join(img_dir, f)}: its label map {split}/labels/{stem}.png is missing"
             )
-    return list(stems.items())
-
-
-def _read_split(folder: str, split: str, num_classes: int):
-    img_dir, lab_dir = (os.path.join(folder, split, sub) for sub in ("images", "labels"))
 
     def read(item):
         stem, f = item
@@ -460,7 +448,7 @@ def _read_split(folder: str, split: str, num_classes: int):
         check_labels(m, num_classes, lpath)
         return x, m
 
-    files = _pair_files(img_dir, lab_dir, split)
+    files = list(stems.items())
     with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
         pairs = list(pool.map(read, files))
     for (_, f), (x, _) in zip(files, pairs):

@@ -30,7 +30,7 @@ class TFData(SplitViews):
             split, global_batch_size, eval_batch_size, pcount, f"the process count {pcount}"
         )
         self._seed = int(seed)
-        self._eval_global_b, self._eval_local_b = int(eval_batch_size), eval_batch_size // pcount
+        self._eval_local_b = self._eval_b // pcount
         self._tf_images = None
 
     def epoch_plan(self, epoch: int) -> imbalance.EpochPlan:
@@ -85,16 +85,12 @@ class TFData(SplitViews):
         opts.deterministic = True
         return ds.with_options(opts).as_numpy_iterator()
 
-    def num_eval_batches(self) -> int:
-        """Batches yielded by :meth:`eval_batches`; the same on every process."""
-        return -(-self.info.num_test // self._eval_global_b)
-
     def eval_batches(self) -> Iterator[dict]:
         """This process's share of the test split, once; padding has ``mask == False``."""
         test_x, test_y = self.test_split()
         lb = self._eval_local_b
         for i in range(self.num_eval_batches()):
-            start = min(i * self._eval_global_b + self._pidx * lb, len(test_y))
+            start = min(i * self._eval_b + self._pidx * lb, len(test_y))
             stop = min(start + lb, len(test_y))
             image = np.zeros((lb, *test_x.shape[1:]), np.float32)
             label, mask = np.zeros((lb,), np.int32), np.zeros((lb,), bool)
