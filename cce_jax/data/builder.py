@@ -75,10 +75,6 @@ class Split:
     b: np.ndarray
     augment: bool
 
-    def normalize(self, images) -> np.ndarray:
-        """uint8 [..., C] -> float32 normalised images (numpy)."""
-        return np.asarray(images).astype(np.float32) * self.a + self.b
-
 
 class SplitViews:
     """What both pipelines share: the :class:`Split`, batch sizes, steps and host-side views.
@@ -116,7 +112,7 @@ class SplitViews:
 
     def normalize(self, images) -> np.ndarray:
         """uint8 images -> the float32 values the batches hold (numpy)."""
-        return self._split.normalize(images)
+        return np.asarray(images).astype(np.float32) * self._split.a + self._split.b
 
 
 def _train_subset(config, raw: sources.Dataset):
@@ -139,11 +135,8 @@ def _train_subset(config, raw: sources.Dataset):
                     f"{key}: a segmentation set is used whole (its imbalance is in the pixels); "
                     f"data.{key} selects images of a classification set and must be None"
                 )
-        return (
-            np.arange(len(raw.train_images), dtype=np.int64),
-            available.astype(np.int64),
-            available,
-        )
+        every = np.arange(len(raw.train_images), dtype=np.int64)
+        return every, available.astype(np.int64), available
     if config.counts is not None:
         counts = imbalance.class_counts(tuple(config.counts), k)
     elif config.profile == "none" and config.n_max is None:  # every image the source has

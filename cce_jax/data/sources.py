@@ -108,16 +108,10 @@ def _checked(ds: Dataset, where: str, key: str = "labels") -> Dataset:
     return ds
 
 
-# -- tfds, digits, Fashion-MNIST ------------------------------------------------------------
-
-
 def load_tfds(name: str, data_dir=None, *, download="auto") -> Dataset:
-    """A tfds data set with ``image``/``label`` features and train/test splits.
-
-    ``download``: ``"never"`` (or False): a data set not prepared in ``data_dir`` is an error
-    at once; ``"auto"``/``"always"`` (or True): ``download_and_prepare`` (tfds reports a
-    failed download).
-    """
+    """A tfds data set with ``image``/``label`` features and train/test splits. ``download``
+    ``"never"`` (or False): one not prepared in ``data_dir`` is an error at once; ``"auto"``,
+    ``"always"`` (or True): ``download_and_prepare`` (tfds reports a failed download)."""
     _extras.require("tfds", "source 'tfds'", "tensorflow", "tensorflow_datasets")
     import tensorflow_datasets as tfds
 
@@ -179,11 +173,9 @@ def load_digits() -> Dataset:
 
 
 def read_idx(path: str) -> np.ndarray:
-    """An IDX file of unsigned bytes (the MNIST format; ``.gz`` is decompressed) as uint8.
-
-    Anything but a header of two zero bytes, type 0x08, the rank and the big-endian uint32
-    dimensions, followed by exactly that many bytes, raises ``ValueError`` naming the file.
-    """
+    """An IDX file of unsigned bytes (the MNIST format; ``.gz`` is decompressed) as uint8;
+    a bad header (not 0, 0, type 0x08, rank, big-endian uint32 dimensions) or body length
+    raises ``ValueError`` naming the file."""
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -226,9 +218,6 @@ def load_fashion_mnist(folder: str) -> Dataset:
     tr, te = (tr_x[..., None], tr_y.astype(np.int64)), (te_x[..., None], te_y.astype(np.int64))
     ds = Dataset("fashion_mnist", *tr, ids, *te, tuple(names.split(",")))
     return _checked(ds, f"source: {folder}")
-
-
-# -- npz ------------------------------------------------------------------------------------
 
 
 def load_npz(path: str, key: str | None = None) -> Dataset:
@@ -276,9 +265,6 @@ def load_npz(path: str, key: str | None = None) -> Dataset:
     names = tuple(id_str(n) for n in cn.tolist())
     ds = Dataset(name, x["train"], y["train"], ids, x["test"], y["test"], names)
     return _checked(ds, where, key)
-
-
-# -- image folders: the CIFAR-10 JPEG archive, segmentation folders ---------------------------
 
 
 def _decode_archive(archive: str) -> dict:
@@ -340,13 +326,10 @@ def save_npz_atomically(path: str, **arrays) -> None:
 
 
 def load_cifar10_jpeg(archive: str, cache_dir: str = CACHE_DIR) -> Dataset:
-    """The CIFAR-10 JPEG archive (``train|test/<class>/NNNN.jpg``), decoded once from the tar.
-
-    The arrays go to ``cache_dir/cifar10_jpeg-<sha256 prefix>/arrays_pillow.npz`` (written
-    atomically); later calls load that file. Classes are the train/ folders, sorted; the
-    training ids are the member paths. Pillow decodes like ``tf.io.decode_jpeg(dct_method=
-    "INTEGER_ACCURATE")``.
-    """
+    """The CIFAR-10 JPEG archive (``train|test/<class>/NNNN.jpg``), decoded once from the tar
+    (Pillow decodes like ``tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")``) into
+    ``cache_dir/cifar10_jpeg-<sha256 prefix>/arrays_pillow.npz`` (written atomically), which
+    later calls load. Classes: the sorted train/ folders; training ids: the member paths."""
     archive = os.path.expanduser(archive)
     if not os.path.isfile(archive):
         raise FileNotFoundError(
@@ -394,19 +377,6 @@ def _read_image(path: str, label: bool) -> np.ndarray:
             return np.asarray(im.convert("RGB"), np.uint8)
     except (OSError, SyntaxError) as e:  # PIL: UnidentifiedImageError is an OSError
         raise ValueError(f"{path}: cannot be read as {what} ({e})") from e
-
-
-def _read_classes(folder: str) -> tuple:
-    path = os.path.join(folder, "classes.txt")
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: missing (one class name per line, class 0 first)")
-    with open(path, encoding="utf-8") as f:
-        names = tuple(line.strip() for line in f.read().rstrip().splitlines())
-    if not names or any(not n for n in names) or len(set(names)) != len(names):
-        raise ValueError(f"{path}: one unique, non-empty class name per line, class 0 first")
-    if len(names) >= IGNORE_INDEX:
-        raise ValueError(f"{path}: at most 254 classes (255 is the ignore index)")
-    return names
 
 
 def _read_split(folder: str, split: str, num_classes: int):
@@ -468,14 +438,20 @@ def load_seg_folder(folder: str) -> Dataset:
     folder = os.path.expanduser(str(folder))
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: no such folder")
-    names = _read_classes(folder)
+    path = os.path.join(folder, "classes.txt")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing (one class name per line, class 0 first)")
+    with open(path, encoding="utf-8") as f:
+        names = tuple(line.strip() for line in f.read().rstrip().splitlines())
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"{path}: one unique, non-empty class name per line, class 0 first")
+    if len(names) >= IGNORE_INDEX:
+        raise ValueError(f"{path}: at most 254 classes (255 is the ignore index)")
     tr_x, tr_m, tr_ids = _read_split(folder, "train", len(names))
     te_x, te_m, _ = _read_split(folder, "test", len(names))
     name = os.path.basename(os.path.normpath(folder))
     return _checked(Dataset(name, tr_x, tr_m, tr_ids, te_x, te_m, names), folder)
 
-
-# -- the registry ---------------------------------------------------------------------------
 
 # name -> (argument: "path" | "name" | None, loader(argument, data config) -> Dataset)
 SOURCES = {
