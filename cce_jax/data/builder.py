@@ -82,10 +82,8 @@ class SplitViews:
     ``parts`` (devices or processes, named by ``what``) must divide both batch sizes."""
 
     def __init__(self, split: Split, global_batch_size, eval_batch_size, parts: int, what: str):
-        for name, value in (
-            ("global_batch_size", global_batch_size),
-            ("eval_batch_size", eval_batch_size),
-        ):
+        sizes = {"global_batch_size": global_batch_size, "eval_batch_size": eval_batch_size}
+        for name, value in sizes.items():
             if int(value) < 1 or int(value) % parts:
                 raise ValueError(f"{name}={value} must be a positive multiple of {what}")
         self._split, self.info, self.augment = split, split.info, split.augment
@@ -145,26 +143,21 @@ def _train_subset(config, raw: sources.Dataset):
         n_max = config.n_max if config.n_max is not None else int(available.min())
         counts = imbalance.class_counts(str(config.profile), k, n_max, config.ratio)
     kept = imbalance.select_indices(y, raw.train_ids, counts, seed=config.subset_seed)
-    _say_cut(config, raw, counts, available)
+    if not np.array_equal(counts, available):  # the cut, in one line on stderr
+        how = (
+            f"counts={tuple(config.counts)}"
+            if config.counts is not None
+            else f"profile={config.profile}, ratio={config.ratio}, n_max={config.n_max}"
+        )
+        per_class = ", ".join(f"{c}/{a}" for c, a in zip(counts.tolist(), available.tolist()))
+        print(
+            f"cce_jax.data: {raw.name}: kept {int(counts.sum())} of {int(available.sum())} "
+            f"training images, per class {per_class} ({how}; data.profile=none with "
+            "n_max=None keeps every image)",
+            file=sys.stderr,
+            flush=True,
+        )
     return kept, counts, available
-
-
-def _say_cut(config, raw, counts, available) -> None:
-    """One line on stderr when the profile, n_max or counts kept fewer images than given."""
-    if np.array_equal(counts, available):
-        return
-    how = (
-        f"counts={tuple(config.counts)}"
-        if config.counts is not None
-        else f"profile={config.profile}, ratio={config.ratio}, n_max={config.n_max}"
-    )
-    kept = ", ".join(f"{c}/{a}" for c, a in zip(counts.tolist(), available.tolist()))
-    print(
-        f"cce_jax.data: {raw.name}: kept {int(counts.sum())} of {int(available.sum())} training "
-        f"images, per class {kept} ({how}; data.profile=none with n_max=None keeps every image)",
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 def _test_indices(config, labels):

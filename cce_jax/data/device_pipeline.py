@@ -159,11 +159,8 @@ class DeviceData(SplitViews):
         return self._plan_fn(jnp.uint32(self._seed32), jnp.uint32(int(epoch)), self._n_valid)
 
     def epoch_plan(self, epoch: int) -> imbalance.EpochPlan:
-        """Epoch `epoch` as host arrays [steps, B] in global batch order.
-
-        ``positions`` index :meth:`train_split`; (oy, ox, flip) are the crop offsets into the
-        image zero-padded by 4 and the mirror flags (unused when ``augment`` is False).
-        """
+        """Epoch `epoch` as host arrays [steps, B] in global batch order (positions index
+        :meth:`train_split`; the offsets and flips are unused when ``augment`` is False)."""
         pos, oy, ox, flip = (gather_to_host(v).astype(np.int64) for v in self._device_plan(epoch))
         dev = np.arange(self._global_b) // self._local_b  # device of each batch column
         return imbalance.EpochPlan(self._slots[dev[None, :], pos], oy, ox, flip)

@@ -1,10 +1,5 @@
-"""Imbalance profiles, the seeded subset choice and the tf pipeline's epoch plan (numpy only).
-
-:func:`class_counts`: the exp / step / none profiles of the long-tail literature (Cui et al.
-2019, Cao et al. 2019; LDAM-DRW's ``get_img_num_per_cls``); :func:`select_indices`: a seeded
-hash of stable example ids picks the survivors; :func:`epoch_plan`: one tf.data epoch, a pure
-function of (seed, epoch, sizes).
-"""
+"""Imbalance profiles (:func:`class_counts`), the seeded subset choice (:func:`select_indices`)
+and the tf pipeline's epoch plan (:func:`epoch_plan`), numpy only."""
 
 from __future__ import annotations
 
@@ -24,7 +19,8 @@ def _floor(x: float) -> int:
 
 
 def class_counts(profile, num_classes=None, n_max=None, ratio=1.0) -> np.ndarray:
-    """Per-class training counts (int64 [K]) of an imbalanced split.
+    """Per-class training counts (int64 [K]) of an imbalanced split: the profiles of the
+    long-tail literature (Cui et al. 2019, Cao et al. 2019; LDAM-DRW's ``get_img_num_per_cls``).
 
     ``exp``: n_i = floor(n_max * ratio ** (-i / (K - 1))); ``step``: the first K // 2 classes
     keep n_max, the others floor(n_max / ratio); ``none``: all n_max. ``profile`` may also be

@@ -221,14 +221,9 @@ def load_fashion_mnist(folder: str) -> Dataset:
 
 
 def load_npz(path: str, key: str | None = None) -> Dataset:
-    """A data set in one ``.npz`` (``np.savez``; no pickled objects).
-
-    Arrays: ``train_images``/``test_images`` uint8 ``[N, H, W, C]`` (or ``[N, H, W]``, read as
-    C = 1); ``train_labels``/``test_labels``: integer ``[N]`` class ids, or uint8 label maps
-    ``[N, H, W]`` (also accepted as ``train_masks``/``test_masks``; ``key="masks"`` reads
-    those first); optional ``class_names`` (K strings; default "0".."K-1", K = 1 + the largest
-    training label) and ``train_ids`` (N unique ids; default ``train:<position>``).
-    """
+    """A data set in one ``.npz`` of ``np.savez`` arrays, format in docs/data.md: images,
+    labels (or label maps, also as ``*_masks``, read first with ``key="masks"``), optional
+    ``class_names`` (default "0".."K-1") and ``train_ids`` (default ``train:<position>``)."""
     path = os.path.expanduser(str(path))
     where = f"source: {path}"
     if not os.path.isfile(path):

@@ -35,11 +35,9 @@ class TFData(SplitViews):
 
     def epoch_plan(self, epoch: int) -> imbalance.EpochPlan:
         """The global plan of epoch `epoch` (:func:`cce_jax.data.epoch_plan`), [steps, B]."""
+        n, g = self.info.num_train, self._global_b
         return imbalance.epoch_plan(
-            seed=self._seed,
-            epoch=int(epoch),
-            num_train=self.info.num_train,
-            global_batch_size=self._global_b,
+            seed=self._seed, epoch=int(epoch), num_train=n, global_batch_size=g
         )
 
     def train_epoch(self, epoch: int) -> Iterator[dict]:
