@@ -1,12 +1,7 @@
-"""Imbalanced training splits and input pipelines for JAX (see docs/data.md).
-
-* :mod:`~cce_jax.data.sources`: the registry ``SOURCES`` (name -> loader), each loader
-  returning one :class:`Dataset` (labels ``[N]`` or label maps ``[N, H, W]``); ``load_source``;
-* :mod:`~cce_jax.data.imbalance`: ``class_counts``, ``select_indices``, ``epoch_plan``;
-* :mod:`~cce_jax.data.builder`: ``default_config``, ``make_split``, ``build``;
-* :mod:`~cce_jax.data.device_pipeline` (``pipeline="device"``) and
-  :mod:`~cce_jax.data.tf_pipeline` (``pipeline="tf"``): the batches.
-
+"""Imbalanced training splits and input pipelines for JAX (see docs/data.md): the sources
+(:mod:`~cce_jax.data.sources`), the imbalance profiles (:mod:`~cce_jax.data.imbalance`), the
+split (:mod:`~cce_jax.data.builder`) and the device and tf.data pipelines. ``default_mesh`` and
+``stack_batches`` are :func:`cce_jax.parallel.make_mesh` and ``stack_batches``.
 ``import cce_jax.data`` imports neither tensorflow nor tensorflow_datasets.
 """
 
@@ -20,7 +15,6 @@ from cce_jax.data.builder import (
     make_split,
     tf_available,
 )
-from cce_jax.data.device_pipeline import default_mesh, stack_batches
 from cce_jax.data.imbalance import PAD, class_counts, epoch_plan, select_indices
 from cce_jax.data.sources import (
     CIFAR10_MEAN,
@@ -36,3 +30,5 @@ from cce_jax.data.sources import (
     load_tfds,
     parse_source,
 )
+from cce_jax.parallel import make_mesh as default_mesh
+from cce_jax.parallel import stack_batches

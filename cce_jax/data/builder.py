@@ -75,15 +75,30 @@ class Split:
     b: np.ndarray
     augment: bool
 
-    def normalize(self, images) -> np.ndarray:
-        """uint8 [..., C] -> float32 normalised images (numpy)."""
-        return np.asarray(images).astype(np.float32) * self.a + self.b
-
 
 class SplitViews:
-    """The host-side views both pipelines give of their :class:`Split` (``self._split``)."""
+    """What both pipelines share: the :class:`Split`, batch sizes, steps and host-side views.
 
-    _split: Split
+    ``parts`` (devices or processes, named by ``what``) must divide both batch sizes."""
+
+    def __init__(self, split: Split, global_batch_size, eval_batch_size, parts: int, what: str):
+        sizes = {"global_batch_size": global_batch_size, "eval_batch_size": eval_batch_size}
+        for name, value in sizes.items():
+            if int(value) < 1 or int(value) % parts:
+                raise ValueError(f"{name}={value} must be a positive multiple of {what}")
+        self._split, self.info, self.augment = split, split.info, split.augment
+        self._global_b, self._local_b = int(global_batch_size), int(global_batch_size) // parts
+        self._eval_b = int(eval_batch_size)
+        self.steps_per_epoch = split.info.num_train // self._global_b
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"global_batch_size={global_batch_size} exceeds the {split.info.num_train} "
+                "training examples (batches drop the remainder)"
+            )
+
+    def num_eval_batches(self) -> int:
+        """Batches yielded by ``eval_batches()``; the same on every process."""
+        return -(-self.info.num_test // self._eval_b)
 
     def train_split(self) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 images, int32 labels) of the kept train subset (host)."""
@@ -95,11 +110,12 @@ class SplitViews:
 
     def normalize(self, images) -> np.ndarray:
         """uint8 images -> the float32 values the batches hold (numpy)."""
-        return self._split.normalize(images)
+        return np.asarray(images).astype(np.float32) * self._split.a + self._split.b
 
 
-def _train_counts(config, raw: sources.Dataset):
-    """(kept, available) per class: images (classification) or pixels (segmentation)."""
+def _train_subset(config, raw: sources.Dataset):
+    """(kept positions, kept counts, available counts): per class images (classification)
+    or pixels (segmentation, whose images are all kept)."""
     k, y = len(raw.class_names), np.asarray(raw.train_labels)
     what = "pixel" if raw.task == "segmentation" else "image"
     available = np.bincount(y[y != sources.IGNORE_INDEX] if y.ndim > 1 else y, minlength=k)
@@ -117,40 +133,31 @@ def _train_counts(config, raw: sources.Dataset):
                     f"{key}: a segmentation set is used whole (its imbalance is in the pixels); "
                     f"data.{key} selects images of a classification set and must be None"
                 )
-        return available.astype(np.int64), available
+        every = np.arange(len(raw.train_images), dtype=np.int64)
+        return every, available.astype(np.int64), available
     if config.counts is not None:
-        return imbalance.class_counts(tuple(config.counts), k), available
-    if config.profile == "none" and config.n_max is None:  # every image, as the source has it
-        return available.astype(np.int64), available
-    n_max = config.n_max if config.n_max is not None else int(available.min())
-    return imbalance.class_counts(str(config.profile), k, n_max, config.ratio), available
-
-
-def _say_cut(config, raw, counts, available) -> None:
-    """One line on stderr when the profile, n_max or counts kept fewer images than given."""
-    if np.array_equal(counts, available):
-        return
-    how = (
-        f"counts={tuple(config.counts)}"
-        if config.counts is not None
-        else f"profile={config.profile}, ratio={config.ratio}, n_max={config.n_max}"
-    )
-    kept = ", ".join(f"{c}/{a}" for c, a in zip(counts.tolist(), available.tolist()))
-    print(
-        f"cce_jax.data: {raw.name}: kept {int(counts.sum())} of {int(available.sum())} training "
-        f"images, per class {kept} ({how}; data.profile=none with n_max=None keeps every image)",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
-def _channel_stats(images, scale):
-    """Per-channel (mean, std) of uint8 images as pixels in [0, 1] (float64)."""
-    x = images.astype(np.float64) / scale
-    std = x.std(axis=(0, 1, 2))
-    # A (nearly) constant channel, e.g. alpha: no scaling, so the crops' zero padding stays
-    # within [-1, 1] instead of reaching -mean / 1e-3.
-    return x.mean(axis=(0, 1, 2)), np.where(std < MIN_STD, 1.0, std)
+        counts = imbalance.class_counts(tuple(config.counts), k)
+    elif config.profile == "none" and config.n_max is None:  # every image the source has
+        counts = available.astype(np.int64)
+    else:
+        n_max = config.n_max if config.n_max is not None else int(available.min())
+        counts = imbalance.class_counts(str(config.profile), k, n_max, config.ratio)
+    kept = imbalance.select_indices(y, raw.train_ids, counts, seed=config.subset_seed)
+    if not np.array_equal(counts, available):  # the cut, in one line on stderr
+        how = (
+            f"counts={tuple(config.counts)}"
+            if config.counts is not None
+            else f"profile={config.profile}, ratio={config.ratio}, n_max={config.n_max}"
+        )
+        per_class = ", ".join(f"{c}/{a}" for c, a in zip(counts.tolist(), available.tolist()))
+        print(
+            f"cce_jax.data: {raw.name}: kept {int(counts.sum())} of {int(available.sum())} "
+            f"training images, per class {per_class} ({how}; data.profile=none with "
+            "n_max=None keeps every image)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return kept, counts, available
 
 
 def _test_indices(config, labels):
@@ -179,22 +186,17 @@ def make_split(config, raw: sources.Dataset) -> Split:
         )
     for split in ("train", "test"):
         sources.check_labels(getattr(raw, f"{split}_labels"), k, f"{raw.name}: {split}_labels")
-    counts, available = _train_counts(config, raw)
-    dense = raw.task == "segmentation"
-    if dense:
-        train_idx = np.arange(len(raw.train_images), dtype=np.int64)
-    else:
-        train_idx = imbalance.select_indices(
-            raw.train_labels, raw.train_ids, counts, seed=config.subset_seed
-        )
-        _say_cut(config, raw, counts, available)
+    train_idx, counts, available = _train_subset(config, raw)
     test_idx = _test_indices(config, raw.test_labels)
     train_x = np.ascontiguousarray(raw.train_images[train_idx])
-    if raw.mean is not None:
-        mean, std = raw.mean, raw.std
-    else:
-        mean, std = _channel_stats(train_x, raw.scale)
-    if not dense:  # classification rounds the statistics to float32 first (as ever)
+    mean, std = raw.mean, raw.std
+    if mean is None:  # the kept images' statistics; a (nearly) constant channel is only centred
+        x = train_x.astype(np.float64) / raw.scale
+        mean, std = x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
+        std = np.where(std < MIN_STD, 1.0, std)
+    if (
+        raw.task == "classification"
+    ):  # classification rounds the statistics to float32 first (as ever)
         mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     info = DataInfo(
         name=raw.name,
@@ -247,20 +249,12 @@ def choose_pipeline(pipeline: str = "auto", *, tf_ok: bool | None = None) -> str
 def build(config, *, seed, global_batch_size, eval_batch_size, mesh=None, raw=None):
     """Loads the data set of `config` and builds its train and test pipelines.
 
-    Args:
-      config: the fields of :func:`default_config`.
-      seed: drives the per-epoch shuffle and augmentation (``config.subset_seed`` drives
-        which training examples survive).
-      global_batch_size, eval_batch_size: batch sizes over all processes / devices.
-      mesh: device pipeline only: a mesh with a ``"data"`` axis (default: all devices).
-      raw: a :class:`~cce_jax.data.sources.Dataset` already loaded (:func:`load_source`),
-        e.g. shared by the pipelines of several seeds.
-
-    Returns:
-      :class:`~cce_jax.data.tf_pipeline.TFData` (``pipeline="tf"``) or
-      :class:`~cce_jax.data.device_pipeline.DeviceData`, both with ``info``,
-      ``steps_per_epoch``, ``train_epoch(epoch)``, ``eval_batches()``,
-      ``num_eval_batches()`` and ``pipeline``.
+    ``seed`` drives the per-epoch shuffle and augmentation (``config.subset_seed`` which
+    training examples survive); the batch sizes are over all processes / devices; ``mesh``
+    (device pipeline): a mesh with a ``"data"`` axis (default: all devices); ``raw``: a
+    :class:`~cce_jax.data.sources.Dataset` already loaded, e.g. shared by several seeds.
+    Returns a :class:`~cce_jax.data.tf_pipeline.TFData` (``pipeline="tf"``) or
+    :class:`~cce_jax.data.device_pipeline.DeviceData`.
     """
     pipeline = choose_pipeline(str(config.get("pipeline", "auto")))
     split = make_split(config, sources.load_source(config) if raw is None else raw)

@@ -14,32 +14,25 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from cce_jax.data import imbalance
 from cce_jax.data.builder import Split, SplitViews
 from cce_jax.data.sources import IGNORE_INDEX
-
-
-def default_mesh():
-    """A 1-D ``("data",)`` mesh over all (global) devices (:func:`cce_jax.parallel.make_mesh`)."""
-    from cce_jax.parallel import make_mesh
-
-    return make_mesh()
+from cce_jax.parallel import batch_sharding, gather_to_host, make_mesh
 
 
 def _place(host: np.ndarray, sharding):
     """Global array from a host array; each process materialises only its addressable shards."""
-    import jax
-
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def _crop_flip(x, oy, ox, flip, pad, fill=0):
     """Pad [b, H, W, C] by `pad` with `fill`, crop H x W at (oy, ox), mirror where flip (jax)."""
-    import jax
-    import jax.numpy as jnp
-
     _, h, w, c = x.shape
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=fill)
 
@@ -50,14 +43,20 @@ def _crop_flip(x, oy, ox, flip, pad, fill=0):
     return jax.vmap(one)(xp, oy, ox, flip)
 
 
-def _plan_fn(mesh, steps: int, lb: int, n_pad: int):
-    """Jitted (seed, epoch, n_valid) -> (positions, oy, ox, flip), each [steps, B] P(None, data)."""
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
+def _sharded(fn, mesh, in_specs, out_specs):
+    """``fn`` run on each device's shards by ``jax.shard_map``, jitted."""
+    out_shardings = tuple(NamedSharding(mesh, spec) for spec in out_specs)
+    fn = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+    return jax.jit(fn, out_shardings=out_shardings)
 
-    pad = imbalance.PAD
+
+@functools.lru_cache(maxsize=64)
+def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool):
+    """(plan, batch, eval) jitted functions, shared by every pipeline of one shape (several
+    seeds compile once). plan: (seed, epoch, n_valid) -> (positions, oy, ox, flip), each
+    [steps, B]. ``dense``: label maps, cropped and flipped with their images (padding: the
+    ignore index)."""
+    pad, spec_d, spec_p = imbalance.PAD, P("data"), P(None, "data")
 
     def plan_local(seed, epoch, n_valid):
         dev = jax.lax.axis_index("data")
@@ -72,24 +71,6 @@ def _plan_fn(mesh, steps: int, lb: int, n_pad: int):
         flip = jax.random.randint(k_f, (steps, lb), 0, 2, jnp.int32)
         return pos, oy, ox, flip
 
-    specs = dict(in_specs=(P(), P(), P("data")), out_specs=(P(None, "data"),) * 4)
-    fn = jax.shard_map(plan_local, mesh=mesh, **specs)
-    return jax.jit(fn, out_shardings=(NamedSharding(mesh, P(None, "data")),) * 4)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool):
-    """(plan, batch, eval) jitted shard_map functions, shared by every pipeline of one shape
-    (several seeds compile once). ``dense``: label maps, cropped and flipped with their
-    images (padding: the ignore index)."""
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    pad, spec_d, spec_p = imbalance.PAD, P("data"), P(None, "data")
-    data_sh = NamedSharding(mesh, spec_d)
-
     def batch_local(x, y, pos, oy, ox, flip, step, a, b):
         p = pos[step]
         img, lab = x[p], y[p]
@@ -103,15 +84,11 @@ def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool)
     def eval_local(x, y, mask, i, a, b):
         return x[i].astype(jnp.float32) * a + b, y[i].astype(jnp.int32), mask[i]
 
-    batch_specs = dict(in_specs=(spec_d,) * 2 + (spec_p,) * 4 + (P(),) * 3, out_specs=(spec_d,) * 2)
-    eval_specs = dict(in_specs=(spec_p,) * 3 + (P(),) * 3, out_specs=(spec_d,) * 3)
-    batch_fn = jax.jit(
-        jax.shard_map(batch_local, mesh=mesh, **batch_specs), out_shardings=(data_sh,) * 2
+    return (
+        _sharded(plan_local, mesh, (P(), P(), spec_d), (spec_p,) * 4),
+        _sharded(batch_local, mesh, (spec_d,) * 2 + (spec_p,) * 4 + (P(),) * 3, (spec_d,) * 2),
+        _sharded(eval_local, mesh, (spec_p,) * 3 + (P(),) * 3, (spec_d,) * 3),
     )
-    eval_fn = jax.jit(
-        jax.shard_map(eval_local, mesh=mesh, **eval_specs), out_shardings=(data_sh,) * 3
-    )
-    return _plan_fn(mesh, steps, lb, n_pad), batch_fn, eval_fn
 
 
 class DeviceData(SplitViews):
@@ -128,41 +105,20 @@ class DeviceData(SplitViews):
     def __init__(
         self, split: Split, *, seed: int, global_batch_size: int, eval_batch_size: int, mesh=None
     ):
-        import jax.numpy as jnp
-        from jax.sharding import NamedSharding
-        from jax.sharding import PartitionSpec as P
-
-        mesh = default_mesh() if mesh is None else mesh
+        mesh = make_mesh() if mesh is None else mesh
         if "data" not in mesh.axis_names:
             raise ValueError(f"mesh: needs a 'data' axis, got axes {mesh.axis_names}")
         d = int(mesh.shape["data"])
-        for name, value in (
-            ("global_batch_size", global_batch_size),
-            ("eval_batch_size", eval_batch_size),
-        ):
-            if int(value) < 1 or int(value) % d:
-                raise ValueError(
-                    f"{name}={value} must be a positive multiple of the {d} devices of the "
-                    "'data' mesh axis (pipeline='device')"
-                )
-        self._split, self.info, self.augment = split, split.info, split.augment
         self.mesh, self.num_devices = mesh, d
-        n = split.info.num_train
-        self._global_b, self._local_b = int(global_batch_size), int(global_batch_size) // d
-        self.steps_per_epoch = n // self._global_b
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"global_batch_size={global_batch_size} exceeds the {n} training examples "
-                "(batches drop the remainder)"
-            )
+        devices = f"the {d} devices of the 'data' mesh axis (pipeline='device')"
+        super().__init__(split, global_batch_size, eval_batch_size, d, devices)
         self._seed32 = int(seed) & 0xFFFFFFFF
-        self._data_sharding = NamedSharding(mesh, P("data"))
-        self._plan_sharding = NamedSharding(mesh, P(None, "data"))
+        self._data_sharding, self._plan_sharding = batch_sharding(mesh), batch_sharding(mesh, 1)
         # Label maps stay uint8 on the devices (a quarter of int32's memory); batches are int32.
         dense = bool(split.train_labels.shape[1:])
         self._label = (np.uint8, IGNORE_INDEX) if dense else (np.int32, 0)
-        n_pad = self._place_train(n, d)
-        self._place_test(int(eval_batch_size))
+        n_pad = self._place_train(split.info.num_train, d)
+        self._place_test()
         self._a, self._b = jnp.asarray(split.a), jnp.asarray(split.b)
         self._plan_fn, self._batch_fn, self._eval_fn = _compiled(
             mesh, self.steps_per_epoch, self._local_b, n_pad, self.augment, dense
@@ -187,11 +143,10 @@ class DeviceData(SplitViews):
         self._n_valid = _place(np.asarray([len(c) for c in chunks], np.int32), self._data_sharding)
         return n_pad
 
-    def _place_test(self, eval_b: int) -> None:
+    def _place_test(self) -> None:
         """The test split as [num_batches, EB, ...] sharded on the batch axis; batch i = row i."""
         split, (label_dtype, fill) = self._split, self._label
-        m = split.info.num_test
-        nb = -(-m // eval_b)
+        m, nb, eval_b = split.info.num_test, self.num_eval_batches(), self._eval_b
         tx = np.zeros((nb * eval_b, *split.info.image_shape), np.uint8)
         ty = np.full((nb * eval_b, *split.test_labels.shape[1:]), fill, label_dtype)
         tm = np.zeros((nb * eval_b,), bool)
@@ -199,31 +154,19 @@ class DeviceData(SplitViews):
         self._test = tuple(
             _place(v.reshape((nb, eval_b) + v.shape[1:]), self._plan_sharding) for v in (tx, ty, tm)
         )
-        self._num_eval_batches = nb
-
-    # -- public views (tests, references): train_split, test_split, normalize (SplitViews)
 
     def _device_plan(self, epoch: int):
-        import jax.numpy as jnp
-
         return self._plan_fn(jnp.uint32(self._seed32), jnp.uint32(int(epoch)), self._n_valid)
 
     def epoch_plan(self, epoch: int) -> imbalance.EpochPlan:
-        """Epoch `epoch` as host arrays [steps, B] in global batch order.
-
-        ``positions`` index :meth:`train_split`; (oy, ox, flip) are the crop offsets into the
-        image zero-padded by 4 and the mirror flags (unused when ``augment`` is False).
-        """
-        from cce_jax.parallel import gather_to_host
-
+        """Epoch `epoch` as host arrays [steps, B] in global batch order (positions index
+        :meth:`train_split`; the offsets and flips are unused when ``augment`` is False)."""
         pos, oy, ox, flip = (gather_to_host(v).astype(np.int64) for v in self._device_plan(epoch))
         dev = np.arange(self._global_b) // self._local_b  # device of each batch column
         return imbalance.EpochPlan(self._slots[dev[None, :], pos], oy, ox, flip)
 
     def train_epoch(self, epoch: int) -> Iterator[dict]:
         """Global batches of epoch `epoch`: a pure function of (seed, epoch, device count)."""
-        import jax.numpy as jnp
-
         if int(epoch) < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         plan = self._device_plan(epoch)
@@ -233,23 +176,8 @@ class DeviceData(SplitViews):
             )
             yield {"image": x, "label": y}
 
-    def num_eval_batches(self) -> int:
-        """Batches yielded by :meth:`eval_batches`."""
-        return self._num_eval_batches
-
     def eval_batches(self) -> Iterator[dict]:
         """The test split once, in order; the last batch's padding has ``mask == False``."""
-        import jax.numpy as jnp
-
-        for i in range(self._num_eval_batches):
+        for i in range(self.num_eval_batches()):
             image, label, mask = self._eval_fn(*self._test, jnp.int32(i), self._a, self._b)
             yield {"image": image, "label": label, "mask": mask}
-
-
-def stack_batches(batches):
-    """Stacks S per-seed batches into one dict of [S, B, ...] arrays: device arrays on device,
-    sharded ``P(None, "data")``; numpy arrays on the host (:func:`cce_jax.parallel.stack_batches`).
-    """
-    from cce_jax.parallel import stack_batches as stack
-
-    return stack(batches)

@@ -1,13 +1,5 @@
-"""Imbalance profiles, the seeded subset choice and the tf pipeline's epoch plan (numpy only).
-
-* :func:`class_counts`: per-class counts of the exp / step / none profiles of the long-tail
-  literature (Cui et al. 2019, Cao et al. 2019; the same as LDAM-DRW's
-  ``get_img_num_per_cls``), or explicit counts.
-* :func:`select_indices`: which training examples survive, decided by a seeded hash of stable
-  example ids (independent of the order the data is read in).
-* :func:`epoch_plan`: the permutation and pad-crop-flip offsets of one epoch of the tf.data
-  pipeline, a pure function of (seed, epoch, sizes).
-"""
+"""Imbalance profiles (:func:`class_counts`), the seeded subset choice (:func:`select_indices`)
+and the tf pipeline's epoch plan (:func:`epoch_plan`), numpy only."""
 
 from __future__ import annotations
 
@@ -26,26 +18,9 @@ def _floor(x: float) -> int:
     return math.floor(x * (1.0 + 1e-12) + 1e-9)
 
 
-def _explicit_counts(profile, num_classes) -> np.ndarray:
-    try:
-        counts = [int(c) for c in profile]
-    except TypeError:
-        raise ValueError(
-            f"profile must be one of {PROFILES} or a sequence of counts, got {profile!r}"
-        ) from None
-    if not counts:
-        raise ValueError("profile: explicit counts must not be empty")
-    if num_classes is not None and len(counts) != int(num_classes):
-        raise ValueError(
-            f"profile: explicit counts have length {len(counts)} but num_classes={num_classes}"
-        )
-    if any(c < 1 for c in counts):
-        raise ValueError(f"profile: explicit counts must all be positive, got {counts}")
-    return np.asarray(counts, dtype=np.int64)
-
-
 def class_counts(profile, num_classes=None, n_max=None, ratio=1.0) -> np.ndarray:
-    """Per-class training counts (int64 [K]) of an imbalanced split.
+    """Per-class training counts (int64 [K]) of an imbalanced split: the profiles of the
+    long-tail literature (Cui et al. 2019, Cao et al. 2019; LDAM-DRW's ``get_img_num_per_cls``).
 
     ``exp``: n_i = floor(n_max * ratio ** (-i / (K - 1))); ``step``: the first K // 2 classes
     keep n_max, the others floor(n_max / ratio); ``none``: all n_max. ``profile`` may also be
@@ -59,7 +34,21 @@ def class_counts(profile, num_classes=None, n_max=None, ratio=1.0) -> np.ndarray
     ([100, 100, 10, 10], [3, 2, 1])
     """
     if not isinstance(profile, str):
-        return _explicit_counts(profile, num_classes)
+        try:
+            counts = [int(c) for c in profile]
+        except TypeError:
+            raise ValueError(
+                f"profile must be one of {PROFILES} or a sequence of counts, got {profile!r}"
+            ) from None
+        if not counts:
+            raise ValueError("profile: explicit counts must not be empty")
+        if num_classes is not None and len(counts) != int(num_classes):
+            raise ValueError(
+                f"profile: explicit counts have length {len(counts)} but num_classes={num_classes}"
+            )
+        if min(counts) < 1:
+            raise ValueError(f"profile: explicit counts must all be positive, got {counts}")
+        return np.asarray(counts, dtype=np.int64)
     if profile not in PROFILES:
         raise ValueError(f"profile: unknown profile {profile!r}; expected one of {PROFILES}")
     if num_classes is None or int(num_classes) < 1:
@@ -107,11 +96,8 @@ def select_indices(labels, ids, counts, *, seed) -> np.ndarray:
     """
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
     raw = np.asarray(counts).reshape(-1)
-    if not (
-        raw.size
-        and raw.dtype.kind in "iuf"
-        and np.all(np.isfinite(raw) & (raw == np.round(raw)) & (raw >= 0))
-    ):
+    whole = raw.dtype.kind in "iuf" and np.all(np.isfinite(raw) & (raw == np.round(raw)))
+    if not (raw.size and whole and np.all(raw >= 0)):
         raise ValueError(
             f"counts: must be non-negative integers, one per class, got {raw.tolist()}"
         )
@@ -138,17 +124,21 @@ def select_indices(labels, ids, counts, *, seed) -> np.ndarray:
     return np.sort(np.asarray(kept, dtype=np.int64))
 
 
+def class_rank(labels) -> np.ndarray:
+    """int64 [N]: the position of each example among those of its class, in order."""
+    rank, seen = np.zeros(len(labels), np.int64), {}
+    for p, y in enumerate(np.asarray(labels).tolist()):
+        rank[p] = seen[y] = seen.get(y, -1) + 1
+    return rank
+
+
 def stratified_first(labels, n: int) -> np.ndarray:
     """Sorted positions of the first n examples, taken round-robin over the classes.
 
     >>> stratified_first([0, 0, 0, 1, 1, 2], 4).tolist()
     [0, 1, 3, 5]
     """
-    labels = np.asarray(labels).astype(np.int64)
-    rank, seen = np.zeros(len(labels), np.int64), {}
-    for p, y in enumerate(labels.tolist()):
-        rank[p] = seen[y] = seen.get(y, -1) + 1
-    return np.sort(np.lexsort((np.arange(len(labels)), rank))[:n]).astype(np.int64)
+    return np.sort(np.argsort(class_rank(labels), kind="stable")[:n]).astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,12 +157,10 @@ class EpochPlan:
 
 
 def epoch_plan(*, seed: int, epoch: int, num_train: int, global_batch_size: int) -> EpochPlan:
-    """The tf.data pipeline's epoch: a pure function of (seed, epoch, sizes).
-
-    The permutation and the per-element augmentation parameters are drawn for the whole
-    global epoch from numpy generators seeded by (seed's low 32 bits, epoch); the remainder
-    that fills no global batch is dropped. Element i of the epoch always gets parameters i,
-    whatever the process count (process p of P takes columns ``[p*B/P, (p+1)*B/P)``).
+    """The tf.data pipeline's epoch, drawn whole from numpy generators seeded by (seed's low
+    32 bits, epoch); the remainder that fills no global batch is dropped. Element i gets
+    parameters i whatever the process count (process p of P takes columns ``[p*B/P,
+    (p+1)*B/P)``).
 
     >>> p = epoch_plan(seed=0, epoch=0, num_train=10, global_batch_size=4)
     >>> p.positions.shape, len(set(p.positions.ravel().tolist()))

@@ -1,9 +1,7 @@
 """Data sources: ONE registry, :data:`SOURCES` (name -> loader), each returning a :class:`Dataset`.
 
-A source string is ``NAME`` or ``NAME:ARGUMENT``; see :data:`SOURCES` and docs/data.md ("Add a
-source"). Labels are ``[N]`` class ids (classification) or ``[N, H, W]`` uint8 label maps
-(segmentation, :data:`IGNORE_INDEX` = pixels that count for nothing): the task is the labels'
-``ndim``. Only ``tfds`` imports tensorflow / tensorflow_datasets, lazily.
+A source string is ``NAME`` or ``NAME:ARGUMENT`` (docs/data.md, "Add a source"). Only ``tfds``
+imports tensorflow / tensorflow_datasets, lazily.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cce_jax import _extras
-from cce_jax.data.imbalance import id_str
+from cce_jax.data.imbalance import class_rank, id_str
 
 IGNORE_INDEX = 255  # label-map pixels that count for nothing (void, boundaries, padding)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -85,26 +83,20 @@ def _checked(ds: Dataset, where: str, key: str = "labels") -> Dataset:
     for split in ("train", "test"):
         x, y = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
         lab = f"{split}_{key}"
-        problems = [
-            (x.dtype != np.uint8, f"{split}_images must be uint8, got {x.dtype}"),
-            (
-                x.ndim != 4 or 0 in x.shape[1:],
-                f"{split}_images must have shape [N, H, W, C], got {x.shape}",
-            ),
-            (len(x) == 0, f"{split}_images is empty"),
-            (
-                y.ndim > 1 and (y.dtype != np.uint8 or y.shape != x.shape[:3]),
-                f"{lab} has shape {y.shape} {y.dtype}; label maps must be uint8 [N, H, W]",
-            ),
-            (
-                y.ndim < 2 and (y.ndim != 1 or y.dtype.kind not in "iu"),
-                f"{lab} must be a 1-D integer array, got {y.dtype} {y.shape}",
-            ),
-            (len(y) != len(x), f"{lab} has {len(y)} entries but {split}_images {len(x)}"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise ValueError(f"{where}: {message}")
+        if x.dtype != np.uint8:
+            raise ValueError(f"{where}: {split}_images must be uint8, got {x.dtype}")
+        if x.ndim != 4 or 0 in x.shape[1:]:
+            raise ValueError(f"{where}: {split}_images must have shape [N, H, W, C], got {x.shape}")
+        if len(x) == 0:
+            raise ValueError(f"{where}: {split}_images is empty")
+        if y.ndim > 1 and (y.dtype != np.uint8 or y.shape != x.shape[:3]):
+            raise ValueError(
+                f"{where}: {lab} has shape {y.shape} {y.dtype}; label maps must be uint8 [N, H, W]"
+            )
+        if y.ndim < 2 and (y.ndim != 1 or y.dtype.kind not in "iu"):
+            raise ValueError(f"{where}: {lab} must be a 1-D integer array, got {y.dtype} {y.shape}")
+        if len(y) != len(x):
+            raise ValueError(f"{where}: {lab} has {len(y)} entries but {split}_images {len(x)}")
         check_labels(y, len(ds.class_names), f"{where}: {lab}")
     if ds.train_images.shape[1:] != ds.test_images.shape[1:]:
         shapes = ds.train_images.shape[1:], ds.test_images.shape[1:]
@@ -116,23 +108,10 @@ def _checked(ds: Dataset, where: str, key: str = "labels") -> Dataset:
     return ds
 
 
-def _default_names(labels) -> list:
-    """ "0".."K-1", K = 1 + the largest training label (label maps: other than 255)."""
-    y = np.asarray(labels).reshape(-1)
-    y = y[y != IGNORE_INDEX] if np.ndim(labels) > 1 else y
-    return [str(i) for i in range(int(y.max(initial=0)) + 1)] if y.dtype.kind in "iu" else ["0"]
-
-
-# -- tfds, digits, Fashion-MNIST ------------------------------------------------------------
-
-
 def load_tfds(name: str, data_dir=None, *, download="auto") -> Dataset:
-    """A tfds data set with ``image``/``label`` features and train/test splits.
-
-    ``download``: ``"never"`` (or False): a data set not prepared in ``data_dir`` is an error
-    at once; ``"auto"``/``"always"`` (or True): ``download_and_prepare`` (tfds reports a
-    failed download).
-    """
+    """A tfds data set with ``image``/``label`` features and train/test splits. ``download``
+    ``"never"`` (or False): one not prepared in ``data_dir`` is an error at once; ``"auto"``,
+    ``"always"`` (or True): ``download_and_prepare`` (tfds reports a failed download)."""
     _extras.require("tfds", "source 'tfds'", "tensorflow", "tensorflow_datasets")
     import tensorflow_datasets as tfds
 
@@ -184,11 +163,8 @@ def load_digits() -> Dataset:
 
     d = sk_load_digits()
     images, labels = d.images.astype(np.uint8)[..., None], d.target.astype(np.int64)
-    rank = np.zeros(len(labels), np.int64)
-    for c in np.unique(labels):
-        pos = np.nonzero(labels == c)[0]
-        rank[pos] = np.arange(len(pos))
-    tr, te = np.nonzero(rank % 3 != 2)[0], np.nonzero(rank % 3 == 2)[0]
+    test = class_rank(labels) % 3 == 2
+    tr, te = np.nonzero(~test)[0], np.nonzero(test)[0]
     ids = [f"digits:{i}" for i in tr]
     names = tuple(str(i) for i in range(10))
     return Dataset(
@@ -196,17 +172,10 @@ def load_digits() -> Dataset:
     )
 
 
-FASHION_MNIST_CLASSES = tuple(
-    "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot".split(",")
-)
-
-
 def read_idx(path: str) -> np.ndarray:
-    """An IDX file of unsigned bytes (the MNIST format; ``.gz`` is decompressed) as uint8.
-
-    Anything but a header of two zero bytes, type 0x08, the rank and the big-endian uint32
-    dimensions, followed by exactly that many bytes, raises ``ValueError`` naming the file.
-    """
+    """An IDX file of unsigned bytes (the MNIST format; ``.gz`` is decompressed) as uint8;
+    a bad header (not 0, 0, type 0x08, rank, big-endian uint32 dimensions) or body length
+    raises ``ValueError`` naming the file."""
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -245,23 +214,16 @@ def load_fashion_mnist(folder: str) -> Dataset:
             raise ValueError(f"source: {folder} has no {stem}-ubyte.gz (nor {stem}-ubyte)")
         arrays.append(read_idx(found[0]))
     (tr_x, tr_y, te_x, te_y), ids = arrays, [f"train:{i}" for i in range(len(arrays[1]))]
+    names = "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot"
     tr, te = (tr_x[..., None], tr_y.astype(np.int64)), (te_x[..., None], te_y.astype(np.int64))
-    ds = Dataset("fashion_mnist", *tr, ids, *te, FASHION_MNIST_CLASSES)
+    ds = Dataset("fashion_mnist", *tr, ids, *te, tuple(names.split(",")))
     return _checked(ds, f"source: {folder}")
 
 
-# -- npz ------------------------------------------------------------------------------------
-
-
 def load_npz(path: str, key: str | None = None) -> Dataset:
-    """A data set in one ``.npz`` (``np.savez``; no pickled objects).
-
-    Arrays: ``train_images``/``test_images`` uint8 ``[N, H, W, C]`` (or ``[N, H, W]``, read as
-    C = 1); ``train_labels``/``test_labels``: integer ``[N]`` class ids, or uint8 label maps
-    ``[N, H, W]`` (also accepted as ``train_masks``/``test_masks``; ``key="masks"`` reads
-    those first); optional ``class_names`` (K strings; default "0".."K-1", K = 1 + the largest
-    training label) and ``train_ids`` (N unique ids; default ``train:<position>``).
-    """
+    """A data set in one ``.npz`` of ``np.savez`` arrays, format in docs/data.md: images,
+    labels (or label maps, also as ``*_masks``, read first with ``key="masks"``), optional
+    ``class_names`` (default "0".."K-1") and ``train_ids`` (default ``train:<position>``)."""
     path = os.path.expanduser(str(path))
     where = f"source: {path}"
     if not os.path.isfile(path):
@@ -287,7 +249,9 @@ def load_npz(path: str, key: str | None = None) -> Dataset:
     x, y = ({s: a[f"{s}_{k}"] for s in ("train", "test")} for k in ("images", key))
     x = {s: v[..., None] if v.ndim == 3 else v for s, v in x.items()}
     y = {s: v.astype(np.int64) if v.ndim == 1 and v.dtype.kind in "iu" else v for s, v in y.items()}
-    cn = a.get("class_names", np.asarray(_default_names(y["train"])))
+    known = y["train"][y["train"] != IGNORE_INDEX] if y["train"].ndim > 1 else y["train"]
+    k = int(known.max(initial=0)) + 1 if known.dtype.kind in "iu" else 1  # default "0".."K-1"
+    cn = a.get("class_names", np.asarray([str(i) for i in range(k)]))
     if cn.ndim != 1 or len(cn) == 0:
         raise ValueError(f"{where}: class_names must be a 1-D array of K names, got {cn.shape}")
     ids = a["train_ids"].ravel().tolist() if "train_ids" in a else range(len(x["train"]))
@@ -298,50 +262,41 @@ def load_npz(path: str, key: str | None = None) -> Dataset:
     return _checked(ds, where, key)
 
 
-# -- image folders: the CIFAR-10 JPEG archive, segmentation folders ---------------------------
-
-
-def _decode(blob: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(blob)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
 def _decode_archive(archive: str) -> dict:
     """The arrays of a ``train|test/<class>/*.jpg`` archive: its members read with tarfile in
     order, decoded with Pillow in a thread pool."""
-    members: dict = {}
+    from PIL import Image
+
+    def decode(blob):
+        with Image.open(io.BytesIO(blob)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+    members = []  # (split, class, file name, bytes)
     try:
         with tarfile.open(archive, "r:*") as tar:
             for m in tar:
                 parts = os.path.normpath(m.name).split(os.sep)
                 if m.isfile() and len(parts) == 3 and parts[2].lower().endswith(IMAGE_EXTENSIONS):
-                    members.setdefault(tuple(parts[:2]), []).append(
-                        (parts[2], tar.extractfile(m).read())
-                    )
+                    members.append((*parts, tar.extractfile(m).read()))
     except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
         raise ValueError(f"source: cannot read {archive!r}; the archive looks corrupt ({e})") from e
-    names = sorted(c for s, c in members if s == "train")
-    if not names or not any(s == "test" for s, _ in members):
+    names = sorted({c for s, c, *_ in members if s == "train"})
+    if not names or not any(s == "test" for s, *_ in members):
         raise ValueError(f"source: {archive!r} has no train/<class>/ and test/<class>/ images")
+    label = {c: y for y, c in enumerate(names)}
     out = {"class_names": np.asarray(names)}
     for split in ("train", "test"):
-        files = [
-            (f"{split}/{c}/{f}", blob, y)
-            for y, c in enumerate(names)
-            for f, blob in sorted(members.get((split, c), []))
-        ]
+        files = sorted((c, f, blob) for s, c, f, blob in members if s == split and c in label)
         with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
             try:
-                images = list(pool.map(_decode, [blob for _, blob, _ in files]))
+                images = list(pool.map(decode, [blob for *_, blob in files]))
             except (OSError, ValueError, SyntaxError) as e:  # PIL's errors are OSErrors
                 raise ValueError(f"source: cannot decode the images of {split}/ ({e})") from e
         if len({im.shape for im in images}) != 1:
             raise ValueError(f"source: the images of {split}/ differ in shape")
         out[f"{split}_images"] = np.stack(images)
-        out[f"{split}_labels"] = np.asarray([y for *_, y in files], np.int64)
-        out[f"{split}_ids"] = np.asarray([rel for rel, *_ in files])
+        out[f"{split}_labels"] = np.asarray([label[c] for c, *_ in files], np.int64)
+        out[f"{split}_ids"] = np.asarray([f"{split}/{c}/{f}" for c, f, _ in files])
     return out
 
 
@@ -366,13 +321,10 @@ def save_npz_atomically(path: str, **arrays) -> None:
 
 
 def load_cifar10_jpeg(archive: str, cache_dir: str = CACHE_DIR) -> Dataset:
-    """The CIFAR-10 JPEG archive (``train|test/<class>/NNNN.jpg``), decoded once from the tar.
-
-    The arrays go to ``cache_dir/cifar10_jpeg-<sha256 prefix>/arrays_pillow.npz`` (written
-    atomically); later calls load that file. Classes are the train/ folders, sorted; the
-    training ids are the member paths. Pillow decodes like ``tf.io.decode_jpeg(dct_method=
-    "INTEGER_ACCURATE")``.
-    """
+    """The CIFAR-10 JPEG archive (``train|test/<class>/NNNN.jpg``), decoded once from the tar
+    (Pillow decodes like ``tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")``) into
+    ``cache_dir/cifar10_jpeg-<sha256 prefix>/arrays_pillow.npz`` (written atomically), which
+    later calls load. Classes: the sorted train/ folders; training ids: the member paths."""
     archive = os.path.expanduser(archive)
     if not os.path.isfile(archive):
         raise FileNotFoundError(
@@ -393,16 +345,8 @@ def load_cifar10_jpeg(archive: str, cache_dir: str = CACHE_DIR) -> Dataset:
             file=sys.stderr,
             flush=True,
         )
-    with np.load(npz) as z:
-        a = {k: z[k] for k in z.files}
-    return Dataset(
-        "cifar10_jpeg",
-        *(a["train_images"], a["train_labels"].astype(np.int64), a["train_ids"].tolist()),
-        *(a["test_images"], a["test_labels"].astype(np.int64)),
-        tuple(str(n) for n in a["class_names"].tolist()),
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
-    )
+    ds = load_npz(npz)
+    return dataclasses.replace(ds, name="cifar10_jpeg", mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
 
 def _read_image(path: str, label: bool) -> np.ndarray:
@@ -430,32 +374,20 @@ def _read_image(path: str, label: bool) -> np.ndarray:
         raise ValueError(f"{path}: cannot be read as {what} ({e})") from e
 
 
-def _read_classes(folder: str) -> tuple:
-    path = os.path.join(folder, "classes.txt")
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: missing (one class name per line, class 0 first)")
-    with open(path, encoding="utf-8") as f:
-        names = tuple(line.strip() for line in f.read().rstrip().splitlines())
-    if not names or any(not n for n in names) or len(set(names)) != len(names):
-        raise ValueError(f"{path}: one unique, non-empty class name per line, class 0 first")
-    if len(names) >= IGNORE_INDEX:
-        raise ValueError(f"{path}: at most 254 classes (255 is the ignore index)")
-    return names
-
-
-def _pair_files(img_dir: str, lab_dir: str, split: str) -> list:
-    """The stems of ``img_dir``'s images, each with a label map ``lab_dir/<stem>.png``."""
+def _read_split(folder: str, split: str, num_classes: int):
+    """(images, label maps, stems) of ``folder/split``: every image ``images/<stem>.*`` with
+    its label map ``labels/<stem>.png`` and nothing else."""
+    img_dir, lab_dir = (os.path.join(folder, split, sub) for sub in ("images", "labels"))
     for d in (img_dir, lab_dir):
         if not os.path.isdir(d):
             raise ValueError(f"{d}: missing (expected {split}/images/ and {split}/labels/)")
-    images = sorted(f for f in os.listdir(img_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not images:
-        raise ValueError(f"{img_dir}: no .png/.jpg/.jpeg images")
     stems = {}
-    for f in images:
+    for f in sorted(f for f in os.listdir(img_dir) if f.lower().endswith(IMAGE_EXTENSIONS)):
         if os.path.splitext(f)[0] in stems:
             raise ValueError(f"{os.path.join(img_dir, f)}: a second image of that stem")
         stems[os.path.splitext(f)[0]] = f
+    if not stems:
+        raise ValueError(f"{img_dir}: no .png/.jpg/.jpeg images")
     for f in sorted(f for f in os.listdir(lab_dir) if not f.startswith(".")):
         stem, ext = os.path.splitext(f)
         if ext.lower() != ".png" or stem not in stems:
@@ -468,11 +400,6 @@ def _pair_files(img_dir: str, lab_dir: str, split: str) -> list:
             raise ValueError(
                 f"{os.path.join(img_dir, f)}: its label map {split}/labels/{stem}.png is missing"
             )
-    return list(stems.items())
-
-
-def _read_split(folder: str, split: str, num_classes: int):
-    img_dir, lab_dir = (os.path.join(folder, split, sub) for sub in ("images", "labels"))
 
     def read(item):
         stem, f = item
@@ -486,7 +413,7 @@ def _read_split(folder: str, split: str, num_classes: int):
         check_labels(m, num_classes, lpath)
         return x, m
 
-    files = _pair_files(img_dir, lab_dir, split)
+    files = list(stems.items())
     with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
         pairs = list(pool.map(read, files))
     for (_, f), (x, _) in zip(files, pairs):
@@ -506,14 +433,20 @@ def load_seg_folder(folder: str) -> Dataset:
     folder = os.path.expanduser(str(folder))
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: no such folder")
-    names = _read_classes(folder)
+    path = os.path.join(folder, "classes.txt")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing (one class name per line, class 0 first)")
+    with open(path, encoding="utf-8") as f:
+        names = tuple(line.strip() for line in f.read().rstrip().splitlines())
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"{path}: one unique, non-empty class name per line, class 0 first")
+    if len(names) >= IGNORE_INDEX:
+        raise ValueError(f"{path}: at most 254 classes (255 is the ignore index)")
     tr_x, tr_m, tr_ids = _read_split(folder, "train", len(names))
     te_x, te_m, _ = _read_split(folder, "test", len(names))
     name = os.path.basename(os.path.normpath(folder))
     return _checked(Dataset(name, tr_x, tr_m, tr_ids, te_x, te_m, names), folder)
 
-
-# -- the registry ---------------------------------------------------------------------------
 
 # name -> (argument: "path" | "name" | None, loader(argument, data config) -> Dataset)
 SOURCES = {
@@ -574,8 +507,3 @@ def load_source(config) -> Dataset:
             stamp = (os.stat(arg).st_mtime_ns, os.stat(arg).st_size)
     options = tuple((k, config.get(k)) for k in ("data_dir", "cache_dir", "download"))
     return _load(kind, arg, stamp, options)
-
-
-def clear_cache() -> None:
-    """Forgets the data sets cached by :func:`load_source`."""
-    _load.cache_clear()

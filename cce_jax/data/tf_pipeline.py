@@ -25,50 +25,23 @@ class TFData(SplitViews):
     def __init__(self, split: Split, *, seed: int, global_batch_size: int, eval_batch_size: int):
         import jax
 
-        pidx, pcount = int(jax.process_index()), int(jax.process_count())
-        for name, value in (
-            ("global_batch_size", global_batch_size),
-            ("eval_batch_size", eval_batch_size),
-        ):
-            if value < 1 or value % pcount:
-                raise ValueError(
-                    f"{name}={value} must be a positive multiple of the process count {pcount}"
-                )
-        self._split, self.info, self.augment = split, split.info, split.augment
-        self.steps_per_epoch = split.info.num_train // global_batch_size
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"global_batch_size={global_batch_size} exceeds the {split.info.num_train} "
-                "training examples (batches drop the remainder)"
-            )
+        self._pidx, pcount = int(jax.process_index()), int(jax.process_count())
+        super().__init__(
+            split, global_batch_size, eval_batch_size, pcount, f"the process count {pcount}"
+        )
         self._seed = int(seed)
-        self._pidx, self._pcount = pidx, pcount
-        self._global_b, self._local_b = int(global_batch_size), int(global_batch_size) // pcount
-        self._eval_global_b, self._eval_local_b = int(eval_batch_size), eval_batch_size // pcount
+        self._eval_local_b = self._eval_b // pcount
         self._tf_images = None
-
-    # -- public views (tests, references): train_split, test_split, normalize (SplitViews)
 
     def epoch_plan(self, epoch: int) -> imbalance.EpochPlan:
         """The global plan of epoch `epoch` (:func:`cce_jax.data.epoch_plan`), [steps, B]."""
+        n, g = self.info.num_train, self._global_b
         return imbalance.epoch_plan(
-            seed=self._seed,
-            epoch=int(epoch),
-            num_train=self.info.num_train,
-            global_batch_size=self._global_b,
+            seed=self._seed, epoch=int(epoch), num_train=n, global_batch_size=g
         )
 
-    # -- train -------------------------------------------------------------------------
-
-    def _local_plan(self, epoch: int):
-        plan = self.epoch_plan(epoch)
-        sl = slice(self._pidx * self._local_b, (self._pidx + 1) * self._local_b)
-        return tuple(
-            np.ascontiguousarray(v[:, sl]).reshape(-1)
-            for v in (plan.positions, plan.oy, plan.ox, plan.flip)
-        )
-
-    def _dataset(self, epoch: int):
+    def train_epoch(self, epoch: int) -> Iterator[dict]:
+        """This process's batches of epoch `epoch`: a pure function of (seed, epoch)."""
         import tensorflow as tf
 
         if self._tf_images is None:
@@ -97,39 +70,29 @@ class TFData(SplitViews):
             x = tf.cast(x, tf.float32) * a + b
             return {"image": x, "label": tf.gather(labels, pos)}
 
-        ds = tf.data.Dataset.from_tensor_slices(self._local_plan(epoch))
+        plan = self.epoch_plan(int(epoch))
+        sl = slice(self._pidx * self._local_b, (self._pidx + 1) * self._local_b)
+        local = (plan.positions, plan.oy, plan.ox, plan.flip)
+        ds = tf.data.Dataset.from_tensor_slices(
+            tuple(np.ascontiguousarray(v[:, sl]).reshape(-1) for v in local)
+        )
         ds = ds.batch(self._local_b, drop_remainder=True)
         ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.prefetch(tf.data.AUTOTUNE)
         opts = tf.data.Options()
         opts.deterministic = True
-        return ds.with_options(opts)
-
-    def train_epoch(self, epoch: int) -> Iterator[dict]:
-        """This process's batches of epoch `epoch`: a pure function of (seed, epoch)."""
-        return self._dataset(int(epoch)).as_numpy_iterator()
-
-    # -- eval --------------------------------------------------------------------------
-
-    def num_eval_batches(self) -> int:
-        """Batches yielded by :meth:`eval_batches`; the same on every process."""
-        return -(-self.info.num_test // self._eval_global_b)
+        return ds.with_options(opts).as_numpy_iterator()
 
     def eval_batches(self) -> Iterator[dict]:
         """This process's share of the test split, once; padding has ``mask == False``."""
         test_x, test_y = self.test_split()
-        n = len(test_y)
-        gb, lb = self._eval_global_b, self._eval_local_b
-        shape = test_x.shape[1:]
+        lb = self._eval_local_b
         for i in range(self.num_eval_batches()):
-            start = i * gb + self._pidx * lb
-            stop = min(start + lb, n)
-            k = max(0, stop - start)
-            image = np.zeros((lb,) + shape, np.float32)
-            label = np.zeros((lb,), np.int32)
-            mask = np.zeros((lb,), bool)
-            if k:
-                image[:k] = self.normalize(test_x[start:stop])
-                label[:k] = test_y[start:stop]
-                mask[:k] = True
+            start = min(i * self._eval_b + self._pidx * lb, len(test_y))
+            stop = min(start + lb, len(test_y))
+            image = np.zeros((lb, *test_x.shape[1:]), np.float32)
+            label, mask = np.zeros((lb,), np.int32), np.zeros((lb,), bool)
+            image[: stop - start] = self.normalize(test_x[start:stop])
+            label[: stop - start] = test_y[start:stop]
+            mask[: stop - start] = True
             yield {"image": image, "label": label, "mask": mask}
