@@ -34,9 +34,6 @@ DIGEST_FILE = "digest.json"
 class StorageError(OSError):
     """Writing or reading the workdir failed; the message is one line, nothing half-written."""
 
-    def __str__(self):
-        return self.strerror if self.strerror is not None else super().__str__()
-
 
 class CheckpointUnreadable(StorageError):
     """A checkpoint not proven damaged could not be read; nothing was moved aside."""
@@ -70,7 +67,7 @@ def storage_errors(what: str, path, note: str = ""):
         else:
             raise
         note = f"{note}; " if note else ""
-        raise StorageError(code, f"{what} {os.fspath(path)!r}: {cause}; {note}{todo}") from e
+        raise StorageError(f"{what} {os.fspath(path)!r}: {cause}; {note}{todo}") from e
 
 
 def _strict(x):
@@ -110,18 +107,13 @@ def write(path: epath.Path, data: str | bytes) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def append_line(path: epath.Path, row: dict) -> None:
-    """Appends one strict-JSON row to a JSON-lines file (a bucket object: rewritten whole)."""
-    if not is_local(path):
-        with storage_errors("cannot read", path):
-            old = path.read_text() if path.exists() else ""
-        return write(path, old + dumps(row, indent=None))
-    with storage_errors("cannot write", path), path.open("a") as f:
-        f.write(dumps(row, indent=None))
+def write_jsonl(path: epath.Path, rows: list[dict]) -> None:
+    """Writes ``rows`` as a strict JSON-lines file, atomically (:func:`write`)."""
+    write(path, "".join(dumps(r, indent=None) for r in rows))
 
 
 def read_jsonl(path: epath.Path) -> list[dict]:
-    """The rows of a JSON-lines file; a torn last line (a killed writer) is skipped."""
+    """The rows of a JSON-lines file; a torn line is skipped."""
     with storage_errors("cannot read", path):
         text = path.read_text() if path.exists() else ""
     rows = []
@@ -134,9 +126,11 @@ def read_jsonl(path: epath.Path) -> list[dict]:
 @contextlib.contextmanager
 def WorkdirLock(workdir: epath.Path):  # noqa: N802 (used as a class)
     """An exclusive ``fcntl`` lock on ``workdir/.lock`` (local disk only) for a run's life;
-    a second run gets a :class:`ConfigError`. The kernel drops it when the process dies."""
+    a second run gets a :class:`ConfigError`. The kernel drops it when the process dies.
+    A bucket has no lock that dies with its process: there, and on processes but the first,
+    it does nothing."""
     path = workdir / ".lock"
-    if not is_local(path):  # a bucket has no lock that dies with its process
+    if not is_local(path) or jax.process_index() != 0:
         yield
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -163,21 +157,18 @@ def _held_stderr():
     in a temporary file: replayed if the save succeeds, dropped if it fails, as the
     StorageError's one line says what happened."""
     sys.stderr.flush()
-    saved, held = os.dup(2), tempfile.TemporaryFile()
-    os.dup2(held.fileno(), 2)
-    failed = True
-    try:
-        yield
-        failed = False
-    finally:
-        gc.collect()  # asyncio reports its unretrieved task exceptions here
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        if not failed:
-            held.seek(0)
-            os.write(2, held.read())
-        held.close()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            gc.collect()  # asyncio reports its unretrieved task exceptions here
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        os.write(2, held.read())
 
 
 @jax.jit
@@ -251,14 +242,14 @@ class Checkpoints:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
         )
-        with storage_errors(what, self.directory, "the previous checkpoint is kept"):
-            with _held_stderr():
-                try:
-                    self.mngr.save(step, args=args, force=True)
-                    self.mngr.wait_until_finished()
-                except BaseException:
-                    self.close()  # a manager that failed mid-save is not reused
-                    raise
+        kept = "the previous checkpoint is kept"
+        with storage_errors(what, self.directory, kept), _held_stderr():
+            try:
+                self.mngr.save(step, args=args, force=True)
+                self.mngr.wait_until_finished()
+            except BaseException:
+                self.close()  # a manager that failed mid-save is not reused
+                raise
         if jax.process_index() == 0:
             step_dir = self.directory / str(step)
             write(step_dir / DIGEST_FILE, dumps({"sha256": checkpoint_digest(step_dir)}))
@@ -281,7 +272,6 @@ class Checkpoints:
             except Exception as e:  # not proven damage: stop loudly, move nothing
                 self.close()
                 raise CheckpointUnreadable(
-                    None,
                     f"cannot read the checkpoint of {describe(step)} in {self.directory} "
                     f"({first_line(e)}); nothing was moved or deleted: fix the storage, then "
                     "rerun to resume",

@@ -7,8 +7,6 @@ from typing import Callable
 import jax
 import optax
 
-__all__ = ["make_lr_schedule", "make_optimizer", "decay_mask"]
-
 
 def make_lr_schedule(config, steps_per_epoch: int, updates_per_step: int = 1) -> Callable:
     """``lr(count)`` from ``config.optimizer.lr`` and ``config.schedule`` (docs/training.md):
