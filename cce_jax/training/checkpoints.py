@@ -1,12 +1,7 @@
-"""A run's workdir: the lock, JSON files, and one orbax ``CheckpointManager`` with a digest.
-
-Paths go through ``etils.epath`` (a folder or a bucket); :func:`storage_errors` is the one place
-an ``OSError`` becomes a one-line :class:`StorageError` (exit 74). A checkpoint
-``checkpoints/<step>/`` holds ``state/``, ``progress/`` (the metrics of a partly trained epoch)
-and ``digest.json``; damage and the fallback are described in docs/reliability.md.
-"""
-
-from __future__ import annotations
+"""A run's workdir through ``etils.epath`` (a folder or a bucket): the lock, JSON files, and
+one orbax ``CheckpointManager`` whose ``checkpoints/<step>/`` holds ``state/``, ``progress/``
+(the metrics of a partly trained epoch) and ``digest.json`` (damage and the fallback:
+docs/reliability.md). :func:`storage_errors` makes an ``OSError`` a one-line StorageError."""
 
 import contextlib
 import errno
@@ -125,37 +120,31 @@ def read_jsonl(path: epath.Path) -> list[dict]:
 
 @contextlib.contextmanager
 def WorkdirLock(workdir: epath.Path):  # noqa: N802 (used as a class)
-    """An exclusive ``fcntl`` lock on ``workdir/.lock`` (local disk only) for a run's life;
-    a second run gets a :class:`ConfigError`. The kernel drops it when the process dies.
-    A bucket has no lock that dies with its process: there, and on processes but the first,
-    it does nothing."""
-    path = workdir / ".lock"
-    if not is_local(path) or jax.process_index() != 0:
+    """An exclusive ``fcntl`` lock on ``workdir/.lock`` for a run's life (the kernel drops it
+    when the process dies); a second run gets a :class:`ConfigError`. Only process 0 locks,
+    and only on a local disk: a bucket has no lock that dies with its process."""
+    if not is_local(workdir) or jax.process_index() != 0:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise ConfigError(
-            f"workdir {str(workdir)!r} is in use by another run (pid {owner}); "
-            "wait for it or use another --workdir"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    try:
+    with open(workdir / ".lock", "a+", errors="replace") as f:  # closing drops the lock
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise ConfigError(
+                f"workdir {str(workdir)!r} is in use by another run (pid "
+                f"{f.read(64).strip() or '?'}); wait for it or use another --workdir"
+            ) from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
         yield
-    finally:
-        os.close(fd)  # closing drops the flock
 
 
 @contextlib.contextmanager
 def _held_stderr():
-    """Holds what orbax's threads write to stderr during a save (tracebacks of a full disk)
-    in a temporary file: replayed if the save succeeds, dropped if it fails, as the
-    StorageError's one line says what happened."""
+    """Holds what orbax's threads write to stderr during a save (tracebacks of a full disk):
+    replayed if the save succeeds, dropped if it fails (the StorageError's line says it)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
@@ -193,7 +182,7 @@ class Checkpoints:
     the digest and the fallback to the newest intact checkpoint."""
 
     def __init__(self, workdir: epath.Path, config):
-        self.workdir, self.directory = workdir, workdir / "checkpoints"
+        self.directory = workdir / "checkpoints"
         every_steps = int(config.get("checkpoint_every_steps", 0) or 0)
         every_minutes = float(config.get("checkpoint_every_minutes", 0.0) or 0.0)
         policies = ocp.checkpoint_managers
@@ -218,9 +207,8 @@ class Checkpoints:
         return self._m
 
     def steps(self) -> list[int]:
-        """The saved steps; [] only when provably none (no ``checkpoints`` entry, or a folder
-        with at most saves cut short): a listing that fails or finds no step among entries
-        is an error."""
+        """The saved steps; [] only when provably none (no ``checkpoints``, or only saves cut
+        short in it): a listing that fails or finds no step among entries is an error."""
         d = self.directory
         with storage_errors("cannot list the checkpoints in", d, "nothing was changed"):
             if not d.exists():
@@ -309,7 +297,7 @@ class Checkpoints:
     def _quarantine(self, step: int) -> None:
         self.close()
         if jax.process_index() == 0:
-            root = self.workdir / "corrupt_checkpoints"
+            root = self.directory.parent / "corrupt_checkpoints"
             with storage_errors("cannot move aside", self.directory / str(step)):
                 root.mkdir(parents=True, exist_ok=True)
                 dest, i = root / str(step), 1

@@ -1,7 +1,5 @@
 """Config checks, exit codes and the workdir's config contract (no data, no compilation)."""
 
-from __future__ import annotations
-
 import functools
 import json
 import math

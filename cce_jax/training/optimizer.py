@@ -1,7 +1,5 @@
 """The learning-rate schedule and the optimizer, composed from optax pieces."""
 
-from __future__ import annotations
-
 from typing import Callable
 
 import jax

@@ -1,9 +1,6 @@
 """What a finished run leaves: summary.json, a per-class table and plot, and a segmentation
 run's predicted label maps (predictions.npz)."""
 
-from __future__ import annotations
-
-import contextlib
 import io
 import sys
 
@@ -66,13 +63,6 @@ def run_summary(ev: dict, rows: list[dict], info, config: dict, seeds=None, **ex
     return summary
 
 
-def write_run_files(workdir: epath.Path, summary: dict) -> None:
-    """``summary.json`` (strict JSON) and ``per_class.png``."""
-    ckpt.write(workdir / "summary.json", ckpt.dumps(summary))
-    with contextlib.suppress(ImportError):  # matplotlib is optional for the trainer
-        plot_per_class(summary, workdir / "per_class.png")
-
-
 def write_predictions(workdir: epath.Path, model, data, variables, n=NUM_PREDICTIONS) -> None:
     """``predictions.npz``: a segmentation ``model``'s label maps for the first ``n`` test
     images of ``data``, with the images and the true maps."""
@@ -98,7 +88,12 @@ def read_predictions(workdir) -> dict:
 
 
 def plot_per_class(summary: dict, path: epath.Path) -> None:
-    from matplotlib.figure import Figure  # no pyplot: no backend, no global state
+    """The per-class test accuracy (segmentation: IoU) against the training count, if
+    matplotlib (optional for the trainer) is installed."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no backend, no global state
+    except ImportError:
+        return
 
     seg = summary.get("task") == "segmentation"
     counts = np.asarray(summary["class_counts"])

@@ -2,8 +2,6 @@
 replicated, batches sharded on their batch axis (XLA inserts the all-reduces, so the loss and
 BatchNorm's moments are the global batch's; docs/training.md)."""
 
-from __future__ import annotations
-
 import functools
 from typing import Any
 
@@ -36,13 +34,8 @@ def create_train_state(model, tx, rng, image_shape, mesh) -> TrainState:
 
     def init(key):
         variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(params),
-        )
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
+        return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
 
     fn = init if jnp.ndim(rng) == 0 else jax.vmap(init)
     return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))(rng)
@@ -66,11 +59,8 @@ def make_train_step(model, tx, mesh, loss_fns, *, num_models=None, steps_per_cal
     step = functools.partial(_train_step, model, tx, tuple(loss_fns))
     if num_models is not None:
         step = jax.vmap(step)
-    if steps_per_call > 1:
-        single = step
-
-        def step(state, batches):  # [N, ...]: N batches, in order
-            return jax.lax.scan(single, state, batches)
+    if steps_per_call > 1:  # batches [N, ...]: N steps, in order
+        step = functools.partial(jax.lax.scan, step)
 
     replicated = NamedSharding(mesh, P())
     leading = (num_models is not None) + (steps_per_call > 1)
@@ -83,36 +73,30 @@ def make_train_step(model, tx, mesh, loss_fns, *, num_models=None, steps_per_cal
 
 
 def _train_step(model, tx, loss_fns, state, batch):
-    metrics = {}
+    metrics, labels = {}, batch["label"]
     for i, loss_fn in enumerate(loss_fns):
-        state, loss, logits, grad_norm = _sgd_update(model, tx, loss_fn, state, batch)
+
+        def objective(params):  # called at once: state and loss_fn are this round's
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            logits, new = model.apply(
+                variables, batch["image"], train=True, mutable=["batch_stats"]
+            )
+            loss = _valid_mean(loss_fn(logits, labels), labels, logits.shape[-1])
+            return loss, (logits, new["batch_stats"])
+
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        (loss, (logits, batch_stats)), grads = grad_fn(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        state = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+        grad_norm = optax.tree.norm(grads)
         if i == 0:
-            hit = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-            accuracy = _valid_mean(hit, batch["label"], logits.shape[-1])
+            hit = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+            accuracy = _valid_mean(hit, labels, logits.shape[-1])
             metrics.update(loss=loss, grad_norm=grad_norm, accuracy=accuracy)
         else:
             metrics[f"loss_{i}"] = loss
     return state.replace(step=state.step + 1), metrics
-
-
-def _sgd_update(model, tx, loss_fn, state, batch):
-    """(new state, loss, logits, gradient norm) of one update."""
-
-    def objective(params):
-        logits, new_vars = model.apply(
-            {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-        )
-        loss = _valid_mean(loss_fn(logits, batch["label"]), batch["label"], logits.shape[-1])
-        return loss, (logits, new_vars["batch_stats"])
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
-    return new, loss, logits, optax.tree.norm(grads)
 
 
 def make_eval_step(model, mesh, class_counts, *, num_models=None):

@@ -2,8 +2,6 @@
 :func:`build_data`, the loss in :func:`make_losses`), restore, train epoch by epoch, summarize
 (docs/training.md). Resume, seeds, divergence and preemption: docs/reliability.md."""
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import itertools
@@ -91,12 +89,12 @@ class Job:
                 f"model.name={name!r} is a {models.model_task(name)} model but "
                 f"data.source={config.data.source!r} is a {self.task} set: use one of {list(fits)}"
             )
-        self.spe, self.total = int(self.datasets[0].steps_per_epoch), int(config.num_epochs)
+        self.spe = int(self.datasets[0].steps_per_epoch)
         if self.spe < 1:
             raise ConfigError(
                 f"the train split ({self.info.num_train}) holds no batch of {config.batch_size}"
             )
-        self.total *= self.spe
+        self.total = int(config.num_epochs) * self.spe
         self.seeds = config_lib.seeds_of(config)
         self.num_models = len(self.seeds) if self.seeds else None
         self.is_main = jax.process_index() == 0
@@ -140,12 +138,9 @@ class Job:
 
 def train_and_evaluate(config, workdir, *, data=None) -> dict:
     """Trains ``config`` in ``workdir`` (resuming from its last checkpoint), evaluates and
-    returns the summary (with seeds: the aggregate). ``data`` (a pipeline, or one per seed)
-    replaces ``data.build``.
-
-    Raises ConfigError (before anything is written), TrainingDiverged, Preempted (rerun to
-    resume) or StorageError (one line).
-    """
+    returns the summary (with seeds: the aggregate); ``data`` (a pipeline, or one per seed)
+    replaces ``data.build``. Raises ConfigError (before anything is written),
+    TrainingDiverged, Preempted (rerun to resume) or StorageError (one line)."""
     t_start = time.time()
     config_lib.validate_config(config)
     workdir = epath.Path(os.path.abspath(workdir) if ckpt.is_local(workdir) else workdir)
@@ -159,9 +154,8 @@ def train_and_evaluate(config, workdir, *, data=None) -> dict:
     ckpts = ckpt.Checkpoints(workdir, config)
     with ckpt.WorkdirLock(workdir), StopSignals() as stop, contextlib.closing(ckpts):
         job = Job(config, workdir, ckpts, data)
-        state, pos, partial = restore(job)
+        state, pos, partial, rows = restore(job)
         start_epoch, num_epochs = pos // job.spe, int(config.num_epochs)
-        rows = _reset_files(job, start_epoch)
         evals = evaluate(job, state) if pos == job.total else None
         for epoch in range(start_epoch, num_epochs):
             t0 = time.time()
@@ -271,7 +265,9 @@ def _check_workdir(job: Job) -> None:
 
 
 def restore(job: Job):
-    """(state, position in steps, host metrics of the partly trained epoch)."""
+    """(state, position in steps, host metrics of the partly trained epoch, each model's
+    metrics rows of the finished epochs); ``metrics.jsonl`` is cut to those rows and, unless
+    the run is finished, a stale ``summary.json``/``failure.json`` removed."""
     keys = [jax.random.key(s) for s in job.seeds or (int(job.config.seed),)]
     rng = jnp.stack(keys) if job.seeds else keys[0]
     shape = tuple(job.info.image_shape)
@@ -283,25 +279,17 @@ def restore(job: Job):
     partial = {k: np.asarray(v, np.float32) for k, v in (progress.get("metrics") or {}).items()}
     if pos % job.spe and not partial:
         raise ConfigError(f"the checkpoint at {job.describe(pos)} lacks the metrics of its epoch")
-    return state, pos, partial
-
-
-def _reset_files(job: Job, done_epochs: int) -> list[list[dict]]:
-    """Each model's metrics rows of the finished epochs (``metrics.jsonl`` cut to them);
-    unless the run is finished, a stale ``summary.json``/``failure.json`` removed."""
-    all_rows = []
+    rows = []
     for d in job.dirs:
-        rows = ckpt.read_jsonl(d / "metrics.jsonl")
-        kept = [r for r in rows if int(r.get("epoch", 0)) <= done_epochs]
-        if job.is_main and len(kept) != len(rows):
-            ckpt.write_jsonl(d / "metrics.jsonl", kept)
-        all_rows.append(kept)
-    if job.is_main and done_epochs < int(job.config.num_epochs):
-        for d in job.result_dirs:
-            for name in ("summary.json", "failure.json"):
-                with ckpt.storage_errors("cannot remove", d / name):
-                    (d / name).unlink(missing_ok=True)
-    return all_rows
+        old = ckpt.read_jsonl(d / "metrics.jsonl")
+        rows.append([r for r in old if int(r.get("epoch", 0)) <= pos // job.spe])
+        if job.is_main and len(rows[-1]) != len(old):
+            ckpt.write_jsonl(d / "metrics.jsonl", rows[-1])
+    for d in job.result_dirs if job.is_main and pos < job.total else ():
+        for name in ("summary.json", "failure.json"):
+            with ckpt.storage_errors("cannot remove", d / name):
+                (d / name).unlink(missing_ok=True)
+    return state, pos, partial, rows
 
 
 def train_epoch(job: Job, state, epoch: int, pos: int, partial, stop: StopSignals):
@@ -435,7 +423,8 @@ def write_summary(job: Job, rows, evals, state, start_epoch: int, t_start: float
         extra = dict(resumed_from_epoch=start_epoch, wall_time_s=time.time() - t_start)
         summary = report.run_summary(evals[i], model_rows, job.info, config, job.seeds, **extra)
         if job.is_main:
-            report.write_run_files(d, summary)
+            ckpt.write(d / "summary.json", ckpt.dumps(summary))
+            report.plot_per_class(summary, d / "per_class.png")
         if job.is_main and job.task == "segmentation":
             variables = {"params": state.params, "batch_stats": state.batch_stats}
             if job.seeds:
