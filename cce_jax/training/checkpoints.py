@@ -245,24 +245,20 @@ class Checkpoints:
     def restore(self, like, describe=str):
         """(state, progress, step) of the newest intact checkpoint, or ``(like, {}, 0)``."""
         for step in reversed(self.steps()):
+            where = f"the checkpoint of {describe(step)} in {self.directory}"
             try:
                 return (*self._restore(step, like), step)
             except _Damaged as e:
                 self._quarantine(step)
                 older = [s for s in self.steps() if s < step]
                 then = f"falling back to {describe(older[-1])}" if older else "starting afresh"
-                print(
-                    f"warning: the checkpoint of {describe(step)} in {self.directory} is "
-                    f"damaged ({e}); moved to corrupt_checkpoints/, {then}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                msg = f"warning: {where} is damaged ({e}); moved to corrupt_checkpoints/, {then}"
+                print(msg, file=sys.stderr, flush=True)
             except Exception as e:  # not proven damage: stop loudly, move nothing
                 self.close()
                 raise CheckpointUnreadable(
-                    f"cannot read the checkpoint of {describe(step)} in {self.directory} "
-                    f"({first_line(e)}); nothing was moved or deleted: fix the storage, then "
-                    "rerun to resume",
+                    f"cannot read {where} ({first_line(e)}); nothing was moved or deleted: "
+                    "fix the storage, then rerun to resume"
                 ) from e
         return like, {}, 0
 

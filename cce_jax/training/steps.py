@@ -142,13 +142,13 @@ def evaluate(eval_step, state, batches, mesh, class_counts, num_models=None, tas
         keys = ("top1", "balanced_accuracy") + (("miou",) if task == "segmentation" else ())
         out["posthoc_logit_adjustment"] = [
             {"tau": float(t), **{key: m[key] for key in keys}}
-            for t, m in zip(POSTHOC_TAUS, (split_metrics(c, None, task) for c in cms))
+            for t, m in zip(POSTHOC_TAUS, (split_metrics(c, class_counts, task) for c in cms))
         ]
         results.append(out)
     return results[0] if num_models is None else results
 
 
-def split_metrics(cm, class_counts=None, task: str = "") -> dict:
+def split_metrics(cm, class_counts, task: str = "") -> dict:
     """The metrics of a confusion matrix; a segmentation (pixel) matrix adds the
     classification names of its numbers (top1 = pixel accuracy, ...; docs/training.md)."""
     if task != "segmentation":
@@ -161,6 +161,4 @@ def split_metrics(cm, class_counts=None, task: str = "") -> dict:
         test_class_counts=out["test_pixel_counts"],
         num_examples=out["num_pixels"],
     )
-    if class_counts is not None:
-        out.update({g: out[f"{g}_miou"] for g in ("many", "medium", "few")})
-    return out
+    return dict(out, **{g: out[f"{g}_miou"] for g in ("many", "medium", "few")})
