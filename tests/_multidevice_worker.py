@@ -83,7 +83,8 @@ def main():
     fns = (ce, neg_complement) if args.cot else (ce,)
     state = steps.create_train_state(model, tx, jax.random.key(0), (H, H, 3), mesh)
     step = steps.make_train_step(model, tx, mesh, fns)
-    eval_step = steps.make_eval_step(model, mesh, K)
+    counts = np.array([200, 50, 50, 10, 10])
+    eval_step = steps.make_eval_step(model, mesh, counts)
 
     pi, pc = jax.process_index(), jax.process_count()
     lb = B // pc
@@ -100,8 +101,7 @@ def main():
         state,
         [{"image": test_x[sl], "label": test_y[sl], "mask": np.arange(B)[sl] < 13}],
         mesh,
-        K,
-        class_counts=np.array([200, 50, 50, 10, 10]),
+        counts,
     )
 
     flat = {}

@@ -512,11 +512,11 @@ def test_posthoc_adjustment_matches_numpy():
         model, opt_lib.make_optimizer(small_config(), 1), jax.random.key(3), (8, 8, 3), mesh
     )
     counts = np.array([40, 20, 10, 6])
-    ev = steps_lib.make_eval_step(model, mesh, 4, class_counts=counts)
+    ev = steps_lib.make_eval_step(model, mesh, counts)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((16, 8, 8, 3)).astype(np.float32)
     y = rng.integers(0, 4, 16).astype(np.int32)
-    out = steps_lib.evaluate(ev, state, [{"image": x, "label": y}], mesh, 4, counts)
+    out = steps_lib.evaluate(ev, state, [{"image": x, "label": y}], mesh, counts)
     logits = np.asarray(model.apply({"params": state.params, "batch_stats": state.batch_stats}, x))
     for row in out["posthoc_logit_adjustment"]:
         pred = np.argmax(logits - row["tau"] * np.log(counts / counts.sum()), -1)

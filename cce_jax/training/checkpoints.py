@@ -1,12 +1,7 @@
-"""A run's workdir: the lock, JSON files, and one orbax ``CheckpointManager`` with a digest.
-
-Paths go through ``etils.epath`` (a folder or a bucket); :func:`storage_errors` is the one place
-an ``OSError`` becomes a one-line :class:`StorageError` (exit 74). A checkpoint
-``checkpoints/<step>/`` holds ``state/``, ``progress/`` (the metrics of a partly trained epoch)
-and ``digest.json``; damage and the fallback are described in docs/reliability.md.
-"""
-
-from __future__ import annotations
+"""A run's workdir through ``etils.epath`` (a folder or a bucket): the lock, JSON files, and
+one orbax ``CheckpointManager`` whose ``checkpoints/<step>/`` holds ``state/``, ``progress/``
+(the metrics of a partly trained epoch) and ``digest.json`` (damage and the fallback:
+docs/reliability.md). :func:`storage_errors` makes an ``OSError`` a one-line StorageError."""
 
 import contextlib
 import errno
@@ -33,9 +28,6 @@ DIGEST_FILE = "digest.json"
 
 class StorageError(OSError):
     """Writing or reading the workdir failed; the message is one line, nothing half-written."""
-
-    def __str__(self):
-        return self.strerror if self.strerror is not None else super().__str__()
 
 
 class CheckpointUnreadable(StorageError):
@@ -70,7 +62,7 @@ def storage_errors(what: str, path, note: str = ""):
         else:
             raise
         note = f"{note}; " if note else ""
-        raise StorageError(code, f"{what} {os.fspath(path)!r}: {cause}; {note}{todo}") from e
+        raise StorageError(f"{what} {os.fspath(path)!r}: {cause}; {note}{todo}") from e
 
 
 def _strict(x):
@@ -110,18 +102,13 @@ def write(path: epath.Path, data: str | bytes) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def append_line(path: epath.Path, row: dict) -> None:
-    """Appends one strict-JSON row to a JSON-lines file (a bucket object: rewritten whole)."""
-    if not is_local(path):
-        with storage_errors("cannot read", path):
-            old = path.read_text() if path.exists() else ""
-        return write(path, old + dumps(row, indent=None))
-    with storage_errors("cannot write", path), path.open("a") as f:
-        f.write(dumps(row, indent=None))
+def write_jsonl(path: epath.Path, rows: list[dict]) -> None:
+    """Writes ``rows`` as a strict JSON-lines file, atomically (:func:`write`)."""
+    write(path, "".join(dumps(r, indent=None) for r in rows))
 
 
 def read_jsonl(path: epath.Path) -> list[dict]:
-    """The rows of a JSON-lines file; a torn last line (a killed writer) is skipped."""
+    """The rows of a JSON-lines file; a torn line is skipped."""
     with storage_errors("cannot read", path):
         text = path.read_text() if path.exists() else ""
     rows = []
@@ -133,51 +120,44 @@ def read_jsonl(path: epath.Path) -> list[dict]:
 
 @contextlib.contextmanager
 def WorkdirLock(workdir: epath.Path):  # noqa: N802 (used as a class)
-    """An exclusive ``fcntl`` lock on ``workdir/.lock`` (local disk only) for a run's life;
-    a second run gets a :class:`ConfigError`. The kernel drops it when the process dies."""
-    path = workdir / ".lock"
-    if not is_local(path):  # a bucket has no lock that dies with its process
+    """An exclusive ``fcntl`` lock on ``workdir/.lock`` for a run's life (the kernel drops it
+    when the process dies); a second run gets a :class:`ConfigError`. Only process 0 locks,
+    and only on a local disk: a bucket has no lock that dies with its process."""
+    if not is_local(workdir) or jax.process_index() != 0:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise ConfigError(
-            f"workdir {str(workdir)!r} is in use by another run (pid {owner}); "
-            "wait for it or use another --workdir"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    try:
+    with open(workdir / ".lock", "a+", errors="replace") as f:  # closing drops the lock
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise ConfigError(
+                f"workdir {str(workdir)!r} is in use by another run (pid "
+                f"{f.read(64).strip() or '?'}); wait for it or use another --workdir"
+            ) from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
         yield
-    finally:
-        os.close(fd)  # closing drops the flock
 
 
 @contextlib.contextmanager
 def _held_stderr():
-    """Holds what orbax's threads write to stderr during a save (tracebacks of a full disk)
-    in a temporary file: replayed if the save succeeds, dropped if it fails, as the
-    StorageError's one line says what happened."""
+    """Holds what orbax's threads write to stderr during a save (tracebacks of a full disk):
+    replayed if the save succeeds, dropped if it fails (the StorageError's line says it)."""
     sys.stderr.flush()
-    saved, held = os.dup(2), tempfile.TemporaryFile()
-    os.dup2(held.fileno(), 2)
-    failed = True
-    try:
-        yield
-        failed = False
-    finally:
-        gc.collect()  # asyncio reports its unretrieved task exceptions here
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        if not failed:
-            held.seek(0)
-            os.write(2, held.read())
-        held.close()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            gc.collect()  # asyncio reports its unretrieved task exceptions here
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        os.write(2, held.read())
 
 
 @jax.jit
@@ -202,7 +182,7 @@ class Checkpoints:
     the digest and the fallback to the newest intact checkpoint."""
 
     def __init__(self, workdir: epath.Path, config):
-        self.workdir, self.directory = workdir, workdir / "checkpoints"
+        self.directory = workdir / "checkpoints"
         every_steps = int(config.get("checkpoint_every_steps", 0) or 0)
         every_minutes = float(config.get("checkpoint_every_minutes", 0.0) or 0.0)
         policies = ocp.checkpoint_managers
@@ -227,9 +207,8 @@ class Checkpoints:
         return self._m
 
     def steps(self) -> list[int]:
-        """The saved steps; [] only when provably none (no ``checkpoints`` entry, or a folder
-        with at most saves cut short): a listing that fails or finds no step among entries
-        is an error."""
+        """The saved steps; [] only when provably none (no ``checkpoints``, or only saves cut
+        short in it): a listing that fails or finds no step among entries is an error."""
         d = self.directory
         with storage_errors("cannot list the checkpoints in", d, "nothing was changed"):
             if not d.exists():
@@ -251,14 +230,14 @@ class Checkpoints:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
         )
-        with storage_errors(what, self.directory, "the previous checkpoint is kept"):
-            with _held_stderr():
-                try:
-                    self.mngr.save(step, args=args, force=True)
-                    self.mngr.wait_until_finished()
-                except BaseException:
-                    self.close()  # a manager that failed mid-save is not reused
-                    raise
+        kept = "the previous checkpoint is kept"
+        with storage_errors(what, self.directory, kept), _held_stderr():
+            try:
+                self.mngr.save(step, args=args, force=True)
+                self.mngr.wait_until_finished()
+            except BaseException:
+                self.close()  # a manager that failed mid-save is not reused
+                raise
         if jax.process_index() == 0:
             step_dir = self.directory / str(step)
             write(step_dir / DIGEST_FILE, dumps({"sha256": checkpoint_digest(step_dir)}))
@@ -266,25 +245,20 @@ class Checkpoints:
     def restore(self, like, describe=str):
         """(state, progress, step) of the newest intact checkpoint, or ``(like, {}, 0)``."""
         for step in reversed(self.steps()):
+            where = f"the checkpoint of {describe(step)} in {self.directory}"
             try:
                 return (*self._restore(step, like), step)
             except _Damaged as e:
                 self._quarantine(step)
                 older = [s for s in self.steps() if s < step]
                 then = f"falling back to {describe(older[-1])}" if older else "starting afresh"
-                print(
-                    f"warning: the checkpoint of {describe(step)} in {self.directory} is "
-                    f"damaged ({e}); moved to corrupt_checkpoints/, {then}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                msg = f"warning: {where} is damaged ({e}); moved to corrupt_checkpoints/, {then}"
+                print(msg, file=sys.stderr, flush=True)
             except Exception as e:  # not proven damage: stop loudly, move nothing
                 self.close()
                 raise CheckpointUnreadable(
-                    None,
-                    f"cannot read the checkpoint of {describe(step)} in {self.directory} "
-                    f"({first_line(e)}); nothing was moved or deleted: fix the storage, then "
-                    "rerun to resume",
+                    f"cannot read {where} ({first_line(e)}); nothing was moved or deleted: "
+                    "fix the storage, then rerun to resume"
                 ) from e
         return like, {}, 0
 
@@ -319,7 +293,7 @@ class Checkpoints:
     def _quarantine(self, step: int) -> None:
         self.close()
         if jax.process_index() == 0:
-            root = self.workdir / "corrupt_checkpoints"
+            root = self.directory.parent / "corrupt_checkpoints"
             with storage_errors("cannot move aside", self.directory / str(step)):
                 root.mkdir(parents=True, exist_ok=True)
                 dest, i = root / str(step), 1

@@ -1,7 +1,5 @@
 """Config checks, exit codes and the workdir's config contract (no data, no compilation)."""
 
-from __future__ import annotations
-
 import functools
 import json
 import math
@@ -66,37 +64,37 @@ def seeds_of(config) -> tuple[int, ...] | None:
     return tuple(int(s) for s in config.get("seeds", None) or ()) or None
 
 
-def _finite(x) -> bool:  # a TypeError/ValueError counts as False (_safe)
+def _finite(x) -> bool:
     return math.isfinite(float(x))
 
 
-def _distinct_ints(seeds) -> bool:
-    return all(int(s) == s for s in seeds) and len(set(map(int, seeds))) == len(seeds)
+_COUNTS = "num_epochs eval_every checkpoint_every keep_checkpoints steps_per_call"
+_FINITE_NON_NEGATIVE = "optimizer.weight_decay schedule.warmup_epochs checkpoint_every_minutes"
 
-
-# (key, check of its value, what it must be): the cheap checks of validate_config.
+# (keys, check of each one's value, what it must be): the cheap checks of validate_config; a
+# check that raises TypeError or ValueError fails.
 _CHECKS = (
-    ("num_epochs", lambda v: int(v) >= 1, ">= 1"),
-    ("eval_every", lambda v: int(v) >= 1, ">= 1"),
-    ("checkpoint_every", lambda v: int(v) >= 1, ">= 1"),
-    ("keep_checkpoints", lambda v: int(v) >= 1, ">= 1"),
+    (_COUNTS, lambda v: int(v) >= 1, ">= 1"),
     ("checkpoint_every_steps", lambda v: int(v) >= 0, ">= 0 (0 = off)"),
-    ("checkpoint_every_minutes", lambda v: _finite(v) and v >= 0, "finite and >= 0 (0 = off)"),
-    ("steps_per_call", lambda v: int(v) >= 1, ">= 1"),
-    ("seeds", lambda v: _distinct_ints(tuple(v)), "distinct integers"),
+    (_FINITE_NON_NEGATIVE, lambda v: _finite(v) and v >= 0, "finite and >= 0"),
     ("optimizer.lr", lambda v: _finite(v) and v > 0, "finite and > 0"),
-    ("optimizer.momentum", lambda v: _finite(v) and 0 <= v < 1, "finite and in [0, 1)"),
-    ("optimizer.weight_decay", lambda v: _finite(v) and v >= 0, "finite and >= 0"),
+    ("optimizer.momentum loss.drw_beta", lambda v: _finite(v) and 0 <= v < 1, "finite, in [0, 1)"),
     ("schedule.name", lambda v: v in SCHEDULES, f"one of {list(SCHEDULES)}"),
-    ("schedule.warmup_epochs", lambda v: _finite(v) and v >= 0, "finite and >= 0"),
     ("schedule.factors", lambda v: all(_finite(f) and f >= 0 for f in v), "finite and >= 0"),
     (
         "schedule.boundaries",
         lambda v: all(map(_finite, v)) and list(v) == sorted(v),
-        "finite and increasing",
+        "finite, increasing",
     ),
-    ("loss.drw_beta", lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)"),
+    ("seeds", lambda v: sorted(set(map(int, v))) == sorted(v), "distinct integers"),
 )
+
+
+def _check(ok, value) -> bool:
+    try:
+        return bool(ok(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def validate_config(config, *, num_devices=None, num_processes=None) -> None:
@@ -106,12 +104,13 @@ def validate_config(config, *, num_devices=None, num_processes=None) -> None:
     from cce_jax import models
 
     errs = []
-    for key, ok, what in _CHECKS:
-        value = functools.reduce(
-            lambda c, k: None if c is None else c.get(k), key.split("."), config
-        )
-        if value is not None and not _safe(ok, value):
-            errs.append(f"{key}={value!r} must be {what}")
+    for keys, ok, what in _CHECKS:
+        for key in keys.split():
+            value = functools.reduce(
+                lambda c, k: None if c is None else c.get(k), key.split("."), config
+            )
+            if value is not None and not _check(ok, value):
+                errs.append(f"{key}={value!r} must be {what}")
     devices = jax.device_count() if num_devices is None else num_devices
     processes = jax.process_count() if num_processes is None else num_processes
     for key in ("batch_size", "eval_batch_size"):
@@ -133,10 +132,3 @@ def validate_config(config, *, num_devices=None, num_processes=None) -> None:
         errs.append(f"model: {e}")
     if errs:
         raise ConfigError("bad config:\n  " + "\n  ".join(errs))
-
-
-def _safe(ok, value) -> bool:
-    try:
-        return bool(ok(value))
-    except (TypeError, ValueError):
-        return False

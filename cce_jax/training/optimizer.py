@@ -1,13 +1,9 @@
 """The learning-rate schedule and the optimizer, composed from optax pieces."""
 
-from __future__ import annotations
-
 from typing import Callable
 
 import jax
 import optax
-
-__all__ = ["make_lr_schedule", "make_optimizer", "decay_mask"]
 
 
 def make_lr_schedule(config, steps_per_epoch: int, updates_per_step: int = 1) -> Callable:

@@ -1,9 +1,6 @@
-"""What a finished run leaves for a person: summary.json, a per-class table and plot, and a
-segmentation run's predicted label maps (predictions.npz)."""
+"""What a finished run leaves: summary.json, a per-class table and plot, and a segmentation
+run's predicted label maps (predictions.npz)."""
 
-from __future__ import annotations
-
-import contextlib
 import io
 import sys
 
@@ -26,7 +23,7 @@ SEGMENTATION_METRICS = ("test_miou", "test_fw_iou")
 NUM_PREDICTIONS = 16  # the test images whose label maps a segmentation run stores
 
 
-def run_summary(ev: dict, rows: list[dict], *, info, config: dict, seeds=None, **extra) -> dict:
+def run_summary(ev: dict, rows: list[dict], info, config: dict, seeds=None, **extra) -> dict:
     """One model's ``summary.json`` from its final test metrics ``ev``, its metrics ``rows``,
     the data ``info``, its ``config`` and ``extra``; ``trained_with_seeds`` when it is one of
     several ``seeds``; a segmentation run adds ``task`` and its pixel metrics."""
@@ -66,31 +63,21 @@ def run_summary(ev: dict, rows: list[dict], *, info, config: dict, seeds=None, *
     return summary
 
 
-def predictions(model, data, variables, n: int = NUM_PREDICTIONS) -> dict:
-    """The arrays of ``predictions.npz``: a segmentation ``model``'s label maps for the first
-    ``n`` test images of ``data``, with the images and the true maps."""
+def write_predictions(workdir: epath.Path, model, data, variables, n=NUM_PREDICTIONS) -> None:
+    """``predictions.npz``: a segmentation ``model``'s label maps for the first ``n`` test
+    images of ``data``, with the images and the true maps."""
     images, truth = (a[:n] for a in data.test_split())
     variables = jax.tree.map(parallel.to_host, variables)
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(
         variables, jnp.asarray(data.normalize(images))
     )
-    return {
-        "images": np.asarray(images),
-        "labels": np.asarray(truth, np.uint8),
-        "predictions": np.asarray(jnp.argmax(logits, -1), np.uint8),
-    }
-
-
-def write_run_files(workdir: epath.Path, summary: dict) -> None:
-    """``summary.json`` (strict JSON) and ``per_class.png``."""
-    ckpt.write(workdir / "summary.json", ckpt.dumps(summary))
-    with contextlib.suppress(ImportError):  # matplotlib is optional for the trainer
-        plot_per_class(summary, workdir / "per_class.png")
-
-
-def write_predictions(workdir: epath.Path, arrays: dict) -> None:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(
+        buf,
+        images=np.asarray(images),
+        labels=np.asarray(truth, np.uint8),
+        predictions=np.asarray(jnp.argmax(logits, -1), np.uint8),
+    )
     ckpt.write(workdir / "predictions.npz", buf.getvalue())
 
 
@@ -101,16 +88,19 @@ def read_predictions(workdir) -> dict:
 
 
 def plot_per_class(summary: dict, path: epath.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The per-class test accuracy (segmentation: IoU) against the training count, if
+    matplotlib (optional for the trainer) is installed."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no backend, no global state
+    except ImportError:
+        return
 
     seg = summary.get("task") == "segmentation"
     counts = np.asarray(summary["class_counts"])
     acc = _nan(summary["per_class_iou" if seg else "per_class_accuracy"])
     names = summary.get("class_names") or [str(i) for i in range(len(counts))]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(counts)), 3.2), dpi=100)
+    fig = Figure(figsize=(max(5.0, 0.45 * len(counts)), 3.2), dpi=100)
+    ax = fig.subplots()
     x = np.arange(len(counts))
     ax.bar(x, 100 * acc, color="tab:blue")
     ax.set_xticks(x, [f"{n}\n{c}" for n, c in zip(names, counts)], fontsize=7)
@@ -128,7 +118,6 @@ def plot_per_class(summary: dict, path: epath.Path) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     ckpt.write(path, buf.getvalue())
 
 

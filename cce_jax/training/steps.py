@@ -2,13 +2,10 @@
 replicated, batches sharded on their batch axis (XLA inserts the all-reduces, so the loss and
 BatchNorm's moments are the global batch's; docs/training.md)."""
 
-from __future__ import annotations
-
 import functools
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,19 +28,14 @@ class TrainState:
     opt_state: Any
 
 
-def create_train_state(model: nn.Module, tx, rng, image_shape, mesh) -> TrainState:
+def create_train_state(model, tx, rng, image_shape, mesh) -> TrainState:
     """The state replicated on ``mesh``; with S stacked keys ``rng``, S states (``jax.vmap``,
     state i equals the state made from key i alone)."""
 
     def init(key):
         variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(params),
-        )
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
+        return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
 
     fn = init if jnp.ndim(rng) == 0 else jax.vmap(init)
     return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))(rng)
@@ -59,16 +51,7 @@ def _valid_mean(values, labels, num_classes: int):
     return total / jnp.maximum(jnp.sum(valid), 1).astype(total.dtype)
 
 
-def make_train_step(
-    model: nn.Module,
-    tx,
-    mesh,
-    loss_fns: Iterable[Callable],
-    *,
-    num_models: int | None = None,
-    steps_per_call: int = 1,
-    donate: bool = True,
-) -> Callable:
+def make_train_step(model, tx, mesh, loss_fns, *, num_models=None, steps_per_call=1, donate=True):
     """``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``: one SGD step
     per loss fn ``fn(logits, labels)``, in order (COT: CE, then ``-H_c / K``). ``metrics``:
     ``loss``, ``accuracy``, ``grad_norm`` of the first, ``loss_{i}`` of the later ones.
@@ -76,11 +59,8 @@ def make_train_step(
     step = functools.partial(_train_step, model, tx, tuple(loss_fns))
     if num_models is not None:
         step = jax.vmap(step)
-    if steps_per_call > 1:
-        single = step
-
-        def step(state, batches):  # [N, ...]: N batches, in order
-            return jax.lax.scan(single, state, batches)
+    if steps_per_call > 1:  # batches [N, ...]: N steps, in order
+        step = functools.partial(jax.lax.scan, step)
 
     replicated = NamedSharding(mesh, P())
     leading = (num_models is not None) + (steps_per_call > 1)
@@ -93,65 +73,47 @@ def make_train_step(
 
 
 def _train_step(model, tx, loss_fns, state, batch):
-    metrics = {}
+    metrics, labels = {}, batch["label"]
     for i, loss_fn in enumerate(loss_fns):
-        state, loss, logits, grad_norm = _sgd_update(model, tx, loss_fn, state, batch)
+
+        def objective(params):  # called at once: state and loss_fn are this round's
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            logits, new = model.apply(
+                variables, batch["image"], train=True, mutable=["batch_stats"]
+            )
+            loss = _valid_mean(loss_fn(logits, labels), labels, logits.shape[-1])
+            return loss, (logits, new["batch_stats"])
+
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        (loss, (logits, batch_stats)), grads = grad_fn(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        state = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+        grad_norm = optax.tree.norm(grads)
         if i == 0:
-            hit = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-            accuracy = _valid_mean(hit, batch["label"], logits.shape[-1])
+            hit = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+            accuracy = _valid_mean(hit, labels, logits.shape[-1])
             metrics.update(loss=loss, grad_norm=grad_norm, accuracy=accuracy)
         else:
             metrics[f"loss_{i}"] = loss
     return state.replace(step=state.step + 1), metrics
 
 
-def _sgd_update(model, tx, loss_fn, state, batch):
-    """(new state, loss, logits, gradient norm) of one update."""
-
-    def objective(params):
-        logits, new_vars = model.apply(
-            {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-        )
-        loss = _valid_mean(loss_fn(logits, batch["label"]), batch["label"], logits.shape[-1])
-        return loss, (logits, new_vars["batch_stats"])
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
-    return new, loss, logits, optax.tree.norm(grads)
-
-
-def make_eval_step(
-    model: nn.Module,
-    mesh,
-    num_classes: int,
-    *,
-    class_counts=None,
-    taus: Sequence[float] = POSTHOC_TAUS,
-    num_models: int | None = None,
-) -> Callable:
+def make_eval_step(model, mesh, class_counts, *, num_models=None):
     """``eval_step(state, batch) -> confusion matrices`` (int32 ``[(S,) T, K, K]``), jitted:
-    matrix t counts ``argmax(logits - taus[t] * log(prior))`` (without ``class_counts``: tau 0
-    only). Label maps count pixels; ignore pixels and ``mask`` False count nothing."""
-    k = int(num_classes)
-    if class_counts is None:
-        taus = (0.0,)
-        log_prior = jnp.zeros((k,), jnp.float32)
-    else:
-        counts = np.asarray(class_counts, np.float64)
-        log_prior = jnp.asarray(np.log(np.maximum(counts, 1e-12) / counts.sum()), jnp.float32)
-    tau_arr = jnp.asarray(taus, jnp.float32)
+    matrix t counts ``argmax(logits - POSTHOC_TAUS[t] * log(prior))``, the prior from
+    ``class_counts``. Label maps count pixels; ignore pixels and ``mask`` False count nothing."""
+    counts = np.asarray(class_counts, np.float64)
+    k = len(counts)
+    log_prior = jnp.asarray(np.log(np.maximum(counts, 1e-12) / counts.sum()), jnp.float32)
+    taus = jnp.asarray(POSTHOC_TAUS, jnp.float32)
 
     def eval_step(state, batch):
         logits = model.apply(
             {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
         ).astype(jnp.float32)
         labels, mask = batch["label"], batch["mask"]
-        adjusted = logits[None] - tau_arr.reshape((-1,) + (1,) * logits.ndim) * log_prior
+        adjusted = logits[None] - taus.reshape((-1,) + (1,) * logits.ndim) * log_prior
         pred = jnp.argmax(adjusted, -1)  # [T, B(, H, W)]
         zeros = jnp.zeros((k, k), jnp.int32)
         return jax.vmap(lambda p: metrics_lib.confusion_update(zeros, labels, p, mask))(pred)
@@ -164,46 +126,29 @@ def make_eval_step(
     )
 
 
-def evaluate(
-    eval_step,
-    state,
-    batches: Iterable[dict],
-    mesh,
-    num_classes: int,
-    class_counts=None,
-    *,
-    taus: Sequence[float] = POSTHOC_TAUS,
-    num_models: int | None = None,
-    task: str = "classification",
-):
-    """Full-split metrics (:func:`split_metrics`), with ``class_counts`` plus
-    ``posthoc_logit_adjustment`` (per tau: top1, balanced accuracy, segmentation mIoU); with
-    ``num_models=S`` a list of S such dicts."""
-    if class_counts is None:
-        taus = (0.0,)
-    leading = num_models is not None
+def evaluate(eval_step, state, batches, mesh, class_counts, num_models=None, task=""):
+    """Full-split metrics (:func:`split_metrics`) plus ``posthoc_logit_adjustment`` (per tau:
+    top1, balanced accuracy, segmentation mIoU); with ``num_models=S`` a list of S dicts."""
     total = None
     for batch in batches:
         batch = {"mask": np.ones(np.shape(batch["label"]), bool), **batch}
-        cm = to_host(eval_step(state, shard_batch(batch, mesh, leading))).astype(np.int64)
-        total = cm if total is None else total + cm
+        cm = to_host(eval_step(state, shard_batch(batch, mesh, num_models is not None)))
+        total = cm.astype(np.int64) if total is None else total + cm
     if total is None:
         raise ValueError("evaluate: no eval batches")
-    per_model = [total] if num_models is None else list(total)
     results = []
-    for cms in per_model:
+    for cms in [total] if num_models is None else list(total):
         out = split_metrics(cms[0], class_counts, task)
-        if class_counts is not None:
-            keys = ("top1", "balanced_accuracy") + (("miou",) if task == "segmentation" else ())
-            out["posthoc_logit_adjustment"] = [
-                {"tau": float(t), **{key: m[key] for key in keys}}
-                for t, m in zip(taus, (split_metrics(c, None, task) for c in cms))
-            ]
+        keys = ("top1", "balanced_accuracy") + (("miou",) if task == "segmentation" else ())
+        out["posthoc_logit_adjustment"] = [
+            {"tau": float(t), **{key: m[key] for key in keys}}
+            for t, m in zip(POSTHOC_TAUS, (split_metrics(c, class_counts, task) for c in cms))
+        ]
         results.append(out)
     return results[0] if num_models is None else results
 
 
-def split_metrics(cm, class_counts=None, task: str = "classification") -> dict:
+def split_metrics(cm, class_counts, task: str = "") -> dict:
     """The metrics of a confusion matrix; a segmentation (pixel) matrix adds the
     classification names of its numbers (top1 = pixel accuracy, ...; docs/training.md)."""
     if task != "segmentation":
@@ -216,6 +161,4 @@ def split_metrics(cm, class_counts=None, task: str = "classification") -> dict:
         test_class_counts=out["test_pixel_counts"],
         num_examples=out["num_pixels"],
     )
-    if class_counts is not None:
-        out.update({g: out[f"{g}_miou"] for g in ("many", "medium", "few")})
-    return out
+    return dict(out, **{g: out[f"{g}_miou"] for g in ("many", "medium", "few")})

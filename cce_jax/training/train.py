@@ -1,15 +1,8 @@
-"""One run: build (data, model, losses, steps), restore, train epoch by epoch, summarize.
-
-:func:`train_and_evaluate` is the whole run, in the shape of flax's ``examples/imagenet``; the
-data is chosen in :func:`build_data`, the model in :func:`build`, the loss in
-:func:`make_losses` (docs/training.md). Resume, seeds, divergence and preemption:
-docs/reliability.md.
-"""
-
-from __future__ import annotations
+"""One run, in the shape of flax's ``examples/imagenet``: build (:class:`Job`; the data in
+:func:`build_data`, the loss in :func:`make_losses`), restore, train epoch by epoch, summarize
+(docs/training.md). Resume, seeds, divergence and preemption: docs/reliability.md."""
 
 import contextlib
-import dataclasses
 import functools
 import itertools
 import json
@@ -18,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,10 +41,8 @@ class StopSignals:
     exits at once (``128 + signal``). With several processes SIGTERM is JAX's preemption
     notice (its own handler) and SIGINT is passed on as one."""
 
-    def __init__(self):
-        self.by, self._old, self._got = None, {}, False
-
     def __enter__(self):
+        self.by, self._old, self._got = None, {}, False
         sigs = (signal.SIGINT,) if jax.process_count() > 1 else (signal.SIGTERM, signal.SIGINT)
         for sig in sigs if threading.current_thread() is threading.main_thread() else ():
             if signal.getsignal(sig) != signal.SIG_IGN:  # as SIGINT in a background job
@@ -80,39 +70,55 @@ class StopSignals:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
-        self._old = {}
 
 
-@dataclasses.dataclass
 class Job:
-    """What a run is built from: its config, data, model, steps and checkpoints."""
+    """A run's config, data, model, jitted steps and checkpoints, built and checked (the
+    model's task is the data's, the stored config, the checkpoints) by the constructor."""
 
-    config: Any
-    workdir: epath.Path
-    datasets: list
-    mesh: Any
-    model: Any
-    tx: Any
-    train_steps: dict  # uses DRW -> (one-batch step, steps_per_call-batch step or None)
-    eval_step: Any
-    ckpts: ckpt.Checkpoints
-    restored: int = 0  # the step restored from a checkpoint (0: none)
-
-    seeds = property(lambda self: config_lib.seeds_of(self.config))
-    info = property(lambda self: self.datasets[0].info)
-    spe = property(lambda self: int(self.datasets[0].steps_per_epoch))
-    total = property(lambda self: int(self.config.num_epochs) * self.spe)
-    num_models = property(lambda self: len(self.seeds) if self.seeds else None)
-    is_main = property(lambda self: jax.process_index() == 0)
-
-    @property
-    def dirs(self) -> list[epath.Path]:
-        return [self.workdir / f"seed_{s}" for s in self.seeds] if self.seeds else [self.workdir]
-
-    @property
-    def result_dirs(self) -> list[epath.Path]:
-        """Where summary.json/failure.json go: each model's folder, with seeds the workdir."""
-        return self.dirs + ([self.workdir] if self.seeds else [])
+    def __init__(self, config, workdir: epath.Path, ckpts: ckpt.Checkpoints, data=None):
+        self.config, self.workdir, self.ckpts = config, workdir, ckpts
+        self.restored = 0  # the step restored from a checkpoint (0: none)
+        self.datasets = build_data(config, data)
+        self.info, self.mesh, name = self.datasets[0].info, parallel.make_mesh(), config.model.name
+        self.task = getattr(self.info, "task", "classification")
+        if models.model_task(name) != self.task:
+            seg = self.task == "segmentation"
+            fits = models.SEGMENTATION_MODEL_NAMES if seg else models.CLASSIFIER_NAMES
+            raise ConfigError(
+                f"model.name={name!r} is a {models.model_task(name)} model but "
+                f"data.source={config.data.source!r} is a {self.task} set: use one of {list(fits)}"
+            )
+        self.spe = int(self.datasets[0].steps_per_epoch)
+        if self.spe < 1:
+            raise ConfigError(
+                f"the train split ({self.info.num_train}) holds no batch of {config.batch_size}"
+            )
+        self.total = int(config.num_epochs) * self.spe
+        self.seeds = config_lib.seeds_of(config)
+        self.num_models = len(self.seeds) if self.seeds else None
+        self.is_main = jax.process_index() == 0
+        self.dirs = [workdir / f"seed_{s}" for s in self.seeds or ()] or [workdir]
+        # Where summary.json/failure.json go: each model's folder, with seeds the workdir.
+        self.result_dirs = self.dirs + ([workdir] if self.seeds else [])
+        m, counts = config.model, np.asarray(self.info.class_counts, np.int64)
+        self.model = models.get_model(
+            name, num_classes=int(self.info.num_classes), dtype=m.dtype, cosine_head=m.cosine_head,
+            width=m.get("width"), conv_impl=m.get("conv_impl", "xla"),
+        )  # fmt: skip
+        self.tx = opt_lib.make_optimizer(config, self.spe)
+        make = functools.partial(
+            steps_lib.make_train_step, self.model, self.tx, self.mesh, num_models=self.num_models
+        )
+        n = int(config.get("steps_per_call", 1))
+        self.train_steps = {  # uses DRW -> (one-batch step, n-batch step or None)
+            drw: (make(fns), make(fns, steps_per_call=n) if n > 1 else None) if fns else None
+            for drw, fns in zip((False, True), make_losses(config, counts))
+        }
+        self.eval_step = steps_lib.make_eval_step(
+            self.model, self.mesh, counts, num_models=self.num_models
+        )
+        _check_workdir(self)
 
     def config_dict(self, seed=None) -> dict:
         """The stored config; with ``seed``, that of the single run the seed's model equals."""
@@ -132,12 +138,9 @@ class Job:
 
 def train_and_evaluate(config, workdir, *, data=None) -> dict:
     """Trains ``config`` in ``workdir`` (resuming from its last checkpoint), evaluates and
-    returns the summary (with seeds: the aggregate). ``data`` (a pipeline, or one per seed)
-    replaces ``data.build``.
-
-    Raises ConfigError (before anything is written), TrainingDiverged, Preempted (rerun to
-    resume) or StorageError (one line).
-    """
+    returns the summary (with seeds: the aggregate); ``data`` (a pipeline, or one per seed)
+    replaces ``data.build``. Raises ConfigError (before anything is written),
+    TrainingDiverged, Preempted (rerun to resume) or StorageError (one line)."""
     t_start = time.time()
     config_lib.validate_config(config)
     workdir = epath.Path(os.path.abspath(workdir) if ckpt.is_local(workdir) else workdir)
@@ -148,74 +151,22 @@ def train_and_evaluate(config, workdir, *, data=None) -> dict:
             f"cannot create the workdir {str(workdir)!r} ({ckpt.first_line(e)}); "
             "use a writable --workdir"
         ) from None
-    lock = ckpt.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     ckpts = ckpt.Checkpoints(workdir, config)
-    with lock, StopSignals() as stop, contextlib.closing(ckpts):
-        job = build(config, workdir, ckpts, data)
-        if job.is_main:
-            _store_configs(job)
-        state, pos, partial = restore(job)
+    with ckpt.WorkdirLock(workdir), StopSignals() as stop, contextlib.closing(ckpts):
+        job = Job(config, workdir, ckpts, data)
+        state, pos, partial, rows = restore(job)
         start_epoch, num_epochs = pos // job.spe, int(config.num_epochs)
-        rows = _reset_files(job, start_epoch)
         evals = evaluate(job, state) if pos == job.total else None
         for epoch in range(start_epoch, num_epochs):
             t0 = time.time()
-            state, host, pos = train_epoch(job, state, epoch, pos, partial, stop)
-            partial = None
-            if pos < (epoch + 1) * job.spe:  # a stop signal
-                save(job, pos, state, host, epoch)
-                raise Preempted(
-                    f"stopped by {stop.by} at {job.describe(pos)}; checkpointed in "
-                    f"{ckpts.directory}; rerun to resume"
-                )
-            check_finite(job, host, epoch)
-            done = epoch + 1 == num_epochs
+            state, host = train_epoch(job, state, epoch, pos, partial, stop)
+            pos, partial, done = (epoch + 1) * job.spe, {}, epoch + 1 == num_epochs
             due = done or (epoch + 1) % int(config.eval_every) == 0
             evals = evaluate(job, state) if due else None
             log_epoch(job, rows, epoch, host, evals, time.time() - t0)
             if done or (epoch + 1) % int(config.checkpoint_every) == 0:
-                save(job, pos, state, None, epoch)
+                save(job, pos, state, host, epoch)
         return write_summary(job, rows, evals, state, start_epoch, t_start)
-
-
-def build(config, workdir: epath.Path, ckpts, data=None) -> Job:
-    """The data, model, optimizer, losses and jitted steps, and every check that needs them
-    (the model's task is the data's, the stored config, the checkpoints)."""
-    datasets = build_data(config, data)
-    info, mesh, name = datasets[0].info, parallel.make_mesh(), config.model.name
-    task = getattr(info, "task", "classification")
-    if models.model_task(name) != task:
-        seg = task == "segmentation"
-        fits = models.SEGMENTATION_MODEL_NAMES if seg else models.CLASSIFIER_NAMES
-        raise ConfigError(
-            f"model.name={name!r} is a {models.model_task(name)} model but "
-            f"data.source={config.data.source!r} is a {task} set: use one of {list(fits)}"
-        )
-    spe = int(datasets[0].steps_per_epoch)
-    if spe < 1:
-        raise ConfigError(
-            f"the train split ({info.num_train}) holds no batch of {config.batch_size}"
-        )
-    m = config.model
-    model = models.get_model(
-        name, num_classes=int(info.num_classes), dtype=m.dtype, cosine_head=m.cosine_head,
-        width=m.get("width"), conv_impl=m.get("conv_impl", "xla"),
-    )  # fmt: skip
-    counts = np.asarray(info.class_counts, np.int64)
-    tx = opt_lib.make_optimizer(config, spe)
-    num_models = len(config.seeds) if config_lib.seeds_of(config) else None
-    make = functools.partial(steps_lib.make_train_step, model, tx, mesh, num_models=num_models)
-    n = int(config.get("steps_per_call", 1))
-    train_steps = {
-        drw: (make(fns), make(fns, steps_per_call=n) if n > 1 else None) if fns else None
-        for drw, fns in zip((False, True), make_losses(config, counts))
-    }
-    eval_step = steps_lib.make_eval_step(
-        model, mesh, int(info.num_classes), class_counts=counts, num_models=num_models
-    )
-    job = Job(config, workdir, datasets, mesh, model, tx, train_steps, eval_step, ckpts)
-    _check_workdir(job)
-    return job
 
 
 def build_data(config, data=None) -> list:
@@ -279,7 +230,8 @@ def make_losses(config, class_counts) -> tuple[tuple, tuple | None]:
 
 
 def _check_workdir(job: Job) -> None:
-    """The workdir's ``config.json`` is this config's, and its checkpoints fit the run."""
+    """The workdir's ``config.json`` is this config's and its checkpoints fit the run; then
+    ``config.json`` is written (before the first checkpoint), and each seed's in ``seed_<s>/``."""
     steps, path, where = job.ckpts.steps(), job.workdir / "config.json", str(job.workdir)
     with ckpt.storage_errors("cannot read", path):
         text = path.read_text() if path.exists() else None
@@ -304,22 +256,20 @@ def _check_workdir(job: Job) -> None:
             f"workdir {where!r} holds a checkpoint at {job.describe(steps[-1])}, "
             f"beyond num_epochs={job.config.num_epochs}"
         )
-
-
-def _store_configs(job: Job) -> None:
-    """``config.json`` (before the first checkpoint), and each seed's in ``seed_<s>/``."""
-    if not (job.workdir / "config.json").exists():
-        ckpt.write(job.workdir / "config.json", ckpt.dumps(job.config_dict()))
-    for s, sub in zip(job.seeds or (), job.dirs):
-        sub.mkdir(exist_ok=True)
-        ckpt.write(sub / "config.json", ckpt.dumps(job.config_dict(s)))
+    if job.is_main:
+        if text is None:
+            ckpt.write(path, ckpt.dumps(job.config_dict()))
+        for s, sub in zip(job.seeds or (), job.dirs):
+            sub.mkdir(exist_ok=True)
+            ckpt.write(sub / "config.json", ckpt.dumps(job.config_dict(s)))
 
 
 def restore(job: Job):
-    """(state, position in steps, host metrics of the partly trained epoch)."""
-    seeds = job.seeds
-    keys = [jax.random.key(s) for s in seeds or (int(job.config.seed),)]
-    rng = jnp.stack(keys) if seeds else keys[0]
+    """(state, position in steps, host metrics of the partly trained epoch, each model's
+    metrics rows of the finished epochs); ``metrics.jsonl`` is cut to those rows and, unless
+    the run is finished, a stale ``summary.json``/``failure.json`` removed."""
+    keys = [jax.random.key(s) for s in job.seeds or (int(job.config.seed),)]
+    rng = jnp.stack(keys) if job.seeds else keys[0]
     shape = tuple(job.info.image_shape)
     state = steps_lib.create_train_state(job.model, job.tx, rng, shape, job.mesh)
     state, progress, pos = job.ckpts.restore(state, job.describe)
@@ -329,65 +279,60 @@ def restore(job: Job):
     partial = {k: np.asarray(v, np.float32) for k, v in (progress.get("metrics") or {}).items()}
     if pos % job.spe and not partial:
         raise ConfigError(f"the checkpoint at {job.describe(pos)} lacks the metrics of its epoch")
-    return state, pos, partial
-
-
-def _reset_files(job: Job, done_epochs: int) -> list[list[dict]]:
-    """Each model's metrics rows of the finished epochs (``metrics.jsonl`` cut to them);
-    unless the run is finished, a stale ``summary.json``/``failure.json`` removed."""
-    all_rows = []
+    rows = []
     for d in job.dirs:
-        path = d / "metrics.jsonl"
-        rows = ckpt.read_jsonl(path)
-        kept = [r for r in rows if int(r.get("epoch", 0)) <= done_epochs]
-        torn = path.exists() and len(path.read_text().splitlines()) != len(rows)
-        if job.is_main and (torn or len(kept) != len(rows)):
-            ckpt.write(path, "".join(ckpt.dumps(r, indent=None) for r in kept))
-        all_rows.append(kept)
-    if job.is_main and done_epochs < int(job.config.num_epochs):
-        for d in job.result_dirs:
-            for name in ("summary.json", "failure.json"):
-                with ckpt.storage_errors("cannot remove", d / name):
-                    (d / name).unlink(missing_ok=True)
-    return all_rows
+        old = ckpt.read_jsonl(d / "metrics.jsonl")
+        rows.append([r for r in old if int(r.get("epoch", 0)) <= pos // job.spe])
+        if job.is_main and len(rows[-1]) != len(old):
+            ckpt.write_jsonl(d / "metrics.jsonl", rows[-1])
+    for d in job.result_dirs if job.is_main and pos < job.total else ():
+        for name in ("summary.json", "failure.json"):
+            with ckpt.storage_errors("cannot remove", d / name):
+                (d / name).unlink(missing_ok=True)
+    return state, pos, partial, rows
 
 
 def train_epoch(job: Job, state, epoch: int, pos: int, partial, stop: StopSignals):
-    """Trains epoch ``epoch`` from step ``pos`` on, checkpointing as the save policies ask.
-    Returns (state, host metrics of the epoch so far, position: short of the epoch's end
-    only when a stop signal came)."""
+    """Trains epoch ``epoch`` from step ``pos`` on, checkpointing as the save policies ask,
+    and at a stop signal (then raises :class:`Preempted`). Returns (state, the epoch's host
+    metrics)."""
     single, multi = job.train_steps[job.uses_drw(epoch)]
-    n, end = int(job.config.get("steps_per_call", 1)), (epoch + 1) * job.spe
+    n, start = int(job.config.get("steps_per_call", 1)), pos - epoch * job.spe
+    history, pending, batches = [], None, _model_batches(job, epoch, start=start)
     show = bool(job.config.get("progress", True)) and job.is_main and sys.stdout.isatty()
-    desc = f"epoch {epoch + 1}/{job.config.num_epochs}"
-    bar = tqdm(total=job.spe, desc=desc, leave=False, disable=not show, file=sys.stdout)
-    bar.update(pos - epoch * job.spe)
-    history, pending, batches = [], None, _model_batches(job, epoch, start=pos - epoch * job.spe)
-    while chunk := list(itertools.islice(batches, n)):
-        if stop.requested(pos):
-            break
-        if len(chunk) == n and multi is not None:
-            state, m = multi(state, parallel.stack_batches(chunk, job.mesh, 1 + bool(job.seeds)))
-            history.extend(jax.tree.map(lambda x, i=i: x[i], m) for i in range(n))
-        else:
-            for b in chunk:
-                state, m = single(state, b)
-                history.append(m)
-        if pending is not None:  # keep one call in flight, never an unbounded queue
-            jax.block_until_ready(pending)
-        pending, pos = m, pos + len(chunk)
-        bar.update(len(chunk))
-        if pos < end and job.ckpts.should_save(pos):
-            host = _host_metrics(partial, history)
-            check_finite(job, host, epoch)
-            save(job, pos, state, host, epoch)
-    bar.close()
-    return state, _host_metrics(partial, history), pos
+    look = dict(desc=f"epoch {epoch + 1}/{job.config.num_epochs}", leave=False, file=sys.stdout)
+    with tqdm(total=job.spe, initial=start, disable=not show, **look) as bar:
+        while chunk := list(itertools.islice(batches, n)):
+            if stop.requested(pos):
+                save(job, pos, state, _host_metrics(partial, history), epoch)
+                raise Preempted(
+                    f"stopped by {stop.by} at {job.describe(pos)}; checkpointed in "
+                    f"{job.ckpts.directory}; rerun to resume"
+                )
+            if len(chunk) == n and multi is not None:
+                batch = parallel.stack_batches(chunk, job.mesh, 1 + bool(job.seeds))
+                state, m = multi(state, batch)
+                history.extend(jax.tree.map(lambda x, i=i: x[i], m) for i in range(n))
+            else:
+                for b in chunk:
+                    state, m = single(state, b)
+                    history.append(m)
+            if pending is not None:  # keep one call in flight, never an unbounded queue
+                jax.block_until_ready(pending)
+            pending, pos = m, pos + len(chunk)
+            bar.update(len(chunk))
+            if pos % job.spe and job.ckpts.should_save(pos):
+                host = _host_metrics(partial, history)
+                check_finite(job, host, epoch)
+                save(job, pos, state, host, epoch)
+    host = _host_metrics(partial, history)
+    check_finite(job, host, epoch)
+    return state, host
 
 
 def check_finite(job: Job, host: dict, epoch: int) -> None:
     """:func:`diverged` if a train loss or gradient norm of ``host`` is not finite."""
-    bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"])) if host else np.zeros(0)
+    bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"]))
     if bad.any():
         diverged(job, epoch, int(np.argwhere(bad)[0][0]))
 
@@ -423,7 +368,7 @@ def diverged(job: Job, epoch: int, step: int):
     )
 
 
-def save(job: Job, pos: int, state, host, epoch: int) -> None:
+def save(job: Job, pos: int, state, host: dict, epoch: int) -> None:
     """Checkpoints ``state`` at step ``pos`` (mid-epoch: with the metrics ``host`` of its
     epoch so far) unless it is the latest checkpoint; non-finite parameters diverge."""
     steps = job.ckpts.steps()
@@ -431,18 +376,15 @@ def save(job: Job, pos: int, state, host, epoch: int) -> None:
         return
     if not bool(parallel.to_host(ckpt.all_finite(state.params))):
         diverged(job, epoch, max(pos - epoch * job.spe - 1, 0))
-    mid = pos % job.spe and host is not None
-    metrics = {k: v.tolist() for k, v in host.items()} if mid else {}
+    metrics = {k: v.tolist() for k, v in host.items()} if pos % job.spe else {}
     job.ckpts.save(pos, state, {"metrics": metrics})
 
 
 def evaluate(job: Job, state) -> list[dict]:
     """Each model's test metrics (:func:`~cce_jax.training.steps.evaluate`)."""
-    info, counts = job.info, np.asarray(job.info.class_counts, np.int64)
-    args = (job.eval_step, state, _model_batches(job), job.mesh, int(info.num_classes), counts)
-    task = getattr(info, "task", "classification")
-    out = steps_lib.evaluate(*args, num_models=job.num_models, task=task)
-    return [out] if job.num_models is None else out
+    args = (job.eval_step, state, _model_batches(job), job.mesh, job.info.class_counts)
+    out = steps_lib.evaluate(*args, job.num_models, job.task)
+    return out if job.seeds else [out]
 
 
 def log_epoch(job: Job, rows: list, epoch: int, host: dict, evals, dt: float) -> None:
@@ -450,8 +392,7 @@ def log_epoch(job: Job, rows: list, epoch: int, host: dict, evals, dt: float) ->
     lr = float(opt_lib.make_lr_schedule(job.config, job.spe)(epoch * job.spe))
     imgs = job.spe * int(job.config.batch_size) * (job.num_models or 1)
     for i, (d, model_rows) in enumerate(zip(job.dirs, rows)):
-        mine = host if job.num_models is None else {k: v[:, i] for k, v in host.items()}
-        ev = None if evals is None else evals[i]
+        mine = {k: v[:, i] for k, v in host.items()} if job.seeds else host
         row = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(mine["loss"])),
@@ -463,12 +404,13 @@ def log_epoch(job: Job, rows: list, epoch: int, host: dict, evals, dt: float) ->
         }
         if "loss_1" in mine:
             row["train_complement_loss"] = float(np.mean(mine["loss_1"]))
-        if ev is not None:
-            row["test"] = {k: v for k, v in ev.items() if k != "confusion_matrix"}
+        if evals is not None:
+            row["test"] = {k: v for k, v in evals[i].items() if k != "confusion_matrix"}
         model_rows.append(row)
         if job.is_main:
-            ckpt.append_line(d / "metrics.jsonl", row)
+            ckpt.write_jsonl(d / "metrics.jsonl", model_rows)
             tag = f"[seed {job.seeds[i]}] " if job.seeds else ""
+            ev = None if evals is None else evals[i]
             print(tag + report.epoch_line(row, ev, job.config.num_epochs), flush=True)
 
 
@@ -477,23 +419,17 @@ def write_summary(job: Job, rows, evals, state, start_epoch: int, t_start: float
     ``predictions.npz``); with seeds, the aggregate ``summary.json``. Returns the summary."""
     summaries = []
     for i, (d, model_rows) in enumerate(zip(job.dirs, rows)):
-        summary = report.run_summary(
-            evals[i],
-            model_rows,
-            info=job.info,
-            config=job.config_dict(job.seeds[i] if job.seeds else None),
-            resumed_from_epoch=start_epoch,
-            wall_time_s=time.time() - t_start,
-            seeds=job.seeds,
-        )
+        config = job.config_dict(job.seeds[i] if job.seeds else None)
+        extra = dict(resumed_from_epoch=start_epoch, wall_time_s=time.time() - t_start)
+        summary = report.run_summary(evals[i], model_rows, job.info, config, job.seeds, **extra)
         if job.is_main:
-            report.write_run_files(d, summary)
-            if summary.get("task") == "segmentation":
-                variables = {"params": state.params, "batch_stats": state.batch_stats}
-                if job.num_models is not None:
-                    variables = jax.tree.map(lambda x, i=i: x[i], variables)
-                preds = report.predictions(job.model, job.datasets[i], variables)
-                report.write_predictions(d, preds)
+            ckpt.write(d / "summary.json", ckpt.dumps(summary))
+            report.plot_per_class(summary, d / "per_class.png")
+        if job.is_main and job.task == "segmentation":
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            if job.seeds:
+                variables = jax.tree.map(lambda x, i=i: x[i], variables)
+            report.write_predictions(d, job.model, job.datasets[i], variables)
         summaries.append(summary)
     if not job.seeds:
         return summaries[0]
@@ -520,11 +456,8 @@ def _model_batches(job: Job, epoch=None, *, start=0):
 def _host_metrics(partial, history) -> dict:
     """An epoch's per-step train metrics on the host (``[steps(, S)]``): those restored from
     a mid-epoch checkpoint (``partial``), then this call's (``history``)."""
-    host = (
-        {k: np.stack([parallel.to_host(h[k]) for h in history]) for k in history[0]}
-        if history
-        else {}
-    )
-    for k, v in (partial or {}).items():
-        host[k] = np.concatenate([v, host[k]]) if k in host else v
+    host = dict(partial)
+    for k in history[0] if history else ():
+        new = np.stack([parallel.to_host(h[k]) for h in history])
+        host[k] = np.concatenate([host[k], new]) if k in host else new
     return host
