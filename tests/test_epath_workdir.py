@@ -202,7 +202,7 @@ def test_bucket_failures_are_one_line_storage_errors(bucket):
     with pytest.raises(training.StorageError, match="no space left on device"):
         ckpt.write(path, b"\0")
     bucket.fail = None
-    assert ckpt.read_jsonl(ckpt.epath.Path(f"{RUN}/missing.jsonl")) == []
+    assert ckpt.read_jsonl(ckpt.epath.Path(f"{RUN}/missing.jsonl")) == ([], True)
 
 
 def test_a_failing_bucket_mid_run_is_a_storage_error(bucket):

@@ -9,10 +9,13 @@ import fcntl
 import gc
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
 import tempfile
+import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -102,20 +105,27 @@ def write(path: epath.Path, data: str | bytes) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def write_jsonl(path: epath.Path, rows: list[dict]) -> None:
-    """Writes ``rows`` as a strict JSON-lines file, atomically (:func:`write`)."""
-    write(path, "".join(dumps(r, indent=None) for r in rows))
+def append_line(path: epath.Path, row: dict) -> None:
+    """Appends one strict-JSON row to a JSON-lines file (a bucket object: rewritten whole)."""
+    line = dumps(row, indent=None)
+    if not is_local(path):
+        with storage_errors("cannot read", path):
+            old = path.read_text() if path.exists() else ""
+        return write(path, old + line)
+    with storage_errors("cannot write", path), open(path, "a") as f:
+        f.write(line)
 
 
-def read_jsonl(path: epath.Path) -> list[dict]:
-    """The rows of a JSON-lines file; a torn line is skipped."""
+def read_jsonl(path: epath.Path) -> tuple[list[dict], bool]:
+    """(the rows of a JSON-lines file, whether every line was whole): a torn line (a killed
+    writer) is skipped."""
     with storage_errors("cannot read", path):
-        text = path.read_text() if path.exists() else ""
+        lines = path.read_text().splitlines() if path.exists() else []
     rows = []
-    for line in filter(None, map(str.strip, text.splitlines())):
+    for line in lines:
         with contextlib.suppress(json.JSONDecodeError):
             rows.append(json.loads(line))
-    return rows
+    return rows, len(rows) == len(lines)
 
 
 @contextlib.contextmanager
@@ -151,6 +161,9 @@ def _held_stderr():
         os.dup2(held.fileno(), 2)
         try:
             yield
+        except BaseException:
+            _quiet_failed_writes(held)
+            raise
         finally:
             gc.collect()  # asyncio reports its unretrieved task exceptions here
             sys.stderr.flush()
@@ -158,6 +171,19 @@ def _held_stderr():
             os.close(saved)
         held.seek(0)
         os.write(2, held.read())
+
+
+def _quiet_failed_writes(held) -> None:
+    """After a failed save its other writes end later, each with a traceback (into a closed
+    event loop): wait, 5 s at most, until ``held`` stops growing, and mute asyncio's
+    reports of the same failure from then on."""
+    logging.getLogger("asyncio").addFilter(lambda r: "never retrieved" not in str(r.msg))
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+    size = -1
+    for _ in range(20):
+        if size == (size := os.fstat(held.fileno()).st_size):
+            return
+        time.sleep(0.25)
 
 
 @jax.jit
@@ -216,7 +242,9 @@ class Checkpoints:
             if not d.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory")
             steps = list(self.mngr.all_steps())
-            if not steps and not all(map(ocp.path.step.is_tmp_checkpoint, d.iterdir())):
+            # A save cut short: orbax's temporary folder (which it removes in the background).
+            cut_short = lambda p: ocp.path.step.is_tmp_checkpoint(p) or not p.exists()
+            if not steps and not all(map(cut_short, d.iterdir())):
                 raise OSError(errno.EIO, "it holds entries but no checkpoint orbax can list")
         return steps
 

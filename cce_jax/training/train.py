@@ -281,10 +281,10 @@ def restore(job: Job):
         raise ConfigError(f"the checkpoint at {job.describe(pos)} lacks the metrics of its epoch")
     rows = []
     for d in job.dirs:
-        old = ckpt.read_jsonl(d / "metrics.jsonl")
+        old, whole = ckpt.read_jsonl(d / "metrics.jsonl")
         rows.append([r for r in old if int(r.get("epoch", 0)) <= pos // job.spe])
-        if job.is_main and len(rows[-1]) != len(old):
-            ckpt.write_jsonl(d / "metrics.jsonl", rows[-1])
+        if job.is_main and (len(rows[-1]) != len(old) or not whole):
+            ckpt.write(d / "metrics.jsonl", "".join(ckpt.dumps(r, indent=None) for r in rows[-1]))
     for d in job.result_dirs if job.is_main and pos < job.total else ():
         for name in ("summary.json", "failure.json"):
             with ckpt.storage_errors("cannot remove", d / name):
@@ -408,7 +408,7 @@ def log_epoch(job: Job, rows: list, epoch: int, host: dict, evals, dt: float) ->
             row["test"] = {k: v for k, v in evals[i].items() if k != "confusion_matrix"}
         model_rows.append(row)
         if job.is_main:
-            ckpt.write_jsonl(d / "metrics.jsonl", model_rows)
+            ckpt.append_line(d / "metrics.jsonl", row)
             tag = f"[seed {job.seeds[i]}] " if job.seeds else ""
             ev = None if evals is None else evals[i]
             print(tag + report.epoch_line(row, ev, job.config.num_epochs), flush=True)
