@@ -10,7 +10,6 @@ import gc
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -68,19 +67,10 @@ def storage_errors(what: str, path, note: str = ""):
         raise StorageError(f"{what} {os.fspath(path)!r}: {cause}; {note}{todo}") from e
 
 
-def _strict(x):
-    """NaN/inf -> None, numpy values -> Python, recursively (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): _strict(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_strict(v) for v in x]
-    if hasattr(x, "tolist"):
-        return _strict(x.tolist())
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
 def dumps(obj, indent: int | None = 2) -> str:
-    return json.dumps(_strict(obj), indent=indent, sort_keys=True, allow_nan=False) + "\n"
+    """Strict JSON (NaN and infinities become null, numpy values plain JSON), sorted keys."""
+    plain = json.loads(json.dumps(obj, default=lambda x: x.tolist()), parse_constant=lambda _: None)
+    return json.dumps(plain, indent=indent, sort_keys=True, allow_nan=False) + "\n"
 
 
 def is_local(path) -> bool:
