@@ -5,8 +5,9 @@
 Each row: images/s of the trainer's jitted SGD step (ResNet-32 CIFAR shapes by default) after
 warm-up, waiting for every call, and its ratio to this run's first row. Modes: ``synthetic``
 (one fixed batch), ``conv`` (each ``conv_impl``), ``tf``/``device`` (CIFAR-10-LT r100 through
-``cce_jax.data.build``), ``spc`` (``steps_per_call`` steps a call), ``seeds`` (S vmapped
-models) and ``torch`` (the same ResNet-32 in PyTorch, the [bench] extra).
+``cce_jax.data.build``), ``input`` (those two pipelines alone: their batches on the devices,
+no step), ``spc`` (``steps_per_call`` steps a call), ``seeds`` (S vmapped models) and
+``torch`` (the same ResNet-32 in PyTorch, the [bench] extra).
 """
 
 import argparse
@@ -53,10 +54,10 @@ def random_batch(mesh, batch_size, shape, num_classes, lead=()):
     return parallel.shard_batch(batch, mesh, len(lead))
 
 
-def step_throughput(a, width, num_models=None, spc=1, impl=None, source=None):
+def step_throughput(a, width, num_models=None, spc=1, impl=None, source=None, alone=False):
     """Images/s of the step of ``a.model`` on one fixed random batch (``source``: fed by
-    ``cce_jax.data.build``'s ``pipeline``, CIFAR-10-LT r100 of ``a.source``), after 3 warm-up
-    calls, waiting for every call."""
+    ``cce_jax.data.build``'s ``pipeline``, CIFAR-10-LT r100 of ``a.source``; ``alone``: that
+    pipeline without the step), after 3 warm-up calls, waiting for every call."""
     import jax
 
     from cce_jax import data as data_lib
@@ -72,7 +73,10 @@ def step_throughput(a, width, num_models=None, spc=1, impl=None, source=None):
         shape, k = data.info.image_shape, data.info.num_classes
         epochs = itertools.chain.from_iterable(map(data.train_epoch, itertools.count()))
         batches = (parallel.shard_batch(b, mesh) for b in epochs)
-    _, state, step = _setup(a.model, k, a.dtype, width, shape, num_models, impl, spc)
+    if alone:  # the "step" returns the batch: waiting for it waits for the pipeline
+        state, step = None, lambda state, batch: (state, batch)
+    else:
+        _, state, step = _setup(a.model, k, a.dtype, width, shape, num_models, impl, spc)
     if not source:
         lead = tuple(d for d in ((spc if spc > 1 else None), num_models) if d)
         batch = random_batch(mesh, a.batch_size // jax.process_count(), shape, k, lead)
@@ -140,13 +144,14 @@ def _rows(args, modes, width, record):
         record("synthetic batch, loop", step_throughput(args, width))
     for impl in ("xla", "shifted_matmul") if "conv" in modes else ():
         record(f"conv_impl={impl}", step_throughput(args, width, impl=impl), "synthetic")
-    for pipe in [m for m in ("tf", "device") if m in modes]:
+    pipes = [(m, False) for m in ("tf", "device") if m in modes]
+    for pipe, alone in pipes + [(m, True) for m in ("tf", "device") if "input" in modes]:
         try:
-            ips = step_throughput(args, width, source=pipe)
+            ips = step_throughput(args, width, source=pipe, alone=alone)
         except Exception as e:  # e.g. no tensorflow on this machine
             print(f"{pipe} pipeline: skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
             continue
-        record(f"{pipe} pipeline, loop", ips, "CIFAR-10-LT r100")
+        record(f"{pipe} pipeline, {'alone' if alone else 'loop'}", ips, "CIFAR-10-LT r100")
     if "spc" in modes and args.steps_per_call > 1:
         ips = step_throughput(args, width, spc=args.steps_per_call)
         record(f"steps_per_call={args.steps_per_call}", ips)
