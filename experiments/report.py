@@ -357,10 +357,9 @@ def label_palette(num_classes: int) -> np.ndarray:
         raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
     tab20 = colormaps["tab20"].colors
     hues = [colorsys.hsv_to_rgb((c * 0.618033988749895) % 1, 0.65, 0.9) for c in range(20, 255)]
+    colours = np.round(255 * np.array([*tab20[0::2], *tab20[1::2], *hues]))
     pal = np.zeros((256, 3), np.uint8)
-    pal[: int(num_classes)] = np.round(255 * np.array([*tab20[0::2], *tab20[1::2], *hues]))[
-        : int(num_classes)
-    ]
+    pal[: int(num_classes)] = colours[: int(num_classes)]
     pal[IGNORE] = 255
     return pal
 
