@@ -313,10 +313,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cells = args.cells.split(",")
     if len(cells) != 2 or not all(c.strip().isdigit() for c in cells):
-        print(
-            f"error: --cells must be two integers FEWEST,MOST, got {args.cells!r}", file=sys.stderr
-        )
-        return 2
+        p.error(f"--cells must be two integers FEWEST,MOST, got {args.cells!r}")
     t0 = time.perf_counter()
     cifar = load_cifar10_jpeg(args.archive, args.cache_dir)
     t1 = time.perf_counter()

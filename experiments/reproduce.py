@@ -182,7 +182,8 @@ def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
             what = f"seed{'s' if seeds else ''} " + ",".join(map(str, seeds or [run["seed"]]))
             label = f"{run['loss']} r{run['ratio']:g} {what}"
             prog = dict(run, seeds=seeds or [run["seed"]], workdir=workdir, label=label)
-            programs.append(dict(prog, flags=plan.flags(run, seeds)))
+            cmd = [*TRAIN_COMMAND, f"--workdir={workdir}", *plan.flags(run, seeds)]
+            programs.append(dict(prog, cmd=cmd))
             if seeds and (found := report.read_json(f"{workdir}/config.json")):
                 want = training.config_to_dict(plan.config(run, seeds))
                 if diff := training.config_diff(found, want):
@@ -238,15 +239,14 @@ class Pool:
         """(prog, exit code or None when not started, seconds, the log's tail)."""
         if self.stopped:
             return prog, None, 0.0, []
-        cmd = [*TRAIN_COMMAND, f"--workdir={prog['workdir']}", *prog["flags"]]
         where = prog["workdir"] if self.logs is None else f"{self.logs}/{prog['workdir']}"
         log_path = os.path.join(where.replace("://", "/"), "train.log")  # a bucket: logs here
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         t0 = time.time()
         with open(log_path, "a") as log:
-            print("# " + shlex.join(cmd), file=log, flush=True)
+            print("# " + shlex.join(prog["cmd"]), file=log, flush=True)
             with self.lock:
-                proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=log,
+                proc = subprocess.Popen(prog["cmd"], cwd=REPO, env=self.env, stdout=log, stderr=log,
                                         start_new_session=True)  # fmt: skip
                 self.running.add(proc)
                 if self.stopped:
@@ -383,8 +383,7 @@ def _run(plan: Plan, args) -> int:
     if args.dry_run:
         print(f"config: {plan.path}; every run: {plan.extra or 'no other overrides'}")
         for i, p in enumerate(programs):
-            cmd = [*TRAIN_COMMAND, f"--workdir={p['workdir']}", *p["flags"]]
-            print(f"[{i + 1}/{len(programs)}] {shlex.join(cmd)}")
+            print(f"[{i + 1}/{len(programs)}] {shlex.join(p['cmd'])}")
         return 0
     prepare_segmentation_data(plan)
     logs = os.path.join(tempfile.gettempdir(), "cce_jax_logs") if "://" in plan.root else None
@@ -402,8 +401,7 @@ def _run(plan: Plan, args) -> int:
         _report(plan, failures)
 
     pool.run(programs, on_end)
-    rows, path = _report(plan, failures)
-    return _finish(plan, rows, path, pool.stopped)
+    return _finish(plan, *_report(plan, failures), pool.stopped)
 
 
 if __name__ == "__main__":
