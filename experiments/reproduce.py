@@ -139,8 +139,9 @@ class Plan:
         items = self.overrides(run, seeds).items()
         return [f"--config={config}"] + [f"--config.{k}={_flag(v)}" for k, v in items]
 
-    def in_grid(self, loss, ratio, seed) -> bool:
-        return loss in self.losses and float(ratio) in self.ratios and int(seed) in self.seeds
+    def in_grid(self, row: dict, seed: int) -> bool:
+        """Whether this command's grid holds ``seed`` of a report row's (loss, ratio)."""
+        return row["loss"] in self.losses and row["ratio"] in self.ratios and seed in self.seeds
 
 
 def _mismatch(folder, diff) -> str:
@@ -294,7 +295,7 @@ def _report(plan: Plan, failures: dict) -> tuple[list[dict], str]:
     losses, ratios, seeds = report.grid_on_disk(plan.root, plan.losses, plan.ratios, plan.seeds)
     rows = report.collect(plan.root, losses, ratios, seeds, extra_failures=failures)
     shown = [(r, s) for r in rows for s in r["seeds"] + [f["seed"] for f in r["failed"]]]
-    outside = sum(not plan.in_grid(r["loss"], r["ratio"], s) for r, s in shown)
+    outside = sum(not plan.in_grid(r, s) for r, s in shown)
     note = outside and (
         f"This command's grid: losses {plan.losses}, ratios {plan.ratios}, seeds {plan.seeds}; "
         f"the table shows every finished or failed run of {plan.root}, {outside} of them made "
@@ -308,10 +309,8 @@ def _report(plan: Plan, failures: dict) -> tuple[list[dict], str]:
 def _finish(plan: Plan, rows, path, stopped) -> int:
     """Prints the table, the failed runs and how the command ended; returns the exit code."""
     print("\n" + "\n".join(report.table_lines(rows)), flush=True)
-    n_done = sum(plan.in_grid(r["loss"], r["ratio"], s) for r in rows for s in r["seeds"])
-    failed = [
-        (r, f) for r in rows for f in r["failed"] if plan.in_grid(r["loss"], r["ratio"], f["seed"])
-    ]
+    n_done = sum(plan.in_grid(r, s) for r in rows for s in r["seeds"])
+    failed = [(r, f) for r in rows for f in r["failed"] if plan.in_grid(r, f["seed"])]
     for r, f in failed:
         where = f"ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} ({f['workdir']})"
         print(f"failed: {r['loss']} {where}")
