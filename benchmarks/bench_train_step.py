@@ -5,14 +5,26 @@
 Each row: images/s of the trainer's jitted SGD step (ResNet-32 CIFAR shapes by default) after
 warm-up, waiting for every call, and its ratio to this run's first row. Modes: ``synthetic``
 (one fixed batch), ``conv`` (each ``conv_impl``), ``tf``/``device`` (CIFAR-10-LT r100 through
-``cce_jax.data.build``), ``spc`` (``steps_per_call`` steps a call), ``seeds`` (S vmapped
-models) and ``torch`` (the same ResNet-32 in PyTorch, the [bench] extra).
+``cce_jax.data.build``), ``input`` (those two pipelines alone: their batches on the devices,
+no step), ``spc`` (``steps_per_call`` steps a call), ``seeds`` (S vmapped models) and
+``torch`` (the same ResNet-32 in PyTorch, the [bench] extra).
+
+``--modes=profile``: where the step's time goes (docs/training.md). It runs ``--num_steps``
+steps of ``--conv_impl`` on one random batch under ``jax.profiler`` and sums each XLA op's own
+time (over steps and CPU threads) by what its computation does: ``conv DIMS``, ``dot``,
+``transpose`` (copies, slices, relayouts), ``reduce``, ``elementwise``. The shares are the
+result: the op times of two threads overlap.
 """
 
 import argparse
+import collections
+import glob
+import gzip
 import itertools
 import json
 import os
+import re
+import shutil
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow/JAX load
@@ -53,10 +65,10 @@ def random_batch(mesh, batch_size, shape, num_classes, lead=()):
     return parallel.shard_batch(batch, mesh, len(lead))
 
 
-def step_throughput(a, width, num_models=None, spc=1, impl=None, source=None):
+def step_throughput(a, width, num_models=None, spc=1, impl=None, source=None, alone=False):
     """Images/s of the step of ``a.model`` on one fixed random batch (``source``: fed by
-    ``cce_jax.data.build``'s ``pipeline``, CIFAR-10-LT r100 of ``a.source``), after 3 warm-up
-    calls, waiting for every call."""
+    ``cce_jax.data.build``'s ``pipeline``, CIFAR-10-LT r100 of ``a.source``; ``alone``: that
+    pipeline without the step), after 3 warm-up calls, waiting for every call."""
     import jax
 
     from cce_jax import data as data_lib
@@ -72,7 +84,10 @@ def step_throughput(a, width, num_models=None, spc=1, impl=None, source=None):
         shape, k = data.info.image_shape, data.info.num_classes
         epochs = itertools.chain.from_iterable(map(data.train_epoch, itertools.count()))
         batches = (parallel.shard_batch(b, mesh) for b in epochs)
-    _, state, step = _setup(a.model, k, a.dtype, width, shape, num_models, impl, spc)
+    if alone:  # the "step" returns the batch: waiting for it waits for the pipeline
+        state, step = None, lambda state, batch: (state, batch)
+    else:
+        _, state, step = _setup(a.model, k, a.dtype, width, shape, num_models, impl, spc)
     if not source:
         lead = tuple(d for d in ((spc if spc > 1 else None), num_models) if d)
         batch = random_batch(mesh, a.batch_size // jax.process_count(), shape, k, lead)
@@ -134,24 +149,105 @@ def torch_throughput(batch_size=128, num_steps=20, warmup_steps=3, device="cpu",
     return num_steps * batch_size / (time.perf_counter() - t0)
 
 
+def classify(hlo_text: str) -> dict:
+    """HLO instruction name -> kind, from the compiled module's text."""
+    comps, cur = {}, None
+    for line in hlo_text.splitlines():
+        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line) if line[:1] not in (" ", "") else None
+        if m:
+            cur = comps.setdefault(m.group(1), [])
+        elif cur is not None:
+            cur.append(line)
+
+    def conv(text):
+        labels = re.search(r"dim_labels=(\S+?)[,} ]", text)
+        return "conv " + (labels.group(1) if labels else "")
+
+    def kind_of(comp, depth=0):
+        body = "\n".join(comps.get(comp, []))
+        if "convolution(" in body:
+            return conv(body)
+        if re.search(r" dot\(", body):
+            return "dot"
+        if "transpose(" in body or "slice(" in body:
+            return "transpose"
+        if "reduce(" in body or "reduce-window" in body:
+            return "reduce"
+        for called in re.findall(r"calls=%?([\w.\-]+)", body) if depth < 3 else ():
+            k = kind_of(called, depth + 1)
+            if k != "elementwise":
+                return k
+        return "elementwise"
+
+    kinds = {}
+    for lines in comps.values():
+        for line in lines:
+            m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ (\w[\w\-]*)\(", line)
+            if not m:
+                continue
+            name, op = m.groups()
+            if op == "fusion":
+                kinds[name] = kind_of(re.search(r"calls=%?([\w.\-]+)", line).group(1))
+            else:
+                kinds[name] = conv(line) if op == "convolution" else op
+                kinds[name] = "transpose" if op in ("transpose", "copy", "slice") else kinds[name]
+    return kinds
+
+
+def profile(a, width):
+    """Prints the XLA op times of ``a.num_steps`` steps on one random batch under
+    ``jax.profiler``, summed over the steps and CPU threads by :func:`classify`'s kinds."""
+    import jax
+
+    shape = (a.image_size, a.image_size, 3)
+    mesh, state, step = _setup(a.model, 10, a.dtype, width, shape, impl=a.conv_impl)
+    batch = random_batch(mesh, a.batch_size, shape, 10)
+    kinds = classify(step.lower(state, batch).compile().as_text())
+    for n in (3, a.num_steps):  # warm-up, then the traced steps
+        if n == a.num_steps:
+            shutil.rmtree(a.trace_dir, ignore_errors=True)
+            jax.profiler.start_trace(a.trace_dir, create_perfetto_trace=True)
+        for _ in range(n):
+            state, m = step(state, batch)
+            jax.block_until_ready(m)
+    jax.profiler.stop_trace()
+    (trace,) = glob.glob(f"{a.trace_dir}/**/*perfetto_trace.json.gz", recursive=True)
+    events = json.load(gzip.open(trace))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    total, count = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and "dur" in e and e["name"] in kinds:
+            total[kinds[e["name"]]] += e["dur"]
+            count[kinds[e["name"]]] += 1
+    all_us = sum(total.values())
+    per_step = f"{all_us / a.num_steps / 1e3:.1f} ms per step (summed over threads)"
+    print(f"conv_impl={a.conv_impl}: XLA op time {per_step}")
+    for kind, us in total.most_common():
+        share = f"{100 * us / max(all_us, 1):5.1f}%  x{count[kind] // a.num_steps:4d}"
+        print(f"{us / a.num_steps / 1e3:9.1f} ms/step {share}  {kind}")
+
+
 def _rows(args, modes, width, record):
     """Measures the rows of ``modes`` in order; ``record(name, images/s, note)`` each."""
     if "synthetic" in modes or not modes:
         record("synthetic batch, loop", step_throughput(args, width))
     for impl in ("xla", "shifted_matmul") if "conv" in modes else ():
         record(f"conv_impl={impl}", step_throughput(args, width, impl=impl), "synthetic")
-    for pipe in [m for m in ("tf", "device") if m in modes]:
+    pipes = [(m, False) for m in ("tf", "device") if m in modes]
+    for pipe, alone in pipes + [(m, True) for m in ("tf", "device") if "input" in modes]:
         try:
-            ips = step_throughput(args, width, source=pipe)
+            ips = step_throughput(args, width, source=pipe, alone=alone)
         except Exception as e:  # e.g. no tensorflow on this machine
             print(f"{pipe} pipeline: skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
             continue
-        record(f"{pipe} pipeline, loop", ips, "CIFAR-10-LT r100")
+        record(f"{pipe} pipeline, {'alone' if alone else 'loop'}", ips, "CIFAR-10-LT r100")
     if "spc" in modes and args.steps_per_call > 1:
         ips = step_throughput(args, width, spc=args.steps_per_call)
         record(f"steps_per_call={args.steps_per_call}", ips)
     for s in [int(x) for x in args.seeds.split(",") if x] if "seeds" in modes else ():
         record(f"seeds S={s} (vmap)", step_throughput(args, width, num_models=s), "all S models")
+    if "profile" in modes:
+        profile(args, width)
     if "torch" not in modes or args.model != "resnet32" or width:
         return
     import jax
@@ -182,15 +278,16 @@ def main():
     p.add_argument("--source", default="cifar10_jpeg:../shared/data/cifar10-jpeg.tar.gz")
     p.add_argument("--torch_threads", type=int, default=0, help="torch threads (0: its default)")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p.add_argument("--conv_impl", default="xla", help="the profile's convolution")
+    p.add_argument("--image_size", type=int, default=32, help="the profile's image side")
+    p.add_argument("--trace_dir", default="/tmp/cce_jax_profile", help="the profile's trace")
     args = p.parse_args()
 
     import jax
 
     dev, width, rows = jax.devices()[0], args.width or None, []
-    where = f"{jax.device_count()} {dev.platform} device(s) [{dev.device_kind}]"
-    print(
-        f"{args.model} (width {width or 'default'}) {args.dtype} batch {args.batch_size} on {where}"
-    )
+    what = f"{args.model} (width {width or 'default'}) {args.dtype} batch {args.batch_size}"
+    print(f"{what} on {jax.device_count()} {dev.platform} device(s) [{dev.device_kind}]")
 
     def record(name, ips, note=""):
         rows.append({"mode": name, "images_per_s": ips, "note": note})

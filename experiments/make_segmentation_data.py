@@ -66,8 +66,8 @@ def write_seg_folder(ds: Dataset, folder: str) -> None:
             raise ValueError(f"write_seg_folder: train id {s!r} cannot be a file name")
     width = max(5, len(str(len(ds.test_images) - 1)))
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "classes.txt"), "w", encoding="utf-8") as f:
-        f.write("".join(f"{n}\n" for n in ds.class_names))
+    names = "".join(f"{n}\n" for n in ds.class_names)
+    pathlib.Path(folder, "classes.txt").write_text(names, encoding="utf-8")
     test_stems = [f"{i:0{width}d}" for i in range(len(ds.test_images))]
     for split, stems in (("train", map(str, ds.train_ids)), ("test", test_stems)):
         for sub in ("images", "labels"):
@@ -94,10 +94,9 @@ def save_seg_npz(ds: Dataset, path: str) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for key, value in arrays.items():
             info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(value), allow_pickle=False)
-            zf.writestr(info, buf.getvalue())
+            zf.writestr(info, buf.getvalue(), zipfile.ZIP_DEFLATED)
 
 
 # -- the generator --------------------------------------------------------------------------
@@ -194,8 +193,7 @@ def make_cifar_segmentation(
             _make_split(rng, x, y, n=int(n), size=int(size), cells=(lo, hi), shares=shares)
         )
     (tr_x, tr_m), (te_x, te_m) = splits
-    absent = np.nonzero(pixel_counts(te_m, k) == 0)[0].tolist()
-    if absent:
+    if absent := np.nonzero(pixel_counts(te_m, k) == 0)[0].tolist():
         raise ValueError(f"the test split has no labelled pixel of classes {absent}; add images")
     ids = tuple(f"{i:05d}" for i in range(int(num_train)))
     names = tuple(str(n) for n in cifar.class_names)
@@ -313,9 +311,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cells = args.cells.split(",")
     if len(cells) != 2 or not all(c.strip().isdigit() for c in cells):
-        print(
-            f"error: --cells must be two integers FEWEST,MOST, got {args.cells!r}", file=sys.stderr
-        )
+        why = f"--cells must be two integers FEWEST,MOST, got {args.cells!r}"
+        print(f"error: {why}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     cifar = load_cifar10_jpeg(args.archive, args.cache_dir)

@@ -329,9 +329,8 @@ def _plots(base: str, rows: list[dict]) -> list[str]:
             ax.plot(counts[order], acc[order], marker="o", label=label)
         title = f"per-class {what}, ratio {ratio:g} (mean over seeds)"
         labels = dict(xlabel=f"training {unit} of the class", ylabel=f"test {what} of the class %")
-        paths.append(
-            _save(fig, ax, f"{base}_per_class_r{ratio:g}.png", title=title, xscale="log", **labels)
-        )
+        path = f"{base}_per_class_r{ratio:g}.png"
+        paths.append(_save(fig, ax, path, title=title, xscale="log", **labels))
     if len(ratios) >= 2:
         fig, ax = _axes()
         for loss in dict.fromkeys(r["loss"] for r in rows):
@@ -339,10 +338,8 @@ def _plots(base: str, rows: list[dict]) -> list[str]:
             x, m = zip(*sorted(p for p in pts if p[1]["mean"] is not None)) if pts else ((), ())
             y, sd = [v["mean"] for v in m], [v["sd"] or 0.0 for v in m]
             ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=loss)
-        labels = dict(
-            xlabel="imbalance ratio n_max / n_min", ylabel="balanced test accuracy %", xscale="log"
-        )
-        paths.append(_save(fig, ax, f"{base}_vs_ratio.png", **labels))
+        labels = dict(xlabel="imbalance ratio n_max / n_min", ylabel="balanced test accuracy %")
+        paths.append(_save(fig, ax, f"{base}_vs_ratio.png", xscale="log", **labels))
     return paths
 
 
@@ -357,10 +354,9 @@ def label_palette(num_classes: int) -> np.ndarray:
         raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
     tab20 = colormaps["tab20"].colors
     hues = [colorsys.hsv_to_rgb((c * 0.618033988749895) % 1, 0.65, 0.9) for c in range(20, 255)]
+    colours = np.round(255 * np.array([*tab20[0::2], *tab20[1::2], *hues]))
     pal = np.zeros((256, 3), np.uint8)
-    pal[: int(num_classes)] = np.round(255 * np.array([*tab20[0::2], *tab20[1::2], *hues]))[
-        : int(num_classes)
-    ]
+    pal[: int(num_classes)] = colours[: int(num_classes)]
     pal[IGNORE] = 255
     return pal
 
@@ -393,21 +389,18 @@ def picture_grid(images, masks, *predictions, num_classes: int, gap: int = 1) ->
 def _picture_grid(base: str, rows: list[dict]) -> list[str]:
     """Input, truth and each loss's prediction (its first seed with a ``predictions.npz``)
     on the same test images, with a class legend: ``base_pictures.png``."""
-    preds, names, first = [], [], None
+    found = []  # (loss, the predictions of its first seed that has them)
     for r in rows:
-        found = [d for d in r["run_dirs"] if epath.Path(f"{d}/predictions.npz").exists()]
-        if not found:
-            continue
-        arrays = read_predictions(found[0])
-        first = first or arrays
-        preds.append(arrays["predictions"][:GRID_IMAGES])
-        names.append(r["loss"])
-    if first is None:
+        dirs = [d for d in r["run_dirs"] if epath.Path(f"{d}/predictions.npz").exists()]
+        found += [(r["loss"], read_predictions(dirs[0]))] if dirs else []
+    if not found:
         return []
     from matplotlib.patches import Patch
 
+    names, arrays = zip(*found)
     k, n = len(rows[0]["class_counts"]), GRID_IMAGES
-    grid = picture_grid(first["images"][:n], first["labels"][:n], *preds, num_classes=k)
+    preds = [a["predictions"][:n] for a in arrays]
+    grid = picture_grid(arrays[0]["images"][:n], arrays[0]["labels"][:n], *preds, num_classes=k)
     columns = ["input", "truth", *names]
     fig, ax = _axes(figsize=(1.0 + 0.9 * len(columns), 1.2 + 0.9 * n), dpi=100)
     ax.imshow(grid, interpolation="nearest")

@@ -139,8 +139,9 @@ class Plan:
         items = self.overrides(run, seeds).items()
         return [f"--config={config}"] + [f"--config.{k}={_flag(v)}" for k, v in items]
 
-    def in_grid(self, loss, ratio, seed) -> bool:
-        return loss in self.losses and float(ratio) in self.ratios and int(seed) in self.seeds
+    def in_grid(self, row: dict, seed: int) -> bool:
+        """Whether this command's grid holds ``seed`` of a report row's (loss, ratio)."""
+        return row["loss"] in self.losses and row["ratio"] in self.ratios and seed in self.seeds
 
 
 def _mismatch(folder, diff) -> str:
@@ -182,7 +183,8 @@ def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
             what = f"seed{'s' if seeds else ''} " + ",".join(map(str, seeds or [run["seed"]]))
             label = f"{run['loss']} r{run['ratio']:g} {what}"
             prog = dict(run, seeds=seeds or [run["seed"]], workdir=workdir, label=label)
-            programs.append(dict(prog, flags=plan.flags(run, seeds)))
+            cmd = [*TRAIN_COMMAND, f"--workdir={workdir}", *plan.flags(run, seeds)]
+            programs.append(dict(prog, cmd=cmd))
             if seeds and (found := report.read_json(f"{workdir}/config.json")):
                 want = training.config_to_dict(plan.config(run, seeds))
                 if diff := training.config_diff(found, want):
@@ -238,15 +240,14 @@ class Pool:
         """(prog, exit code or None when not started, seconds, the log's tail)."""
         if self.stopped:
             return prog, None, 0.0, []
-        cmd = [*TRAIN_COMMAND, f"--workdir={prog['workdir']}", *prog["flags"]]
         where = prog["workdir"] if self.logs is None else f"{self.logs}/{prog['workdir']}"
         log_path = os.path.join(where.replace("://", "/"), "train.log")  # a bucket: logs here
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         t0 = time.time()
         with open(log_path, "a") as log:
-            print("# " + shlex.join(cmd), file=log, flush=True)
+            print("# " + shlex.join(prog["cmd"]), file=log, flush=True)
             with self.lock:
-                proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=log,
+                proc = subprocess.Popen(prog["cmd"], cwd=REPO, env=self.env, stdout=log, stderr=log,
                                         start_new_session=True)  # fmt: skip
                 self.running.add(proc)
                 if self.stopped:
@@ -294,7 +295,7 @@ def _report(plan: Plan, failures: dict) -> tuple[list[dict], str]:
     losses, ratios, seeds = report.grid_on_disk(plan.root, plan.losses, plan.ratios, plan.seeds)
     rows = report.collect(plan.root, losses, ratios, seeds, extra_failures=failures)
     shown = [(r, s) for r in rows for s in r["seeds"] + [f["seed"] for f in r["failed"]]]
-    outside = sum(not plan.in_grid(r["loss"], r["ratio"], s) for r, s in shown)
+    outside = sum(not plan.in_grid(r, s) for r, s in shown)
     note = outside and (
         f"This command's grid: losses {plan.losses}, ratios {plan.ratios}, seeds {plan.seeds}; "
         f"the table shows every finished or failed run of {plan.root}, {outside} of them made "
@@ -308,10 +309,8 @@ def _report(plan: Plan, failures: dict) -> tuple[list[dict], str]:
 def _finish(plan: Plan, rows, path, stopped) -> int:
     """Prints the table, the failed runs and how the command ended; returns the exit code."""
     print("\n" + "\n".join(report.table_lines(rows)), flush=True)
-    n_done = sum(plan.in_grid(r["loss"], r["ratio"], s) for r in rows for s in r["seeds"])
-    failed = [
-        (r, f) for r in rows for f in r["failed"] if plan.in_grid(r["loss"], r["ratio"], f["seed"])
-    ]
+    n_done = sum(plan.in_grid(r, s) for r in rows for s in r["seeds"])
+    failed = [(r, f) for r in rows for f in r["failed"] if plan.in_grid(r, f["seed"])]
     for r, f in failed:
         where = f"ratio {r['ratio']:g} seed {f['seed']}: {f['reason']} ({f['workdir']})"
         print(f"failed: {r['loss']} {where}")
@@ -383,8 +382,7 @@ def _run(plan: Plan, args) -> int:
     if args.dry_run:
         print(f"config: {plan.path}; every run: {plan.extra or 'no other overrides'}")
         for i, p in enumerate(programs):
-            cmd = [*TRAIN_COMMAND, f"--workdir={p['workdir']}", *p["flags"]]
-            print(f"[{i + 1}/{len(programs)}] {shlex.join(cmd)}")
+            print(f"[{i + 1}/{len(programs)}] {shlex.join(p['cmd'])}")
         return 0
     prepare_segmentation_data(plan)
     logs = os.path.join(tempfile.gettempdir(), "cce_jax_logs") if "://" in plan.root else None
@@ -396,15 +394,13 @@ def _run(plan: Plan, args) -> int:
         if result in ("finished", "stopped"):
             print(f"  {result} (exit {rc}) after {secs:.0f}s: {prog['label']}", flush=True)
         else:
-            for s in prog["seeds"]:
-                if report.seed_status(plan.root, prog["loss"], prog["ratio"], s)[0] != "failed":
-                    failures[(prog["loss"], prog["ratio"], s)] = (prog["workdir"], result)
+            for s in prog["seeds"]:  # a failure.json of the seed is reported before these
+                failures[(prog["loss"], prog["ratio"], s)] = (prog["workdir"], result)
             print(f"  FAILED after {secs:.0f}s: {prog['label']}: {result}", flush=True)
         _report(plan, failures)
 
     pool.run(programs, on_end)
-    rows, path = _report(plan, failures)
-    return _finish(plan, rows, path, pool.stopped)
+    return _finish(plan, *_report(plan, failures), pool.stopped)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,17 @@
-"""benchmarks.profile_train_step: the script behind docs/training.md's profile table."""
+"""benchmarks.bench_train_step --modes=profile: the script behind docs/training.md's profile
+table."""
 
 import re
 import sys
 
-from benchmarks import profile_train_step
+from benchmarks import bench_train_step
 
 
 def test_profile_groups_the_step(tmp_path, monkeypatch, capsys):
-    argv = ["profile_train_step", "--model=resnet8", "--width=4", "--batch_size=8"]
-    argv += ["--image_size=8", "--steps=1", f"--trace_dir={tmp_path}"]
+    argv = ["bench_train_step", "--modes=profile", "--model=resnet8", "--width=4"]
+    argv += ["--batch_size=8", "--image_size=8", "--num_steps=1", f"--trace_dir={tmp_path}"]
     monkeypatch.setattr(sys, "argv", argv)
-    profile_train_step.main()
+    bench_train_step.main()
     out = capsys.readouterr().out
     shares = [float(s) for s in re.findall(r"([\d.]+)%", out)]
     assert any(" conv " in line for line in out.splitlines()[1:]), out
@@ -28,7 +29,7 @@ def test_classify_reads_fusions():
             "}",
         ]
     )
-    assert profile_train_step.classify(hlo) == {
+    assert bench_train_step.classify(hlo) == {
         "t": "transpose",
         "transpose_copy_fusion": "transpose",
     }

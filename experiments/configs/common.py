@@ -63,11 +63,9 @@ def grid(losses, ratios, seeds, profile="exp", epochs=0) -> list[dict]:
     """One run per (seed, ratio, loss), seeds outermost: ``{"loss", "ratio", "seed", "arg",
     "overrides"}`` (``arg`` for ``get_config``, ``overrides`` flat config keys)."""
     runs = []
-    for seed, ratio, loss in itertools.product(seeds, ratios, losses):
+    for seed, ratio, loss in itertools.product(map(int, seeds), map(float, ratios), losses):
         arg = f"loss={loss}" + (f",epochs={epochs}" if epochs else "")
-        overrides = {"seed": int(seed), "data.subset_seed": int(seed)}
-        overrides.update({"data.profile": profile, "data.ratio": float(ratio), "progress": False})
-        runs.append(
-            dict(loss=loss, ratio=float(ratio), seed=int(seed), arg=arg, overrides=overrides)
-        )
+        overrides = {"seed": seed, "data.subset_seed": seed}
+        overrides.update({"data.profile": profile, "data.ratio": ratio, "progress": False})
+        runs.append(dict(loss=loss, ratio=ratio, seed=seed, arg=arg, overrides=overrides))
     return runs
