@@ -10,10 +10,8 @@ from cce_jax.data.builder import (
     PIPELINES,
     DataInfo,
     build,
-    choose_pipeline,
     default_config,
     make_split,
-    tf_available,
 )
 from cce_jax.data.imbalance import PAD, class_counts, epoch_plan, select_indices
 from cce_jax.data.sources import (
