@@ -132,8 +132,7 @@ def _train_subset(config, raw: sources.Dataset):
                     f"{key}: a segmentation set is used whole (its imbalance is in the pixels); "
                     f"data.{key} selects images of a classification set and must be None"
                 )
-        every = np.arange(len(raw.train_images), dtype=np.int64)
-        return every, available.astype(np.int64), available
+        return np.arange(len(y), dtype=np.int64), available.astype(np.int64), available
     if config.counts is not None:
         counts = imbalance.class_counts(tuple(config.counts), k)
     elif config.profile == "none" and config.n_max is None:  # every image the source has

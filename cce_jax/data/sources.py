@@ -131,8 +131,7 @@ def load_tfds(name: str, data_dir=None, *, download="auto") -> Dataset:
     for key in ("image", "label"):
         if key not in features:
             raise ValueError(f"name: tfds data set {name!r} has no {key!r} feature")
-    k = features["label"].num_classes
-    names = tuple(features["label"].names or (str(i) for i in range(k)))
+    names = tuple(features["label"].names or map(str, range(features["label"].num_classes)))
 
     def read(split):
         config = tfds.ReadConfig(add_tfds_id=True)

@@ -36,9 +36,7 @@ class TFData(SplitViews):
     def epoch_plan(self, epoch: int) -> imbalance.EpochPlan:
         """The global plan of epoch `epoch` (:func:`cce_jax.data.epoch_plan`), [steps, B]."""
         n, g = self.info.num_train, self._global_b
-        return imbalance.epoch_plan(
-            seed=self._seed, epoch=int(epoch), num_train=n, global_batch_size=g
-        )
+        return imbalance.epoch_plan(seed=self._seed, epoch=epoch, num_train=n, global_batch_size=g)
 
     def train_epoch(self, epoch: int) -> Iterator[dict]:
         """This process's batches of epoch `epoch`: a pure function of (seed, epoch)."""
@@ -55,13 +53,12 @@ class TFData(SplitViews):
         rows0 = tf.range(h, dtype=tf.int64)[None]
         cols0 = tf.range(w, dtype=tf.int64)[None]
         cols_rev = tf.range(w - 1, -1, -1, dtype=tf.int64)[None]
-        augment = self.augment
         pad = imbalance.PAD
 
         @tf.autograph.experimental.do_not_convert
         def make_batch(pos, oy, ox, flip):
             x = tf.gather(images, pos)  # [B, H, W, C] uint8
-            if augment:  # zero-pad by PAD, crop at (oy, ox), flip: two batched gathers
+            if self.augment:  # zero-pad by PAD, crop at (oy, ox), flip: two batched gathers
                 x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
                 rows = oy[:, None] + rows0
                 cols = ox[:, None] + tf.where(flip[:, None] > 0, cols_rev, cols0)
