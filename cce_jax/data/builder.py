@@ -76,8 +76,7 @@ class Split:
 
 
 class SplitViews:
-    """What both pipelines share: the :class:`Split`, batch sizes, steps and host-side views.
-
+    """What both pipelines share: the :class:`Split`, batch sizes, steps and host-side views;
     ``parts`` (devices or processes, named by ``what``) must divide both batch sizes."""
 
     def __init__(self, split: Split, global_batch_size, eval_batch_size, parts: int, what: str):
@@ -218,15 +217,13 @@ def make_split(config, raw: sources.Dataset) -> Split:
 
 
 def build(config, *, seed, global_batch_size, eval_batch_size, mesh=None, raw=None):
-    """Loads the data set of `config` and builds its train and test pipelines.
-
-    ``seed`` drives the per-epoch shuffle and augmentation (``config.subset_seed`` which
-    training examples survive); the batch sizes are over all processes / devices; ``mesh``
-    (device pipeline): a mesh with a ``"data"`` axis (default: all devices); ``raw``: a
-    :class:`~cce_jax.data.sources.Dataset` already loaded, e.g. shared by several seeds.
-    Returns a :class:`~cce_jax.data.tf_pipeline.TFData` (``pipeline="tf"``) or
-    :class:`~cce_jax.data.device_pipeline.DeviceData`.
-    """
+    """Loads the data set of `config` and builds its train and test pipelines: a
+    :class:`~cce_jax.data.tf_pipeline.TFData` (``pipeline="tf"``) or
+    :class:`~cce_jax.data.device_pipeline.DeviceData`. ``seed`` drives the per-epoch shuffle and
+    augmentation (``config.subset_seed`` which training examples survive); the batch sizes are
+    over all processes / devices; ``mesh`` (device pipeline): a mesh with a ``"data"`` axis
+    (default: all devices); ``raw``: a :class:`~cce_jax.data.sources.Dataset` already loaded,
+    e.g. shared by several seeds."""
     pipeline = str(config.get("pipeline", "auto"))  # "auto": the device pipeline (docs/data.md)
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline: expected one of {PIPELINES}, got {pipeline!r}")

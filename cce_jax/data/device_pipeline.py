@@ -52,10 +52,9 @@ def _sharded(fn, mesh, in_specs, out_specs):
 
 @functools.lru_cache(maxsize=64)
 def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool):
-    """(plan, batch, eval) jitted functions, shared by every pipeline of one shape (several
-    seeds compile once). plan: (seed, epoch, n_valid) -> (positions, oy, ox, flip), each
-    [steps, B]. ``dense``: label maps, cropped and flipped with their images (padding: the
-    ignore index)."""
+    """(plan, batch, eval) jitted, shared by the pipelines of one shape (seeds compile once).
+    plan: (seed, epoch, n_valid) -> (positions, oy, ox, flip), each [steps, B]. ``dense``: label
+    maps, cropped and flipped with their images (padding: the ignore index)."""
     pad, spec_d, spec_p = imbalance.PAD, P("data"), P(None, "data")
 
     def plan_local(seed, epoch, n_valid):

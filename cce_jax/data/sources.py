@@ -1,8 +1,6 @@
-"""Data sources: ONE registry, :data:`SOURCES` (name -> loader), each returning a :class:`Dataset`.
-
-A source string is ``NAME`` or ``NAME:ARGUMENT`` (docs/data.md, "Add a source"). Only ``tfds``
-imports tensorflow / tensorflow_datasets, lazily.
-"""
+"""Data sources: ONE registry, :data:`SOURCES` (name -> loader), each returning a :class:`Dataset`;
+a source string is ``NAME`` or ``NAME:ARGUMENT`` (docs/data.md, "Add a source"). Only ``tfds``
+imports tensorflow / tensorflow_datasets, lazily."""
 
 from __future__ import annotations
 

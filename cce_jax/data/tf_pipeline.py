@@ -1,7 +1,5 @@
-"""The tf.data pipeline: host-side numpy batches, one slice of every global batch per process.
-
-tensorflow is imported when the first train epoch is built, never at module import.
-"""
+"""The tf.data pipeline: host-side numpy batches, one slice of every global batch per process;
+tensorflow is imported when the first train epoch is built, never at module import."""
 
 from __future__ import annotations
 
