@@ -179,10 +179,7 @@ def read_idx(path: str) -> np.ndarray:
         raise ValueError(f"{path}: IDX element type 0x{code:02x}; expected 0x08 (unsigned byte)")
     dims = struct.unpack(f">{data[3]}I", data[4:head]) if len(data) >= head else None
     if dims is None or len(data) - head != int(np.prod(dims)):
-        raise ValueError(
-            f"{path}: {len(data)} bytes do not match the IDX header's shape {dims} "
-            "(a truncated or damaged file)"
-        )
+        raise ValueError(f"{path}: a truncated or damaged file (IDX shape {dims})")
     return np.frombuffer(memoryview(data)[head:], np.uint8).reshape(dims)
 
 
@@ -371,10 +368,7 @@ def _read_split(folder: str, split: str, num_classes: int):
     for f in sorted(f for f in os.listdir(lab_dir) if not f.startswith(".")):
         stem, ext = os.path.splitext(f)
         if ext.lower() != ".png" or stem not in stems:
-            raise ValueError(
-                f"{os.path.join(lab_dir, f)}: no image {split}/images/{stem}.png|.jpg|.jpeg "
-                "for this label map (label maps are <stem>.png beside an image <stem>)"
-            )
+            raise ValueError(f"{os.path.join(lab_dir, f)}: no image {split}/images/{stem}.*")
 
     def read(stem):
         ipath, lpath = os.path.join(img_dir, stems[stem]), os.path.join(lab_dir, stem + ".png")

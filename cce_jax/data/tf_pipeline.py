@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import jax
 import numpy as np
 
 from cce_jax.data import imbalance
@@ -21,8 +22,6 @@ class TFData(SplitViews):
     pipeline = "tf"
 
     def __init__(self, split: Split, *, seed: int, global_batch_size: int, eval_batch_size: int):
-        import jax
-
         self._pidx, pcount = int(jax.process_index()), int(jax.process_count())
         super().__init__(
             split, global_batch_size, eval_batch_size, pcount, f"the process count {pcount}"
