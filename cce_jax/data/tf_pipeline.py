@@ -67,15 +67,12 @@ class TFData(SplitViews):
         plan = self.epoch_plan(int(epoch))
         sl = slice(self._pidx * self._local_b, (self._pidx + 1) * self._local_b)
         local = (plan.positions, plan.oy, plan.ox, plan.flip)
+        # one element per step: this process's columns of the global batch
         ds = tf.data.Dataset.from_tensor_slices(
-            tuple(np.ascontiguousarray(v[:, sl]).reshape(-1) for v in local)
+            tuple(np.ascontiguousarray(v[:, sl]) for v in local)
         )
-        ds = ds.batch(self._local_b, drop_remainder=True)
         ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.prefetch(tf.data.AUTOTUNE)
-        opts = tf.data.Options()
-        opts.deterministic = True
-        return ds.with_options(opts).as_numpy_iterator()
+        return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
     def eval_batches(self) -> Iterator[dict]:
         """This process's share of the test split, once; padding has ``mask == False``."""
