@@ -40,7 +40,7 @@ def class_counts(profile, num_classes=None, n_max=None, ratio=1.0) -> np.ndarray
             raise ValueError(f"profile: one of {PROFILES} or counts, got {profile!r}") from None
         if num_classes is not None and len(counts) != int(num_classes):
             raise ValueError(
-                f"profile: explicit counts have length {len(counts)}, num_classes={num_classes}"
+                f"profile: explicit counts have length {len(counts)} != num_classes={num_classes}"
             )
         if not counts or min(counts) < 1:
             raise ValueError(f"profile: explicit counts must be positive, got {counts}")
