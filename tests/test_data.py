@@ -17,7 +17,7 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-from cce_jax import data  # noqa: E402
+from cce_jax import _extras, data  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR10_EXP100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -628,13 +628,16 @@ def test_build_errors(monkeypatch):
         data.build(_cfg(source="digits"), seed=0, global_batch_size=8, eval_batch_size=9)
 
 
-def test_choose_pipeline():
-    assert data.choose_pipeline("device") == "device"
-    assert data.choose_pipeline("auto", tf_ok=False) == "device"
+def test_pipeline_choice(monkeypatch):
+    cfg = _cfg(source="digits", pipeline="auto")
+    assert data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=8).pipeline == "device"
+    monkeypatch.setattr(_extras, "_importable", lambda module: module != "tensorflow")
+    cfg.pipeline = "tf"  # without tensorflow
     with pytest.raises(ValueError, match="pipeline: 'tf' needs tensorflow"):
-        data.choose_pipeline("tf", tf_ok=False)
+        data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=8)
+    cfg.pipeline = "fast"
     with pytest.raises(ValueError, match="pipeline: expected one of"):
-        data.choose_pipeline("fast")
+        data.build(cfg, seed=0, global_batch_size=8, eval_batch_size=8)
 
 
 def test_disk_full_while_writing_the_cache_is_reported_as_such(tmp_path, monkeypatch):

@@ -1,19 +1,14 @@
-"""Imbalanced training splits and input pipelines for JAX (see docs/data.md): the sources
-(:mod:`~cce_jax.data.sources`), the imbalance profiles (:mod:`~cce_jax.data.imbalance`), the
-split (:mod:`~cce_jax.data.builder`) and the device and tf.data pipelines. ``default_mesh`` and
-``stack_batches`` are :func:`cce_jax.parallel.make_mesh` and ``stack_batches``.
-``import cce_jax.data`` imports neither tensorflow nor tensorflow_datasets.
-"""
+"""Imbalanced training splits and input pipelines for JAX (docs/data.md). ``default_mesh`` and
+``stack_batches`` are :func:`cce_jax.parallel.make_mesh` and ``stack_batches``;
+``import cce_jax.data`` imports neither tensorflow nor tensorflow_datasets."""
 
 # ruff: noqa: F401  (the package re-exports these names)
 from cce_jax.data.builder import (
     PIPELINES,
     DataInfo,
     build,
-    choose_pipeline,
     default_config,
     make_split,
-    tf_available,
 )
 from cce_jax.data.imbalance import PAD, class_counts, epoch_plan, select_indices
 from cce_jax.data.sources import (

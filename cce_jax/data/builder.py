@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import sys
 
 import numpy as np
@@ -77,8 +76,7 @@ class Split:
 
 
 class SplitViews:
-    """What both pipelines share: the :class:`Split`, batch sizes, steps and host-side views.
-
+    """What both pipelines share: the :class:`Split`, batch sizes, steps and host-side views;
     ``parts`` (devices or processes, named by ``what``) must divide both batch sizes."""
 
     def __init__(self, split: Split, global_batch_size, eval_batch_size, parts: int, what: str):
@@ -133,8 +131,7 @@ def _train_subset(config, raw: sources.Dataset):
                     f"{key}: a segmentation set is used whole (its imbalance is in the pixels); "
                     f"data.{key} selects images of a classification set and must be None"
                 )
-        every = np.arange(len(raw.train_images), dtype=np.int64)
-        return every, available.astype(np.int64), available
+        return np.arange(len(y), dtype=np.int64), available.astype(np.int64), available
     if config.counts is not None:
         counts = imbalance.class_counts(tuple(config.counts), k)
     elif config.profile == "none" and config.n_max is None:  # every image the source has
@@ -144,18 +141,15 @@ def _train_subset(config, raw: sources.Dataset):
         counts = imbalance.class_counts(str(config.profile), k, n_max, config.ratio)
     kept = imbalance.select_indices(y, raw.train_ids, counts, seed=config.subset_seed)
     if not np.array_equal(counts, available):  # the cut, in one line on stderr
-        how = (
-            f"counts={tuple(config.counts)}"
-            if config.counts is not None
-            else f"profile={config.profile}, ratio={config.ratio}, n_max={config.n_max}"
-        )
+        how = f"profile={config.profile}, ratio={config.ratio}, n_max={config.n_max}"
+        if config.counts is not None:
+            how = f"counts={tuple(config.counts)}"
         per_class = ", ".join(f"{c}/{a}" for c, a in zip(counts.tolist(), available.tolist()))
         print(
             f"cce_jax.data: {raw.name}: kept {int(counts.sum())} of {int(available.sum())} "
             f"training images, per class {per_class} ({how}; data.profile=none with "
             "n_max=None keeps every image)",
             file=sys.stderr,
-            flush=True,
         )
     return kept, counts, available
 
@@ -194,9 +188,7 @@ def make_split(config, raw: sources.Dataset) -> Split:
         x = train_x.astype(np.float64) / raw.scale
         mean, std = x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
         std = np.where(std < MIN_STD, 1.0, std)
-    if (
-        raw.task == "classification"
-    ):  # classification rounds the statistics to float32 first (as ever)
+    if raw.task == "classification":  # rounds the statistics to float32 first (as ever)
         mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     info = DataInfo(
         name=raw.name,
@@ -224,39 +216,22 @@ def make_split(config, raw: sources.Dataset) -> Split:
     )
 
 
-def tf_available() -> bool:
-    """Whether tensorflow can be imported (without importing it)."""
-    try:
-        return importlib.util.find_spec("tensorflow") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def choose_pipeline(pipeline: str = "auto", *, tf_ok: bool | None = None) -> str:
-    """The pipeline ``"auto"`` resolves to: ``"device"`` everywhere (measured at least as fast
-    as tf.data in the trainer, docs/data.md); ``"device"`` and ``"tf"`` are returned as given
-    (``"tf"`` needs tensorflow, ``tf_ok`` default :func:`tf_available`)."""
+def build(config, *, seed, global_batch_size, eval_batch_size, mesh=None, raw=None):
+    """Loads the data set of `config` and builds its train and test pipelines: a
+    :class:`~cce_jax.data.tf_pipeline.TFData` (``pipeline="tf"``) or
+    :class:`~cce_jax.data.device_pipeline.DeviceData`. ``seed`` drives the per-epoch shuffle and
+    augmentation (``config.subset_seed`` which training examples survive); the batch sizes are
+    over all processes / devices; ``mesh`` (device pipeline): a mesh with a ``"data"`` axis
+    (default: all devices); ``raw``: a :class:`~cce_jax.data.sources.Dataset` already loaded,
+    e.g. shared by several seeds."""
+    pipeline = str(config.get("pipeline", "auto"))  # "auto": the device pipeline (docs/data.md)
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline: expected one of {PIPELINES}, got {pipeline!r}")
-    if pipeline == "tf" and not (tf_available() if tf_ok is None else tf_ok):
+    if pipeline == "tf" and not _extras._importable("tensorflow"):
         raise ValueError(
             "pipeline: 'tf' needs tensorflow, which is not importable here; use "
             "data.pipeline='device' (or 'auto'), or install the [tfds] extra"
         )
-    return "device" if pipeline == "auto" else pipeline
-
-
-def build(config, *, seed, global_batch_size, eval_batch_size, mesh=None, raw=None):
-    """Loads the data set of `config` and builds its train and test pipelines.
-
-    ``seed`` drives the per-epoch shuffle and augmentation (``config.subset_seed`` which
-    training examples survive); the batch sizes are over all processes / devices; ``mesh``
-    (device pipeline): a mesh with a ``"data"`` axis (default: all devices); ``raw``: a
-    :class:`~cce_jax.data.sources.Dataset` already loaded, e.g. shared by several seeds.
-    Returns a :class:`~cce_jax.data.tf_pipeline.TFData` (``pipeline="tf"``) or
-    :class:`~cce_jax.data.device_pipeline.DeviceData`.
-    """
-    pipeline = choose_pipeline(str(config.get("pipeline", "auto")))
     split = make_split(config, sources.load_source(config) if raw is None else raw)
     sizes = dict(global_batch_size=int(global_batch_size), eval_batch_size=int(eval_batch_size))
     if pipeline == "tf":

@@ -52,10 +52,9 @@ def _sharded(fn, mesh, in_specs, out_specs):
 
 @functools.lru_cache(maxsize=64)
 def _compiled(mesh, steps: int, lb: int, n_pad: int, augment: bool, dense: bool):
-    """(plan, batch, eval) jitted functions, shared by every pipeline of one shape (several
-    seeds compile once). plan: (seed, epoch, n_valid) -> (positions, oy, ox, flip), each
-    [steps, B]. ``dense``: label maps, cropped and flipped with their images (padding: the
-    ignore index)."""
+    """(plan, batch, eval) jitted, shared by the pipelines of one shape (seeds compile once).
+    plan: (seed, epoch, n_valid) -> (positions, oy, ox, flip), each [steps, B]. ``dense``: label
+    maps, cropped and flipped with their images (padding: the ignore index)."""
     pad, spec_d, spec_p = imbalance.PAD, P("data"), P(None, "data")
 
     def plan_local(seed, epoch, n_valid):
@@ -138,8 +137,7 @@ class DeviceData(SplitViews):
         labels = np.full((d * n_pad, *split.train_labels.shape[1:]), fill, label_dtype)
         images[valid] = split.train_images[flat[valid]]
         labels[valid] = split.train_labels[flat[valid]]
-        self._train_x = _place(images, self._data_sharding)
-        self._train_y = _place(labels, self._data_sharding)
+        self._train = _place(images, self._data_sharding), _place(labels, self._data_sharding)
         self._n_valid = _place(np.asarray([len(c) for c in chunks], np.int32), self._data_sharding)
         return n_pad
 
@@ -171,9 +169,7 @@ class DeviceData(SplitViews):
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         plan = self._device_plan(epoch)
         for s in range(self.steps_per_epoch):
-            x, y = self._batch_fn(
-                self._train_x, self._train_y, *plan, jnp.int32(s), self._a, self._b
-            )
+            x, y = self._batch_fn(*self._train, *plan, jnp.int32(s), self._a, self._b)
             yield {"image": x, "label": y}
 
     def eval_batches(self) -> Iterator[dict]:

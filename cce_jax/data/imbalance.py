@@ -37,17 +37,13 @@ def class_counts(profile, num_classes=None, n_max=None, ratio=1.0) -> np.ndarray
         try:
             counts = [int(c) for c in profile]
         except TypeError:
-            raise ValueError(
-                f"profile must be one of {PROFILES} or a sequence of counts, got {profile!r}"
-            ) from None
-        if not counts:
-            raise ValueError("profile: explicit counts must not be empty")
+            raise ValueError(f"profile: one of {PROFILES} or counts, got {profile!r}") from None
         if num_classes is not None and len(counts) != int(num_classes):
             raise ValueError(
-                f"profile: explicit counts have length {len(counts)} but num_classes={num_classes}"
+                f"profile: explicit counts have length {len(counts)} != num_classes={num_classes}"
             )
-        if min(counts) < 1:
-            raise ValueError(f"profile: explicit counts must all be positive, got {counts}")
+        if not counts or min(counts) < 1:
+            raise ValueError(f"profile: explicit counts must be positive, got {counts}")
         return np.asarray(counts, dtype=np.int64)
     if profile not in PROFILES:
         raise ValueError(f"profile: unknown profile {profile!r}; expected one of {PROFILES}")
@@ -98,9 +94,7 @@ def select_indices(labels, ids, counts, *, seed) -> np.ndarray:
     raw = np.asarray(counts).reshape(-1)
     whole = raw.dtype.kind in "iuf" and np.all(np.isfinite(raw) & (raw == np.round(raw)))
     if not (raw.size and whole and np.all(raw >= 0)):
-        raise ValueError(
-            f"counts: must be non-negative integers, one per class, got {raw.tolist()}"
-        )
+        raise ValueError(f"counts: must be non-negative integers, got {raw.tolist()}")
     counts = raw.astype(np.int64)
     if len(ids) != len(labels):
         raise ValueError(f"ids: length {len(ids)} differs from labels: {len(labels)}")

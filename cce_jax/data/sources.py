@@ -1,8 +1,6 @@
-"""Data sources: ONE registry, :data:`SOURCES` (name -> loader), each returning a :class:`Dataset`.
-
-A source string is ``NAME`` or ``NAME:ARGUMENT`` (docs/data.md, "Add a source"). Only ``tfds``
-imports tensorflow / tensorflow_datasets, lazily.
-"""
+"""Data sources: ONE registry, :data:`SOURCES` (name -> loader), each returning a :class:`Dataset`;
+a source string is ``NAME`` or ``NAME:ARGUMENT`` (docs/data.md, "Add a source"). Only ``tfds``
+imports tensorflow / tensorflow_datasets, lazily."""
 
 from __future__ import annotations
 
@@ -16,7 +14,6 @@ import os
 import struct
 import sys
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Sequence
 
@@ -85,10 +82,8 @@ def _checked(ds: Dataset, where: str, key: str = "labels") -> Dataset:
         lab = f"{split}_{key}"
         if x.dtype != np.uint8:
             raise ValueError(f"{where}: {split}_images must be uint8, got {x.dtype}")
-        if x.ndim != 4 or 0 in x.shape[1:]:
+        if x.ndim != 4 or 0 in x.shape:
             raise ValueError(f"{where}: {split}_images must have shape [N, H, W, C], got {x.shape}")
-        if len(x) == 0:
-            raise ValueError(f"{where}: {split}_images is empty")
         if y.ndim > 1 and (y.dtype != np.uint8 or y.shape != x.shape[:3]):
             raise ValueError(
                 f"{where}: {lab} has shape {y.shape} {y.dtype}; label maps must be uint8 [N, H, W]"
@@ -134,20 +129,15 @@ def load_tfds(name: str, data_dir=None, *, download="auto") -> Dataset:
     for key in ("image", "label"):
         if key not in features:
             raise ValueError(f"name: tfds data set {name!r} has no {key!r} feature")
-    k = features["label"].num_classes
-    names = tuple(features["label"].names or (str(i) for i in range(k)))
+    names = tuple(features["label"].names or map(str, range(features["label"].num_classes)))
 
     def read(split):
         config = tfds.ReadConfig(add_tfds_id=True)
         ds = builder.as_dataset(split=split, shuffle_files=False, read_config=config)
         parts = list(tfds.as_numpy(ds.batch(4096)))
-        keys = [f for f in ("image", "label", "tfds_id", "id") if f in parts[0]]
-        ex = {f: np.concatenate([p[f] for p in parts]) for f in keys}
-        x, y = ex["image"].astype(np.uint8), ex["label"].astype(np.int64)
-        ids = [id_str(s) for s in ex.get("tfds_id", ex.get("id", []))]
-        if len(ids) != len(y):  # no stable id feature: the position in the split
-            ids = [f"{split}:{i}" for i in range(len(y))]
-        return (x[..., None] if x.ndim == 3 else x), y, ids
+        x, y, ids = (np.concatenate([p[f] for p in parts]) for f in ("image", "label", "tfds_id"))
+        x = x.astype(np.uint8)
+        return (x[..., None] if x.ndim == 3 else x), y.astype(np.int64), [id_str(s) for s in ids]
 
     (tr_x, tr_y, tr_ids), (te_x, te_y, _) = read("train"), read("test")
     stats = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
@@ -184,19 +174,13 @@ def read_idx(path: str) -> np.ndarray:
         raise ValueError(f"{path}: not a readable gzip file ({e}); download it again") from e
     if len(data) < 4 or data[:2] != b"\0\0":
         raise ValueError(f"{path}: not an IDX file (it starts with {data[:4].hex() or 'nothing'})")
-    code, ndim = data[2], data[3]
+    code, head = data[2], 4 + 4 * data[3]
     if code != 0x08:
         raise ValueError(f"{path}: IDX element type 0x{code:02x}; expected 0x08 (unsigned byte)")
-    if len(data) < 4 + 4 * ndim:
-        raise ValueError(f"{path}: IDX header cut short ({len(data)} bytes)")
-    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    body = memoryview(data)[4 + 4 * ndim :]
-    if len(body) != int(np.prod(dims)):
-        raise ValueError(
-            f"{path}: {len(body)} data bytes, but the header's shape {dims} needs "
-            f"{int(np.prod(dims))} (a truncated or damaged file)"
-        )
-    return np.frombuffer(body, np.uint8).reshape(dims)
+    dims = struct.unpack(f">{data[3]}I", data[4:head]) if len(data) >= head else None
+    if dims is None or len(data) - head != int(np.prod(dims)):
+        raise ValueError(f"{path}: a truncated or damaged file (IDX shape {dims})")
+    return np.frombuffer(memoryview(data)[head:], np.uint8).reshape(dims)
 
 
 def load_fashion_mnist(folder: str) -> Dataset:
@@ -213,10 +197,11 @@ def load_fashion_mnist(folder: str) -> Dataset:
         if not found:
             raise ValueError(f"source: {folder} has no {stem}-ubyte.gz (nor {stem}-ubyte)")
         arrays.append(read_idx(found[0]))
-    (tr_x, tr_y, te_x, te_y), ids = arrays, [f"train:{i}" for i in range(len(arrays[1]))]
+    # images [N, H, W] get their channel axis, labels [N] become int64
+    tr_x, tr_y, te_x, te_y = (a[..., None] if a.ndim == 3 else a.astype(np.int64) for a in arrays)
     names = "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot"
-    tr, te = (tr_x[..., None], tr_y.astype(np.int64)), (te_x[..., None], te_y.astype(np.int64))
-    ds = Dataset("fashion_mnist", *tr, ids, *te, tuple(names.split(",")))
+    ids = [f"train:{i}" for i in range(len(tr_y))]
+    ds = Dataset("fashion_mnist", tr_x, tr_y, ids, te_x, te_y, tuple(names.split(",")))
     return _checked(ds, f"source: {folder}")
 
 
@@ -246,19 +231,20 @@ def load_npz(path: str, key: str | None = None) -> Dataset:
             a = {k: z[k] for k in (*need, "class_names", "train_ids") if k in z.files}
         except unreadable as e:
             raise ValueError(f"{where}: cannot read its arrays ({e})") from e
-    x, y = ({s: a[f"{s}_{k}"] for s in ("train", "test")} for k in ("images", key))
-    x = {s: v[..., None] if v.ndim == 3 else v for s, v in x.items()}
-    y = {s: v.astype(np.int64) if v.ndim == 1 and v.dtype.kind in "iu" else v for s, v in y.items()}
-    known = y["train"][y["train"] != IGNORE_INDEX] if y["train"].ndim > 1 else y["train"]
+    x = [a[f"{s}_images"] for s in ("train", "test")]
+    x = [v[..., None] if v.ndim == 3 else v for v in x]
+    y = [a[f"{s}_{key}"] for s in ("train", "test")]
+    y = [v.astype(np.int64) if v.ndim == 1 and v.dtype.kind in "iu" else v for v in y]
+    known = y[0][y[0] != IGNORE_INDEX] if y[0].ndim > 1 else y[0]
     k = int(known.max(initial=0)) + 1 if known.dtype.kind in "iu" else 1  # default "0".."K-1"
     cn = a.get("class_names", np.asarray([str(i) for i in range(k)]))
     if cn.ndim != 1 or len(cn) == 0:
         raise ValueError(f"{where}: class_names must be a 1-D array of K names, got {cn.shape}")
-    ids = a["train_ids"].ravel().tolist() if "train_ids" in a else range(len(x["train"]))
-    ids = [id_str(i) for i in ids] if "train_ids" in a else [f"train:{i}" for i in ids]
+    ids = [f"train:{i}" for i in range(len(x[0]))]
+    if "train_ids" in a:
+        ids = [id_str(i) for i in a["train_ids"].ravel().tolist()]
     name = os.path.splitext(os.path.basename(path))[0]
-    names = tuple(id_str(n) for n in cn.tolist())
-    ds = Dataset(name, x["train"], y["train"], ids, x["test"], y["test"], names)
+    ds = Dataset(name, x[0], y[0], ids, x[1], y[1], tuple(id_str(n) for n in cn.tolist()))
     return _checked(ds, where, key)
 
 
@@ -302,11 +288,10 @@ def _decode_archive(archive: str) -> dict:
 
 def save_npz_atomically(path: str, **arrays) -> None:
     """``np.savez`` into a temporary file beside ``path``, then renamed: never half-written."""
-    root = os.path.dirname(path)
-    os.makedirs(root, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=root)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
     except OSError as e:
@@ -327,10 +312,7 @@ def load_cifar10_jpeg(archive: str, cache_dir: str = CACHE_DIR) -> Dataset:
     later calls load. Classes: the sorted train/ folders; training ids: the member paths."""
     archive = os.path.expanduser(archive)
     if not os.path.isfile(archive):
-        raise FileNotFoundError(
-            f"source: the CIFAR-10 JPEG archive {archive!r} does not exist (expected a .tar.gz "
-            "with train/<class>/*.jpg and test/<class>/*.jpg)"
-        )
+        raise FileNotFoundError(f"source: the CIFAR-10 JPEG archive {archive!r} does not exist")
     with open(archive, "rb") as f:
         key = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     root = os.path.join(os.path.expanduser(cache_dir), f"cifar10_jpeg-{key}")
@@ -339,11 +321,9 @@ def load_cifar10_jpeg(archive: str, cache_dir: str = CACHE_DIR) -> Dataset:
         _extras.require("data", "source 'cifar10_jpeg'", "PIL")
         save_npz_atomically(npz, **_decode_archive(archive))
         print(
-            f"cce_jax.data: the CIFAR-10 JPEG copy was decoded once into {root} "
-            f"({os.path.getsize(npz) / 1e6:.0f} MB; later runs load it from there; "
-            "data.cache_dir sets the folder)",
+            f"cce_jax.data: the CIFAR-10 JPEG copy was decoded once into {npz} (data.cache_dir; "
+            f"{os.path.getsize(npz) / 1e6:.0f} MB; later runs load it from there)",
             file=sys.stderr,
-            flush=True,
         )
     ds = load_npz(npz)
     return dataclasses.replace(ds, name="cifar10_jpeg", mean=CIFAR10_MEAN, std=CIFAR10_STD)
@@ -352,16 +332,13 @@ def load_cifar10_jpeg(archive: str, cache_dir: str = CACHE_DIR) -> Dataset:
 def _read_image(path: str, label: bool) -> np.ndarray:
     from PIL import Image
 
-    what = "a PNG label map" if label else "an image"
     try:
         with Image.open(path) as im:
             im.load()
-            if label and im.format != "PNG":
-                raise ValueError(f"{path}: a label map must be a PNG file, got {im.format}")
-            if label and im.mode not in ("L", "P"):
+            if label and (im.format != "PNG" or im.mode not in ("L", "P")):
                 raise ValueError(
-                    f"{path}: a label map must be a single-channel 8-bit PNG (mode L or P) of "
-                    f"class indices, got mode {im.mode}"
+                    f"{path}: a label map must be a PNG of mode L or P (8-bit class indices), "
+                    f"got {im.format} mode {im.mode}"
                 )
             if label:
                 return np.array(im, np.uint8)  # P: the palette indices are the class ids
@@ -371,6 +348,7 @@ def _read_image(path: str, label: bool) -> np.ndarray:
                 return np.asarray(im.convert("L"), np.uint8)[..., None]
             return np.asarray(im.convert("RGB"), np.uint8)
     except (OSError, SyntaxError) as e:  # PIL: UnidentifiedImageError is an OSError
+        what = "a PNG label map" if label else "an image"
         raise ValueError(f"{path}: cannot be read as {what} ({e})") from e
 
 
@@ -383,27 +361,19 @@ def _read_split(folder: str, split: str, num_classes: int):
             raise ValueError(f"{d}: missing (expected {split}/images/ and {split}/labels/)")
     stems = {}
     for f in sorted(f for f in os.listdir(img_dir) if f.lower().endswith(IMAGE_EXTENSIONS)):
-        if os.path.splitext(f)[0] in stems:
+        if stems.setdefault(os.path.splitext(f)[0], f) != f:
             raise ValueError(f"{os.path.join(img_dir, f)}: a second image of that stem")
-        stems[os.path.splitext(f)[0]] = f
     if not stems:
         raise ValueError(f"{img_dir}: no .png/.jpg/.jpeg images")
     for f in sorted(f for f in os.listdir(lab_dir) if not f.startswith(".")):
         stem, ext = os.path.splitext(f)
         if ext.lower() != ".png" or stem not in stems:
-            raise ValueError(
-                f"{os.path.join(lab_dir, f)}: no image {split}/images/{stem}.png|.jpg|.jpeg "
-                "for this label map (label maps are <stem>.png beside an image <stem>)"
-            )
-    for stem, f in stems.items():
-        if not os.path.isfile(os.path.join(lab_dir, stem + ".png")):
-            raise ValueError(
-                f"{os.path.join(img_dir, f)}: its label map {split}/labels/{stem}.png is missing"
-            )
+            raise ValueError(f"{os.path.join(lab_dir, f)}: no image {split}/images/{stem}.*")
 
-    def read(item):
-        stem, f = item
-        ipath, lpath = os.path.join(img_dir, f), os.path.join(lab_dir, stem + ".png")
+    def read(stem):
+        ipath, lpath = os.path.join(img_dir, stems[stem]), os.path.join(lab_dir, stem + ".png")
+        if not os.path.isfile(lpath):
+            raise ValueError(f"{ipath}: its label map {split}/labels/{stem}.png is missing")
         x, m = _read_image(ipath, False), _read_image(lpath, True)
         if m.shape != x.shape[:2]:
             raise ValueError(
@@ -413,16 +383,15 @@ def _read_split(folder: str, split: str, num_classes: int):
         check_labels(m, num_classes, lpath)
         return x, m
 
-    files = list(stems.items())
     with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
-        pairs = list(pool.map(read, files))
-    for (_, f), (x, _) in zip(files, pairs):
-        if x.shape != pairs[0][0].shape:
+        images, maps = zip(*pool.map(read, stems))
+    for f, x in zip(stems.values(), images):
+        if x.shape != images[0].shape:
             raise ValueError(
                 f"{os.path.join(img_dir, f)}: shape {x.shape} (H, W, C) differs from the "
-                f"first image's {pairs[0][0].shape}; all images must have one size and channels"
+                f"first image's {images[0].shape}; all images must have one size and channels"
             )
-    return np.stack([x for x, _ in pairs]), np.stack([m for _, m in pairs]), [s for s, _ in files]
+    return np.stack(images), np.stack(maps), list(stems)
 
 
 def load_seg_folder(folder: str) -> Dataset:

@@ -1,12 +1,11 @@
-"""The tf.data pipeline: host-side numpy batches, one slice of every global batch per process.
-
-tensorflow is imported when the first train epoch is built, never at module import.
-"""
+"""The tf.data pipeline: host-side numpy batches, one slice of every global batch per process;
+tensorflow is imported when the first train epoch is built, never at module import."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import jax
 import numpy as np
 
 from cce_jax.data import imbalance
@@ -23,8 +22,6 @@ class TFData(SplitViews):
     pipeline = "tf"
 
     def __init__(self, split: Split, *, seed: int, global_batch_size: int, eval_batch_size: int):
-        import jax
-
         self._pidx, pcount = int(jax.process_index()), int(jax.process_count())
         super().__init__(
             split, global_batch_size, eval_batch_size, pcount, f"the process count {pcount}"
@@ -36,9 +33,7 @@ class TFData(SplitViews):
     def epoch_plan(self, epoch: int) -> imbalance.EpochPlan:
         """The global plan of epoch `epoch` (:func:`cce_jax.data.epoch_plan`), [steps, B]."""
         n, g = self.info.num_train, self._global_b
-        return imbalance.epoch_plan(
-            seed=self._seed, epoch=int(epoch), num_train=n, global_batch_size=g
-        )
+        return imbalance.epoch_plan(seed=self._seed, epoch=epoch, num_train=n, global_batch_size=g)
 
     def train_epoch(self, epoch: int) -> Iterator[dict]:
         """This process's batches of epoch `epoch`: a pure function of (seed, epoch)."""
@@ -55,13 +50,12 @@ class TFData(SplitViews):
         rows0 = tf.range(h, dtype=tf.int64)[None]
         cols0 = tf.range(w, dtype=tf.int64)[None]
         cols_rev = tf.range(w - 1, -1, -1, dtype=tf.int64)[None]
-        augment = self.augment
         pad = imbalance.PAD
 
         @tf.autograph.experimental.do_not_convert
         def make_batch(pos, oy, ox, flip):
             x = tf.gather(images, pos)  # [B, H, W, C] uint8
-            if augment:  # zero-pad by PAD, crop at (oy, ox), flip: two batched gathers
+            if self.augment:  # zero-pad by PAD, crop at (oy, ox), flip: two batched gathers
                 x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
                 rows = oy[:, None] + rows0
                 cols = ox[:, None] + tf.where(flip[:, None] > 0, cols_rev, cols0)
@@ -73,15 +67,12 @@ class TFData(SplitViews):
         plan = self.epoch_plan(int(epoch))
         sl = slice(self._pidx * self._local_b, (self._pidx + 1) * self._local_b)
         local = (plan.positions, plan.oy, plan.ox, plan.flip)
+        # one element per step: this process's columns of the global batch
         ds = tf.data.Dataset.from_tensor_slices(
-            tuple(np.ascontiguousarray(v[:, sl]).reshape(-1) for v in local)
+            tuple(np.ascontiguousarray(v[:, sl]) for v in local)
         )
-        ds = ds.batch(self._local_b, drop_remainder=True)
         ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.prefetch(tf.data.AUTOTUNE)
-        opts = tf.data.Options()
-        opts.deterministic = True
-        return ds.with_options(opts).as_numpy_iterator()
+        return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
     def eval_batches(self) -> Iterator[dict]:
         """This process's share of the test split, once; padding has ``mask == False``."""
