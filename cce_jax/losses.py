@@ -464,18 +464,13 @@ def class_balanced_weights(class_counts: ArrayLike, *, beta: float = 0.9999) -> 
       [0.1256, 0.317, 2.5574]
     """
     _check_hparams("class_balanced_weights", beta=beta)
-    k = _validate.counts_length(class_counts)
-    counts = _validate.class_vector(class_counts, k, "class_counts", positive=True)
-    if _validate.is_concrete(class_counts):
-        host = np.asarray(class_counts, np.float64)
-        if np.any(host != np.round(host)):
-            raise ValueError(
-                "class_balanced_weights: `class_counts` must be whole numbers of samples (the "
-                f"effective number depends on them, not only on their ratios), got {host.tolist()}."
-            )
+    try:
+        counts = _validate.class_counts(class_counts, whole=True)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"class_balanced_weights: {e}") from None
     effective = -jnp.expm1(counts * jnp.log(jnp.asarray(beta, jnp.float32)))
     w = (1.0 - beta) / effective
-    return w * (k / jnp.sum(w))
+    return w * (len(counts) / jnp.sum(w))
 
 
 def ldam_loss(
@@ -699,12 +694,10 @@ def _check_get_args(name: str, base: str, class_counts, hparams: dict) -> None:
     try:
         weights = hparams.get("class_weights")
         if needs_counts:
-            k = _validate.counts_length(class_counts)
+            k = len(_validate.class_counts(class_counts))
         else:
             k = np.shape(weights)[0] if np.ndim(weights) == 1 else -1
         _validate.class_vector(weights, k, "class_weights", positive=False)  # None passes
-        if needs_counts:
-            _validate.class_vector(class_counts, k, "class_counts", positive=True)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{owner}: {e}") from None
 
