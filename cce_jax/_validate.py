@@ -14,6 +14,7 @@ import numpy as np
 
 # Logits in these dtypes are computed in float32 (and the loss is returned in float32).
 _LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt}
 
 
 def is_concrete(x) -> bool:
@@ -102,10 +103,9 @@ def class_vector(values, num_classes: int, name: str, *, positive: bool, whole: 
         host = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(host)):
             raise ValueError(f"`{name}` must be finite, got {host.tolist()}.")
-        if positive and np.any(host <= 0):
-            raise ValueError(f"every entry of `{name}` must be > 0, got {host.tolist()}.")
-        if not positive and np.any(host < 0):
-            raise ValueError(f"every entry of `{name}` must be >= 0, got {host.tolist()}.")
+        sign = ">" if positive else ">="
+        if not np.all(_COMPARE[sign](host, 0)):
+            raise ValueError(f"every entry of `{name}` must be {sign} 0, got {host.tolist()}.")
         if whole and np.any(host != np.round(host)):
             raise ValueError(f"`{name}` must be whole numbers, got {host.tolist()}.")
     return arr.astype(jnp.float32)
@@ -124,9 +124,6 @@ def class_counts(values, *, whole: bool = False):
 def finish(loss, valid):
     """Zeroes the loss (and hence its gradient) of entries that do not count."""
     return jnp.where(valid, loss, 0.0)
-
-
-_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt}
 
 
 def real(value, owner: str, name: str, *, bounds=()):

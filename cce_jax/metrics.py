@@ -156,8 +156,7 @@ def confusion_update(conf, labels, predictions, mask=None):
         if not jnp.issubdtype(a.dtype, jnp.integer):
             raise ValueError(f"{what} must be integers, got {a.dtype}")
     # int32 is enough for K * K indices; compare in int32 so uint8 labels (255) stay 255.
-    y = labels.astype(jnp.int32)
-    p = predictions.astype(jnp.int32)
+    y, p = labels.astype(jnp.int32), predictions.astype(jnp.int32)
     valid = (y >= 0) & (y < k) & (p >= 0) & (p < k)
     if mask is not None:
         m = jnp.asarray(mask, bool)
