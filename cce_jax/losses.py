@@ -215,7 +215,7 @@ def cross_entropy(
       logits: [..., K, ...] floating logits, the class axis at ``axis``.
       labels: integer class ids, the shape of ``logits`` without ``axis``.
       class_weights: optional [K] non-negative weights ``w``.
-      axis, where: the class axis; an optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       The standard softmax cross entropy; see ``optax.losses``.
@@ -248,7 +248,7 @@ def complement_entropy(
     Args:
       logits: [..., K, ...] floating logits, ``K >= 2``.
       labels: integer class ids, the shape of ``logits`` without ``axis``.
-      axis, where: the class axis; an optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     Returns:
       float32 per-entry complement entropy, in ``[0, log(K - 1)]``, the shape of ``labels``.
@@ -300,7 +300,7 @@ def complement_cross_entropy(
       labels: integer class ids, the shape of ``logits`` without ``axis``.
       gamma: weight of the complement term (paper: -1; public code: +1).
       normalizer: ``"k_minus_1"`` (paper) or ``"k"`` (public code).
-      axis, where: the class axis; an optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Kim, Lee, Jeon. Imbalanced Image Classification with Complement Cross Entropy.
@@ -354,7 +354,7 @@ def mse_outlying_loss(
       class_counts: [K] training-sample counts.
       alpha: outlying scale (reported: CIFAR-10 5, CIFAR-100 1).
       order: rank direction, ``"rarest_largest"`` (abstract; default) or ``"frequent_largest"``.
-      axis, where: the class axis; an optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Kato, Hotta. MSE Loss with Outlying Label for Imbalanced Classification.
@@ -399,7 +399,7 @@ def focal_loss(
       labels: integer class ids, the shape of ``logits`` without ``axis``.
       gamma: focusing parameter, ``>= 0`` (the paper's default 2).
       class_weights: optional [K] non-negative weights ``w`` (the paper's ``alpha_t``).
-      axis, where: the class axis; an optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Lin, Goyal, Girshick, He, Dollar. Focal Loss for Dense Object Detection. ICCV 2017.
@@ -494,7 +494,7 @@ def ldam_loss(
       max_margin: the largest margin ``m_max`` (of the rarest class), ``>= 0``.
       scale: the logit scale ``s``, ``> 0``.
       class_weights: optional [K] non-negative weights ``w`` (DRW).
-      axis, where: the class axis; an optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Cao, Wei, Gaidon, Arechiga, Ma. Learning Imbalanced Datasets with Label-Distribution-Aware
@@ -539,7 +539,7 @@ def logit_adjusted_loss(
       class_counts: [K] training-sample counts (positive; only their ratios matter, so a prior
         works too).
       tau: adjustment strength (the paper's default 1).
-      axis, where: the class axis; an optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Menon, Jayasumana, Rawat, Jain, Veit, Kumar. Long-tail learning via logit adjustment.
@@ -577,7 +577,7 @@ def balanced_softmax_loss(
       logits: [..., K, ...] floating logits, the class axis at ``axis``.
       labels: integer class ids, the shape of ``logits`` without ``axis``.
       class_counts: [K] training-sample counts (positive; only their ratios matter).
-      axis, where: the class axis; an optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Ren, Yu, Sheng, Ma, Zhao, Yi, Li. Balanced Meta-Softmax for Long-Tailed Visual
