@@ -14,6 +14,7 @@ import numpy as np
 
 # Logits in these dtypes are computed in float32 (and the loss is returned in float32).
 _LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt}
 
 
 def is_concrete(x) -> bool:
@@ -21,19 +22,17 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _narrow_host_labels(labels, logits, axis):
+def _narrow_host_labels(labels, num_classes: int):
     """Host labels wider than 32 bits, with x64 off (JAX would wrap them: 2**40 -> 0): every
     value outside ``[0, K)`` becomes -1 before the cast to int32, so it is masked as the docs
-    say, never wrapped into a class. Arrays already on device were cast when they got there."""
-    if isinstance(labels, jax.Array) or not is_concrete(labels) or jax.config.jax_enable_x64:
+    say, never wrapped into a class. Arrays on device (tracers too) were cast when they got
+    there."""
+    if isinstance(labels, jax.Array) or jax.config.jax_enable_x64:
         return labels
     host = np.asarray(labels)
     if host.dtype.kind not in "iu" or host.dtype.itemsize <= 4:
         return labels
-    if not isinstance(axis, (int, np.integer)) or not -logits.ndim <= axis < logits.ndim:
-        return labels  # refused below
-    k = logits.shape[axis]
-    return np.where((host < 0) | (host >= k), -1, host).astype(np.int32)
+    return np.where((host < 0) | (host >= num_classes), -1, host).astype(np.int32)
 
 
 def logits_and_labels(logits, labels, axis, where):
@@ -44,20 +43,20 @@ def logits_and_labels(logits, labels, axis, where):
     that count: `where` (if given) and label in [0, K).
     """
     logits = jnp.asarray(logits)
-    labels = jnp.asarray(_narrow_host_labels(labels, logits, axis))
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"`logits` must be a floating array, got dtype {logits.dtype}.")
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(
-            f"`labels` must hold integer class ids, got dtype {labels.dtype} "
-            "(one-hot or soft labels are not accepted; pass argmax ids)."
-        )
     if logits.ndim < 1:
         raise ValueError("`logits` must have at least one axis (the class axis).")
     if not isinstance(axis, (int, np.integer)):
         raise TypeError(f"`axis` must be an int, got {axis!r}.")
     if not -logits.ndim <= axis < logits.ndim:
         raise ValueError(f"`axis`={axis} is out of range for logits of rank {logits.ndim}.")
+    labels = jnp.asarray(_narrow_host_labels(labels, logits.shape[axis]))
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(
+            f"`labels` must hold integer class ids, got dtype {labels.dtype} "
+            "(one-hot or soft labels are not accepted; pass argmax ids)."
+        )
     z = jnp.moveaxis(logits, axis, -1)
     if labels.shape != z.shape[:-1]:
         raise ValueError(
@@ -85,10 +84,10 @@ def logits_and_labels(logits, labels, axis, where):
     return z, labels, valid
 
 
-def class_vector(values, num_classes: int, name: str, *, positive: bool):
-    """Checks a per-class vector (class counts or weights) of length `num_classes`.
-
-    ``None`` (an optional vector not given) passes through as ``None``.
+def class_vector(values, num_classes: int, name: str, *, positive: bool, whole: bool = False):
+    """Checks a per-class vector (class counts or weights) of length `num_classes`; its values
+    (finite, > 0 or >= 0, whole numbers with `whole`) when they are concrete. Returns it as
+    float32; ``None`` (an optional vector not given) passes through as ``None``.
     """
     if values is None:
         return None
@@ -104,28 +103,27 @@ def class_vector(values, num_classes: int, name: str, *, positive: bool):
         host = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(host)):
             raise ValueError(f"`{name}` must be finite, got {host.tolist()}.")
-        if positive and np.any(host <= 0):
-            raise ValueError(f"every entry of `{name}` must be > 0, got {host.tolist()}.")
-        if not positive and np.any(host < 0):
-            raise ValueError(f"every entry of `{name}` must be >= 0, got {host.tolist()}.")
+        sign = ">" if positive else ">="
+        if not np.all(_COMPARE[sign](host, 0)):
+            raise ValueError(f"every entry of `{name}` must be {sign} 0, got {host.tolist()}.")
+        if whole and np.any(host != np.round(host)):
+            raise ValueError(f"`{name}` must be whole numbers, got {host.tolist()}.")
     return arr.astype(jnp.float32)
 
 
-def counts_length(class_counts) -> int:
-    arr = np.shape(class_counts)
-    if len(arr) != 1 or arr[0] < 1:
+def class_counts(values, *, whole: bool = False):
+    """:func:`class_vector` of per-class counts, one per class (any number of classes >= 1)."""
+    shape = np.shape(values)
+    if len(shape) != 1 or shape[0] < 1:
         raise ValueError(
-            f"`class_counts` must be a 1-D sequence with one count per class, got shape {arr}."
+            f"`class_counts` must be a 1-D sequence with one count per class, got shape {shape}."
         )
-    return arr[0]
+    return class_vector(values, shape[0], "class_counts", positive=True, whole=whole)
 
 
 def finish(loss, valid):
     """Zeroes the loss (and hence its gradient) of entries that do not count."""
     return jnp.where(valid, loss, 0.0)
-
-
-_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt}
 
 
 def real(value, owner: str, name: str, *, bounds=()):

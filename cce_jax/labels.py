@@ -3,7 +3,6 @@ segmentation ([B, H, W]) alike."""
 
 from __future__ import annotations
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,18 +36,13 @@ def class_ranks(class_counts: ArrayLike, *, order: str = "rarest_largest") -> ja
       >>> cce_jax.labels.class_ranks([50, 5000, 500, 500], order="frequent_largest").tolist()
       [1, 4, 3, 2]
     """
-    if order not in ORDERS:
-        raise ValueError(f"`order` must be one of {ORDERS}, got {order!r}.")
-    k = _validate.counts_length(class_counts)
-    counts = _validate.class_vector(class_counts, k, "class_counts", positive=True)
+    _validate.choice(order, "class_ranks", "order", ORDERS)
+    counts = _validate.class_counts(class_counts)
+    k = len(counts)
     # Stable sort by decreasing count: position in that order is rank - 1.
     by_frequency = jnp.argsort(-counts, stable=True)
     ranks = jnp.zeros(k, jnp.int32).at[by_frequency].set(jnp.arange(1, k + 1, dtype=jnp.int32))
-    if order == "frequent_largest":
-        ranks = k + 1 - ranks
-    chex.assert_shape(ranks, (k,))
-    chex.assert_type(ranks, jnp.int32)
-    return ranks
+    return ranks if order == "rarest_largest" else k + 1 - ranks
 
 
 def outlying_labels(
@@ -85,22 +79,17 @@ def outlying_labels(
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
     values = alpha * class_ranks(class_counts, order=order).astype(jnp.float32)
-    out = jnp.where(jnp.arange(len(values)) == labels[..., None], values, 0.0)
-    chex.assert_shape(out, labels.shape + (len(values),))
-    chex.assert_type(out, jnp.float32)
-    return out
+    return jnp.where(jnp.arange(len(values)) == labels[..., None], values, 0.0)
 
 
 def check_labels(labels: ArrayLike, num_classes: int, *, where: ArrayLike | None = None) -> None:
     """Checks that every (unmasked) label is an integer class id in ``[0, num_classes)``.
 
-    The losses cannot raise inside ``jit`` on label values: they treat a label outside
-    ``[0, K)`` as masked, what an ignore index such as 255 wants and what hides a bug anywhere
-    else. Data pipelines call this check on their labels.
-
-    Eagerly (concrete arrays) it raises ``ValueError`` naming the bad values. Under ``jit`` it
-    adds a :mod:`jax.experimental.checkify` check: wrap the jitted function with
-    ``checkify.checkify`` and call ``err.throw()`` to raise.
+    The losses treat a label outside ``[0, K)`` as masked (they cannot raise inside ``jit``):
+    right for an ignore index such as 255, a hidden bug anywhere else. Data pipelines call
+    this check on their labels. Eagerly it raises ``ValueError`` naming the bad values; under
+    ``jit`` it adds a :mod:`jax.experimental.checkify` check (wrap the jitted function with
+    ``checkify.checkify`` and call ``err.throw()``).
 
     Example:
       >>> import cce_jax
@@ -117,13 +106,17 @@ def check_labels(labels: ArrayLike, num_classes: int, *, where: ArrayLike | None
     ):
         raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
     concrete = _validate.is_concrete(labels) and _validate.is_concrete(where)
-    labels = np.asarray(labels) if concrete else jnp.asarray(labels)
+    xp = np if concrete else jnp
+    labels = xp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"`labels` must hold integer class ids, got dtype {labels.dtype}.")
     bad = (labels < 0) | (labels >= num_classes)
+    if where is not None:
+        where = xp.asarray(where, dtype=bool)
+        if concrete and where.shape != labels.shape:
+            raise ValueError(f"`where` has shape {where.shape}, labels {labels.shape}.")
+        bad = bad & where
     if not concrete:  # under jit: a checkify check
-        if where is not None:
-            bad = bad & jnp.asarray(where)
         checkify.check(~jnp.any(bad), f"labels outside [0, {num_classes})")
         return
     beyond = (labels < np.iinfo(np.int32).min) | (labels > np.iinfo(np.int32).max)
@@ -133,11 +126,6 @@ def check_labels(labels: ArrayLike, num_classes: int, *, where: ArrayLike | None
             "uses (without x64 they would wrap to other classes): "
             f"first {labels[beyond][:5].tolist()}"
         )
-    if where is not None:
-        where_host = np.asarray(where, dtype=bool)
-        if where_host.shape != labels.shape:
-            raise ValueError(f"`where` has shape {where_host.shape}, labels {labels.shape}.")
-        bad &= where_host
     if bad.any():
         raise ValueError(
             f"{int(bad.sum())} of {labels.size} labels are outside [0, {num_classes}): "
@@ -148,13 +136,11 @@ def check_labels(labels: ArrayLike, num_classes: int, *, where: ArrayLike | None
 def check_class_counts(class_counts: ArrayLike, *, integer: bool = False) -> None:
     """Checks per-class counts: finite and ``> 0`` (and whole numbers with ``integer=True``).
 
-    The losses check concrete ``class_counts`` themselves; a *traced* one (an argument of a
-    jitted function) cannot be checked inside ``jit``, and a negative count gives NaN. Call this
-    check on such counts: eagerly it raises ``ValueError``; under ``jit`` it adds a
-    :mod:`jax.experimental.checkify` check (wrap the function with ``checkify.checkify`` and
-    call ``err.throw()``). Float counts are accepted (every loss but
-    :func:`cce_jax.losses.class_balanced_weights` depends only on their ratios);
-    ``integer=True`` also refuses non-integer values.
+    The losses check concrete ``class_counts`` themselves, but cannot check a *traced* one (an
+    argument of a jitted function; a negative count gives NaN): call this check on it. Eagerly
+    it raises ``ValueError``; under ``jit`` it adds a :mod:`jax.experimental.checkify` check
+    (as :func:`check_labels`). Float counts are accepted (every loss but
+    :func:`cce_jax.losses.class_balanced_weights` depends only on their ratios).
 
     Example:
       >>> import cce_jax
@@ -164,17 +150,12 @@ def check_class_counts(class_counts: ArrayLike, *, integer: bool = False) -> Non
       ...
       ValueError: every entry of `class_counts` must be > 0, got [5000.0, -1.0].
     """
-    # The shape and dtype; the values too when they are concrete.
-    _validate.class_vector(
-        class_counts, _validate.counts_length(class_counts), "class_counts", positive=True
-    )
-    if _validate.is_concrete(class_counts):
-        host = np.asarray(class_counts, np.float64)
-        if integer and np.any(host != np.round(host)):
-            raise ValueError(f"`class_counts` must be whole numbers, got {host.tolist()}.")
-        return
-    counts = jnp.asarray(class_counts)
-    ok = jnp.all(jnp.isfinite(counts) & (counts > 0))
-    checkify.check(ok, "class_counts must be finite and > 0")
-    if integer:
-        checkify.check(jnp.all(counts == jnp.round(counts)), "class_counts must be whole numbers")
+    _validate.class_counts(class_counts, whole=integer)  # the values too when concrete
+    if not _validate.is_concrete(class_counts):
+        counts = jnp.asarray(class_counts)
+        ok = jnp.all(jnp.isfinite(counts) & (counts > 0))
+        checkify.check(ok, "class_counts must be finite and > 0")
+        if integer:
+            checkify.check(
+                jnp.all(counts == jnp.round(counts)), "class_counts must be whole numbers"
+            )

@@ -8,9 +8,8 @@ Every loss here is pure and unreduced, in the manner of ``optax.losses``:
   masked mean).
 * ``where`` (bool, shape of ``labels``) masks entries: a masked entry's loss is 0 and its
   gradient is exactly 0, whatever its logits hold.
-* Labels outside ``[0, K)`` cannot raise inside ``jit``; such an entry is treated exactly as
-  masked (loss 0, gradient exactly 0, whatever its logits hold, NaN included), so an ignore
-  index like 255 works as expected. Check your labels with
+* Labels outside ``[0, K)`` cannot raise inside ``jit``: such an entry is treated exactly as
+  masked (NaN logits included), so an ignore index like 255 works. Check your labels with
   :func:`cce_jax.labels.check_labels` in the data pipeline.
 * bfloat16/float16 logits are computed in float32; the loss is float32.
 * Hyperparameters are keyword-only and checked when given concretely (a one-line
@@ -18,24 +17,21 @@ Every loss here is pure and unreduced, in the manner of ``optax.losses``:
   loss is built. Bad dtypes and shapes raise at trace time.
 * ``class_counts`` are positive, finite reals; every loss but :func:`class_balanced_weights`
   (which refuses non-integer counts) depends only on their ratios, so a prior works too.
-  Their values are checked when they are concrete (a list, a numpy array, the array
-  :func:`get` holds); a *traced* ``class_counts`` (an argument of a jitted function) cannot be
-  checked inside ``jit``: check it with :func:`cce_jax.labels.check_class_counts`.
+  Their values are checked when concrete; a *traced* ``class_counts`` (an argument of a jitted
+  function) cannot be, inside ``jit``: check it with :func:`cce_jax.labels.check_class_counts`.
 
-**Numerical domain** (tested at its edges, for the loss and its gradient, with and without
-``jit``, K = 10). Everything is computed from log-sum-exps, with no epsilon and no division by
-``1 - p``. Loss and gradient are finite for every finite float16 logit, and for float32 and
-bfloat16 logits with ``|z| <= 1e38``, except for ``ldam_loss``: ``|z| <= 1e38 / scale`` (it
-multiplies the logits by ``scale``; tested with the default 30) and ``mse_outlying_loss``:
-``|z| <= 1e19`` (a mean of squares, which overflows float32 from ``|z - t| ~ 1.8e19``).
+**Numerical domain** (tested at its edges, loss and gradient, with and without ``jit``,
+K = 10): all from log-sum-exps, with no epsilon and no division by ``1 - p``. Finite for every
+finite float16 logit and for float32/bfloat16 logits with ``|z| <= 1e38``, except
+``ldam_loss``: ``|z| <= 1e38 / scale`` (tested with the default 30) and ``mse_outlying_loss``:
+``|z| <= 1e19`` (a mean of squares; float32 overflows from ``|z - t| ~ 1.8e19``).
 
-A ``-inf`` logit on a wrong class (a way to mask classes out) is exact: that class has
-``p = q = 0`` and contributes 0 (``0 log 0 = 0``); loss and gradient stay finite, for every
-loss but ``mse_outlying_loss`` (a regression on the raw outputs: ``-inf`` is outside its
-domain and gives ``+inf``). ``-inf`` on the *true* class gives a loss of ``+inf``, the exact
-value of cross entropy at ``p_g = 0``, with a finite gradient (every loss but
-``mse_outlying_loss``, whose gradient is then ``-inf``); mask such entries with ``where``.
-``+inf`` and NaN logits are outside the domain, except in entries that do not count.
+A ``-inf`` logit on a wrong class (masking a class out) is exact: ``p = q = 0``, it contributes
+0 and loss and gradient stay finite. ``-inf`` on the true class gives ``+inf``, the exact cross
+entropy at ``p_g = 0``, with a finite gradient; mask such entries with ``where``. Not for
+``mse_outlying_loss``, a regression on the raw outputs: any ``-inf`` logit gives ``+inf`` (and
+on the true class a gradient of ``-inf``). ``+inf`` and NaN logits are outside the domain,
+except in entries that do not count.
 
 Notation: ``z`` logits [..., K], ``p = softmax(z)``, ``g`` the true class, ``n_k`` the number of
 training samples of class ``k``.
@@ -219,8 +215,7 @@ def cross_entropy(
       logits: [..., K, ...] floating logits, the class axis at ``axis``.
       labels: integer class ids, the shape of ``logits`` without ``axis``.
       class_weights: optional [K] non-negative weights ``w``.
-      axis: the class axis of ``logits``.
-      where: optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       The standard softmax cross entropy; see ``optax.losses``.
@@ -253,8 +248,7 @@ def complement_entropy(
     Args:
       logits: [..., K, ...] floating logits, ``K >= 2``.
       labels: integer class ids, the shape of ``logits`` without ``axis``.
-      axis: the class axis.
-      where: optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     Returns:
       float32 per-entry complement entropy, in ``[0, log(K - 1)]``, the shape of ``labels``.
@@ -306,8 +300,7 @@ def complement_cross_entropy(
       labels: integer class ids, the shape of ``logits`` without ``axis``.
       gamma: weight of the complement term (paper: -1; public code: +1).
       normalizer: ``"k_minus_1"`` (paper) or ``"k"`` (public code).
-      axis: the class axis.
-      where: optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Kim, Lee, Jeon. Imbalanced Image Classification with Complement Cross Entropy.
@@ -361,8 +354,7 @@ def mse_outlying_loss(
       class_counts: [K] training-sample counts.
       alpha: outlying scale (reported: CIFAR-10 5, CIFAR-100 1).
       order: rank direction, ``"rarest_largest"`` (abstract; default) or ``"frequent_largest"``.
-      axis: the class axis.
-      where: optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Kato, Hotta. MSE Loss with Outlying Label for Imbalanced Classification.
@@ -407,8 +399,7 @@ def focal_loss(
       labels: integer class ids, the shape of ``logits`` without ``axis``.
       gamma: focusing parameter, ``>= 0`` (the paper's default 2).
       class_weights: optional [K] non-negative weights ``w`` (the paper's ``alpha_t``).
-      axis: the class axis.
-      where: optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Lin, Goyal, Girshick, He, Dollar. Focal Loss for Dense Object Detection. ICCV 2017.
@@ -464,18 +455,13 @@ def class_balanced_weights(class_counts: ArrayLike, *, beta: float = 0.9999) -> 
       [0.1256, 0.317, 2.5574]
     """
     _check_hparams("class_balanced_weights", beta=beta)
-    k = _validate.counts_length(class_counts)
-    counts = _validate.class_vector(class_counts, k, "class_counts", positive=True)
-    if _validate.is_concrete(class_counts):
-        host = np.asarray(class_counts, np.float64)
-        if np.any(host != np.round(host)):
-            raise ValueError(
-                "class_balanced_weights: `class_counts` must be whole numbers of samples (the "
-                f"effective number depends on them, not only on their ratios), got {host.tolist()}."
-            )
+    try:
+        counts = _validate.class_counts(class_counts, whole=True)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"class_balanced_weights: {e}") from None
     effective = -jnp.expm1(counts * jnp.log(jnp.asarray(beta, jnp.float32)))
     w = (1.0 - beta) / effective
-    return w * (k / jnp.sum(w))
+    return w * (len(counts) / jnp.sum(w))
 
 
 def ldam_loss(
@@ -508,8 +494,7 @@ def ldam_loss(
       max_margin: the largest margin ``m_max`` (of the rarest class), ``>= 0``.
       scale: the logit scale ``s``, ``> 0``.
       class_weights: optional [K] non-negative weights ``w`` (DRW).
-      axis: the class axis.
-      where: optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Cao, Wei, Gaidon, Arechiga, Ma. Learning Imbalanced Datasets with Label-Distribution-Aware
@@ -554,8 +539,7 @@ def logit_adjusted_loss(
       class_counts: [K] training-sample counts (positive; only their ratios matter, so a prior
         works too).
       tau: adjustment strength (the paper's default 1).
-      axis: the class axis.
-      where: optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Menon, Jayasumana, Rawat, Jain, Veit, Kumar. Long-tail learning via logit adjustment.
@@ -593,8 +577,7 @@ def balanced_softmax_loss(
       logits: [..., K, ...] floating logits, the class axis at ``axis``.
       labels: integer class ids, the shape of ``logits`` without ``axis``.
       class_counts: [K] training-sample counts (positive; only their ratios matter).
-      axis: the class axis.
-      where: optional bool mask, the shape of ``labels``.
+      axis, where: the class ``axis``; the optional bool mask ``where``, the shape of ``labels``.
 
     References:
       Ren, Yu, Sheng, Ma, Zhao, Yi, Li. Balanced Meta-Softmax for Long-Tailed Visual
@@ -699,12 +682,10 @@ def _check_get_args(name: str, base: str, class_counts, hparams: dict) -> None:
     try:
         weights = hparams.get("class_weights")
         if needs_counts:
-            k = _validate.counts_length(class_counts)
+            k = len(_validate.class_counts(class_counts))
         else:
             k = np.shape(weights)[0] if np.ndim(weights) == 1 else -1
         _validate.class_vector(weights, k, "class_weights", positive=False)  # None passes
-        if needs_counts:
-            _validate.class_vector(class_counts, k, "class_counts", positive=True)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{owner}: {e}") from None
 
@@ -757,10 +738,9 @@ def get(name: str, *, class_counts: ArrayLike | None = None, **hparams) -> Calla
         kwargs["class_weights"] = class_balanced_weights(class_counts, beta=beta)
     elif needs_counts:
         kwargs["class_counts"] = jnp.asarray(class_counts)
-    fn = functools.partial(loss_fn, **kwargs)
 
     def loss(logits: ArrayLike, labels: ArrayLike, where: ArrayLike | None = None) -> jax.Array:
-        return fn(logits, labels, where=where)
+        return loss_fn(logits, labels, where=where, **kwargs)
 
     loss.__name__ = f"{name}_loss"
     loss.__doc__ = f"cce_jax.losses.get({name!r}, ...): {loss_fn.__name__} with {hparams}."

@@ -1,16 +1,9 @@
 """Classification and segmentation metrics (numpy; the on-device accumulator in jax.numpy).
 
-Everything is derived from the confusion matrix ``C`` (rows: true class, columns:
-predicted class), so it can be accumulated on device batch by batch and turned into
-metrics once on the host.
-
-Shot groups follow the long-tail literature (Liu et al. 2019, OLTR): "many" = classes with
-more than 100 training images, "medium" = 20 to 100, "few" = fewer than 20. A group with
-no class, or whose classes have no test example, is reported as ``None`` (never NaN).
-
-Semantic segmentation uses the same layout with pixels in place of examples: a pixel
-confusion matrix accumulated on device (:func:`confusion_update`) gives IoU-based metrics
-(:func:`segmentation_metrics`).
+Everything is derived from the confusion matrix ``C`` (rows: true class, columns: predicted
+class), accumulated batch by batch (on device: :func:`confusion_update`, pixels in place of
+examples for segmentation) and turned into metrics once on the host. A value that is not
+defined (a group without a class, a class absent from the test set) is ``None``, never NaN.
 """
 
 from __future__ import annotations
@@ -44,30 +37,35 @@ def confusion_matrix(labels, predictions, num_classes: int, mask=None) -> np.nda
         keep = np.asarray(mask, bool).reshape(-1)
         labels, predictions = labels[keep], predictions[keep]
     k = int(num_classes)
-    if labels.size and (
-        labels.min() < 0 or labels.max() >= k or predictions.min() < 0 or predictions.max() >= k
-    ):
+    if np.any((labels < 0) | (labels >= k) | (predictions < 0) | (predictions >= k)):
         raise ValueError(f"labels/predictions outside [0, {k})")
-    c = np.zeros((k, k), np.int64)
-    np.add.at(c, (labels, predictions), 1)
-    return c
+    return np.bincount(labels * k + predictions, minlength=k * k).reshape(k, k)
 
 
 def shot_groups(class_counts, *, many_threshold: int = 100, few_threshold: int = 20):
-    """Boolean masks (many, medium, few) over the classes from their training counts."""
+    """Boolean masks (many, medium, few) over the classes from their training counts.
+
+    The long-tail literature's groups (Liu et al. 2019, OLTR): "many" = more than 100
+    training images, "medium" = 20 to 100, "few" = fewer than 20.
+    """
     n = np.asarray(class_counts, np.int64)
-    many = n > many_threshold
-    few = n < few_threshold
+    many, few = n > many_threshold, n < few_threshold
     return many, ~(many | few), few
 
 
-def _none_if_nan(x) -> float | None:
-    return float(x) if np.isfinite(x) else None
+def _ratio(numerator, denominator) -> np.ndarray:
+    """``numerator / denominator`` per class, NaN where the denominator is 0."""
+    return np.where(denominator > 0, numerator / np.maximum(denominator, 1), np.nan)
 
 
-def _mean(values, sel) -> float | None:
-    """The mean of ``values[sel]``; ``None`` when nothing is selected (never NaN)."""
-    return _none_if_nan(values[sel].mean()) if sel.any() else None
+def _mean(values, sel=True) -> float | None:
+    """The mean of the non-NaN ``values[sel]``; ``None`` when there is none (never NaN)."""
+    kept = values[sel & ~np.isnan(values)]
+    return float(kept.mean()) if kept.size else None
+
+
+def _listed(values) -> list:
+    return [None if np.isnan(v) else float(v) for v in values]
 
 
 def _square(cm: np.ndarray) -> np.ndarray:
@@ -98,23 +96,19 @@ def from_confusion(cm, class_counts=None) -> dict[str, Any]:
     support = cm.sum(axis=1)
     tp = np.diag(cm).astype(np.float64)
     total = int(cm.sum())
-    present = support > 0
-    recall = np.where(present, tp / np.maximum(support, 1), np.nan)
-    denom = support + cm.sum(axis=0)
-    f1_defined = denom > 0
-    f1 = np.where(f1_defined, 2 * tp / np.maximum(denom, 1), np.nan)
+    recall = _ratio(tp, support)
     out: dict[str, Any] = {
-        "top1": _none_if_nan(tp.sum() / total) if total else None,
-        "balanced_accuracy": _mean(recall, present),
-        "per_class_accuracy": [_none_if_nan(r) for r in recall],
-        "macro_f1": _mean(f1, f1_defined),
+        "top1": float(tp.sum() / total) if total else None,
+        "balanced_accuracy": _mean(recall),
+        "per_class_accuracy": _listed(recall),
+        "macro_f1": _mean(_ratio(2 * tp, support + cm.sum(axis=0))),
         "num_examples": total,
         "test_class_counts": support.tolist(),
         "confusion_matrix": cm.tolist(),
     }
     if class_counts is not None:
         for name, group in _groups(class_counts, "class_counts", len(cm), shot_groups).items():
-            out[name] = _mean(recall, group & present)
+            out[name] = _mean(recall, group)
     return out
 
 
@@ -130,31 +124,21 @@ def classification_metrics(
     return from_confusion(confusion_matrix(labels, predictions, num_classes, mask), class_counts)
 
 
-# ----------------------------------------------------------------------------------------
-# Semantic segmentation
-# ----------------------------------------------------------------------------------------
-
-
 def confusion_update(conf, labels, predictions, mask=None):
-    """Adds the pixels of one batch to a confusion matrix, on device (jittable).
+    """Adds the pixels (or examples) of one batch to a confusion matrix, on device (jittable).
 
-    ``conf[i, j] += #{pixels with true class i predicted as j that count}``. A pixel counts
-    when its ``mask`` entry is True, its label is in ``[0, K)`` and its prediction is in
-    ``[0, K)``; everything else (an ignore index such as 255, padding) adds nothing.
-    ``K = conf.shape[0]``.
+    ``conf[i, j] += #{pixels with true class i predicted as j that count}``, with
+    ``K = conf.shape[0]``: a pixel counts when its ``mask`` entry is True and its label and
+    prediction are in ``[0, K)``; the rest (an ignore index such as 255, padding) adds nothing.
 
     Args:
-      conf: integer ``[K, K]`` (rows true, columns predicted); its dtype is kept. An int32
-        cell holds at most ``2**31 - 1`` pixels (about the pixels of 1,000 images of
-        1024x2048); for more use int64 (``jax_enable_x64``) or move the matrix to the host
-        as int64 every few batches and start again from zeros.
+      conf: integer ``[K, K]``, its dtype kept. An int32 cell holds at most ``2**31 - 1``
+        pixels (about 1,000 images of 1024x2048); for more use int64 (``jax_enable_x64``), or
+        add the matrix to an int64 one on the host every few batches and restart from zeros.
       labels: integer, any shape (e.g. ``[B, H, W]``).
       predictions: integer, the shape of ``labels`` (e.g. ``argmax(logits, -1)``).
       mask: bool, the shape of ``labels`` or a prefix of it (``[B]``: whole images, e.g. an
         evaluation batch's padding), or None (all count).
-
-    Returns:
-      ``conf`` plus this batch's counts, same dtype.
 
     >>> import jax.numpy as jnp
     >>> c = confusion_update(jnp.zeros((2, 2), jnp.int32), jnp.array([[0, 1], [1, 255]]),
@@ -164,22 +148,15 @@ def confusion_update(conf, labels, predictions, mask=None):
     """
     import jax.numpy as jnp
 
-    conf = jnp.asarray(conf)
-    if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
-        raise ValueError(f"conf must be a square [K, K] matrix, got shape {conf.shape}")
-    if not jnp.issubdtype(conf.dtype, jnp.integer):
-        raise ValueError(f"conf must be an integer matrix, got {conf.dtype}")
-    labels = jnp.asarray(labels)
-    predictions = jnp.asarray(predictions)
+    conf, labels, predictions = jnp.asarray(conf), jnp.asarray(labels), jnp.asarray(predictions)
+    k = len(_square(conf))
     if labels.shape != predictions.shape:
         raise ValueError(f"labels {labels.shape} and predictions {predictions.shape} differ")
-    for what, a in (("labels", labels), ("predictions", predictions)):
+    for what, a in (("conf", conf), ("labels", labels), ("predictions", predictions)):
         if not jnp.issubdtype(a.dtype, jnp.integer):
             raise ValueError(f"{what} must be integers, got {a.dtype}")
-    k = conf.shape[0]
     # int32 is enough for K * K indices; compare in int32 so uint8 labels (255) stay 255.
-    y = labels.astype(jnp.int32)
-    p = predictions.astype(jnp.int32)
+    y, p = labels.astype(jnp.int32), predictions.astype(jnp.int32)
     valid = (y >= 0) & (y < k) & (p >= 0) & (p < k)
     if mask is not None:
         m = jnp.asarray(mask, bool)
@@ -196,11 +173,9 @@ def confusion_update(conf, labels, predictions, mask=None):
 def pixel_frequency_groups(pixel_counts):
     """Boolean masks (many, medium, few) over K classes by their training pixel counts.
 
-    The rule (terciles of classes by rank): the classes are sorted by training pixel count,
-    most frequent first (ties: the lower class index first); the first ``K // 3`` are
-    "many", the last ``K // 3`` are "few", the ``K - 2 * (K // 3)`` in between "medium". So
-    K = 10 gives 3 / 4 / 3, K = 11 gives 3 / 5 / 3, K = 19 gives 6 / 7 / 6; with K < 3 every
-    class is "medium".
+    The classes sorted by count, most first (ties: the lower index first): the first
+    ``K // 3`` are "many", the last ``K // 3`` "few", the rest "medium" (K = 10: 3 / 4 / 3,
+    K = 11: 3 / 5 / 3, K = 19: 6 / 7 / 6; K < 3: all "medium").
 
     >>> [g.tolist() for g in pixel_frequency_groups([10, 500, 3, 90])]
     [[False, True, False, False], [True, False, False, True], [False, False, True, False]]
@@ -208,12 +183,9 @@ def pixel_frequency_groups(pixel_counts):
     n = np.asarray(pixel_counts)
     if n.ndim != 1 or n.size == 0:
         raise ValueError(f"pixel_counts must be a non-empty 1-D array, got shape {n.shape}")
-    k = n.size
-    order = np.lexsort((np.arange(k), -n.astype(np.float64)))  # count desc, index asc
-    rank = np.argsort(order)  # the inverse permutation: each class's position in `order`
-    third = k // 3
-    many = rank < third
-    few = rank >= k - third
+    # Each class's position by count (descending; a stable sort keeps ties in index order).
+    rank = np.argsort(np.argsort(-n.astype(np.float64), kind="stable"))
+    many, few = rank < n.size // 3, rank >= n.size - n.size // 3
     return many, ~(many | few), few
 
 
@@ -223,21 +195,15 @@ def segmentation_metrics(confusion, pixel_counts=None) -> dict[str, Any]:
     With ``TP_k = C[k, k]``, ``T_k = sum_j C[k, j]`` (true pixels of class k),
     ``P_k = sum_i C[i, k]`` (pixels predicted k) and ``N = sum C``:
 
-    * ``per_class_iou``: ``IoU_k = TP_k / (T_k + P_k - TP_k)``; ``None`` for a class that is
-      neither in the truth nor in the predictions (``T_k + P_k = 0``);
-    * ``miou``: the mean of the defined ``IoU_k``;
-    * ``pixel_accuracy``: ``sum_k TP_k / N``;
-    * ``per_class_accuracy``: ``TP_k / T_k`` (``None`` where ``T_k = 0``);
-      ``mean_class_accuracy``: their mean over the classes with ``T_k > 0``;
-    * ``fw_iou`` (frequency-weighted IoU): ``sum_k (T_k / N) IoU_k`` over the classes with
-      ``T_k > 0``;
-    * with ``pixel_counts`` (the TRAINING set's pixels per class): ``many_miou``,
-      ``medium_miou``, ``few_miou``: the mean defined IoU within each group of
-      :func:`pixel_frequency_groups` (``None`` for a group without a defined IoU), and
-      ``groups``: the class indices of each group;
+    * ``per_class_iou``: ``IoU_k = TP_k / (T_k + P_k - TP_k)``, ``None`` where
+      ``T_k + P_k = 0``; ``miou``: the mean of the defined ``IoU_k``;
+    * ``pixel_accuracy``: ``sum_k TP_k / N``; ``per_class_accuracy``: ``TP_k / T_k`` (``None``
+      where ``T_k = 0``); ``mean_class_accuracy``: the mean of the defined ones;
+    * ``fw_iou`` (frequency-weighted IoU): ``sum_k (T_k / N) IoU_k`` over ``T_k > 0``;
+    * with ``pixel_counts`` (the TRAINING set's pixels per class): ``groups``, the class
+      indices of each group of :func:`pixel_frequency_groups`, and ``many_miou``,
+      ``medium_miou``, ``few_miou``, the mean defined IoU of each group;
     * ``num_pixels`` (N), ``test_pixel_counts`` (``T_k``), ``confusion_matrix``.
-
-    Every undefined value is ``None``, never NaN; a matrix of zeros gives ``None`` for all.
 
     >>> m = segmentation_metrics([[3, 1], [0, 4]])
     >>> m["per_class_iou"], m["miou"], m["pixel_accuracy"]
@@ -249,23 +215,21 @@ def segmentation_metrics(confusion, pixel_counts=None) -> dict[str, Any]:
     accuracy = from_confusion(cm)
     cm = cm.astype(np.int64)
     truth, total = cm.sum(axis=1), int(cm.sum())
-    union = truth + cm.sum(axis=0) - np.diag(cm)
-    defined, present = union > 0, truth > 0
-    iou = np.where(defined, np.diag(cm).astype(np.float64) / np.maximum(union, 1), np.nan)
+    iou = _ratio(np.diag(cm).astype(np.float64), truth + cm.sum(axis=0) - np.diag(cm))
+    present = truth > 0
     out: dict[str, Any] = {
-        "miou": _mean(iou, defined),
-        "per_class_iou": [_none_if_nan(v) for v in iou],
+        "miou": _mean(iou),
+        "per_class_iou": _listed(iou),
         "pixel_accuracy": accuracy["top1"],
         "mean_class_accuracy": accuracy["balanced_accuracy"],
         "per_class_accuracy": accuracy["per_class_accuracy"],
-        "fw_iou": _none_if_nan((truth[present] / total * iou[present]).sum()) if total else None,
+        "fw_iou": float((truth[present] / total * iou[present]).sum()) if total else None,
         "num_pixels": total,
         "test_pixel_counts": truth.tolist(),
         "confusion_matrix": cm.tolist(),
     }
     if pixel_counts is not None:
         groups = _groups(pixel_counts, "pixel_counts", len(cm), pixel_frequency_groups)
-        out["groups"] = {name: np.nonzero(group)[0].tolist() for name, group in groups.items()}
-        for name, group in groups.items():
-            out[f"{name}_miou"] = _mean(iou, group & defined)
+        out["groups"] = {name: np.flatnonzero(group).tolist() for name, group in groups.items()}
+        out.update({f"{name}_miou": _mean(iou, group) for name, group in groups.items()})
     return out

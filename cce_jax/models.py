@@ -207,8 +207,7 @@ def model_task(name: str) -> str:
     >>> model_task("resnet32"), model_task("fcn8")
     ('classification', 'segmentation')
     """
-    if name not in _SPECS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODEL_NAMES)}")
+    check_model_config(name)
     return "segmentation" if _SPECS[name][0] is FCN else "classification"
 
 
