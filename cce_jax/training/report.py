@@ -200,6 +200,5 @@ def aggregate(summaries: list[dict], seeds) -> dict:
         out[f"{key}_mean"] = np.mean([_nan(s[key]) for s in summaries], 0).tolist()
     if seg:
         out["task"] = "segmentation"
-    out["class_counts"] = summaries[0]["class_counts"]
-    out["wall_time_s"] = summaries[0]["wall_time_s"]
+    out.update({k: summaries[0][k] for k in ("class_counts", "wall_time_s")})
     return out

@@ -86,7 +86,7 @@ class Job:
             fits = [n for n in models.MODEL_NAMES if models.model_task(n) == self.task]
             raise ConfigError(
                 f"model.name={name!r} is a {models.model_task(name)} model but "
-                f"data.source={config.data.source!r} is a {self.task} set: use one of {list(fits)}"
+                f"data.source={config.data.source!r} is a {self.task} set: use one of {fits}"
             )
         self.spe = int(self.datasets[0].steps_per_epoch)
         if self.spe < 1:
