@@ -266,8 +266,7 @@ def restore(job: Job):
     the run is finished, a stale ``summary.json``/``failure.json`` removed."""
     keys = [jax.random.key(s) for s in job.seeds or (int(job.config.seed),)]
     rng = jnp.stack(keys) if job.seeds else keys[0]
-    shape = tuple(job.info.image_shape)
-    state = steps_lib.create_train_state(job.model, job.tx, rng, shape, job.mesh)
+    state = steps_lib.create_train_state(job.model, job.tx, rng, job.info.image_shape, job.mesh)
     state, progress, pos = job.ckpts.restore(state, job.describe)
     job.restored = pos
     if pos:
