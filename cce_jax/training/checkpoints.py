@@ -80,13 +80,13 @@ def is_local(path) -> bool:
 def write(path: epath.Path, data: str | bytes) -> None:
     """Writes ``path`` atomically: locally a temporary file, fsync, rename; a bucket object
     is uploaded whole."""
-    data = data.encode() if isinstance(data, str) else data
+    text = isinstance(data, str)
     with storage_errors("cannot write", path):
         if not is_local(path):
-            return path.write_bytes(data)
+            return path.write_text(data) if text else path.write_bytes(data)
         tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
         try:
-            with open(tmp, "wb") as f:
+            with open(tmp, "w" if text else "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
