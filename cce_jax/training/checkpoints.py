@@ -144,7 +144,9 @@ def WorkdirLock(workdir: epath.Path):  # noqa: N802 (used as a class)
 @contextlib.contextmanager
 def _held_stderr():
     """Holds what orbax's threads write to stderr during a save (tracebacks of a full disk):
-    replayed if the save succeeds, dropped if it fails (the StorageError's line says it)."""
+    replayed if the save succeeds, dropped if it fails (the StorageError's line says it).
+    A failed save's other writes end later, each with a traceback (into a closed event loop):
+    then wait, 5 s at most, until they stop, and mute asyncio's reports of the failure."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
@@ -152,7 +154,13 @@ def _held_stderr():
         try:
             yield
         except BaseException:
-            _quiet_failed_writes(held)
+            logging.getLogger("asyncio").addFilter(lambda r: "never retrieved" not in str(r.msg))
+            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+            size = -1
+            for _ in range(20):
+                if size == (size := os.fstat(held.fileno()).st_size):
+                    break
+                time.sleep(0.25)
             raise
         finally:
             gc.collect()  # asyncio reports its unretrieved task exceptions here
@@ -161,19 +169,6 @@ def _held_stderr():
             os.close(saved)
         held.seek(0)
         os.write(2, held.read())
-
-
-def _quiet_failed_writes(held) -> None:
-    """After a failed save its other writes end later, each with a traceback (into a closed
-    event loop): wait, 5 s at most, until ``held`` stops growing, and mute asyncio's
-    reports of the same failure from then on."""
-    logging.getLogger("asyncio").addFilter(lambda r: "never retrieved" not in str(r.msg))
-    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-    size = -1
-    for _ in range(20):
-        if size == (size := os.fstat(held.fileno()).st_size):
-            return
-        time.sleep(0.25)
 
 
 @jax.jit
@@ -298,10 +293,8 @@ class Checkpoints:
         )
         try:
             out = self.mngr.restore(step, args=args)
-        except (OSError, TimeoutError):
-            raise
         except Exception as e:  # undecodable files of an unverified checkpoint are damage
-            if verified:
+            if verified or isinstance(e, (OSError, TimeoutError)):
                 raise
             raise _Damaged(first_line(e)) from e
         if not verified and not bool(parallel.to_host(all_finite(out["state"]))):

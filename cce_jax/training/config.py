@@ -64,10 +64,8 @@ def seeds_of(config) -> tuple[int, ...] | None:
     return tuple(int(s) for s in config.get("seeds", None) or ()) or None
 
 
-def _finite(x) -> bool:
-    return math.isfinite(float(x))
-
-
+_finite = lambda x: math.isfinite(float(x))
+_increasing = lambda v: all(map(_finite, v)) and list(v) == sorted(v)
 _COUNTS = "num_epochs eval_every checkpoint_every keep_checkpoints steps_per_call"
 _FINITE_NON_NEGATIVE = "optimizer.weight_decay schedule.warmup_epochs checkpoint_every_minutes"
 
@@ -81,11 +79,7 @@ _CHECKS = (
     ("optimizer.momentum loss.drw_beta", lambda v: _finite(v) and 0 <= v < 1, "finite, in [0, 1)"),
     ("schedule.name", lambda v: v in SCHEDULES, f"one of {list(SCHEDULES)}"),
     ("schedule.factors", lambda v: all(_finite(f) and f >= 0 for f in v), "finite and >= 0"),
-    (
-        "schedule.boundaries",
-        lambda v: all(map(_finite, v)) and list(v) == sorted(v),
-        "finite, increasing",
-    ),
+    ("schedule.boundaries", _increasing, "finite, increasing"),
     ("seeds", lambda v: sorted(set(map(int, v))) == sorted(v), "distinct integers"),
 )
 

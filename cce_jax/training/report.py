@@ -107,14 +107,10 @@ def plot_per_class(summary: dict, path: epath.Path) -> None:
     ax.set_ylabel("test IoU %" if seg else "test accuracy %")
     ax.set_xlabel("class / training pixels" if seg else "class / training images")
     ax.set_ylim(0, 100)
-    cfg = summary.get("config", {})
-    head = (
-        f"mIoU {100 * (summary['test_miou'] or 0):.1f}%, pixel acc"
-        if seg
-        else f"top-1 {100 * (summary['test_top1'] or 0):.1f}%, balanced"
-    )
-    tail = summary["test_top1" if seg else "test_balanced_accuracy"] or 0
-    ax.set_title(f"{cfg.get('loss', {}).get('name', '')}: {head} {100 * tail:.1f}%", fontsize=9)
+    first = ("mIoU", "miou") if seg else ("top-1", "top1")
+    second = ("pixel acc", "top1") if seg else ("balanced", "balanced_accuracy")
+    head = ", ".join(f"{h} {100 * (summary[f'test_{k}'] or 0):.1f}%" for h, k in (first, second))
+    ax.set_title(f"{summary.get('config', {}).get('loss', {}).get('name', '')}: {head}", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -142,22 +138,25 @@ def format_table(summary: dict) -> str:
     """Per-class accuracy against the training count, then the headline numbers
     (segmentation: per-class IoU and accuracy against the training pixels, then mIoU)."""
     s, seg = summary, summary.get("task") == "segmentation"
-    names = s.get("class_names") or [str(i) for i in range(len(s["class_counts"]))]
-    w = max(5, max(len(str(n)) for n in names))
-    cols = zip(names, s["class_counts"], s["test_class_counts"], s["per_class_accuracy"])
+    names = [str(n) for n in s.get("class_names") or range(len(s["class_counts"]))]
+    # Column title -> values, each right-aligned to its title's width.
+    cols = {"train px" if seg else "train": s["class_counts"]}
+    cols["test px" if seg else "test"] = s["test_class_counts"]
+    if seg:
+        cols["IoU %"] = map(_pct, s["per_class_iou"])
+    cols["acc %"] = map(_pct, s["per_class_accuracy"])
+    w = max(5, *map(len, names))
+    lines = ["  ".join([f"{'class':<{w}}", *cols])]
+    for n, *values in zip(names, *cols.values()):
+        lines.append("  ".join([f"{n:<{w}}", *(f"{v:>{len(c)}}" for c, v in zip(cols, values))]))
     groups = f"{_pct(s['test_many'])}/{_pct(s['test_medium'])}/{_pct(s['test_few'])}"
     if seg:
-        lines = [f"{'class':<{w}}  train px  test px  IoU %  acc %"]
-        for (n, c, t, a), iou in zip(cols, s["per_class_iou"]):
-            lines.append(f"{str(n):<{w}}  {c:8d}  {t:7d}  {_pct(iou)}  {_pct(a)}")
         lines.append(
             f"mIoU {_pct(s['test_miou'])}  pixel acc {_pct(s['test_top1'])}  mean class acc "
             f"{_pct(s['test_balanced_accuracy'])}  fwIoU {_pct(s['test_fw_iou'])}  "
             f"many/medium/few mIoU {groups}"
         )
         return "\n".join(lines)
-    lines = [f"{'class':<{w}}  train  test  acc %"]
-    lines += [f"{str(n):<{w}}  {c:5d}  {t:4d}  {_pct(a)}" for n, c, t, a in cols]
     lines.append(
         f"top-1 {_pct(s['test_top1'])}  balanced {_pct(s['test_balanced_accuracy'])}  "
         f"macro-F1 {_pct(s['test_macro_f1'])}  many/medium/few {groups}"
@@ -201,6 +200,5 @@ def aggregate(summaries: list[dict], seeds) -> dict:
         out[f"{key}_mean"] = np.mean([_nan(s[key]) for s in summaries], 0).tolist()
     if seg:
         out["task"] = "segmentation"
-    out["class_counts"] = summaries[0]["class_counts"]
-    out["wall_time_s"] = summaries[0]["wall_time_s"]
+    out.update({k: summaries[0][k] for k in ("class_counts", "wall_time_s")})
     return out

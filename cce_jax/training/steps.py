@@ -104,7 +104,6 @@ def make_eval_step(model, mesh, class_counts, *, num_models=None):
     matrix t counts ``argmax(logits - POSTHOC_TAUS[t] * log(prior))``, the prior from
     ``class_counts``. Label maps count pixels; ignore pixels and ``mask`` False count nothing."""
     counts = np.asarray(class_counts, np.float64)
-    k = len(counts)
     log_prior = jnp.asarray(np.log(np.maximum(counts, 1e-12) / counts.sum()), jnp.float32)
     taus = jnp.asarray(POSTHOC_TAUS, jnp.float32)
 
@@ -115,7 +114,7 @@ def make_eval_step(model, mesh, class_counts, *, num_models=None):
         labels, mask = batch["label"], batch["mask"]
         adjusted = logits[None] - taus.reshape((-1,) + (1,) * logits.ndim) * log_prior
         pred = jnp.argmax(adjusted, -1)  # [T, B(, H, W)]
-        zeros = jnp.zeros((k, k), jnp.int32)
+        zeros = jnp.zeros((len(counts),) * 2, jnp.int32)
         return jax.vmap(lambda p: metrics_lib.confusion_update(zeros, labels, p, mask))(pred)
 
     fn = eval_step if num_models is None else jax.vmap(eval_step)

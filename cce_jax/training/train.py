@@ -83,11 +83,10 @@ class Job:
         self.info, self.mesh, name = self.datasets[0].info, parallel.make_mesh(), config.model.name
         self.task = getattr(self.info, "task", "classification")
         if models.model_task(name) != self.task:
-            seg = self.task == "segmentation"
-            fits = models.SEGMENTATION_MODEL_NAMES if seg else models.CLASSIFIER_NAMES
+            fits = [n for n in models.MODEL_NAMES if models.model_task(n) == self.task]
             raise ConfigError(
                 f"model.name={name!r} is a {models.model_task(name)} model but "
-                f"data.source={config.data.source!r} is a {self.task} set: use one of {list(fits)}"
+                f"data.source={config.data.source!r} is a {self.task} set: use one of {fits}"
             )
         self.spe = int(self.datasets[0].steps_per_epoch)
         if self.spe < 1:
@@ -172,9 +171,7 @@ def train_and_evaluate(config, workdir, *, data=None) -> dict:
 def build_data(config, data=None) -> list:
     """One data pipeline per model (seed s: ``seed=s``, ``subset_seed=s``)."""
     seeds = config_lib.seeds_of(config)
-    if data is not None:
-        datasets = list(data) if isinstance(data, (list, tuple)) else [data]
-    else:
+    if data is None:
         from cce_jax import data as data_lib
 
         kw = dict(
@@ -183,20 +180,21 @@ def build_data(config, data=None) -> list:
             mesh=parallel.make_mesh(),
         )
         try:
-            if not seeds:
-                return [data_lib.build(config.data, seed=int(config.seed), **kw)]
-            kw["raw"] = data_lib.load_source(config.data)  # one load, shared by the seeds
-            datasets = []
-            for s in seeds:
+            if seeds:
+                kw["raw"] = data_lib.load_source(config.data)  # one load, shared by the seeds
+            data = []
+            for s in seeds or (int(config.seed),):
                 dcfg = config.data.copy_and_resolve_references()
-                with dcfg.unlocked():
-                    dcfg.subset_seed = int(s)
-                datasets.append(data_lib.build(dcfg, seed=int(s), **kw))
+                if seeds:
+                    with dcfg.unlocked():
+                        dcfg.subset_seed = s
+                data.append(data_lib.build(dcfg, seed=s, **kw))
         except Exception as e:  # missing files, tfds without a local copy, bad data keys
             raise ConfigError(
                 f"could not build the dataset (data.source={config.data.source!r}): "
                 f"{type(e).__name__}: {e}"
             ) from e
+    datasets = list(data) if isinstance(data, (list, tuple)) else [data]
     if len(datasets) != len(seeds or (0,)):
         raise ConfigError(f"{len(datasets)} data pipelines for {len(seeds or (0,))} models")
     first = datasets[0].info.class_counts
@@ -241,9 +239,7 @@ def _check_workdir(job: Job) -> None:
             "trained with cannot be checked; use another --workdir"
         )
     try:
-        diff = (
-            config_lib.config_diff(json.loads(text), job.config_dict()) if text is not None else []
-        )
+        diff = [] if text is None else config_lib.config_diff(json.loads(text), job.config_dict())
     except json.JSONDecodeError as e:
         raise ConfigError(f"workdir {where!r}: config.json is unreadable") from e
     if diff:
@@ -270,8 +266,7 @@ def restore(job: Job):
     the run is finished, a stale ``summary.json``/``failure.json`` removed."""
     keys = [jax.random.key(s) for s in job.seeds or (int(job.config.seed),)]
     rng = jnp.stack(keys) if job.seeds else keys[0]
-    shape = tuple(job.info.image_shape)
-    state = steps_lib.create_train_state(job.model, job.tx, rng, shape, job.mesh)
+    state = steps_lib.create_train_state(job.model, job.tx, rng, job.info.image_shape, job.mesh)
     state, progress, pos = job.ckpts.restore(state, job.describe)
     job.restored = pos
     if pos:
@@ -339,9 +334,7 @@ def check_finite(job: Job, host: dict, epoch: int) -> None:
 
 def diverged(job: Job, epoch: int, step: int):
     """Writes ``failure.json`` and raises :class:`TrainingDiverged` (0-based step of epoch)."""
-    steps = job.ckpts.steps()
-    last = steps[-1] if steps else None
-    at = epoch * job.spe + step
+    last, at = (job.ckpts.steps() or [None])[-1], epoch * job.spe + step
     lr = float(opt_lib.make_lr_schedule(job.config, job.spe)(at))
     failure = {
         "reason": "non-finite train loss or gradient",
@@ -371,8 +364,7 @@ def diverged(job: Job, epoch: int, step: int):
 def save(job: Job, pos: int, state, host: dict, epoch: int) -> None:
     """Checkpoints ``state`` at step ``pos`` (mid-epoch: with the metrics ``host`` of its
     epoch so far) unless it is the latest checkpoint; non-finite parameters diverge."""
-    steps = job.ckpts.steps()
-    if steps and steps[-1] == pos:
+    if pos in job.ckpts.steps()[-1:]:
         return
     if not bool(parallel.to_host(ckpt.all_finite(state.params))):
         diverged(job, epoch, max(pos - epoch * job.spe - 1, 0))
@@ -391,7 +383,7 @@ def log_epoch(job: Job, rows: list, epoch: int, host: dict, evals, dt: float) ->
     """Appends each model's row for epoch ``epoch`` to its ``metrics.jsonl`` and prints it."""
     lr = float(opt_lib.make_lr_schedule(job.config, job.spe)(epoch * job.spe))
     imgs = job.spe * int(job.config.batch_size) * (job.num_models or 1)
-    for i, (d, model_rows) in enumerate(zip(job.dirs, rows)):
+    for i, (d, model_rows, ev) in enumerate(zip(job.dirs, rows, evals or [None] * len(rows))):
         mine = {k: v[:, i] for k, v in host.items()} if job.seeds else host
         row = {
             "epoch": epoch + 1,
@@ -404,13 +396,12 @@ def log_epoch(job: Job, rows: list, epoch: int, host: dict, evals, dt: float) ->
         }
         if "loss_1" in mine:
             row["train_complement_loss"] = float(np.mean(mine["loss_1"]))
-        if evals is not None:
-            row["test"] = {k: v for k, v in evals[i].items() if k != "confusion_matrix"}
+        if ev is not None:
+            row["test"] = {k: v for k, v in ev.items() if k != "confusion_matrix"}
         model_rows.append(row)
         if job.is_main:
             ckpt.append_line(d / "metrics.jsonl", row)
             tag = f"[seed {job.seeds[i]}] " if job.seeds else ""
-            ev = None if evals is None else evals[i]
             print(tag + report.epoch_line(row, ev, job.config.num_epochs), flush=True)
 
 
