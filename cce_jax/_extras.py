@@ -1,7 +1,5 @@
 """Which optional extra installs a missing dependency, said in the ImportError."""
 
-from __future__ import annotations
-
 import importlib.util
 
 __all__ = ["require"]

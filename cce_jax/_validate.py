@@ -4,8 +4,6 @@ Everything here runs on shapes and dtypes (static under `jit`), plus value check
 arguments that are concrete (numpy arrays, Python lists): those are skipped for tracers.
 """
 
-from __future__ import annotations
-
 import operator
 
 import jax

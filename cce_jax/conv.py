@@ -15,8 +15,6 @@ model here uses. The models use it with ``model.conv_impl="shifted_matmul"``
 (:func:`cce_jax.models.get_model`); measured speeds: docs/training.md.
 """
 
-from __future__ import annotations
-
 import functools
 from typing import Sequence
 

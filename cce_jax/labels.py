@@ -1,8 +1,6 @@
 """Label builders and label checks, for labels of any shape: classification ([B]) and
 segmentation ([B, H, W]) alike."""
 
-from __future__ import annotations
-
 import jax
 import jax.numpy as jnp
 import numpy as np

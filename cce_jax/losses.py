@@ -37,8 +37,6 @@ Notation: ``z`` logits [..., K], ``p = softmax(z)``, ``g`` the true class, ``n_k
 training samples of class ``k``.
 """
 
-from __future__ import annotations
-
 import difflib
 import functools
 import inspect

@@ -6,8 +6,6 @@ examples for segmentation) and turned into metrics once on the host. A value tha
 defined (a group without a class, a class absent from the test set) is ``None``, never NaN.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import numpy as np

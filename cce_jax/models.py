@@ -28,8 +28,6 @@ differ only in float rounding.
 To add a model: a module here and its name in :func:`get_model`'s table.
 """
 
-from __future__ import annotations
-
 import functools
 from typing import Any, Callable, Sequence
 

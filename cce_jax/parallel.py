@@ -1,12 +1,6 @@
-"""Devices and data placement, in one place for the trainer and the device pipeline.
-
-One 1-D mesh with axis ``"data"`` (``AxisType.Auto``) over all (global) devices; a batch is
-sharded along its batch axis, which may follow ``leading`` unsharded axes (models of a vmapped
-step, steps of a ``lax.scan``); parameters are replicated. :func:`to_host` copies a replicated
-array to the host, :func:`gather_to_host` a sharded one (every process gets all of it).
-"""
-
-from __future__ import annotations
+"""Devices and data placement for the trainer and the device pipeline: one 1-D ``"data"``
+mesh over all (global) devices; a batch is sharded along its batch axis, which may follow
+``leading`` unsharded axes (vmapped models, scanned steps); parameters are replicated."""
 
 import contextlib
 import functools

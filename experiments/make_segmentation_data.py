@@ -8,8 +8,6 @@
 The same settings always write the same bytes. The per-class pixel counts are printed.
 """
 
-from __future__ import annotations
-
 import argparse
 import inspect
 import io

@@ -1,8 +1,6 @@
 """The ``data`` config, the kept train subset and test split (:func:`make_split`), and
 :func:`build` (numpy up to the pipelines)."""
 
-from __future__ import annotations
-
 import dataclasses
 import sys
 

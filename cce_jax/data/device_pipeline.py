@@ -9,8 +9,6 @@ a pure function of (seed, epoch, D); each device drops ``len(chunk) - steps * B 
 examples per epoch. Batches are global ``jax.Array`` s sharded ``P("data")``.
 """
 
-from __future__ import annotations
-
 import functools
 from collections.abc import Iterator
 

@@ -1,8 +1,6 @@
 """Imbalance profiles (:func:`class_counts`), the seeded subset choice (:func:`select_indices`)
 and the tf pipeline's epoch plan (:func:`epoch_plan`), numpy only."""
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import math

@@ -2,8 +2,6 @@
 a source string is ``NAME`` or ``NAME:ARGUMENT`` (docs/data.md, "Add a source"). Only ``tfds``
 imports tensorflow / tensorflow_datasets, lazily."""
 
-from __future__ import annotations
-
 import concurrent.futures
 import dataclasses
 import functools

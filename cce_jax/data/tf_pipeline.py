@@ -1,8 +1,6 @@
 """The tf.data pipeline: host-side numpy batches, one slice of every global batch per process;
 tensorflow is imported when the first train epoch is built, never at module import."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 
 import jax
