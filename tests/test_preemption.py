@@ -327,38 +327,38 @@ app.run(train.main, flags_parser=train.parse_flags)
 """
 
 
-def test_a_full_disk_is_one_stderr_line_without_orbax_thread_noise(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+def _failed_save_stderr(prefix, workdir) -> str:
+    """The last stderr line of a digits run (``prefix``: how Python is started) that cannot
+    save its first checkpoint, after checking that it exits 74 with at most 3 lines."""
     r = subprocess.run(
-        [sys.executable, "-c", _FULL_DISK, "--config=experiments/configs/digits.py",
-         f"--workdir={tmp_path / 'w'}", "--config.num_epochs=1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [*prefix, "--config=experiments/configs/digits.py", f"--workdir={workdir}",
+         "--config.num_epochs=1"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     lines = r.stderr.strip().splitlines()
     assert r.returncode == training.EXIT_IO_ERROR, r.stderr[-3000:]
     assert len(lines) <= 3 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert lines[-1].startswith("error: cannot save the checkpoint of step ")
-    assert "no space left on device" in lines[-1]
+    return lines[-1]
+
+
+def test_a_full_disk_is_one_stderr_line_without_orbax_thread_noise(tmp_path):
+    last = _failed_save_stderr([sys.executable, "-c", _FULL_DISK], tmp_path / "w")
+    assert last.startswith("error: cannot save the checkpoint of step ")
+    assert "no space left on device" in last
 
 
 @pytest.mark.slow
 def test_writes_that_fail_inside_tensorstore_leave_one_stderr_line(tmp_path):
     # The failed save's other writes end later and report into a closed event loop; that
-    # output came after the project's line in about one run of three, so three runs.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    # output came after the project's line in about one run of three, so three runs. No file
+    # over 200 kB (a checkpoint's largest is ~560 kB): a longer write fails (EFBIG).
+    limit = ["bash", "-c", "trap '' XFSZ; ulimit -f 195; exec \"$@\"", "bash"]
     for i in range(3):
-        # No file over 200 kB (a checkpoint's largest is ~560 kB): a longer write fails (EFBIG).
-        limit = "trap '' XFSZ; ulimit -f 195; exec \"$@\""
-        r = subprocess.run(
-            ["bash", "-c", limit, "bash", sys.executable, "-m", "experiments.train",
-             "--config=experiments/configs/digits.py", f"--workdir={tmp_path / str(i)}",
-             "--config.num_epochs=1"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == training.EXIT_IO_ERROR, r.stderr[-3000:]
-        assert len(lines) <= 3 and "Traceback" not in r.stderr, r.stderr[-3000:]
-        assert lines[-1].startswith("error: cannot save the checkpoint of step 14 in ")
+        last = _failed_save_stderr(
+            [*limit, sys.executable, "-m", "experiments.train"], tmp_path / str(i)
+        )
+        assert last.startswith("error: cannot save the checkpoint of step 14 in ")
 
 
 def _restored_divergence(w, *, scale):
