@@ -32,7 +32,8 @@ def make_lr_schedule(config, steps_per_epoch: int, updates_per_step: int = 1) ->
 
     def schedule(count):
         step = count // updates_per_step
-        return main(step) if warmup is None else main(step) * warmup(step)
+        lr = main(step)
+        return lr if warmup is None else lr * warmup(step)
 
     return schedule
 
