@@ -173,6 +173,8 @@ def _held_stderr():
 
 @jax.jit
 def all_finite(tree) -> jax.Array:
+    """Whether every value of ``tree`` is finite: what a saved state is, and an unverified
+    restored one must be."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 

@@ -363,10 +363,10 @@ def diverged(job: Job, epoch: int, step: int):
 
 def save(job: Job, pos: int, state, host: dict, epoch: int) -> None:
     """Checkpoints ``state`` at step ``pos`` (mid-epoch: with the metrics ``host`` of its
-    epoch so far) unless it is the latest checkpoint; non-finite parameters diverge."""
+    epoch so far) unless it is the latest checkpoint; a non-finite state diverges."""
     if pos in job.ckpts.steps()[-1:]:
         return
-    if not bool(parallel.to_host(ckpt.all_finite(state.params))):
+    if not bool(parallel.to_host(ckpt.all_finite(state))):
         diverged(job, epoch, max(pos - epoch * job.spe - 1, 0))
     metrics = {k: v.tolist() for k, v in host.items()} if pos % job.spe else {}
     job.ckpts.save(pos, state, {"metrics": metrics})
