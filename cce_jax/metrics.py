@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "POSTHOC_TAUS",
     "classification_metrics",
     "confusion_matrix",
     "confusion_update",
     "from_confusion",
     "pixel_frequency_groups",
+    "posthoc",
     "segmentation_metrics",
     "shot_groups",
 ]
@@ -231,3 +233,33 @@ def segmentation_metrics(confusion, pixel_counts=None) -> dict[str, Any]:
         out["groups"] = {name: np.flatnonzero(group).tolist() for name, group in groups.items()}
         out.update({f"{name}_miou": _mean(iou, group) for name, group in groups.items()})
     return out
+
+
+# Post-hoc logit adjustment (Menon et al. 2021): argmax of logits - tau * log(prior).
+POSTHOC_TAUS = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def posthoc(cms, class_counts, task: str = "") -> dict[str, Any]:
+    """The metrics of ``cms[0]`` and ``posthoc_logit_adjustment``: per tau of
+    :data:`POSTHOC_TAUS`, ``top1``, ``balanced_accuracy`` (segmentation: and ``miou``) of
+    ``cms[t]``, the confusion matrix of ``argmax(logits - tau * log(prior))``. A segmentation
+    (pixel) matrix's metrics add the classification names of its numbers (``top1`` = pixel
+    accuracy, ...; docs/training.md)."""
+
+    def of(cm):
+        if task != "segmentation":
+            return from_confusion(cm, class_counts)
+        out = segmentation_metrics(cm, class_counts)
+        out.update(
+            top1=out["pixel_accuracy"],
+            balanced_accuracy=out["mean_class_accuracy"],
+            macro_f1=from_confusion(cm)["macro_f1"],
+            test_class_counts=out["test_pixel_counts"],
+            num_examples=out["num_pixels"],
+        )
+        return dict(out, **{g: out[f"{g}_miou"] for g in ("many", "medium", "few")})
+
+    per_tau = [of(cm) for cm in cms]
+    keys = ("top1", "balanced_accuracy") + (("miou",) if task == "segmentation" else ())
+    table = [{"tau": float(t), **{k: m[k] for k in keys}} for t, m in zip(POSTHOC_TAUS, per_tau)]
+    return dict(per_tau[0], posthoc_logit_adjustment=table)

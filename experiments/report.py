@@ -1,9 +1,11 @@
 """A grid's report: rows (mean ± sd over seeds), the markdown table, its JSON twin, plots and
 the picture grid, from ``ROOT/r{ratio}/{loss}/seed{seed}`` or ``.../seeds_0_1/seed_{seed}``
-(ROOT may be a bucket: every file goes through ``etils.epath``)."""
+(ROOT may be a bucket: every file goes through ``etils.epath``); and one run's table and
+``per_class.png`` (:func:`format_table`, :func:`plot_per_class`)."""
 
 import contextlib
 import datetime
+import io
 import itertools
 import json
 import os
@@ -13,8 +15,8 @@ import warnings
 import numpy as np
 from etils import epath
 
-from cce_jax.training import RUN_CONTROL_KEYS, flatten, mean_sd
-from cce_jax.training.report import read_predictions
+from cce_jax.training.config import RUN_CONTROL_KEYS, flatten
+from cce_jax.training.report import mean_sd
 from experiments.configs.common import ALL_LOSSES
 
 GRID_IMAGES, IGNORE = 6, 255  # test images in the picture grid; the label that does not count
@@ -341,6 +343,76 @@ def _plots(base: str, rows: list[dict]) -> list[str]:
         labels = dict(xlabel="imbalance ratio n_max / n_min", ylabel="balanced test accuracy %")
         paths.append(_save(fig, ax, f"{base}_vs_ratio.png", xscale="log", **labels))
     return paths
+
+
+def read_predictions(workdir) -> dict:
+    """The arrays of a segmentation run's ``predictions.npz`` in ``workdir`` (a folder or a
+    bucket URL): ``images``, ``labels`` (the true maps) and ``predictions``."""
+    with np.load(io.BytesIO((epath.Path(workdir) / "predictions.npz").read_bytes())) as z:
+        return {k: z[k] for k in z.files}
+
+
+def plot_per_class(summary: dict, path) -> str:
+    """One run's ``per_class.png``: the per-class test accuracy (segmentation: IoU) against
+    the training count, the headline numbers in the title."""
+    seg = summary.get("task") == "segmentation"
+    counts = np.asarray(summary["class_counts"])
+    acc = [
+        np.nan if a is None else 100 * a
+        for a in summary[f"per_class_{'iou' if seg else 'accuracy'}"]
+    ]
+    names = summary.get("class_names") or [str(i) for i in range(len(counts))]
+    fig, ax = _axes(figsize=(max(5.0, 0.45 * len(counts)), 3.2))
+    ax.bar(np.arange(len(counts)), acc, color="tab:blue")
+    ax.set_xticks(range(len(counts)), [f"{n}\n{c}" for n, c in zip(names, counts)], fontsize=7)
+    first = ("mIoU", "miou") if seg else ("top-1", "top1")
+    second = ("pixel acc", "top1") if seg else ("balanced", "balanced_accuracy")
+    head = ", ".join(f"{h} {100 * (summary[f'test_{k}'] or 0):.1f}%" for h, k in (first, second))
+    ax.set_title(f"{summary['config']['loss']['name']}: {head}", fontsize=9)
+    what, unit = ("IoU", "pixels") if seg else ("accuracy", "images")
+    labels = dict(xlabel=f"class / training {unit}", ylabel=f"test {what} %", ylim=(0, 100))
+    return _save(fig, ax, path, dpi=100, legend=False, **labels)
+
+
+def _pct(x):
+    return "  n/a" if x is None else f"{100 * x:5.1f}"
+
+
+def format_table(summary: dict) -> str:
+    """Per-class accuracy against the training count, then the headline numbers
+    (segmentation: per-class IoU and accuracy against the training pixels, then mIoU)."""
+    s, seg = summary, summary.get("task") == "segmentation"
+    names = [str(n) for n in s.get("class_names") or range(len(s["class_counts"]))]
+    # Column title -> values, each right-aligned to its title's width.
+    cols = {"train px" if seg else "train": s["class_counts"]}
+    cols["test px" if seg else "test"] = s["test_class_counts"]
+    if seg:
+        cols["IoU %"] = map(_pct, s["per_class_iou"])
+    cols["acc %"] = map(_pct, s["per_class_accuracy"])
+    w = max(5, *map(len, names))
+    lines = ["  ".join([f"{'class':<{w}}", *cols])]
+    for n, *values in zip(names, *cols.values()):
+        lines.append("  ".join([f"{n:<{w}}", *(f"{v:>{len(c)}}" for c, v in zip(cols, values))]))
+    groups = f"{_pct(s['test_many'])}/{_pct(s['test_medium'])}/{_pct(s['test_few'])}"
+    if seg:
+        lines.append(
+            f"mIoU {_pct(s['test_miou'])}  pixel acc {_pct(s['test_top1'])}  mean class acc "
+            f"{_pct(s['test_balanced_accuracy'])}  fwIoU {_pct(s['test_fw_iou'])}  "
+            f"many/medium/few mIoU {groups}"
+        )
+        return "\n".join(lines)
+    lines.append(
+        f"top-1 {_pct(s['test_top1'])}  balanced {_pct(s['test_balanced_accuracy'])}  "
+        f"macro-F1 {_pct(s['test_macro_f1'])}  many/medium/few {groups}"
+    )
+    if posthoc := s.get("posthoc_logit_adjustment") or []:
+        best = max(posthoc, key=lambda r: r["balanced_accuracy"] or 0)
+        lines.append(
+            "post-hoc logit adjustment, balanced acc by tau: "
+            + "  ".join(f"{r['tau']:g}: {_pct(r['balanced_accuracy']).strip()}" for r in posthoc)
+            + f"  (best tau {best['tau']:g})"
+        )
+    return "\n".join(lines)
 
 
 def label_palette(num_classes: int) -> np.ndarray:

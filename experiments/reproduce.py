@@ -131,7 +131,7 @@ class Plan:
 
     @functools.cache
     def expected(self, i: int) -> dict:
-        return training.config_to_dict(self.config(self.runs[i]))
+        return training.config.config_to_dict(self.config(self.runs[i]))
 
     def flags(self, run, seeds=None) -> list[str]:
         arg = self.arg(run)
@@ -170,7 +170,7 @@ def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
             ]
             stored = [(d, config, ("seeds",) if p else ()) for d, config, p in found if config]
         for d, config, ignore in stored:
-            if diff := training.config_diff(config, plan.expected(i), ignore):
+            if diff := training.config.config_diff(config, plan.expected(i), ignore):
                 errors.append(_mismatch(d, diff))
         if status == "todo":
             missing[(run["loss"], run["ratio"])].append(run)
@@ -186,8 +186,8 @@ def programs_to_run(plan: Plan, vmap: bool) -> tuple[list[dict], int]:
             cmd = [*TRAIN_COMMAND, f"--workdir={workdir}", *plan.flags(run, seeds)]
             programs.append(dict(prog, cmd=cmd))
             if seeds and (found := report.read_json(f"{workdir}/config.json")):
-                want = training.config_to_dict(plan.config(run, seeds))
-                if diff := training.config_diff(found, want):
+                want = training.config.config_to_dict(plan.config(run, seeds))
+                if diff := training.config.config_diff(found, want):
                     errors.append(_mismatch(workdir, diff))
     if errors:
         more = f" ({len(errors) - 1} more folders differ too)" if len(errors) > 1 else ""

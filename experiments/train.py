@@ -1,4 +1,5 @@
-"""Trains and evaluates one config (flags -> config -> ``train_and_evaluate``).
+"""Trains and evaluates one config (flags -> config -> ``train_and_evaluate``), then prints
+the per-class table and plots ``per_class.png`` (``experiments/report.py``).
 
   python -m experiments.train --config=experiments/configs/digits.py[:ARG] --workdir=DIR \\
       [--config.KEY=VALUE ...]
@@ -34,10 +35,10 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     import jax
 
-    from cce_jax import training
+    from cce_jax import parallel, training
 
     if FLAGS.coordinator_address or FLAGS.config.get("distributed", False):
-        training.initialize_distributed(
+        parallel.initialize_distributed(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
         )
     errors = (
@@ -55,12 +56,17 @@ def main(argv):
         sys.exit(code)
     if jax.process_index() > 0:
         return
-    if summary.get("num_seeds"):  # the seeds' tables are in WORKDIR/seed_<s>/summary.json
+    from experiments import report
+
+    seeds = summary.get("seeds") or ()  # their tables: WORKDIR/seed_<s>/summary.json
+    for d in [f"{FLAGS.workdir}/seed_{s}" for s in seeds] or [FLAGS.workdir]:
+        report.plot_per_class(report.read_json(f"{d}/summary.json"), f"{d}/per_class.png")
+    if seeds:
         m, b = summary["test_top1"], summary["test_balanced_accuracy"]
-        print(f"{summary['num_seeds']} seeds: top-1 {m['mean']:.4f} ± {m['sd'] or 0:.4f}, ", end="")
+        print(f"{len(seeds)} seeds: top-1 {m['mean']:.4f} ± {m['sd'] or 0:.4f}, ", end="")
         print(f"balanced accuracy {b['mean']:.4f} ± {b['sd'] or 0:.4f}")
     else:
-        print(training.format_table(summary))
+        print(report.format_table(summary))
     print(f"summary: {os.path.join(FLAGS.workdir, 'summary.json')}", flush=True)
 
 

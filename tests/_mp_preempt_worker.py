@@ -47,9 +47,9 @@ def main():
     cpu_devices(args.devices)  # before JAX is imported
     from _preempt_worker import Stopping, worker_config  # this folder: sys.path[0]
 
-    from cce_jax import training
+    from cce_jax import parallel, training
 
-    training.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
     import jax
 

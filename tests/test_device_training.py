@@ -71,6 +71,7 @@ def test_device_pipeline_with_seeds_on_8_devices(tmp_path):
         assert sub["config"]["seed"] == seed and sub["device_count"] == 8
         assert sub["config"]["data"]["pipeline"] == "device"
         assert sub["test_top1"] >= 0.9, (seed, sub["test_top1"])
+        assert (tmp_path / "w" / f"seed_{seed}" / "per_class.png").stat().st_size > 1000
 
 
 def test_kill_9_resumes_exactly_with_the_device_pipeline(tmp_path):

@@ -137,7 +137,6 @@ def test_a_run_in_a_bucket_writes_its_files_there_and_resumes(bucket, tmp_path):
     resumed = training.train_and_evaluate(small_config(), RUN, data=data)
     assert resumed["resumed_from_epoch"] == 1 and resumed["epochs"] == 3
     assert json.load(open(f"{out}/summary.json"))["test_top1"] == resumed["test_top1"]
-    assert os.path.getsize(f"{out}/per_class.png") > 1000
     assert [r["epoch"] for r in _rows(f"{out}/metrics.jsonl")] == [1, 2, 3]
     assert sorted(os.listdir(f"{out}/checkpoints"), key=int) == [str(2 * spe), str(3 * spe)]
 
@@ -202,7 +201,6 @@ def test_bucket_failures_are_one_line_storage_errors(bucket):
     with pytest.raises(training.StorageError, match="no space left on device"):
         ckpt.write(path, b"\0")
     bucket.fail = None
-    assert ckpt.read_jsonl(ckpt.epath.Path(f"{RUN}/missing.jsonl")) == ([], True)
 
 
 def test_a_failing_bucket_mid_run_is_a_storage_error(bucket):

@@ -16,6 +16,7 @@ from cce_jax import data as data_lib  # noqa: E402
 from cce_jax import training  # noqa: E402
 from cce_jax.training import steps as steps_lib  # noqa: E402
 from experiments import make_segmentation_data as seg  # noqa: E402
+from experiments import report  # noqa: E402
 from experiments.configs import default as default_config  # noqa: E402
 
 K = 3
@@ -208,7 +209,7 @@ def test_train_and_evaluate_segmentation(npz_path, tmp_path, loss):
     )
     assert summary["task"] == "segmentation"
     assert summary["num_test"] == 10
-    pred = training.report.read_predictions(str(tmp_path))
+    pred = report.read_predictions(str(tmp_path))
     ds = _tiny_set()
     np.testing.assert_array_equal(pred["labels"], ds.test_labels)
     np.testing.assert_array_equal(pred["images"], ds.test_images)
@@ -223,9 +224,9 @@ def test_train_and_evaluate_segmentation(npz_path, tmp_path, loss):
     want_counts = np.bincount(ds.train_labels[ds.train_labels != 255], minlength=K)
     assert summary["class_counts"] == want_counts.tolist()
     assert sorted(sum(summary["frequency_groups"].values(), [])) == [0, 1, 2]
-    text = training.format_table(summary)
+    text = report.format_table(summary)
     assert "mIoU" in text and "train px" in text
-    assert (tmp_path / "per_class.png").is_file()
+    assert report.plot_per_class(summary, str(tmp_path / "per_class.png"))
 
 
 @pytest.mark.slow
@@ -236,7 +237,7 @@ def test_segmentation_learns_the_bands(npz_path, tmp_path):
     )
     cfg.optimizer.lr = 0.1
     summary = training.train_and_evaluate(cfg, str(tmp_path))
-    assert summary["test_top1"] > 0.8 and summary["test_miou"] > 0.6, training.format_table(summary)
+    assert summary["test_top1"] > 0.8 and summary["test_miou"] > 0.6, report.format_table(summary)
 
 
 @pytest.mark.slow
@@ -247,7 +248,7 @@ def test_several_seeds_segmentation(npz_path, tmp_path):
     assert summary["task"] == "segmentation"
     assert len(summary["test_miou"]["per_seed"]) == 2
     for s in (0, 1):
-        one = training.report.read_predictions(str(tmp_path / f"seed_{s}"))
+        one = report.read_predictions(str(tmp_path / f"seed_{s}"))
         assert one["predictions"].shape == (10, 16, 16)
 
 
@@ -271,10 +272,11 @@ import jax, numpy as np
 sys.path.insert(0, sys.argv[3])
 assert jax.device_count() == 8
 from cce_jax import training
+from experiments.report import read_predictions
 from tests.test_segmentation_training import seg_config, _reference_confusion, K
 cfg = seg_config(sys.argv[1], batch_size=8, eval_batch_size=8, num_epochs=1)
 summary = training.train_and_evaluate(cfg, sys.argv[2])
-pred = training.report.read_predictions(sys.argv[2])
+pred = read_predictions(sys.argv[2])
 cm = _reference_confusion(pred["labels"], pred["predictions"], K)
 assert np.array_equal(np.asarray(summary["confusion_matrix"]), cm), cm
 print("OK", summary["device_count"], summary["test_miou"])

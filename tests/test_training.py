@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cce_jax import parallel, training  # noqa: E402
+from cce_jax import metrics, parallel, training  # noqa: E402
 from cce_jax.training import checkpoints as ckpt  # noqa: E402
 from cce_jax.training import optimizer as opt_lib  # noqa: E402
 from cce_jax.training import steps as steps_lib  # noqa: E402
+from experiments import report  # noqa: E402
 from experiments.configs import default as default_config  # noqa: E402
 
 
@@ -332,6 +333,7 @@ def test_cli_tiny_end_to_end(tmp_path, cifar10_jpeg_cache):
     assert summary["num_test"] == 1000 and len(summary["class_counts"]) == 10
     assert summary["config"]["model"]["name"] == "resnet8"
     assert len((tmp_path / "w" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (tmp_path / "w" / "per_class.png").stat().st_size > 1000
 
 
 # ----------------------------------------------------------------------------- failing loudly
@@ -493,14 +495,14 @@ def test_summary_posthoc_and_strict_json(small_run):
     w, s = small_run(num_epochs=1)
     on_disk = _strict_json(w / "summary.json")
     taus = [r["tau"] for r in on_disk["posthoc_logit_adjustment"]]
-    assert taus == list(steps_lib.POSTHOC_TAUS)
+    assert taus == list(metrics.POSTHOC_TAUS)
     tau0 = on_disk["posthoc_logit_adjustment"][0]
     assert (
         tau0["top1"] == s["test_top1"] and tau0["balanced_accuracy"] == s["test_balanced_accuracy"]
     )
-    assert (w / "per_class.png").stat().st_size > 1000
-    table = training.format_table(s)
+    table = report.format_table(s)
     assert "c3" in table and "best tau" in table
+    assert os.path.getsize(report.plot_per_class(s, str(w / "per_class.png"))) > 1000
 
 
 def test_posthoc_adjustment_matches_numpy():

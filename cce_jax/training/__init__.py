@@ -7,19 +7,13 @@ from cce_jax._extras import require
 # A missing extra is one ImportError that names it (not "No module named 'flax'").
 require("train", "cce_jax.training", "flax", "orbax.checkpoint", "ml_collections", "absl")
 
-from cce_jax.parallel import initialize_distributed
 from cce_jax.training.checkpoints import CheckpointUnreadable, StorageError
 from cce_jax.training.config import (
     EXIT_CONFIG_ERROR,
     EXIT_DIVERGED,
     EXIT_IO_ERROR,
     EXIT_PREEMPTED,
-    RUN_CONTROL_KEYS,
     ConfigError,
-    config_diff,
-    config_to_dict,
-    flatten,
     validate_config,
 )
-from cce_jax.training.report import format_table, mean_sd
 from cce_jax.training.train import Preempted, TrainingDiverged, train_and_evaluate

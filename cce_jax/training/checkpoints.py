@@ -95,27 +95,14 @@ def write(path: epath.Path, data: str | bytes) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def append_line(path: epath.Path, row: dict) -> None:
-    """Appends one strict-JSON row to a JSON-lines file (a bucket object: rewritten whole)."""
-    line = dumps(row, indent=None)
-    if not is_local(path):
-        with storage_errors("cannot read", path):
-            old = path.read_text() if path.exists() else ""
-        return write(path, old + line)
-    with storage_errors("cannot write", path), open(path, "a") as f:
-        f.write(line)
-
-
-def read_jsonl(path: epath.Path) -> tuple[list[dict], bool]:
-    """(the rows of a JSON-lines file, whether every line was whole): a torn line (a killed
-    writer) is skipped."""
-    with storage_errors("cannot read", path):
-        lines = path.read_text().splitlines() if path.exists() else []
-    rows = []
-    for line in lines:
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
-    return rows, len(rows) == len(lines)
+def write_jsonl(path: epath.Path, rows: list[dict], *, append: bool = False) -> None:
+    """``rows`` as strict-JSON lines, written whole; ``append``: the last row appended to the
+    file (a bucket object is written whole)."""
+    if append and is_local(path):
+        with storage_errors("cannot write", path), open(path, "a") as f:
+            f.write(dumps(rows[-1], indent=None))
+    else:
+        write(path, "".join(dumps(r, indent=None) for r in rows))
 
 
 @contextlib.contextmanager

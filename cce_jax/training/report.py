@@ -1,5 +1,5 @@
-"""What a finished run leaves: summary.json, a per-class table and plot, and a segmentation
-run's predicted label maps (predictions.npz)."""
+"""What a finished run leaves: summary.json (with seeds, their aggregate), the printed epoch
+line and a segmentation run's predicted label maps (predictions.npz)."""
 
 import io
 import sys
@@ -81,42 +81,6 @@ def write_predictions(workdir: epath.Path, model, data, variables, n=NUM_PREDICT
     ckpt.write(workdir / "predictions.npz", buf.getvalue())
 
 
-def read_predictions(workdir) -> dict:
-    """The arrays :func:`write_predictions` wrote in ``workdir`` (a folder or a bucket URL)."""
-    with np.load(io.BytesIO((epath.Path(workdir) / "predictions.npz").read_bytes())) as z:
-        return {k: z[k] for k in z.files}
-
-
-def plot_per_class(summary: dict, path: epath.Path) -> None:
-    """The per-class test accuracy (segmentation: IoU) against the training count, if
-    matplotlib (optional for the trainer) is installed."""
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no backend, no global state
-    except ImportError:
-        return
-
-    seg = summary.get("task") == "segmentation"
-    counts = np.asarray(summary["class_counts"])
-    acc = _nan(summary["per_class_iou" if seg else "per_class_accuracy"])
-    names = summary.get("class_names") or [str(i) for i in range(len(counts))]
-    fig = Figure(figsize=(max(5.0, 0.45 * len(counts)), 3.2), dpi=100)
-    ax = fig.subplots()
-    x = np.arange(len(counts))
-    ax.bar(x, 100 * acc, color="tab:blue")
-    ax.set_xticks(x, [f"{n}\n{c}" for n, c in zip(names, counts)], fontsize=7)
-    ax.set_ylabel("test IoU %" if seg else "test accuracy %")
-    ax.set_xlabel("class / training pixels" if seg else "class / training images")
-    ax.set_ylim(0, 100)
-    first = ("mIoU", "miou") if seg else ("top-1", "top1")
-    second = ("pixel acc", "top1") if seg else ("balanced", "balanced_accuracy")
-    head = ", ".join(f"{h} {100 * (summary[f'test_{k}'] or 0):.1f}%" for h, k in (first, second))
-    ax.set_title(f"{summary.get('config', {}).get('loss', {}).get('name', '')}: {head}", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    ckpt.write(path, buf.getvalue())
-
-
 def epoch_line(row: dict, ev: dict | None, num_epochs) -> str:
     """An epoch's printed line: train loss, accuracy, lr, speed, and the test metrics."""
     msg = (
@@ -128,47 +92,6 @@ def epoch_line(row: dict, ev: dict | None, num_epochs) -> str:
     elif ev is not None:
         msg += f" | test top1 {ev['top1']:.4f} bal {ev['balanced_accuracy']:.4f}"
     return msg
-
-
-def _pct(x):
-    return "  n/a" if x is None else f"{100 * x:5.1f}"
-
-
-def format_table(summary: dict) -> str:
-    """Per-class accuracy against the training count, then the headline numbers
-    (segmentation: per-class IoU and accuracy against the training pixels, then mIoU)."""
-    s, seg = summary, summary.get("task") == "segmentation"
-    names = [str(n) for n in s.get("class_names") or range(len(s["class_counts"]))]
-    # Column title -> values, each right-aligned to its title's width.
-    cols = {"train px" if seg else "train": s["class_counts"]}
-    cols["test px" if seg else "test"] = s["test_class_counts"]
-    if seg:
-        cols["IoU %"] = map(_pct, s["per_class_iou"])
-    cols["acc %"] = map(_pct, s["per_class_accuracy"])
-    w = max(5, *map(len, names))
-    lines = ["  ".join([f"{'class':<{w}}", *cols])]
-    for n, *values in zip(names, *cols.values()):
-        lines.append("  ".join([f"{n:<{w}}", *(f"{v:>{len(c)}}" for c, v in zip(cols, values))]))
-    groups = f"{_pct(s['test_many'])}/{_pct(s['test_medium'])}/{_pct(s['test_few'])}"
-    if seg:
-        lines.append(
-            f"mIoU {_pct(s['test_miou'])}  pixel acc {_pct(s['test_top1'])}  mean class acc "
-            f"{_pct(s['test_balanced_accuracy'])}  fwIoU {_pct(s['test_fw_iou'])}  "
-            f"many/medium/few mIoU {groups}"
-        )
-        return "\n".join(lines)
-    lines.append(
-        f"top-1 {_pct(s['test_top1'])}  balanced {_pct(s['test_balanced_accuracy'])}  "
-        f"macro-F1 {_pct(s['test_macro_f1'])}  many/medium/few {groups}"
-    )
-    if posthoc := s.get("posthoc_logit_adjustment") or []:
-        best = max(posthoc, key=lambda r: r["balanced_accuracy"] or 0)
-        lines.append(
-            "post-hoc logit adjustment, balanced acc by tau: "
-            + "  ".join(f"{r['tau']:g}: {_pct(r['balanced_accuracy']).strip()}" for r in posthoc)
-            + f"  (best tau {best['tau']:g})"
-        )
-    return "\n".join(lines)
 
 
 def mean_sd(values) -> tuple[float | None, float | None]:

@@ -16,9 +16,6 @@ from jax.sharding import PartitionSpec as P
 from cce_jax import metrics as metrics_lib
 from cce_jax.parallel import batch_sharding, shard_batch, to_host
 
-# Post-hoc logit adjustment (Menon et al. 2021): argmax of logits - tau * log(prior).
-POSTHOC_TAUS = (0.0, 0.5, 1.0, 1.5, 2.0)
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -105,7 +102,7 @@ def make_eval_step(model, mesh, class_counts, *, num_models=None):
     ``class_counts``. Label maps count pixels; ignore pixels and ``mask`` False count nothing."""
     counts = np.asarray(class_counts, np.float64)
     log_prior = jnp.asarray(np.log(np.maximum(counts, 1e-12) / counts.sum()), jnp.float32)
-    taus = jnp.asarray(POSTHOC_TAUS, jnp.float32)
+    taus = jnp.asarray(metrics_lib.POSTHOC_TAUS, jnp.float32)
 
     def eval_step(state, batch):
         logits = model.apply(
@@ -126,8 +123,8 @@ def make_eval_step(model, mesh, class_counts, *, num_models=None):
 
 
 def evaluate(eval_step, state, batches, mesh, class_counts, num_models=None, task=""):
-    """Full-split metrics (:func:`split_metrics`) plus ``posthoc_logit_adjustment`` (per tau:
-    top1, balanced accuracy, segmentation mIoU); with ``num_models=S`` a list of S dicts."""
+    """Full-split metrics with post-hoc logit adjustment (:func:`cce_jax.metrics.posthoc`);
+    with ``num_models=S`` a list of S dicts."""
     total = None
     for batch in batches:
         batch = {"mask": np.ones(np.shape(batch["label"]), bool), **batch}
@@ -135,29 +132,6 @@ def evaluate(eval_step, state, batches, mesh, class_counts, num_models=None, tas
         total = cm.astype(np.int64) if total is None else total + cm
     if total is None:
         raise ValueError("evaluate: no eval batches")
-    results = []
-    for cms in [total] if num_models is None else list(total):
-        out = split_metrics(cms[0], class_counts, task)
-        keys = ("top1", "balanced_accuracy") + (("miou",) if task == "segmentation" else ())
-        out["posthoc_logit_adjustment"] = [
-            {"tau": float(t), **{key: m[key] for key in keys}}
-            for t, m in zip(POSTHOC_TAUS, (split_metrics(c, class_counts, task) for c in cms))
-        ]
-        results.append(out)
-    return results[0] if num_models is None else results
-
-
-def split_metrics(cm, class_counts, task: str = "") -> dict:
-    """The metrics of a confusion matrix; a segmentation (pixel) matrix adds the
-    classification names of its numbers (top1 = pixel accuracy, ...; docs/training.md)."""
-    if task != "segmentation":
-        return metrics_lib.from_confusion(cm, class_counts)
-    out = metrics_lib.segmentation_metrics(cm, class_counts)
-    out.update(
-        top1=out["pixel_accuracy"],
-        balanced_accuracy=out["mean_class_accuracy"],
-        macro_f1=metrics_lib.from_confusion(cm)["macro_f1"],
-        test_class_counts=out["test_pixel_counts"],
-        num_examples=out["num_pixels"],
-    )
-    return dict(out, **{g: out[f"{g}_miou"] for g in ("many", "medium", "few")})
+    if num_models is None:
+        return metrics_lib.posthoc(total, class_counts, task)
+    return [metrics_lib.posthoc(cms, class_counts, task) for cms in total]

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
+from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from cce_jax import models, parallel
@@ -158,13 +159,13 @@ def train_and_evaluate(config, workdir, *, data=None) -> dict:
         evals = evaluate(job, state) if pos == job.total else None
         for epoch in range(start_epoch, num_epochs):
             t0 = time.time()
-            state, host = train_epoch(job, state, epoch, pos, partial, stop)
+            state, host = train_epoch(job, state, epoch, pos, partial, rows, stop)
             pos, partial, done = (epoch + 1) * job.spe, {}, epoch + 1 == num_epochs
             due = done or (epoch + 1) % int(config.eval_every) == 0
             evals = evaluate(job, state) if due else None
             log_epoch(job, rows, epoch, host, evals, time.time() - t0)
             if done or (epoch + 1) % int(config.checkpoint_every) == 0:
-                save(job, pos, state, host, epoch)
+                save(job, pos, state, host, epoch, rows)
         return write_summary(job, rows, evals, state, start_epoch, t_start)
 
 
@@ -180,15 +181,9 @@ def build_data(config, data=None) -> list:
             mesh=parallel.make_mesh(),
         )
         try:
-            if seeds:
-                kw["raw"] = data_lib.load_source(config.data)  # one load, shared by the seeds
-            data = []
-            for s in seeds or (int(config.seed),):
-                dcfg = config.data.copy_and_resolve_references()
-                if seeds:
-                    with dcfg.unlocked():
-                        dcfg.subset_seed = s
-                data.append(data_lib.build(dcfg, seed=s, **kw))
+            kw["raw"] = data_lib.load_source(config.data)  # one load, shared by the seeds
+            sub = lambda s: ConfigDict(dict(config.data, subset_seed=s)) if seeds else config.data
+            data = [data_lib.build(sub(s), seed=int(s), **kw) for s in seeds or [config.seed]]
         except Exception as e:  # missing files, tfds without a local copy, bad data keys
             raise ConfigError(
                 f"could not build the dataset (data.source={config.data.source!r}): "
@@ -262,8 +257,9 @@ def _check_workdir(job: Job) -> None:
 
 def restore(job: Job):
     """(state, position in steps, host metrics of the partly trained epoch, each model's
-    metrics rows of the finished epochs); ``metrics.jsonl`` is cut to those rows and, unless
-    the run is finished, a stale ``summary.json``/``failure.json`` removed."""
+    metrics rows of the finished epochs): ``metrics.jsonl`` is rewritten from the
+    checkpoint's rows and, unless the run is finished, a stale ``summary.json``/
+    ``failure.json`` removed."""
     keys = [jax.random.key(s) for s in job.seeds or (int(job.config.seed),)]
     rng = jnp.stack(keys) if job.seeds else keys[0]
     state = steps_lib.create_train_state(job.model, job.tx, rng, job.info.image_shape, job.mesh)
@@ -272,14 +268,11 @@ def restore(job: Job):
     if pos:
         print(f"resumed from {job.ckpts.directory} at {job.describe(pos)}", flush=True)
     partial = {k: np.asarray(v, np.float32) for k, v in (progress.get("metrics") or {}).items()}
-    if pos % job.spe and not partial:
-        raise ConfigError(f"the checkpoint at {job.describe(pos)} lacks the metrics of its epoch")
-    rows = []
-    for d in job.dirs:
-        old, whole = ckpt.read_jsonl(d / "metrics.jsonl")
-        rows.append([r for r in old if int(r.get("epoch", 0)) <= pos // job.spe])
-        if job.is_main and (len(rows[-1]) != len(old) or not whole):
-            ckpt.write(d / "metrics.jsonl", "".join(ckpt.dumps(r, indent=None) for r in rows[-1]))
+    rows = progress.get("rows", [[] for _ in job.dirs] if pos == 0 else None)
+    if rows is None or pos % job.spe and not partial:
+        raise ConfigError(f"the checkpoint at {job.describe(pos)} lacks the metrics of its run")
+    for d, model_rows in zip(job.dirs, rows) if job.is_main else ():
+        ckpt.write_jsonl(d / "metrics.jsonl", model_rows)
     for d in job.result_dirs if job.is_main and pos < job.total else ():
         for name in ("summary.json", "failure.json"):
             with ckpt.storage_errors("cannot remove", d / name):
@@ -287,7 +280,7 @@ def restore(job: Job):
     return state, pos, partial, rows
 
 
-def train_epoch(job: Job, state, epoch: int, pos: int, partial, stop: StopSignals):
+def train_epoch(job: Job, state, epoch: int, pos: int, partial, rows, stop: StopSignals):
     """Trains epoch ``epoch`` from step ``pos`` on, checkpointing as the save policies ask,
     and at a stop signal (then raises :class:`Preempted`). Returns (state, the epoch's host
     metrics)."""
@@ -299,7 +292,7 @@ def train_epoch(job: Job, state, epoch: int, pos: int, partial, stop: StopSignal
     with tqdm(total=job.spe, initial=start, disable=not show, **look) as bar:
         while chunk := list(itertools.islice(batches, n)):
             if stop.requested(pos):
-                save(job, pos, state, _host_metrics(partial, history), epoch)
+                save(job, pos, state, _host_metrics(job, epoch, partial, history), epoch, rows)
                 raise Preempted(
                     f"stopped by {stop.by} at {job.describe(pos)}; checkpointed in "
                     f"{job.ckpts.directory}; rerun to resume"
@@ -317,19 +310,8 @@ def train_epoch(job: Job, state, epoch: int, pos: int, partial, stop: StopSignal
             pending, pos = m, pos + len(chunk)
             bar.update(len(chunk))
             if pos % job.spe and job.ckpts.should_save(pos):
-                host = _host_metrics(partial, history)
-                check_finite(job, host, epoch)
-                save(job, pos, state, host, epoch)
-    host = _host_metrics(partial, history)
-    check_finite(job, host, epoch)
-    return state, host
-
-
-def check_finite(job: Job, host: dict, epoch: int) -> None:
-    """:func:`diverged` if a train loss or gradient norm of ``host`` is not finite."""
-    bad = ~(np.isfinite(host["loss"]) & np.isfinite(host["grad_norm"]))
-    if bad.any():
-        diverged(job, epoch, int(np.argwhere(bad)[0][0]))
+                save(job, pos, state, _host_metrics(job, epoch, partial, history), epoch, rows)
+    return state, _host_metrics(job, epoch, partial, history)
 
 
 def diverged(job: Job, epoch: int, step: int):
@@ -361,15 +343,16 @@ def diverged(job: Job, epoch: int, step: int):
     )
 
 
-def save(job: Job, pos: int, state, host: dict, epoch: int) -> None:
-    """Checkpoints ``state`` at step ``pos`` (mid-epoch: with the metrics ``host`` of its
-    epoch so far) unless it is the latest checkpoint; a non-finite state diverges."""
+def save(job: Job, pos: int, state, host: dict, epoch: int, rows) -> None:
+    """Checkpoints ``state`` at step ``pos`` with the metrics ``rows`` (mid-epoch: and the
+    metrics ``host`` of its epoch so far) unless it is the latest checkpoint; a non-finite
+    state diverges."""
     if pos in job.ckpts.steps()[-1:]:
         return
     if not bool(parallel.to_host(ckpt.all_finite(state))):
         diverged(job, epoch, max(pos - epoch * job.spe - 1, 0))
     metrics = {k: v.tolist() for k, v in host.items()} if pos % job.spe else {}
-    job.ckpts.save(pos, state, {"metrics": metrics})
+    job.ckpts.save(pos, state, {"metrics": metrics, "rows": rows})
 
 
 def evaluate(job: Job, state) -> list[dict]:
@@ -400,14 +383,14 @@ def log_epoch(job: Job, rows: list, epoch: int, host: dict, evals, dt: float) ->
             row["test"] = {k: v for k, v in ev.items() if k != "confusion_matrix"}
         model_rows.append(row)
         if job.is_main:
-            ckpt.append_line(d / "metrics.jsonl", row)
+            ckpt.write_jsonl(d / "metrics.jsonl", model_rows, append=True)
             tag = f"[seed {job.seeds[i]}] " if job.seeds else ""
             print(tag + report.epoch_line(row, ev, job.config.num_epochs), flush=True)
 
 
 def write_summary(job: Job, rows, evals, state, start_epoch: int, t_start: float) -> dict:
-    """Each model's ``summary.json`` and ``per_class.png`` (segmentation: also
-    ``predictions.npz``); with seeds, the aggregate ``summary.json``. Returns the summary."""
+    """Each model's ``summary.json`` (segmentation: also ``predictions.npz``); with seeds,
+    the aggregate ``summary.json``. Returns the summary."""
     summaries = []
     for i, (d, model_rows) in enumerate(zip(job.dirs, rows)):
         config = job.config_dict(job.seeds[i] if job.seeds else None)
@@ -415,7 +398,6 @@ def write_summary(job: Job, rows, evals, state, start_epoch: int, t_start: float
         summary = report.run_summary(evals[i], model_rows, job.info, config, job.seeds, **extra)
         if job.is_main:
             ckpt.write(d / "summary.json", ckpt.dumps(summary))
-            report.plot_per_class(summary, d / "per_class.png")
         if job.is_main and job.task == "segmentation":
             variables = {"params": state.params, "batch_stats": state.batch_stats}
             if job.seeds:
@@ -444,11 +426,15 @@ def _model_batches(job: Job, epoch=None, *, start=0):
             yield group[0] if epoch is None else parallel.shard_batch(group[0], job.mesh)
 
 
-def _host_metrics(partial, history) -> dict:
+def _host_metrics(job: Job, epoch: int, partial, history) -> dict:
     """An epoch's per-step train metrics on the host (``[steps(, S)]``): those restored from
-    a mid-epoch checkpoint (``partial``), then this call's (``history``)."""
+    a mid-epoch checkpoint (``partial``), then this call's (``history``); a non-finite train
+    loss or gradient norm is :func:`diverged`."""
     host = dict(partial)
     for k in history[0] if history else ():
         new = np.stack([parallel.to_host(h[k]) for h in history])
         host[k] = np.concatenate([host[k], new]) if k in host else new
+    ok = np.isfinite(host.get("loss", 0.0)) & np.isfinite(host.get("grad_norm", 0.0))
+    if not ok.all():
+        diverged(job, epoch, int(np.argwhere(~ok)[0][0]))
     return host

@@ -1,7 +1,7 @@
 """Every config field with its default (the CIFAR-10-LT paper protocol, CE loss).
 
 Run-control keys (may change when resuming a workdir): see
-``cce_jax.training.RUN_CONTROL_KEYS``. Every other key must match the workdir's stored
+``cce_jax.training.config.RUN_CONTROL_KEYS``. Every other key must match the workdir's stored
 config.json.
 """
 
