@@ -169,9 +169,7 @@ def test_a_persistent_restore_error_stops_loudly_and_moves_nothing(
         import orbax.checkpoint as ocp
 
         monkeypatch.setattr(ocp.CheckpointManager, "restore", _eio)
-    with pytest.raises(
-        training.CheckpointUnreadable, match="Input/output error.*nothing was moved"
-    ):
+    with pytest.raises(training.StorageError, match="Input/output error.*nothing was moved"):
         training.train_and_evaluate(small_config(), str(w), data=FakeData())
     assert sorted(p.name for p in (w / "checkpoints").iterdir()) == before
     assert not (w / "corrupt_checkpoints").exists()

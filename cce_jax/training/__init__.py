@@ -7,7 +7,7 @@ from cce_jax._extras import require
 # A missing extra is one ImportError that names it (not "No module named 'flax'").
 require("train", "cce_jax.training", "flax", "orbax.checkpoint", "ml_collections", "absl")
 
-from cce_jax.training.checkpoints import CheckpointUnreadable, StorageError
+from cce_jax.training.checkpoints import StorageError
 from cce_jax.training.config import (
     EXIT_CONFIG_ERROR,
     EXIT_DIVERGED,

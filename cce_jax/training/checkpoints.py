@@ -32,10 +32,6 @@ class StorageError(OSError):
     """Writing or reading the workdir failed; the message is one line, nothing half-written."""
 
 
-class CheckpointUnreadable(StorageError):
-    """A checkpoint not proven damaged could not be read; nothing was moved aside."""
-
-
 class _Damaged(Exception):
     """Proof that a checkpoint's bytes are wrong: a digest mismatch or undecodable files."""
 
@@ -258,7 +254,7 @@ class Checkpoints:
                 print(msg, file=sys.stderr, flush=True)
             except Exception as e:  # not proven damage: stop loudly, move nothing
                 self.close()
-                raise CheckpointUnreadable(
+                raise StorageError(
                     f"cannot read {where} ({first_line(e)}); nothing was moved or deleted: "
                     "fix the storage, then rerun to resume"
                 ) from e

@@ -32,9 +32,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     out = {}
     for k, v in d.items():
-        out.update(
-            flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v}
-        )
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {prefix + k: v})
     return out
 
 

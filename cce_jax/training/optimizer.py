@@ -12,9 +12,7 @@ def make_lr_schedule(config, steps_per_epoch: int, updates_per_step: int = 1) ->
     the warm-up) or ``"constant"``, times a linear warm-up over ``schedule.warmup_epochs``.
     ``count`` counts optimizer updates, ``updates_per_step`` per batch (COT: 2).
     """
-    base = float(config.optimizer.lr)
-    sch = config.schedule
-    spe = int(steps_per_epoch)
+    base, sch, spe = float(config.optimizer.lr), config.schedule, int(steps_per_epoch)
     warm = int(round(float(sch.warmup_epochs) * spe))
     total = int(config.num_epochs) * spe
     if sch.name == "step":

@@ -107,10 +107,6 @@ def mean_sd(values) -> tuple[float | None, float | None]:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None
 
 
-def _nan(values) -> np.ndarray:
-    return np.asarray([np.nan if a is None else a for a in values], float)
-
-
 def aggregate(summaries: list[dict], seeds) -> dict:
     """Mean and sd (ddof 1) over seeds of the scalar metrics, plus the per-seed values."""
     out = {"seeds": [int(s) for s in seeds], "num_seeds": len(summaries)}
@@ -120,7 +116,7 @@ def aggregate(summaries: list[dict], seeds) -> dict:
         mean, sd = mean_sd(values)
         out[key] = {"mean": mean, "sd": sd, "per_seed": values}
     for key in ("per_class_accuracy", "per_class_iou")[: 1 + seg]:
-        out[f"{key}_mean"] = np.mean([_nan(s[key]) for s in summaries], 0).tolist()
+        out[f"{key}_mean"] = np.mean([np.asarray(s[key], float) for s in summaries], 0).tolist()
     if seg:
         out["task"] = "segmentation"
     out.update({k: summaries[0][k] for k in ("class_counts", "wall_time_s")})

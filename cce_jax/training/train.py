@@ -318,17 +318,11 @@ def diverged(job: Job, epoch: int, step: int):
     """Writes ``failure.json`` and raises :class:`TrainingDiverged` (0-based step of epoch)."""
     last, at = (job.ckpts.steps() or [None])[-1], epoch * job.spe + step
     lr = float(opt_lib.make_lr_schedule(job.config, job.spe)(at))
-    failure = {
-        "reason": "non-finite train loss or gradient",
-        "epoch": epoch + 1,
-        "step": at + 1,
-        "last_finite_checkpoint_epoch": None if last is None else last / job.spe,
-        "last_finite_checkpoint_step": last,
-        "lr": lr,
-    }
-    if job.is_main:
-        for d in job.result_dirs:
-            ckpt.write(d / "failure.json", ckpt.dumps(failure))
+    failure = dict(reason="non-finite train loss or gradient", epoch=epoch + 1, step=at + 1, lr=lr)
+    failure["last_finite_checkpoint_step"] = last
+    failure["last_finite_checkpoint_epoch"] = None if last is None else last / job.spe
+    for d in job.result_dirs if job.is_main else ():
+        ckpt.write(d / "failure.json", ckpt.dumps(failure))
     if job.restored and at == job.restored:  # the restored state, not the hyperparameters
         raise TrainingDiverged(
             f"training diverged on the first step after resuming from the checkpoint of "
@@ -365,20 +359,13 @@ def evaluate(job: Job, state) -> list[dict]:
 def log_epoch(job: Job, rows: list, epoch: int, host: dict, evals, dt: float) -> None:
     """Appends each model's row for epoch ``epoch`` to its ``metrics.jsonl`` and prints it."""
     lr = float(opt_lib.make_lr_schedule(job.config, job.spe)(epoch * job.spe))
-    imgs = job.spe * int(job.config.batch_size) * (job.num_models or 1)
+    speed = job.spe * int(job.config.batch_size) * (job.num_models or 1) / dt
+    names = dict(loss="train_loss", accuracy="train_accuracy", loss_1="train_complement_loss")
     for i, (d, model_rows, ev) in enumerate(zip(job.dirs, rows, evals or [None] * len(rows))):
         mine = {k: v[:, i] for k, v in host.items()} if job.seeds else host
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": float(np.mean(mine["loss"])),
-            "train_accuracy": float(np.mean(mine["accuracy"])),
-            "lr": lr,
-            "drw": job.uses_drw(epoch),
-            "images_per_s": imgs / dt,
-            "epoch_time_s": dt,
-        }
-        if "loss_1" in mine:
-            row["train_complement_loss"] = float(np.mean(mine["loss_1"]))
+        row = {names[k]: float(np.mean(v)) for k, v in mine.items() if k in names}
+        row.update(epoch=epoch + 1, lr=lr, drw=job.uses_drw(epoch), epoch_time_s=dt)
+        row["images_per_s"] = speed
         if ev is not None:
             row["test"] = {k: v for k, v in ev.items() if k != "confusion_matrix"}
         model_rows.append(row)
