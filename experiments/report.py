@@ -393,19 +393,15 @@ def format_table(summary: dict) -> str:
     lines = ["  ".join([f"{'class':<{w}}", *cols])]
     for n, *values in zip(names, *cols.values()):
         lines.append("  ".join([f"{n:<{w}}", *(f"{v:>{len(c)}}" for c, v in zip(cols, values))]))
-    groups = f"{_pct(s['test_many'])}/{_pct(s['test_medium'])}/{_pct(s['test_few'])}"
+    head = dict(top1="top-1", balanced_accuracy="balanced", macro_f1="macro-F1")
     if seg:
-        lines.append(
-            f"mIoU {_pct(s['test_miou'])}  pixel acc {_pct(s['test_top1'])}  mean class acc "
-            f"{_pct(s['test_balanced_accuracy'])}  fwIoU {_pct(s['test_fw_iou'])}  "
-            f"many/medium/few mIoU {groups}"
+        head = dict(
+            miou="mIoU", top1="pixel acc", balanced_accuracy="mean class acc", fw_iou="fwIoU"
         )
-        return "\n".join(lines)
-    lines.append(
-        f"top-1 {_pct(s['test_top1'])}  balanced {_pct(s['test_balanced_accuracy'])}  "
-        f"macro-F1 {_pct(s['test_macro_f1'])}  many/medium/few {groups}"
-    )
-    if posthoc := s.get("posthoc_logit_adjustment") or []:
+    groups = "/".join(_pct(s[f"test_{g}"]) for g in ("many", "medium", "few"))
+    lines.append("  ".join(f"{h} {_pct(s[f'test_{k}'])}" for k, h in head.items()))
+    lines[-1] += f"  many/medium/few{' mIoU' * seg} {groups}"
+    if not seg and (posthoc := s.get("posthoc_logit_adjustment")):
         best = max(posthoc, key=lambda r: r["balanced_accuracy"] or 0)
         lines.append(
             "post-hoc logit adjustment, balanced acc by tau: "

@@ -32,9 +32,9 @@ def main():
 
     jax.config.update("jax_enable_x64", False)
     if args.coordinator:
-        from cce_jax import training as _t
+        from cce_jax import parallel
 
-        _t.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
     import ml_collections  # noqa: E402
     import numpy as np  # noqa: E402
