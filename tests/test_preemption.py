@@ -359,9 +359,10 @@ def test_writes_that_fail_inside_tensorstore_leave_one_stderr_line(tmp_path):
         assert last.startswith("error: cannot save the checkpoint of step 14 in ")
 
 
-def _restored_divergence(w, *, scale):
+def _restored_divergence(w, *, scale, drop=()):
     """The newest checkpoint of a copy of the stopped run, without its digest and with its
-    parameters times ``scale`` (NaN: non-finite; 1e30: finite, diverges on the first step)."""
+    parameters times ``scale`` (NaN: non-finite; 1e30: finite, diverges on the first step),
+    its progress without the keys ``drop``."""
     import orbax.checkpoint as ocp
 
     newest = max(int(p.name) for p in (w / "checkpoints").iterdir())
@@ -373,7 +374,8 @@ def _restored_divergence(w, *, scale):
     state["params"] = jax.tree.map(lambda x: np.asarray(x) * scale, state["params"])
     mngr.delete(newest)
     mngr.save(newest, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dict(out["progress"]))
+        state=ocp.args.StandardSave(state),
+        progress=ocp.args.JsonSave({k: v for k, v in out["progress"].items() if k not in drop}),
     ), force=True)  # fmt: skip
     mngr.wait_until_finished()
     mngr.close()
@@ -402,3 +404,12 @@ def test_a_divergence_right_after_a_restore_names_the_checkpoint(tmp_path, small
     assert "first step after resuming from the checkpoint of epoch 2" in msg, msg
     assert str(w / "checkpoints") in msg and f"move {newest}/" in msg
     assert "optimizer.lr" not in msg
+
+
+def test_a_checkpoint_without_its_metrics_rows_is_refused(tmp_path, small_run):
+    w, _ = small_run(copy_to=tmp_path / "w", stop_after_epoch=2)
+    _restored_divergence(w, scale=1.0, drop=("rows",))
+    before = _tree(w)
+    with pytest.raises(training.ConfigError, match="at epoch 2 lacks the metrics of its run"):
+        training.train_and_evaluate(small_config(), str(w), data=FakeData())
+    assert _tree(w) == before  # metrics.jsonl untouched
