@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 from etils import epath
 
+from cce_jax.training import checkpoints as ckpt
 from cce_jax.training.config import RUN_CONTROL_KEYS, flatten
 from cce_jax.training.report import mean_sd
 from experiments.configs.common import ALL_LOSSES
@@ -310,9 +311,10 @@ def _save(fig, ax, path: str, dpi=90, legend=True, **labels) -> str:
     if legend:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    with epath.Path(path).open("wb") as f:
-        fig.savefig(f, format="png", dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
+    ckpt.write(epath.Path(path), buf.getvalue())  # whole or not at all; one-line StorageError
     return path
 
 

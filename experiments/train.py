@@ -47,8 +47,14 @@ def main(argv):
         (training.Preempted, training.EXIT_PREEMPTED),
         (training.StorageError, training.EXIT_IO_ERROR),
     )
+    from experiments import report
+
     try:
         summary = training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        seeds = summary.get("seeds") or ()  # their tables: WORKDIR/seed_<s>/summary.json
+        for d in [f"{FLAGS.workdir}/seed_{s}" for s in seeds] or [FLAGS.workdir]:
+            if jax.process_index() == 0 and (run := report.read_json(f"{d}/summary.json")):
+                report.plot_per_class(run, f"{d}/per_class.png")
     except tuple(e for e, _ in errors) as e:
         code = next(c for t, c in errors if isinstance(e, t))
         stop = code == training.EXIT_PREEMPTED
@@ -56,11 +62,6 @@ def main(argv):
         sys.exit(code)
     if jax.process_index() > 0:
         return
-    from experiments import report
-
-    seeds = summary.get("seeds") or ()  # their tables: WORKDIR/seed_<s>/summary.json
-    for d in [f"{FLAGS.workdir}/seed_{s}" for s in seeds] or [FLAGS.workdir]:
-        report.plot_per_class(report.read_json(f"{d}/summary.json"), f"{d}/per_class.png")
     if seeds:
         m, b = summary["test_top1"], summary["test_balanced_accuracy"]
         print(f"{len(seeds)} seeds: top-1 {m['mean']:.4f} ± {m['sd'] or 0:.4f}, ", end="")
