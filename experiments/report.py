@@ -359,10 +359,7 @@ def plot_per_class(summary: dict, path) -> str:
     the training count, the headline numbers in the title."""
     seg = summary.get("task") == "segmentation"
     counts = np.asarray(summary["class_counts"])
-    acc = [
-        np.nan if a is None else 100 * a
-        for a in summary[f"per_class_{'iou' if seg else 'accuracy'}"]
-    ]
+    acc = 100 * np.asarray(summary[f"per_class_{'iou' if seg else 'accuracy'}"], float)
     names = summary.get("class_names") or [str(i) for i in range(len(counts))]
     fig, ax = _axes(figsize=(max(5.0, 0.45 * len(counts)), 3.2))
     ax.bar(np.arange(len(counts)), acc, color="tab:blue")
