@@ -40,12 +40,6 @@ def read_json(path):
         return None
 
 
-def dumps(obj) -> str:
-    """Strict JSON: NaN and infinities become null, numpy values plain JSON."""
-    text = json.dumps(obj, default=lambda x: x.tolist())
-    return json.dumps(json.loads(text, parse_constant=lambda _: None), indent=1, allow_nan=False)
-
-
 def seed_dirs(root, loss, ratio, seed) -> list[tuple[str, str | None]]:
     """Where a model of (loss, ratio, seed) may live: (model folder, program folder or None)."""
     base = epath.Path(root) / f"r{float(ratio):g}" / loss
@@ -252,9 +246,9 @@ def write_report(name, rows, *, command, grid, out_dir, label=None, note=None) -
     )
     plots = _plots(base, rows) + (_picture_grid(base, rows) if seg else [])
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
-    epath.Path(base + ".md").write_text("\n".join(lines) + "\n")
+    ckpt.write(epath.Path(base + ".md"), "\n".join(lines) + "\n")
     twin = {"suite": name, "command": command, "grid": grid, "rows": rows}
-    epath.Path(base + ".json").write_text(dumps(twin))
+    ckpt.write(epath.Path(base + ".json"), ckpt.dumps(twin, indent=1))
     return base + ".md"
 
 

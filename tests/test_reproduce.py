@@ -282,13 +282,6 @@ def test_posthoc_column_best_tau_mean_sd(tmp_path):
     assert report.posthoc_best([{"test_top1": 0.5}]) is None
 
 
-def test_strict_json_has_no_nan():
-    data = {"a": float("nan"), "b": [1.0, float("inf"), np.float32(2.5)], "c": (np.int64(3),)}
-    text = report.dumps(data)
-    assert json.loads(text) == {"a": None, "b": [1.0, None, 2.5], "c": [3]}
-    assert "NaN" not in text and "Infinity" not in text
-
-
 def test_every_suite_builds_what_the_trainer_parses_from_its_command():
     # The config a run's command line gives through ml_collections' config_flags (as
     # experiments.train parses it) is the config reproduce builds in-process and compares.

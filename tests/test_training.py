@@ -505,6 +505,13 @@ def test_summary_posthoc_and_strict_json(small_run):
     assert os.path.getsize(report.plot_per_class(s, str(w / "per_class.png"))) > 1000
 
 
+def test_strict_json_has_no_nan():
+    data = {"a": float("nan"), "b": [1.0, float("inf"), np.float32(2.5)], "c": (np.int64(3),)}
+    text = ckpt.dumps(data)
+    assert json.loads(text) == {"a": None, "b": [1.0, None, 2.5], "c": [3]}
+    assert "NaN" not in text and "Infinity" not in text
+
+
 def test_posthoc_adjustment_matches_numpy():
     from cce_jax import models
 
